@@ -1,0 +1,82 @@
+"""The V3 dual-stream detector: wires the stages and names the probe points.
+
+x (B, 19, 15360) -> logits (B, 15360). ``forward(x, return_probes=True)`` also returns the output of
+every stage under the names in ``PROBE_NAMES``; the diff tool, the exporter and the reports are
+keyed by these names, so they never change.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from brr.model.adjacency import AdjacencyAssembly
+from brr.model.config import DetectorConfig
+from brr.model.edge_stream import EdgeStream
+from brr.model.graph import GraphNetwork
+from brr.model.heads import BackProjection, Decoder, DetectionHead, ElectrodeProjection
+from brr.model.node_stream import NodeStream
+from brr.model.positional_encoding import LaplacianPE
+from brr.model.tcn import TCNEncoder
+
+# name: shape, in topological order (B batch, T = 960 steps, D electrode features, C TCN width)
+PROBE_SHAPES: dict[str, str] = {
+    "tcn": "(B, C, T)",
+    "electrodes": "(B, 19, T, D)",
+    "node_stream": "(B, 19, T, D)",
+    "edge_similarity": "(B, 171, T)",
+    "edge_weights": "(B, 171, T)",
+    "adjacency": "(B, T, 19, 19)",
+    "laplacian_pe": "(B, T, 19, k)",
+    "gnn": "(B, 19, T, D)",
+    "backprojection": "(B, C, T)",
+    "decoder": "(B, 19, 15360)",
+    "logits": "(B, 15360)",
+}
+PROBE_NAMES: tuple[str, ...] = tuple(PROBE_SHAPES)
+
+
+class V3Detector(nn.Module):
+    def __init__(self, cfg: DetectorConfig):
+        super().__init__()
+        self.config = cfg
+        self.tcn = TCNEncoder(cfg)
+        self.electrodes = ElectrodeProjection(cfg)
+        self.node_stream = NodeStream(cfg)
+        self.edge_stream = EdgeStream(cfg)
+        self.adjacency = AdjacencyAssembly(cfg)
+        self.positional_encoding = LaplacianPE(cfg)
+        self.gnn = GraphNetwork(cfg)
+        self.backprojection = BackProjection(cfg)
+        self.decoder = Decoder(cfg)
+        self.head = DetectionHead(cfg)
+
+    def forward(self, x: torch.Tensor, return_probes: bool = False):
+        probes: dict[str, torch.Tensor] = {}
+        probes["tcn"] = self.tcn(x)
+        probes["electrodes"] = self.electrodes(probes["tcn"])
+        probes["node_stream"] = self.node_stream(probes["electrodes"])
+        probes["edge_similarity"], probes["edge_weights"] = self.edge_stream(probes["electrodes"])
+        probes["adjacency"] = self.adjacency(probes["edge_weights"])
+        probes["laplacian_pe"] = self.positional_encoding(probes["adjacency"])
+        probes["gnn"] = self.gnn(probes["node_stream"], probes["laplacian_pe"], probes["adjacency"])
+        probes["backprojection"] = self.backprojection(probes["gnn"])
+        probes["decoder"] = self.decoder(probes["backprojection"])
+        probes["logits"] = self.head(probes["decoder"])
+        return (probes["logits"], probes) if return_probes else probes["logits"]
+
+
+def summarize_probes(probes: dict[str, torch.Tensor]) -> list[dict]:
+    """One row per probe: shape, range, mean and the share of finite values (the first check of a NaN hunt)."""
+    rows = []
+    for name, tensor in probes.items():
+        t = tensor.detach().float()
+        finite = torch.isfinite(t)
+        values = t[finite]
+        rows.append({
+            "probe": name, "shape": tuple(t.shape), "finite_fraction": finite.float().mean().item(),
+            "min": values.min().item() if values.numel() else float("nan"),
+            "max": values.max().item() if values.numel() else float("nan"),
+            "mean": values.mean().item() if values.numel() else float("nan"),
+        })
+    return rows

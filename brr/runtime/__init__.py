@@ -1,0 +1,1 @@
+"""Inference runtime: stitching, post-processing, scoring and serving."""

@@ -1,0 +1,59 @@
+"""PyTorch runner: a checkpoint (or a model in memory) behind Polygraphy's runner interface.
+
+Outputs ``logits``, and with ``probes=True`` every probe of ``brr.model.PROBE_NAMES``. ``autocast``
+runs the fp32 weights under fp16/bf16 autocast, the reduced-precision reference of the diff.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
+from polygraphy.datatype import DataType
+
+from brr.model import PROBE_NAMES, V3Detector, load_checkpoint
+from brr.runtime.runners.io import INPUT_NAME, OUTPUT_NAME
+
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TorchRunner(BaseRunner):
+    def __init__(self, model: V3Detector | str | Path, probes: bool = False, autocast: str | None = None,
+                 device: str = "cpu", name: str | None = None):
+        super().__init__(name=name, prefix="torch-runner")
+        self.source = model
+        self.probes = probes
+        if autocast is not None and autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast must be one of {sorted(AUTOCAST_DTYPES)}, got {autocast!r}")
+        self.autocast = autocast
+        self.device = torch.device(device)
+        self.model: V3Detector | None = None
+
+    def activate_impl(self):
+        model = self.source if isinstance(self.source, V3Detector) else load_checkpoint(self.source)
+        self.model = model.to(self.device).eval()
+
+    def get_input_metadata_impl(self):
+        return TensorMetadata().add(INPUT_NAME, DataType.FLOAT32, (-1, 19, self.model.config.window_samples))
+
+    def output_names(self) -> tuple[str, ...]:
+        return PROBE_NAMES if self.probes else (OUTPUT_NAME,)
+
+    def infer_impl(self, feed_dict):
+        x = torch.as_tensor(np.asarray(feed_dict[INPUT_NAME], dtype=np.float32), device=self.device)
+        start = time.perf_counter()
+        with torch.inference_mode(), torch.autocast(
+            self.device.type, dtype=AUTOCAST_DTYPES.get(self.autocast, torch.float32),
+            enabled=self.autocast is not None,
+        ):
+            logits, probes = self.model(x, return_probes=True)
+        outputs = {name: probes[name].float().cpu().numpy() for name in self.output_names()}
+        self.inference_time = time.perf_counter() - start
+        return outputs
+
+    def deactivate_impl(self):
+        self.model = None

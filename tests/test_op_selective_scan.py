@@ -1,0 +1,309 @@
+"""Every implementation of ``brr::selective_scan`` held to ``reference.ssd_chunked``.
+
+The reference itself is proven against the step recurrence in float64; then the standard ONNX graph
+(float32 and float16-converted), the custom-node graph run by the ONNX Runtime Python kernel, and the
+TensorRT plugin (logic always, engine on a GPU with TensorRT) are compared with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import onnxruntime_extensions
+import pytest
+import torch
+import torch.nn.functional as F
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+from brr.ops import registry
+from brr.ops.selective_scan import selective_scan, ssd_chunked, ssd_recurrent
+
+# ``brr.ops.selective_scan`` the attribute is the op function, so reach the submodules by name.
+scan_onnx = importlib.import_module("brr.ops.selective_scan.onnx")
+scan_ort = importlib.import_module("brr.ops.selective_scan.ort")
+scan_trt = importlib.import_module("brr.ops.selective_scan.trt")
+
+HEADS, HEAD_DIM, GROUPS, STATE = 4, 4, 2, 8
+# (batch, length) per run: dynamic batch, a length that is no multiple of either chunk size, the
+# model's window (960) and a long recording (15360).
+RUN_SIZES = [(3, 100), (2, 960), (1, 15360)]
+
+
+def random_scan_inputs(b, length, h=HEADS, p=HEAD_DIM, g=GROUPS, n=STATE, seed=0, dtype=torch.float32):
+    """Inputs distributed like a Mamba-2 block's: raw dt around the bias, A = -exp(U[0, log 16])."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, length, h, p, generator=gen, dtype=dtype)
+    dt = torch.randn(b, length, h, generator=gen, dtype=dtype)
+    B = torch.randn(b, length, g, n, generator=gen, dtype=dtype)
+    C = torch.randn(b, length, g, n, generator=gen, dtype=dtype)
+    A = -torch.exp(torch.rand(h, generator=gen, dtype=dtype) * math.log(16))
+    D = torch.rand(h, generator=gen, dtype=dtype)
+    dt0 = torch.exp(torch.rand(h, generator=gen, dtype=dtype) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    dt_bias = dt0 + torch.log(-torch.expm1(-dt0))  # softplus(dt_bias) = dt0, as Mamba-2 initialises it
+    return x, dt, A, B, C, D, dt_bias
+
+
+class TwoScans(torch.nn.Module):
+    """Two op calls: the model's configuration, then one without D/dt_bias/softplus and another chunk."""
+
+    def __init__(self):
+        super().__init__()
+        _, _, A, _, _, D, dt_bias = random_scan_inputs(1, 1, seed=1)
+        self.A, self.D, self.dt_bias = (torch.nn.Parameter(t) for t in (A, D, dt_bias))
+
+    def forward(self, x, dt, B, C):
+        y = selective_scan(x, dt, self.A, B, C, self.D, self.dt_bias, True, 64)
+        return selective_scan(y, F.softplus(dt + self.dt_bias), self.A, B, C, None, None, False, 16)
+
+
+def two_scans_reference(module: TwoScans, x, dt, B, C) -> np.ndarray:
+    with torch.no_grad():
+        A, D, dt_bias = (t.double() for t in (module.A, module.D, module.dt_bias))
+        x, dt, B, C = (t.double() for t in (x, dt, B, C))
+        y = ssd_chunked(x, dt, A, B, C, D, dt_bias, True, 64)
+        return ssd_chunked(y, F.softplus(dt + dt_bias), A, B, C, None, None, False, 16).numpy()
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(actual.astype(np.float64) - expected).max() / np.abs(expected).max())
+
+
+@pytest.fixture(scope="module")
+def module() -> TwoScans:
+    return TwoScans().eval()
+
+
+@pytest.fixture(scope="module")
+def exported(module) -> dict[str, onnx.ModelProto]:
+    """Both modes, exported as the pipeline does (opset 18, dynamo) with dynamic batch and length."""
+    x, dt, _, B, C, _, _ = random_scan_inputs(2, 50)
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+    models = {}
+    for mode in registry.OPS_MODES:
+        program = torch.onnx.export(
+            module, (x, dt, B, C), dynamo=True, opset_version=registry.ONNX_OPSET,
+            custom_translation_table=scan_onnx.translations(mode),
+            dynamic_shapes=({0: batch, 1: length},) * 4, verbose=False,
+        )
+        models[mode] = program.model_proto
+    return models
+
+
+def feeds(model: onnx.ModelProto, b: int, length: int, seed: int = 2) -> tuple[dict, tuple]:
+    x, dt, _, B, C, _, _ = random_scan_inputs(b, length, seed=seed)
+    names = [i.name for i in model.graph.input]
+    return dict(zip(names, (t.numpy() for t in (x, dt, B, C)))), (x, dt, B, C)
+
+
+def plugin_session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+# --- reference ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 16, 64])
+@pytest.mark.parametrize("optional", [True, False])
+def test_chunked_reference_matches_recurrence(chunk_size, optional):
+    x, dt, A, B, C, D, dt_bias = random_scan_inputs(2, 50, dtype=torch.float64)
+    if not optional:
+        D, dt_bias, dt = None, None, F.softplus(dt)
+    expected = ssd_recurrent(x, dt, A, B, C, D, dt_bias, optional)
+    actual = ssd_chunked(x, dt, A, B, C, D, dt_bias, optional, chunk_size)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64])
+def test_numpy_kernel_matches_reference_in_float64(chunk_size):
+    args = random_scan_inputs(2, 50, dtype=torch.float64)
+    expected = ssd_chunked(*args, True, chunk_size).numpy()
+    actual = scan_ort.ssd_chunked_numpy(*(t.numpy() for t in args), True, chunk_size)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-10)
+
+
+# --- ONNX graphs ----------------------------------------------------------------------------------
+
+
+def test_translations_follow_the_registry_contract():
+    for mode in registry.OPS_MODES:
+        table = scan_onnx.translations(mode)
+        assert list(table) == [torch.ops.brr.selective_scan.default] and callable(table[torch.ops.brr.selective_scan.default])
+    with pytest.raises(ValueError, match="mode"):
+        scan_onnx.translations("fused")
+
+
+def test_standard_graph_has_only_standard_ops(exported):
+    model = exported["standard"]
+    assert not model.functions
+    assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"}
+    assert not {"Loop", "Scan", "If"} & {node.op_type for node in model.graph.node}
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_plugin_graph_has_one_custom_node_per_call(exported):
+    model = exported["plugin"]
+    custom = [node for node in model.graph.node if node.domain not in ("", "ai.onnx")]
+    assert [(node.domain, node.op_type) for node in custom] == [(scan_onnx.DOMAIN, scan_onnx.OP_TYPE)] * 2
+    assert not {"Loop", "Scan"} & {node.op_type for node in model.graph.node}
+    attributes = [{a.name: onnx.helper.get_attribute_value(a) for a in node.attribute} for node in custom]
+    common = {"plugin_namespace": b"brr", "plugin_version": b"1"}
+    assert attributes == [{"dt_softplus": 1, "chunk_size": 64, **common}, {"dt_softplus": 0, "chunk_size": 16, **common}]
+    assert all(len(node.input) == len(scan_onnx.INPUT_NAMES) and all(node.input) for node in custom)
+
+
+@pytest.mark.parametrize(("b", "length"), RUN_SIZES)
+def test_standard_onnx_fp32_matches_reference(exported, module, b, length):
+    session = ort.InferenceSession(exported["standard"].SerializeToString(), providers=["CPUExecutionProvider"])
+    feed, tensors = feeds(exported["standard"], b, length)
+    (y,) = session.run(None, feed)
+    assert y.dtype == np.float32 and y.shape == (b, length, HEADS, HEAD_DIM)
+    assert relative_error(y, two_scans_reference(module, *tensors)) < 1e-5
+
+
+@pytest.mark.parametrize(("b", "length"), RUN_SIZES)
+def test_plugin_onnx_fp32_with_ort_kernel_matches_reference(exported, module, b, length):
+    feed, tensors = feeds(exported["plugin"], b, length)
+    (y,) = plugin_session(exported["plugin"]).run(None, feed)
+    assert y.dtype == np.float32 and y.shape == (b, length, HEADS, HEAD_DIM)
+    assert relative_error(y, two_scans_reference(module, *tensors)) < 1e-5
+
+
+def test_plugin_onnx_needs_the_extensions_library(exported):
+    with pytest.raises(Exception, match="SelectiveScan"):
+        ort.InferenceSession(exported["plugin"].SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def standard_fp16_session(exported) -> ort.InferenceSession:
+    # The converter keeps CumSum in float32 by default; convert it too, as a float16 TensorRT engine would.
+    block = [op_type for op_type in DEFAULT_OP_BLOCK_LIST if op_type != "CumSum"]
+    model = convert_float_to_float16(exported["standard"], keep_io_types=True, op_block_list=block)
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize(("b", "length"), RUN_SIZES)
+def test_standard_onnx_fp16_is_finite_and_close(exported, module, standard_fp16_session, b, length):
+    feed, tensors = feeds(exported["standard"], b, length)
+    (y,) = standard_fp16_session.run(None, feed)
+    assert np.isfinite(y).all()
+    # Measured about 5e-4 of the output's range for these sizes.
+    assert relative_error(y, two_scans_reference(module, *tensors)) < 5e-3
+
+
+def test_standard_onnx_fp16_survives_overflowing_segment_sums(exported, standard_fp16_session):
+    # Huge step sizes drive the cross-chunk segment sums past float16's range to -inf: the masked
+    # exponentials must still give 0, never NaN.
+    feed, _ = feeds(exported["standard"], 1, 15360)
+    dt_name = [i.name for i in exported["standard"].graph.input][1]
+    feed[dt_name] = feed[dt_name] * 3 + 8
+    (y,) = standard_fp16_session.run(None, feed)
+    assert np.isfinite(y).all()
+
+
+# --- TensorRT plugin ------------------------------------------------------------------------------
+
+
+def test_trt_output_rule():
+    x, dt, A, B, C, D, dt_bias = random_scan_inputs(3, 17)
+    shapes = [tuple(t.shape) for t in (x, dt, A, B, C, D, dt_bias)]
+    assert scan_trt.output_shape(shapes) == (3, 17, HEADS, HEAD_DIM)
+    assert scan_trt.output_dtype(["float16"] * 7) == "float16"
+    assert scan_trt.output_dtype(["float32"] * 7) == "float32"
+
+
+@pytest.mark.parametrize(
+    ("index", "shape"),
+    [(0, (3, 17, 4)), (1, (3, 16, 4)), (2, (5,)), (3, (3, 17, 3, 8)), (4, (3, 17, 2, 7)), (6, (4, 1))],
+)
+def test_trt_output_rule_rejects_inconsistent_shapes(index, shape):
+    shapes = [tuple(t.shape) for t in random_scan_inputs(3, 17)]
+    shapes[index] = shape
+    with pytest.raises(ValueError):
+        scan_trt.output_shape(shapes)
+
+
+@pytest.mark.parametrize("dtypes", [["float32"] * 6 + ["float16"], ["int32"] * 7, ["float32"] * 6])
+def test_trt_output_rule_rejects_dtypes(dtypes):
+    with pytest.raises(ValueError):
+        scan_trt.output_dtype(dtypes)
+
+
+def test_attribute_parsing():
+    assert scan_onnx.parse_attributes(1, 64) == (True, 64)
+    assert scan_onnx.parse_attributes(0, 16) == (False, 16)
+    for bad in [(2, 64), (1, 0), (0, -3)]:
+        with pytest.raises(ValueError):
+            scan_onnx.parse_attributes(*bad)
+
+
+def test_trt_plugin_id_matches_the_custom_node():
+    assert scan_trt.PLUGIN_ID == f"{scan_onnx.PLUGIN_NAMESPACE}::{scan_onnx.OP_TYPE}" == "brr::SelectiveScan"
+
+
+def test_register_plugin_names_the_missing_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes ``import tensorrt`` fail
+    with pytest.raises(ImportError, match=r"pip install \.\[gpu\]"):
+        scan_trt.register_plugin.__wrapped__()  # bypass the cache: a real registration may be cached
+
+
+def _need_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_trt_kernel_body_on_cuda(dtype):
+    _need_cuda()
+    args = random_scan_inputs(2, 960, dtype=dtype)
+    expected = ssd_chunked(*(t.double() for t in args), True, 64).numpy()
+    inputs = [t.cuda() for t in args]
+    output = torch.full_like(inputs[0], float("nan"))
+    stream = torch.cuda.Stream()
+    scan_trt.run_scan(inputs, output, 1, 64, stream.cuda_stream)
+    stream.synchronize()
+    assert relative_error(output.float().cpu().numpy(), expected) < (1e-5 if dtype == torch.float32 else 5e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", registry.OPS_MODES)
+def test_trt_engine_matches_reference(exported, module, mode):
+    _need_cuda()
+    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install .[gpu])")
+    scan_trt.register_plugin()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(exported[mode].SerializeToString()), [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    feed, tensors = feeds(exported[mode], 2, 960)
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    for name, value in feed.items():
+        profile.set_shape(name, value.shape, value.shape, value.shape)
+    config.add_optimization_profile(profile)
+    engine_bytes = builder.build_serialized_network(network, config)
+    assert engine_bytes is not None
+    engine = trt.Runtime(logger).deserialize_cuda_engine(engine_bytes)
+    context = engine.create_execution_context()
+    buffers = {name: torch.from_numpy(value).cuda() for name, value in feed.items()}
+    for name, tensor in buffers.items():
+        context.set_input_shape(name, tuple(tensor.shape))
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
+            buffers[name] = torch.empty(tuple(context.get_tensor_shape(name)), device="cuda")
+            output = buffers[name]
+        context.set_tensor_address(name, buffers[name].data_ptr())
+    stream = torch.cuda.current_stream()
+    assert context.execute_async_v3(stream.cuda_stream)
+    stream.synchronize()
+    assert relative_error(output.cpu().numpy(), two_scans_reference(module, *tensors)) < 1e-4
