@@ -102,7 +102,7 @@ def test_streamed_windows_equal_in_memory_windows(ten_minute_edf):
     with open_recording(ten_minute_edf, block_s=45) as stream:
         streamed = list(iter_windows(stream))
     assert len(streamed) == len(in_memory) == count_windows(rec.n_samples, WINDOW, 10 * 256) == 55
-    for a, b in zip(in_memory, streamed):
+    for a, b in zip(in_memory, streamed, strict=True):
         assert a.start_s == b.start_s
         np.testing.assert_array_equal(a.valid, b.valid)
         np.testing.assert_allclose(a.signals, b.signals, atol=1e-4)

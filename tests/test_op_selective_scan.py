@@ -43,7 +43,8 @@ def random_scan_inputs(b, length, h=HEADS, p=HEAD_DIM, g=GROUPS, n=STATE, seed=0
     C = torch.randn(b, length, g, n, generator=gen, dtype=dtype)
     A = -torch.exp(torch.rand(h, generator=gen, dtype=dtype) * math.log(16))
     D = torch.rand(h, generator=gen, dtype=dtype)
-    dt0 = torch.exp(torch.rand(h, generator=gen, dtype=dtype) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    log_lo, log_hi = math.log(1e-3), math.log(0.1)
+    dt0 = torch.exp(torch.rand(h, generator=gen, dtype=dtype) * (log_hi - log_lo) + log_lo)
     dt_bias = dt0 + torch.log(-torch.expm1(-dt0))  # softplus(dt_bias) = dt0, as Mamba-2 initialises it
     return x, dt, A, B, C, D, dt_bias
 
@@ -134,7 +135,8 @@ def test_numpy_kernel_matches_reference_in_float64(chunk_size):
 def test_translations_follow_the_registry_contract():
     for mode in registry.OPS_MODES:
         table = scan_onnx.translations(mode)
-        assert list(table) == [torch.ops.brr.selective_scan.default] and callable(table[torch.ops.brr.selective_scan.default])
+        op = torch.ops.brr.selective_scan.default
+        assert list(table) == [op] and callable(table[op])
     with pytest.raises(ValueError, match="mode"):
         scan_onnx.translations("fused")
 
@@ -154,13 +156,18 @@ def test_plugin_graph_has_one_custom_node_per_call(exported):
     assert not {"Loop", "Scan"} & {node.op_type for node in model.graph.node}
     attributes = [{a.name: onnx.helper.get_attribute_value(a) for a in node.attribute} for node in custom]
     common = {"plugin_namespace": b"brr", "plugin_version": b"1"}
-    assert attributes == [{"dt_softplus": 1, "chunk_size": 64, **common}, {"dt_softplus": 0, "chunk_size": 16, **common}]
+    assert attributes == [
+        {"dt_softplus": 1, "chunk_size": 64, **common},
+        {"dt_softplus": 0, "chunk_size": 16, **common},
+    ]
     assert all(len(node.input) == len(scan_onnx.INPUT_NAMES) and all(node.input) for node in custom)
 
 
 @pytest.mark.parametrize(("b", "length"), RUN_SIZES)
 def test_standard_onnx_fp32_matches_reference(exported, module, b, length):
-    session = ort.InferenceSession(exported["standard"].SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        exported["standard"].SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     feed, tensors = feeds(exported["standard"], b, length)
     (y,) = session.run(None, feed)
     assert y.dtype == np.float32 and y.shape == (b, length, HEADS, HEAD_DIM)
@@ -283,7 +290,8 @@ def test_trt_engine_matches_reference(exported, module, mode):
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
-    assert parser.parse(exported[mode].SerializeToString()), [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    parsed = parser.parse(exported[mode].SerializeToString())
+    assert parsed, [str(parser.get_error(i)) for i in range(parser.num_errors)]
     feed, tensors = feeds(exported[mode], 2, 960)
     config = builder.create_builder_config()
     profile = builder.create_optimization_profile()

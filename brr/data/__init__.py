@@ -20,3 +20,22 @@ from brr.data.recording import (
     open_recording,
     read_recording,
 )
+
+__all__ = [
+    "AmbiguousChannelsError",
+    "MissingChannelsError",
+    "Recording",
+    "RecordingError",
+    "RecordingStream",
+    "RecordingTooShortError",
+    "TruncatedRecordingError",
+    "UnreadableRecordingError",
+    "UnsupportedSamplingRateError",
+    "Window",
+    "count_windows",
+    "iter_windows",
+    "map_channels",
+    "open_recording",
+    "preprocess_signals",
+    "read_recording",
+]

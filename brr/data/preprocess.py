@@ -5,7 +5,8 @@ Order of operations for one stretch of signal (all in float64, result float32):
 1. Non-finite samples (NaN, +-inf) are replaced by linear interpolation between the nearest finite
    samples of the same channel (held constant before the first / after the last one); a channel with
    no finite sample becomes zeros. EDF files cannot hold NaN; this protects in-memory callers.
-2. ``scipy.signal.resample_poly`` with the exact rational ratio 256 / rate (its own anti-alias FIR).
+2. ``scipy.signal.resample_poly`` with the exact rational ratio 256 / rate, its default Kaiser FIR
+   adjusted so that a constant passes exactly, and odd extension (not zeros) at the ends.
 3. One zero-phase cascade at 256 Hz: Butterworth band-pass 0.5-120 Hz (order 4) and an ``iirnotch``
    at mains (Q 30), both as second-order sections and run forwards-backwards by ``sosfiltfilt``
    (equivalent to ``filtfilt`` on the notch, numerically safer). A band edge at or above Nyquist is
@@ -194,7 +195,7 @@ class NormalisationStats:
     scale: np.ndarray
 
     @classmethod
-    def estimate(cls, filtered: np.ndarray) -> "NormalisationStats":
+    def estimate(cls, filtered: np.ndarray) -> NormalisationStats:
         """From filtered samples ``(channels, n)``: median and floored IQR / 1.349 per channel."""
         q25, median, q75 = np.percentile(filtered, [25, 50, 75], axis=-1)
         scale = np.maximum((q75 - q25) / _IQR_PER_SIGMA, SCALE_FLOOR_UV)

@@ -159,7 +159,7 @@ class RecordingStream:
             self._reader.close()
             self._reader = None
 
-    def __enter__(self) -> "RecordingStream":
+    def __enter__(self) -> RecordingStream:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -223,7 +223,7 @@ def open_recording(
         mapping = map_channels(reader.getSignalLabels(), channel_map, path)
         rates = {
             label: float(reader.getSampleFrequency(i))
-            for label, i in zip(mapping.source_labels, mapping.indices)
+            for label, i in zip(mapping.source_labels, mapping.indices, strict=True)
         }
         if len(set(rates.values())) > 1:
             raise UnsupportedSamplingRateError(

@@ -186,33 +186,32 @@ def _max_seizures(duration_s: float) -> int:
     return max(0, int(room // (SEIZURE_MIN_S + SEIZURE_GAP_S)))
 
 
-def _plan_seizures(rng: np.random.Generator, duration_s: float, count: int) -> tuple[PlannedSeizure, ...]:
+def _plan_seizures(rng: np.random.Generator, duration_s: int, count: int) -> tuple[PlannedSeizure, ...]:
     if count == 0:
         return ()
-    available = duration_s - 2 * SEIZURE_MARGIN_S - SEIZURE_GAP_S * (count - 1)
-    durations = rng.uniform(SEIZURE_MIN_S, SEIZURE_MAX_S, count)
-    if durations.sum() > available:
+    # Plan in integer tenths of a second: exact in csv_bi's 4 decimals, so annotations read back equal.
+    tenths = 10
+    min_len, max_len = round(SEIZURE_MIN_S * tenths), round(SEIZURE_MAX_S * tenths)
+    margin, gap = round(SEIZURE_MARGIN_S * tenths), round(SEIZURE_GAP_S * tenths)
+    available = duration_s * tenths - 2 * margin - gap * (count - 1)
+    lengths = rng.integers(min_len, max_len, count, endpoint=True)
+    if lengths.sum() > available:
         # Shrink the part above the minimum so all of them fit and none drops below 20 s.
-        excess = durations - SEIZURE_MIN_S
-        durations = SEIZURE_MIN_S + excess * (available - SEIZURE_MIN_S * count) / excess.sum()
-    slack = np.sort(rng.uniform(0.0, available - durations.sum(), count))
-    seizures = []
-    for i in range(count):
-        start = SEIZURE_MARGIN_S + slack[i] + durations[:i].sum() + SEIZURE_GAP_S * i
-        # A 0.1 s grid: exact in csv_bi's 4 decimals, so annotations read back equal.
-        start_s = float(np.ceil(start * 10) / 10)
-        stop_s = float(np.floor((start + durations[i]) * 10) / 10)
-        seizures.append(
-            PlannedSeizure(
-                start_s=start_s,
-                stop_s=stop_s,
-                focus=CHANNELS[int(rng.integers(N_CHANNELS))],
-                onset_hz=float(rng.uniform(6.0, 8.0)),
-                offset_hz=float(rng.uniform(2.5, 3.5)),
-                amplitude_uv=float(rng.uniform(80.0, 180.0)),
-            )
+        excess = lengths - min_len
+        lengths = min_len + excess * (available - min_len * count) // excess.sum()
+    slack = np.sort(rng.integers(0, available - lengths.sum(), count, endpoint=True))
+    starts = margin + slack + np.concatenate([[0], np.cumsum(lengths)[:-1]]) + gap * np.arange(count)
+    return tuple(
+        PlannedSeizure(
+            start_s=int(start) / tenths,
+            stop_s=int(start + length) / tenths,
+            focus=CHANNELS[int(rng.integers(N_CHANNELS))],
+            onset_hz=float(rng.uniform(6.0, 8.0)),
+            offset_hz=float(rng.uniform(2.5, 3.5)),
+            amplitude_uv=float(rng.uniform(80.0, 180.0)),
         )
-    return tuple(seizures)
+        for start, length in zip(starts, lengths, strict=True)
+    )
 
 
 def _plan_artefacts(rng: np.random.Generator, duration_s: float) -> tuple[Artefact, ...]:
@@ -255,6 +254,7 @@ def plan_recording(
         raise ValueError(f"rate must be a whole number of Hz >= {MIN_RATE}, got {rate!r}")
     if duration_s < 1 or int(duration_s) != duration_s:
         raise ValueError(f"duration_s must be a whole number of seconds >= 1, got {duration_s!r}")
+    duration_s = int(duration_s)
     rng = np.random.default_rng([seed, index, 0])
     fitting = _max_seizures(duration_s)
     if seizures is None:
@@ -270,7 +270,7 @@ def plan_recording(
         seed=seed,
         index=index,
         rate=int(rate),
-        duration_s=int(duration_s),
+        duration_s=duration_s,
         mains_hz=float(mains_hz),
         background_uv=float(rng.uniform(10.0, 20.0)),
         alpha_hz=float(rng.uniform(9.0, 11.0)),
@@ -398,37 +398,38 @@ def synthesize(plan: RecordingPlan) -> Iterator[np.ndarray]:
 
 
 def write_recording(plan: RecordingPlan, edf_path: str | os.PathLike) -> Path:
-    """Write the plan's EDF (chunk by chunk, atomically) and its ``.csv_bi`` next to it; return the EDF path."""
+    """Write the plan's EDF (chunk by chunk, atomically) and its ``.csv_bi`` beside it; return the EDF."""
     edf_path = Path(edf_path)
     edf_path.parent.mkdir(parents=True, exist_ok=True)
     partial = edf_path.with_name(f".{edf_path.name}.partial")
     writer = pyedflib.EdfWriter(str(partial), N_CHANNELS, file_type=pyedflib.FILETYPE_EDF)
     try:
-        writer.setStartdatetime(START_DATETIME)
-        writer.setPatientCode(plan.name)
-        writer.setEquipment("brr-synth")
-        writer.setSignalHeaders(
-            [
-                {
-                    "label": label,
-                    "dimension": "uV",
-                    "sample_frequency": plan.rate,
-                    "physical_max": PHYSICAL_RANGE_UV,
-                    "physical_min": -PHYSICAL_RANGE_UV,
-                    "digital_max": DIGITAL_MAX,
-                    "digital_min": -DIGITAL_MAX,
-                    "transducer": "synthetic",
-                    "prefilter": "none",
-                }
-                for label in TUH_LABELS
-            ]
-        )
-        for chunk in synthesize(plan):
-            writer.writeSamples(list(np.ascontiguousarray(chunk)))
-        writer.close()
+        try:
+            writer.setStartdatetime(START_DATETIME)
+            writer.setPatientCode(plan.name)
+            writer.setEquipment("brr-synth")
+            writer.setSignalHeaders(
+                [
+                    {
+                        "label": label,
+                        "dimension": "uV",
+                        "sample_frequency": plan.rate,
+                        "physical_max": PHYSICAL_RANGE_UV,
+                        "physical_min": -PHYSICAL_RANGE_UV,
+                        "digital_max": DIGITAL_MAX,
+                        "digital_min": -DIGITAL_MAX,
+                        "transducer": "synthetic",
+                        "prefilter": "none",
+                    }
+                    for label in TUH_LABELS
+                ]
+            )
+            for chunk in synthesize(plan):
+                writer.writeSamples(list(chunk))
+        finally:
+            writer.close()
         os.replace(partial, edf_path)
     except BaseException:
-        writer.close()
         partial.unlink(missing_ok=True)
         raise
     write_csv_bi(
@@ -449,7 +450,7 @@ def write_corpus(
     seizures: int | None = None,
     mains_hz: float = 60.0,
 ) -> Path:
-    """Write ``recordings`` EDF + csv_bi pairs of ``minutes`` each and a ``corpus.json`` index; return its path."""
+    """Write ``recordings`` EDF + csv_bi pairs of ``minutes`` each plus a ``corpus.json`` index (returned)."""
     if recordings < 0:
         raise ValueError(f"recordings must be >= 0, got {recordings}")
     duration_s = int(round(minutes * 60))

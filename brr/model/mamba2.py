@@ -64,9 +64,10 @@ class Mamba2(nn.Module):
         z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], -1)
         xbc = F.silu(self.conv1d(xbc.transpose(1, 2))[..., :length].transpose(1, 2))
         x, B, C = torch.split(xbc, [self.d_inner, self.d_state, self.d_state], -1)
+        # Contiguous operands: the op's kernels (and compilers' layout assumptions) need no strides.
         y = selective_scan(
-            x.reshape(b, length, self.nheads, self.headdim), dt, -torch.exp(self.A_log),
-            B.unsqueeze(2), C.unsqueeze(2), self.D, self.dt_bias, True, self.chunk_size,
+            x.reshape(b, length, self.nheads, self.headdim).contiguous(), dt.contiguous(), -torch.exp(self.A_log),
+            B.unsqueeze(2).contiguous(), C.unsqueeze(2).contiguous(), self.D, self.dt_bias, True, self.chunk_size,
         )
         return self.out_proj(self.norm(y.reshape(b, length, self.d_inner), z))
 

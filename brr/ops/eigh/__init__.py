@@ -12,6 +12,13 @@ Gradient: the standard first-order perturbation formula with degenerate gaps mas
 
 Implementations: ``reference`` (torch.linalg.eigh / LAPACK), ``onnx`` (standard-op Jacobi
 decomposition and the custom node), ``ort`` (ONNX Runtime kernel), ``trt`` (TensorRT plugin).
+
+Custom node (``plugin`` export mode, one per call): domain ``ai.onnx.contrib`` version 1, op_type
+``SymmetricEigh``, input A float32 (..., n, n), outputs eigenvalues (..., n) and eigenvectors
+(..., n, n) as above, string attribute ``plugin_namespace="brr"``. ONNX Runtime runs it after
+``import brr.ops.eigh.ort`` in sessions that load ``onnxruntime_extensions.get_library_path()``;
+TensorRT's ONNX parser maps it to the plugin ``brr::SymmetricEigh`` once
+``brr.ops.eigh.trt.register_plugin()`` has run. ``compare.eigenspace_projectors`` compares results.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ def _eigh_op(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @_eigh_op.register_fake
 def _(a):
-    return a.new_empty(a.shape[:-1]), torch.empty_like(a)
+    return a.new_empty(a.shape[:-1]), a.new_empty(a.shape)
 
 
 def _setup_context(ctx, inputs, output):

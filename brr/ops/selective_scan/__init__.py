@@ -43,7 +43,7 @@ def _selective_scan_op(
     dt_softplus: bool,
     chunk_size: int,
 ) -> torch.Tensor:
-    return ssd_chunked(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size)
+    return ssd_chunked(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size).contiguous()
 
 
 @_selective_scan_op.register_kernel("cuda")
@@ -51,7 +51,7 @@ def _selective_scan_cuda(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size):
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
     except ImportError:  # the pure-PyTorch path is always valid
-        return ssd_chunked(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size)
+        return ssd_chunked(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size).contiguous()
     return mamba_chunk_scan_combined(
         x.contiguous(), dt.contiguous(), A, B.contiguous(), C.contiguous(), chunk_size,
         D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
@@ -60,7 +60,7 @@ def _selective_scan_cuda(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size):
 
 @_selective_scan_op.register_fake
 def _(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)
 
 
 def _setup_context(ctx, inputs, output):

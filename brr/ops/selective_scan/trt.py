@@ -44,7 +44,9 @@ def output_dtype(input_dtypes: Sequence[str]) -> str:
         raise ValueError(f"{OP_TYPE} takes {len(INPUT_NAMES)} inputs {INPUT_NAMES}, got {len(input_dtypes)}")
     dtype = input_dtypes[0]
     if dtype not in SUPPORTED_DTYPES or any(d != dtype for d in input_dtypes):
-        raise ValueError(f"{OP_TYPE} needs all inputs of one type among {SUPPORTED_DTYPES}, got {input_dtypes}")
+        raise ValueError(
+            f"{OP_TYPE} needs all inputs of one type among {SUPPORTED_DTYPES}, got {input_dtypes}"
+        )
     return dtype
 
 
@@ -80,7 +82,9 @@ def run_scan(inputs: Sequence, output, dt_softplus: int, chunk_size: int, stream
         tensors = [torch.as_tensor(t, device="cuda") for t in inputs]
         out = torch.as_tensor(output, device="cuda")
         if tuple(out.shape) != output_shape([t.shape for t in tensors]):
-            raise ValueError(f"{OP_TYPE} output buffer {tuple(out.shape)} does not match x {tuple(tensors[0].shape)}")
+            raise ValueError(
+                f"{OP_TYPE} output buffer {tuple(out.shape)} does not match x {tuple(tensors[0].shape)}"
+            )
         # float32 inside: the fp16 graph's scan keeps reference accuracy; copy_ casts back to y's type.
         out.copy_(selective_scan(*(t.float() for t in tensors), softplus, chunk))
 

@@ -1,7 +1,8 @@
 """PyTorch runner: a checkpoint (or a model in memory) behind Polygraphy's runner interface.
 
 Outputs ``logits``, and with ``probes=True`` every probe of ``brr.model.PROBE_NAMES``. ``autocast``
-runs the fp32 weights under fp16/bf16 autocast, the reduced-precision reference of the diff.
+runs the fp32 weights under fp16/bf16 autocast, the reduced-precision reference of the diff;
+``compile`` runs the forward through ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 class TorchRunner(BaseRunner):
     def __init__(self, model: V3Detector | str | Path, probes: bool = False, autocast: str | None = None,
-                 device: str = "cpu", name: str | None = None):
+                 device: str = "cpu", compile: bool = False, name: str | None = None):
         super().__init__(name=name, prefix="torch-runner")
         self.source = model
         self.probes = probes
@@ -31,11 +32,15 @@ class TorchRunner(BaseRunner):
             raise ValueError(f"autocast must be one of {sorted(AUTOCAST_DTYPES)}, got {autocast!r}")
         self.autocast = autocast
         self.device = torch.device(device)
+        self.compile = compile
         self.model: V3Detector | None = None
+        self.forward = None
 
     def activate_impl(self):
         model = self.source if isinstance(self.source, V3Detector) else load_checkpoint(self.source)
         self.model = model.to(self.device).eval()
+        forward = lambda x: self.model(x, return_probes=True)  # noqa: E731
+        self.forward = torch.compile(forward, dynamic=True) if self.compile else forward
 
     def get_input_metadata_impl(self):
         return TensorMetadata().add(INPUT_NAME, DataType.FLOAT32, (-1, 19, self.model.config.window_samples))
@@ -50,10 +55,11 @@ class TorchRunner(BaseRunner):
             self.device.type, dtype=AUTOCAST_DTYPES.get(self.autocast, torch.float32),
             enabled=self.autocast is not None,
         ):
-            logits, probes = self.model(x, return_probes=True)
+            _, probes = self.forward(x)
         outputs = {name: probes[name].float().cpu().numpy() for name in self.output_names()}
         self.inference_time = time.perf_counter() - start
         return outputs
 
     def deactivate_impl(self):
         self.model = None
+        self.forward = None

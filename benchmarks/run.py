@@ -1,0 +1,242 @@
+"""Benchmark harness: every engine against PyTorch eager fp32, on the same windows, in one run.
+
+    python benchmarks/run.py [--configs v3-small,v3] [--batches 1,4] [--engines ...] [--repeats 5]
+
+Writes benchmarks/results/<stamp>.json and .md and prints the table. Each engine runs in its own
+process (clean peak RSS); each figure is the median of ``repeats`` timed runs after one warm-up,
+with min/max as its spread. Speed is reported next to fidelity: the engine's max logit error
+against PyTorch fp32 on the same inputs and whether its output is clean (finite, within tolerance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from flops import count_flops  # noqa: E402
+from machine import machine_peaks  # noqa: E402
+
+WINDOW_MINUTES = 1.0  # one 60 s window = one minute of EEG at stride 60 s
+
+# engine name -> (brr-export arguments, or None for a PyTorch runner; precision; logit tolerance)
+ENGINES: dict[str, tuple[list[str] | None, str, float]] = {
+    "torch-fp32": (None, "fp32", 0.0),
+    "torch-bf16": (None, "bf16", 0.5),
+    "torch-compile": (None, "fp32", 1e-3),
+    "ort-fp32": (["--backend", "onnxruntime", "--engine", "fp32", "--ops", "standard"], "fp32", 1e-3),
+    "ort-plugin-fp32": (["--backend", "onnxruntime", "--engine", "fp32", "--ops", "plugin"], "fp32", 1e-3),
+    "ort-fp16": (["--backend", "onnxruntime", "--engine", "fp16", "--ops", "standard"], "fp16", 0.5),
+    "ort-int8": (["--backend", "onnxruntime", "--engine", "int8", "--ops", "standard"], "int8", 2.0),
+    "openvino-fp32": (["--backend", "openvino", "--engine", "fp32", "--ops", "standard"], "fp32", 1e-3),
+    "openvino-bf16": (["--backend", "openvino", "--engine", "bf16", "--ops", "standard"], "bf16", 0.5),
+    "tensorrt-fp32": (["--backend", "tensorrt", "--engine", "fp32", "--ops", "plugin"], "fp32", 1e-3),
+    "tensorrt-fp16": (["--backend", "tensorrt", "--engine", "fp16", "--ops", "plugin"], "fp16", 0.5),
+    "tensorrt-bf16": (["--backend", "tensorrt", "--engine", "bf16", "--ops", "plugin"], "bf16", 0.5),
+    "tensorrt-int8": (["--backend", "tensorrt", "--engine", "int8", "--ops", "plugin"], "int8", 2.0),
+}
+DEFAULT_ENGINES = "torch-fp32,torch-bf16,ort-fp32,ort-plugin-fp32,ort-fp16,ort-int8,openvino-fp32,openvino-bf16"
+
+
+def benchmark_windows(n: int, seed: int) -> np.ndarray:
+    """Real preprocessed EEG windows from a synthetic recording the project writes itself."""
+    import tempfile
+
+    from brr.data import iter_windows, read_recording
+    from brr.data.synthetic import write_corpus
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_corpus(tmp, recordings=1, minutes=max(2, n + 1), seed=seed)
+        recording = read_recording(next(Path(tmp).glob("*.edf")))
+        windows = [w.signals for w in iter_windows(recording, window_s=60, stride_s=60)][:n]
+    return np.stack(windows).astype(np.float32)
+
+
+def _measure(engine: str, source: str, inputs_path: str, batch: int, repeats: int, queue) -> None:
+    """Child process: load the engine, time it, return timings, peak RSS and the logits."""
+    try:
+        from brr.runtime.runners.torch import TorchRunner
+
+        windows = np.load(inputs_path)
+        if engine.startswith("torch"):
+            runner = TorchRunner(source, autocast="bf16" if engine == "torch-bf16" else None,
+                                 compile=engine == "torch-compile")
+        else:
+            from brr.runtime.runners import load_runner
+
+            runner = load_runner(source)
+        with runner:
+            feed = {"eeg": np.ascontiguousarray(np.resize(windows, (batch, *windows.shape[1:])))}
+            runner.infer(feed)  # warm-up (and compilation)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                runner.infer(feed)
+                times.append(time.perf_counter() - start)
+            logits = np.concatenate([runner.infer({"eeg": windows[i : i + 1]})["logits"] for i in range(len(windows))])
+        queue.put({"times": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   "logits": logits})
+    except Exception as exc:  # reported in the results, the other engines still run
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def measure(engine: str, source: str, inputs_path: str, batch: int, repeats: int) -> dict:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_measure, args=(engine, source, inputs_path, batch, repeats, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def build_artifact(engine: str, checkpoint: Path, out: Path) -> tuple[Path | None, float, str | None]:
+    args = ENGINES[engine][0]
+    if args is None:
+        return checkpoint, 0.0, None
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "brr.cli.export", str(checkpoint), "--out", str(out), *args,
+                           "--no-verify"], capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        return None, elapsed, (proc.stderr.strip().splitlines() or ["export failed"])[-1]
+    return out, elapsed, None
+
+
+def run(configs: list[str], batches: list[int], engines: list[str], repeats: int, n_windows: int,
+        workdir: Path, checkpoint: Path | None) -> dict:
+    import torch
+
+    from brr.model import build_detector, save_checkpoint
+
+    sys.path.insert(0, str(HERE))
+    from stages import stage_profile
+
+    machine = machine_peaks()
+    results, profiles, model_flops = [], {}, {}
+    windows = benchmark_windows(n_windows, seed=0)
+    inputs_path = workdir / "windows.npy"
+    workdir.mkdir(parents=True, exist_ok=True)
+    np.save(inputs_path, windows)
+    for config in configs:
+        ckpt = checkpoint or workdir / f"{config}-checkpoint"
+        if checkpoint is None:
+            torch.manual_seed(0)
+            save_checkpoint(build_detector(config), ckpt)
+        from brr.model import load_checkpoint
+
+        model = load_checkpoint(ckpt)
+        profile = stage_profile(model, torch.as_tensor(windows[:1]))
+        total = sum(profile.values())
+        profiles[config] = {k: {"seconds": v, "share": v / total} for k, v in profile.items()}
+        reference_logits = None
+        for engine in engines:
+            artifact, export_s, error = build_artifact(engine, ckpt, workdir / f"{config}-{engine}")
+            if error is None and artifact is not None and (artifact / "model.onnx").exists() and config not in model_flops:
+                import onnx
+
+                model_flops[config] = count_flops(onnx.load(str(artifact / "model.onnx")))["total"]
+            for batch in batches:
+                entry = {"config": config, "engine": engine, "precision": ENGINES[engine][1], "batch": batch,
+                         "export_s": export_s, **{k: machine[k] for k in ("cpu_model", "cpu_flags", "threads")}}
+                measured = {"error": error} if error else measure(engine, str(artifact), str(inputs_path), batch, repeats)
+                if "error" in measured:
+                    results.append({**entry, "error": measured["error"]})
+                    print(f"{config:9s} {engine:16s} b={batch}: {measured['error']}")
+                    continue
+                seconds = statistics.median(measured["times"])
+                logits = measured["logits"]
+                if engine == "torch-fp32":
+                    reference_logits = logits
+                error_max = float(np.abs(logits - reference_logits).max()) if reference_logits is not None else None
+                finite = bool(np.isfinite(logits).all())
+                windows_per_s = batch / seconds
+                flops = model_flops.get(config)
+                entry.update({
+                    "windows_per_s": windows_per_s,
+                    "eeg_hours_per_min": windows_per_s * 60 * WINDOW_MINUTES / 60,
+                    "latency_per_window_p50_s": seconds / batch,
+                    "latency_per_window_p95_s": float(np.percentile(measured["times"], 95)) / batch,
+                    "spread_s": [min(measured["times"]), max(measured["times"])],
+                    "peak_rss_mb": measured["peak_rss_mb"],
+                    "model_gflop_per_window": flops / 1e9 if flops else None,
+                    "fp32_peak_fraction": (flops * windows_per_s / 1e9 / machine["fp32_gemm_gflops"]) if flops else None,
+                    "max_logit_error": error_max,
+                    "diff_clean": finite and error_max is not None and error_max <= ENGINES[engine][2],
+                })
+                results.append(entry)
+        eager = {r["batch"]: r["windows_per_s"] for r in results
+                 if r["config"] == config and r["engine"] == "torch-fp32" and "windows_per_s" in r}
+        for r in results:
+            if r["config"] == config and "windows_per_s" in r and r["batch"] in eager:
+                r["speedup_vs_pytorch_eager_fp32"] = r["windows_per_s"] / eager[r["batch"]]
+    return {"machine": machine, "results": results, "stage_profile": profiles, "model_flops": model_flops}
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"CPU: {m['cpu_model']} ({', '.join(m['cpu_flags'])}), {m['threads']} threads; "
+             f"GEMM peak fp32 {m['fp32_gemm_gflops']:.0f} GFLOP/s"
+             + (f", bf16 {m['bf16_gemm_gflops']:.0f} GFLOP/s" if "bf16_gemm_gflops" in m else ""), "",
+             "| config | engine | batch | windows/s | EEG h/min | p50 s/window | peak RSS MB | fp32 peak | x eager fp32 | max logit err | clean |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        if "error" in r:
+            lines.append(f"| {r['config']} | {r['engine']} | {r['batch']} | unavailable: {r['error'][:80]} |||||||||")
+            continue
+        frac = r["fp32_peak_fraction"]
+        lines.append(
+            f"| {r['config']} | {r['engine']} | {r['batch']} | {r['windows_per_s']:.3f} | {r['eeg_hours_per_min']:.3f} "
+            f"| {r['latency_per_window_p50_s']:.3f} | {r['peak_rss_mb']:.0f} | {'' if frac is None else f'{frac:.0%}'} "
+            f"| {r.get('speedup_vs_pytorch_eager_fp32', float('nan')):.2f} | {r['max_logit_error']:.2e} | {r['diff_clean']} |")
+    for config, profile in report["stage_profile"].items():
+        top = max(profile, key=lambda k: profile[k]["share"])
+        lines += ["", f"Stage profile, {config} (PyTorch eager, batch 1): the costliest stage is **{top}**", "",
+                  "| stage | s | share |", "|---|---|---|"]
+        lines += [f"| {k} | {v['seconds']:.3f} | {v['share']:.0%} |" for k, v in profile.items()]
+    for config, flops in report["model_flops"].items():
+        lines.append(f"\n{config}: {flops / 1e9:.1f} GFLOP per window (MatMul+Gemm+Conv, counted from the ONNX graph)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="v3-small,v3")
+    parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--engines", default=DEFAULT_ENGINES, help=f"comma list from: {', '.join(ENGINES)}")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--windows", type=int, default=4, help="distinct windows for the fidelity check")
+    parser.add_argument("--checkpoint", type=Path, help="a trained checkpoint instead of a random initialisation")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args(argv)
+    engines = args.engines.split(",")
+    unknown = set(engines) - set(ENGINES)
+    if unknown:
+        parser.error(f"unknown engines {sorted(unknown)}")
+    if "torch-fp32" not in engines:
+        engines.insert(0, "torch-fp32")  # every ratio is against it, measured in the same run
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    report = run(args.configs.split(","), [int(b) for b in args.batches.split(",")], engines, args.repeats,
+                 args.windows, args.out / f"work-{stamp}", args.checkpoint)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stamp}.json").write_text(json.dumps(report, indent=2, default=float))
+    table = markdown(report)
+    (args.out / f"{stamp}.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""INT8 calibration on EDF windows: ONNX Runtime static QDQ (runs here) and TensorRT through Polygraphy.
+
+ONNX Runtime: the exporter's own ``QuantizeStaticQDQ`` (``onnxruntime.quantization.quantize_static``,
+QDQ, per-channel, Conv and constant-weight MatMul) fed by ``WindowCalibrationReader`` over
+``EdfBatches.arrays()``, so windows stream from the recordings. TensorRT: Polygraphy's ``Calibrator``
+over ``EdfBatches`` (feeds ``{"eeg": batch}``) with a calibration cache; needs TensorRT and a GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from brr.calibration.windows import EdfBatches
+from brr.export.engines.onnxruntime import QuantizeStaticQDQ
+from brr.export.engines.tensorrt import import_tensorrt
+from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, keep_outputs
+from brr.runtime.runners.io import OUTPUT_NAME
+
+TENSORRT_ENGINE_FILE = "model.int8.engine"
+TENSORRT_CACHE_FILE = "int8.cache"
+
+
+def quantize_onnxruntime(probed_model: Path, batches: EdfBatches, directory: Path) -> tuple[Path, Path]:
+    """int8 QDQ ``model.probed.onnx`` (every probe) and ``model.onnx`` (logits) in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    quantized = QuantizeStaticQDQ(probed_model, batches.arrays(), fp32_nodes=[])()
+    probed_out, served_out = directory / PROBED_MODEL_FILE, directory / MODEL_FILE
+    onnx.save(quantized, str(probed_out))
+    ir.save(keep_outputs(ir.load(probed_out), (OUTPUT_NAME,)), served_out)
+    return probed_out, served_out
+
+
+def tensorrt_calibrator(batches: EdfBatches, cache: Path):
+    """Polygraphy's INT8 calibrator (TensorRT's entropy calibrator 2) over the EDF batches, cached in ``cache``."""
+    from polygraphy.backend.trt import Calibrator
+
+    return Calibrator(batches, cache=str(cache))
+
+
+def build_tensorrt_int8(model: Path, batches: EdfBatches, directory: Path) -> Path:
+    """A TensorRT INT8 engine of ``model`` (fp16 fallback), calibrated on ``batches``; writes the cache too."""
+    import_tensorrt()  # TensorRTUnavailable with the one line to print when TensorRT or the GPU is missing
+    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
+
+    directory.mkdir(parents=True, exist_ok=True)
+    profile = Profile().add("eeg", min=batches.shape, opt=batches.shape, max=batches.shape)
+    config = CreateConfig(int8=True, fp16=True, profiles=[profile],
+                          calibrator=tensorrt_calibrator(batches, directory / TENSORRT_CACHE_FILE))
+    engine_path = directory / TENSORRT_ENGINE_FILE
+    SaveEngine(EngineFromNetwork(NetworkFromOnnxPath(str(model)), config=config), str(engine_path))()
+    return engine_path

@@ -1,0 +1,85 @@
+"""Calibration windows streamed from EDF/BDF recordings in bounded memory.
+
+``EdfBatches`` reads one recording at a time through ``brr.data.open_recording`` / ``iter_windows``
+and groups windows into (B, 19, samples) float32 batches; at most one batch and one preprocessing
+block are held at once. It is re-iterable (each pass re-opens the files), which is what Polygraphy's
+TensorRT ``Calibrator`` needs (it restarts the loader on ``reset``), and iterating it yields feeds
+``{"eeg": batch}``; ``arrays()`` yields the bare batches for ONNX Runtime's calibration reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from brr.data import iter_windows, open_recording
+from brr.montage import N_CHANNELS
+from brr.runtime.runners.io import INPUT_NAME
+
+SAMPLING_RATE = 256
+EDF_SUFFIXES = (".edf", ".bdf")
+
+
+def edf_files(paths: list[str | Path]) -> list[Path]:
+    """EDF/BDF files of ``paths`` (files, or folders searched recursively), in a stable order."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in EDF_SUFFIXES)
+        elif path.is_file():
+            if path.suffix.lower() not in EDF_SUFFIXES:
+                raise ValueError(f"{path}: not an EDF/BDF recording (expected {', '.join(EDF_SUFFIXES)})")
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such EDF file or folder")
+    if not files:
+        raise FileNotFoundError(f"no .edf/.bdf recordings in {', '.join(map(str, paths))}")
+    return files
+
+
+class EdfBatches:
+    """(B, 19, window_samples) float32 batches of consecutive windows, at most ``max_windows`` in all."""
+
+    def __init__(self, paths: list[str | Path], batch_size: int = 1, window_samples: int = 15360,
+                 stride_s: float | None = None, max_windows: int | None = 16):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_windows is not None and max_windows < 1:
+            raise ValueError(f"max_windows must be >= 1 or None, got {max_windows}")
+        self.files = edf_files(paths)
+        self.batch_size = batch_size
+        self.window_samples = window_samples
+        self.window_s = window_samples / SAMPLING_RATE
+        self.stride_s = self.window_s if stride_s is None else stride_s
+        self.max_windows = max_windows
+        # Set by Polygraphy (CreateConfig / EngineFromNetwork) to the network's input metadata.
+        self.input_metadata = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.batch_size, N_CHANNELS, self.window_samples
+
+    def windows(self) -> Iterator[np.ndarray]:
+        """(19, window_samples) windows, one recording open at a time."""
+        given = 0
+        for path in self.files:
+            with open_recording(path, min_duration_s=0) as stream:
+                for window in iter_windows(stream, self.window_s, min(self.stride_s, self.window_s)):
+                    if self.max_windows is not None and given >= self.max_windows:
+                        return
+                    given += 1
+                    yield window.signals
+
+    def arrays(self) -> Iterator[np.ndarray]:
+        """Full batches only: a calibrator is given the one shape the engine is built for."""
+        batch: list[np.ndarray] = []
+        for window in self.windows():
+            batch.append(window)
+            if len(batch) == self.batch_size:
+                yield np.ascontiguousarray(np.stack(batch), dtype=np.float32)
+                batch = []
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return ({INPUT_NAME: batch} for batch in self.arrays())

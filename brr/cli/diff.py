@@ -1,0 +1,60 @@
+"""``brr-diff``: compare engines with the fp32 PyTorch model stage by stage and find where NaNs start.
+
+Exit status: 0 clean (per --fail-on), 1 failed per --fail-on, 2 usage error or missing dependency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from brr.diff import AdversarialWindows, ArtifactError, ChainedWindows, EdfWindows, SyntheticWindows, run_diff
+from brr.model import CheckpointError, load_checkpoint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="brr-diff",
+        description="Compare brr-export engines (and PyTorch under autocast) with the fp32 PyTorch model: "
+        "per stage, then per ONNX node where an input goes non-finite or diverges.",
+    )
+    parser.add_argument("checkpoint", help="checkpoint folder of the fp32 reference")
+    parser.add_argument("engines", nargs="*", help="brr-export artifact folders, or torch:fp16 / torch:bf16")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--inputs", nargs="+", metavar="EDF_OR_DIR", help="EDF/BDF files or folders")
+    source.add_argument("--synthetic", type=int, metavar="N", help="N seeded synthetic windows (default 2)")
+    parser.add_argument("--max-windows", type=int, default=None, help="stop after this many EDF windows")
+    parser.add_argument("--adversarial", action="store_true",
+                        help="add flat, 1000 uV pops, saturated, all-zero and pure 60 Hz windows")
+    parser.add_argument("--atol", type=float, default=1e-3, help="absolute tolerance (default 1e-3)")
+    parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
+    parser.add_argument("--report", default="diff-report", metavar="DIR", help="report folder (default diff-report)")
+    parser.add_argument("--fail-on", choices=("nonfinite", "divergence", "never"), default="nonfinite",
+                        help="what makes the exit status 1 (default nonfinite)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.engines:
+        parser.error("give at least one engine (an artifact folder, torch:fp16 or torch:bf16)")
+    try:
+        window = load_checkpoint(args.checkpoint).config.window_samples
+        loaders = [EdfWindows(args.inputs, window, max_windows=args.max_windows) if args.inputs
+                   else SyntheticWindows(args.synthetic or 2, window)]
+        if args.adversarial:
+            loaders.append(AdversarialWindows(window))
+        report = run_diff(args.checkpoint, args.engines, ChainedWindows(loaders), args.atol, args.rtol,
+                          args.report, args.fail_on)
+    except (CheckpointError, ArtifactError, FileNotFoundError, ValueError, ImportError) as error:
+        print(f"brr-diff: {error}", file=sys.stderr)
+        return 2
+    print(Path(args.report, "report.md").read_text(), end="")
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""brr-infer ENGINE INPUT... --out DIR: seizure events for every recording, on any engine.
+
+Exit codes: 0 every recording ok (or already done), 1 some recording failed (see summary.json),
+2 usage error (bad option, no recordings, engine refused), 130 interrupted (Ctrl-C; the summary of
+what finished is written, no half-written file is left).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import Self
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from brr.runtime.infer import (
+    OUTPUT_FORMATS,
+    SUMMARY_FILE,
+    InferenceInterrupted,
+    InferenceSettings,
+    InferenceSummary,
+    InferenceUsageError,
+    RecordingEntry,
+    run_inference,
+)
+from brr.runtime.postprocess import PostprocessConfig
+
+DEFAULTS = InferenceSettings()
+POST = PostprocessConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brr-infer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("engine", help="checkpoint directory or exported engine (its manifest decides the backend)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="EDF/BDF files, directories (searched recursively) or glob patterns")
+    parser.add_argument("--out", required=True, help="output folder (created if missing)")
+    parser.add_argument("--stride", type=float, default=DEFAULTS.stride_s,
+                        help=f"seconds between 60 s windows (default {DEFAULTS.stride_s:g})")
+    parser.add_argument("--batch", type=int, default=DEFAULTS.batch_size, help="windows per engine call")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per engine (default: backend's)")
+    parser.add_argument("--device", default=DEFAULTS.device,
+                        help="cpu or cuda (PyTorch and ONNX Runtime; TensorRT plans always run on the GPU)")
+    parser.add_argument("--format", default=",".join(DEFAULTS.formats),
+                        help=f"comma-separated subset of {','.join(OUTPUT_FORMATS)} (default all)")
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="also write <name>_probabilities.npz (per-second mean and max, float16)")
+    parser.add_argument("--reference", metavar="ANNOTATIONS_DIR",
+                        help="score against <name>.csv_bi or <name>_events.tsv found there")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="skip recordings whose outputs are complete and current (the default)")
+    existing.add_argument("--overwrite", action="store_true", help="redo every recording")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="run here, or one Ray task per recording (pip install '.[ray]')")
+    parser.add_argument("--ray-address", default=None, help="ray.init address (default: a local instance)")
+    parser.add_argument("--mains", default="60", choices=("50", "60", "none"), help="notch frequency")
+    parser.add_argument("--min-recording", type=float, default=DEFAULTS.min_recording_s,
+                        help="shorter recordings are reported as too short (seconds, default one window)")
+    post = parser.add_argument_group("post-processing")
+    post.add_argument("--enter", type=float, default=POST.enter, help="hysteresis: event starts at p >= this")
+    post.add_argument("--leave", type=float, default=POST.leave, help="hysteresis: event ends at p < this")
+    post.add_argument("--opening", type=int, default=POST.opening_samples, help="opening length (samples)")
+    post.add_argument("--closing", type=int, default=POST.closing_samples, help="closing length (samples)")
+    post.add_argument("--min-duration", type=float, default=POST.min_duration_s, help="shortest event (s)")
+    post.add_argument("--max-duration", type=float, default=POST.max_duration_s, help="longest event (s)")
+    post.add_argument("--merge-gap", type=float, default=POST.merge_gap_s, help="merge events closer than this (s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> InferenceSettings:
+    try:
+        postprocess = PostprocessConfig(
+            enter=args.enter, leave=args.leave, opening_samples=args.opening, closing_samples=args.closing,
+            min_duration_s=args.min_duration, max_duration_s=args.max_duration, merge_gap_s=args.merge_gap,
+        )
+    except ValueError as error:
+        raise InferenceUsageError(f"post-processing: {error}") from error
+    return InferenceSettings(
+        stride_s=args.stride, batch_size=args.batch, threads=args.threads, device=args.device,
+        formats=tuple(f.strip() for f in args.format.split(",") if f.strip()),
+        save_probabilities=args.save_probabilities, reference_dir=args.reference, overwrite=args.overwrite,
+        executor=args.executor, ray_address=args.ray_address, postprocess=postprocess,
+        mains_hz=None if args.mains == "none" else float(args.mains), min_recording_s=args.min_recording,
+    )
+
+
+class RichProgress:
+    """Two bars (recordings, windows of the current recording) and hours of EEG per minute."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console)
+        self.files = self.progress.add_task("recordings", total=0, rate="")
+        self.windows = self.progress.add_task("windows", total=0, rate="", visible=False)
+        self.started = time.perf_counter()
+        self.eeg_seconds = 0.0
+        self.current: str | None = None  # the recording whose windows are being reported
+
+    def __enter__(self) -> Self:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.stop()
+
+    def _rate(self) -> str:
+        minutes = (time.perf_counter() - self.started) / 60.0
+        return f"{self.eeg_seconds / 3600.0 / minutes:.2f} h EEG/min" if minutes > 0 else ""
+
+    def run_started(self, n_recordings: int) -> None:
+        self.started = time.perf_counter()
+        self.progress.update(self.files, total=n_recordings)
+
+    def recording_started(self, name: str, n_windows: int) -> None:
+        self.current = name
+        self.progress.reset(self.windows, total=n_windows, description=f"  {name}", visible=True)
+
+    def windows_done(self, n_windows: int, eeg_seconds: float) -> None:
+        self.eeg_seconds += eeg_seconds
+        self.progress.update(self.windows, advance=n_windows, rate=self._rate())
+
+    def recording_finished(self, entry: RecordingEntry) -> None:
+        if entry.status == "ok" and entry.name != self.current:
+            # Ray reports whole recordings only, never their windows.
+            self.eeg_seconds += entry.duration_s or 0.0
+        self.current = None
+        self.progress.update(self.files, advance=1, rate=self._rate())
+
+
+def _fmt_score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def summary_table(summary: InferenceSummary) -> Table:
+    title = f"brr-infer: {summary.count('ok')} ok, {summary.count('failed')} failed, {summary.count('skipped')} skipped"
+    table = Table(title=title)
+    for column in ("recording", "status", "duration", "events", "time", "event F1", "detail"):
+        table.add_column(column)
+    for entry in summary.entries:
+        scores = entry.scores or {}
+        f1 = _fmt_score(scores["event"]["f1"]) if "event" in scores else "-"
+        table.add_row(
+            entry.name, entry.status,
+            "-" if entry.duration_s is None else f"{entry.duration_s / 60:.1f} min",
+            "-" if entry.n_events is None else str(entry.n_events),
+            f"{entry.time_s:.1f} s", f1, entry.error or scores.get("error", ""),
+        )
+    return table
+
+
+def print_summary(console: Console, summary: InferenceSummary) -> None:
+    console.print(summary_table(summary))
+    rate = summary.eeg_hours_per_minute
+    console.print(f"{summary.eeg_hours_processed:.2f} h of EEG in {summary.wall_s / 60:.1f} min"
+                  + (f" ({rate:.2f} h EEG/min)" if rate is not None else ""))
+    if summary.scores:
+        for view in ("event", "sample"):
+            s = summary.scores[view]
+            console.print(f"{view}-based over {summary.scores['n_files']} file(s): sensitivity "
+                          f"{_fmt_score(s['sensitivity'])}, precision {_fmt_score(s['precision'])}, "
+                          f"F1 {_fmt_score(s['f1'])}, false alarms/24h {_fmt_score(s['fp_per_24h'])}")
+    console.print(f"summary: {summary.out_dir}/{SUMMARY_FILE}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse: 2 on a usage error, 0 for --help
+        return int(exit_.code or 0)
+    console = Console(stderr=True)
+    try:
+        settings = settings_from_args(args)
+        if args.quiet:
+            summary = run_inference(args.engine, args.inputs, args.out, settings)
+        else:
+            with RichProgress(console) as progress:
+                summary = run_inference(args.engine, args.inputs, args.out, settings, progress)
+    except InferenceUsageError as error:
+        console.print(f"brr-infer: {error}")
+        return 2
+    except InferenceInterrupted as interrupted:
+        print_summary(console, interrupted.summary)
+        console.print("interrupted: finished recordings are complete, the rest were not written")
+        return 130
+    print_summary(console, summary)
+    return summary.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""``brr-train``: train the detector on an EDF + csv_bi corpus (see :mod:`brr.train`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from brr.data import RecordingError
+from brr.model import CheckpointError, ConfigError
+from brr.train import CorpusError, SettingsError, TrainingError, TrainingStateError, make_settings, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="brr-train",
+        description="Train the V3 detector. Settings come from --config (YAML), then the options below; "
+        "checkpoints go to OUT/best and OUT/last.",
+    )
+    parser.add_argument("--config", help="training config YAML (e.g. brr/train/configs/v3-small-synthetic.yaml)")
+    parser.add_argument("--model", help="detector preset or config file (default v3-small)")
+    parser.add_argument("--data", help="folder of EDF/BDF recordings with .csv_bi annotations")
+    parser.add_argument("--out", help="checkpoint folder")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--steps-per-epoch", type=int, help="0: one pass over the training windows")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="cpu or cuda[:N]")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--max-minutes", type=float, help="wall-clock budget; stops and saves OUT/last")
+    parser.add_argument("--resume", action="store_true", default=None, help="continue from OUT/last")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                        help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    config_file = args.pop("config")
+    try:
+        result = train(make_settings(config_file, **args))
+    except (SettingsError, ConfigError, CorpusError, RecordingError, CheckpointError, TrainingStateError,
+            TrainingError) as error:
+        print(f"brr-train: {error}", file=sys.stderr)
+        return 2
+    best = result.best_metrics
+    if best is not None:
+        ev = best["validation"]["event"]
+        print(f"best: epoch {best['epoch']} ({result.best_checkpoint}): event sensitivity {ev['sensitivity']}, "
+              f"FA/24h {ev['fp_per_24h']}, F1 {ev['f1']}")
+    print(f"last: {result.last_checkpoint}; {result.skipped_steps} non-finite step(s) skipped of {result.steps}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

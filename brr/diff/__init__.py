@@ -1,0 +1,16 @@
+"""Stage- and node-level comparison of engines with the fp32 PyTorch reference, NaN origin, reports.
+
+Entry point: :func:`run_diff`. See ``brr/cli/diff.py`` for the command and
+``report.schema.json`` for the report format.
+"""
+
+from brr.diff.engines import ArtifactError, Engine, artifact_engines, onnxruntime_engine
+from brr.diff.inputs import AdversarialWindows, ChainedWindows, EdfWindows, SyntheticWindows
+from brr.diff.report import DiffReport, validate, write_report
+from brr.diff.run import run_diff
+from brr.diff.stages import node_stages
+
+__all__ = [
+    "AdversarialWindows", "ArtifactError", "ChainedWindows", "DiffReport", "EdfWindows", "Engine", "SyntheticWindows",
+    "artifact_engines", "node_stages", "onnxruntime_engine", "run_diff", "validate", "write_report",
+]

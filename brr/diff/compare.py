@@ -1,0 +1,235 @@
+"""Reduce each (fp32 reference, engine) tensor pair to statistics the moment it arrives.
+
+``TensorStats`` accumulates, over every input it is fed, the counts of non-finite values on each
+side, max / mean absolute error, the normwise relative error ||e - r|| / ||r||, the cosine
+similarity and the value range of the reference, all on the elements finite on both sides; the
+tolerance verdict is Polygraphy's elementwise ``SimpleCompareFunc`` (|e - r| <= atol or
+|e - r| <= rtol |r| for every element). Nothing but these numbers is kept, so memory does not grow
+with the number of inputs.
+
+Two stages are ill-conditioned by construction and get their own comparators:
+
+- ``laplacian_pe``: eigenvectors are only defined up to sign and, for a repeated eigenvalue, up to
+  any rotation of its eigenspace. They are compared by eigenspace projectors over clusters of
+  near-equal reference eigenvalues. When the raw vectors differ but every projector agrees, the
+  stage is *basis-ambiguous*: both answers are correct, which is neither a pass nor a divergence.
+- ``adjacency``: the top-k selection is compared as the set of kept entries per row, the weights on
+  the entries both sides kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from polygraphy.comparator import IterationResult
+from polygraphy.comparator.compare import SimpleCompareFunc
+from polygraphy.logger import G_LOGGER
+
+from brr.model.positional_encoding import normalised_laplacian
+
+# Eigenvalues closer than this (normalised Laplacian spectra lie in [0, 2]) span one eigenspace:
+# fp32 eigensolvers resolve gaps of ~1e-6 only, and vectors across smaller gaps are not comparable.
+EIGEN_CLUSTER_GAP = 1e-4
+
+
+@dataclass
+class TensorStats:
+    """Streaming comparison statistics of one tensor (a stage or an ONNX node output)."""
+
+    elements: int = 0
+    ref_nonfinite: int = 0
+    engine_nonfinite: int = 0
+    # Non-finite in the engine where the reference is finite: what reduced precision caused.
+    precision_nonfinite: int = 0
+    max_abs_err: float = 0.0
+    ref_min: float | None = None
+    ref_max: float | None = None
+    passed: bool = True
+    _finite: int = 0
+    _sum_abs: float = 0.0
+    _sum_sq_diff: float = 0.0
+    _sum_sq_ref: float = 0.0
+    _sum_sq_engine: float = 0.0
+    _dot: float = 0.0
+
+    def add(self, reference: np.ndarray, engine: np.ndarray, atol: float, rtol: float) -> None:
+        """Fold one pair of same-shape arrays into the statistics."""
+        if reference.shape != engine.shape:
+            raise ValueError(f"shape mismatch: reference {reference.shape} vs engine {engine.shape}")
+        r = np.asarray(reference, dtype=np.float64).ravel()
+        e = np.asarray(engine, dtype=np.float64).ravel()
+        r_ok, e_ok = np.isfinite(r), np.isfinite(e)
+        both = r_ok & e_ok
+        self.elements += r.size
+        self.ref_nonfinite += int(r.size - r_ok.sum())
+        self.engine_nonfinite += int(e.size - e_ok.sum())
+        self.precision_nonfinite += int((r_ok & ~e_ok).sum())
+        if r_ok.any():
+            finite_r = r[r_ok]
+            low, high = float(finite_r.min()), float(finite_r.max())
+            self.ref_min = low if self.ref_min is None else min(self.ref_min, low)
+            self.ref_max = high if self.ref_max is None else max(self.ref_max, high)
+        rb, eb = r[both], e[both]
+        diff = np.abs(eb - rb)
+        self._finite += int(both.sum())
+        if diff.size:
+            self.max_abs_err = max(self.max_abs_err, float(diff.max()))
+        self._sum_abs += float(diff.sum())
+        self._sum_sq_diff += float(np.dot(diff, diff))
+        self._sum_sq_ref += float(np.dot(rb, rb))
+        self._sum_sq_engine += float(np.dot(eb, eb))
+        self._dot += float(np.dot(rb, eb))
+        self.passed = self.passed and within_tolerance(rb, eb, atol, rtol) and bool((r_ok == e_ok).all())
+
+    def merge(self, other: TensorStats) -> None:
+        """Fold in the statistics of the same tensor on other inputs."""
+        self.passed = self.passed and other.passed
+        self.max_abs_err = max(self.max_abs_err, other.max_abs_err)
+        if other.ref_min is not None:
+            self.ref_min = other.ref_min if self.ref_min is None else min(self.ref_min, other.ref_min)
+            self.ref_max = other.ref_max if self.ref_max is None else max(self.ref_max, other.ref_max)
+        for name in ("elements", "ref_nonfinite", "engine_nonfinite", "precision_nonfinite", "_finite", "_sum_abs",
+                     "_sum_sq_diff", "_sum_sq_ref", "_sum_sq_engine", "_dot"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def mean_abs_err(self) -> float:
+        return self._sum_abs / self._finite if self._finite else 0.0
+
+    @property
+    def rel_err(self) -> float:
+        """||e - r|| / ||r|| over the elements finite on both sides (0 when both are all zero)."""
+        if self._sum_sq_ref == 0.0:
+            return 0.0 if self._sum_sq_diff == 0.0 else float("inf")
+        return float(np.sqrt(self._sum_sq_diff / self._sum_sq_ref))
+
+    @property
+    def cosine(self) -> float:
+        norms = np.sqrt(self._sum_sq_ref * self._sum_sq_engine)
+        if norms == 0.0:
+            return 1.0 if self._sum_sq_ref == self._sum_sq_engine else 0.0
+        return float(self._dot / norms)
+
+    def to_dict(self) -> dict:
+        public = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("_")}
+        return public | {"mean_abs_err": self.mean_abs_err, "rel_err": self.rel_err, "cosine": self.cosine}
+
+
+def within_tolerance(reference: np.ndarray, engine: np.ndarray, atol: float, rtol: float) -> bool:
+    """Polygraphy's elementwise verdict on two finite arrays of the same shape."""
+    if reference.size == 0:
+        return True
+    compare = SimpleCompareFunc(atol=atol, rtol=rtol, check_error_stat="elemwise", check_shapes=True)
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+        results = compare(IterationResult({"t": engine}, runner_name="engine"),
+                          IterationResult({"t": reference}, runner_name="reference"))
+    return bool(results["t"])
+
+
+# ----------------------------------------------------------------------------- eigendecomposition
+def eigenvalue_clusters(values: np.ndarray, gap: float = EIGEN_CLUSTER_GAP) -> list[tuple[int, int]]:
+    """[start, stop) index ranges of ascending eigenvalues whose neighbours are closer than ``gap``."""
+    clusters, start = [], 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] - values[i - 1] > gap:
+            clusters.append((start, i))
+            start = i
+    return clusters
+
+
+def eigenspace_projectors(vectors: np.ndarray, clusters: list[tuple[int, int]]) -> list[np.ndarray]:
+    """V_c V_c^T for each cluster of columns: invariant to sign and to rotations inside the cluster."""
+    return [vectors[:, a:b] @ vectors[:, a:b].T for a, b in clusters]
+
+
+def eigenspace_error(ref_values: np.ndarray, ref_vectors: np.ndarray, engine_vectors: np.ndarray,
+                     gap: float = EIGEN_CLUSTER_GAP) -> tuple[float, bool]:
+    """Largest eigenspace disagreement of the k returned columns, and whether a cluster has > 1 vector.
+
+    ``ref_vectors`` holds all n eigenvectors, ``engine_vectors`` the first k. A cluster wholly inside
+    the k is compared by projector (Frobenius norm of the difference). A cluster cut by the k-th
+    column is only defined as a whole, so the engine's columns from it must lie inside its span.
+    """
+    k = engine_vectors.shape[-1]
+    worst, degenerate = 0.0, False
+    for a, b in eigenvalue_clusters(ref_values, gap):
+        if a >= k:
+            break
+        degenerate = degenerate or b - a > 1
+        if b <= k:
+            p_ref, p_eng = eigenspace_projectors(ref_vectors, [(a, b)])[0], eigenspace_projectors(engine_vectors, [(a, b)])[0]
+            worst = max(worst, float(np.linalg.norm(p_ref - p_eng)))
+        else:
+            span = ref_vectors[:, a:b]
+            part = engine_vectors[:, a:k]
+            worst = max(worst, float(np.linalg.norm(part - span @ (span.T @ part))))
+    return worst, degenerate
+
+
+@dataclass
+class EigenspaceStats:
+    """Eigenvector comparison of ``laplacian_pe`` by eigenspace, beside its raw ``TensorStats``."""
+
+    max_projector_err: float = 0.0
+    degenerate_steps: int = 0
+    steps: int = 0
+    passed: bool = True
+
+    def add(self, ref_values: np.ndarray, ref_vectors: np.ndarray, engine_pe: np.ndarray, atol: float,
+            rtol: float) -> None:
+        """ref_values (N, n) and ref_vectors (N, n, n) of the reference Laplacians, engine_pe (N, n, k)."""
+        for values, vectors, pe in zip(ref_values, ref_vectors, engine_pe):
+            if not np.isfinite(pe).all():
+                self.passed = False
+                continue
+            err, degenerate = eigenspace_error(values, vectors, pe.astype(np.float64))
+            self.steps += 1
+            self.degenerate_steps += int(degenerate)
+            self.max_projector_err = max(self.max_projector_err, err)
+        # Projector entries are O(1): the same tolerance as an element of an O(1) tensor.
+        self.passed = self.passed and self.max_projector_err <= atol + rtol
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- top-k selection
+@dataclass
+class SelectionStats:
+    """Top-k adjacency compared by the set of entries each row kept."""
+
+    rows: int = 0
+    mismatched_rows: int = 0
+    values: TensorStats = field(default_factory=TensorStats)
+
+    def add(self, reference: np.ndarray, engine: np.ndarray, atol: float, rtol: float) -> None:
+        """reference/engine (..., n, n) adjacency; values compared where both kept the entry."""
+        r_kept, e_kept = reference != 0, engine != 0
+        self.rows += int(np.prod(reference.shape[:-1]))
+        self.mismatched_rows += int((r_kept != e_kept).any(-1).sum())
+        both = r_kept & e_kept
+        self.values.add(np.where(both, reference, 0.0), np.where(both, engine, 0.0), atol, rtol)
+
+    @property
+    def passed(self) -> bool:
+        return self.mismatched_rows == 0 and self.values.passed
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows, "mismatched_rows": self.mismatched_rows, "passed": self.passed,
+                "kept_values": self.values.to_dict()}
+
+
+def reference_spectrum(adjacency: np.ndarray, interval: int, degree_clamp: float, shift: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (N, n) and eigenvectors (N, n, n), in float64, of the Laplacians the PE is taken from.
+
+    ``adjacency`` is the reference's (B, T, n, n) probe; like the model, only every ``interval``-th
+    step is decomposed, so N = B * T / interval.
+    """
+    sampled = torch.as_tensor(np.asarray(adjacency, dtype=np.float64)[:, ::interval])
+    values, vectors = torch.linalg.eigh(normalised_laplacian(sampled, degree_clamp, shift))
+    n = adjacency.shape[-1]
+    return values.reshape(-1, n).numpy(), vectors.reshape(-1, n, n).numpy()

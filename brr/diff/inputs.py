@@ -1,0 +1,124 @@
+"""Input feeds for a diff, as Polygraphy-compatible data loaders (iterables of ``{"eeg": array}``).
+
+Each loader also yields a label per window (``labelled()``) for the report. Windows are
+(1, 19, samples) float32 in the model's input contract (preprocessed, per-channel normalised):
+
+- ``EdfWindows``: windows of EDF/BDF recordings (files or folders), read and preprocessed by
+  ``brr.data`` one recording at a time, so a 24-hour file is never held whole.
+- ``SyntheticWindows``: seeded random windows: normalised-scale noise with a rhythm per channel.
+- ``AdversarialWindows``: the fixed suite every engine must survive. Each is built in microvolts
+  and sent through the same preprocessing as a recording: flat channels, 1000 uV electrode pops,
+  channels saturated at the amplifier rail, an all-zero window and a window of pure 60 Hz.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from brr.data import iter_windows, open_recording, preprocess_signals
+from brr.montage import N_CHANNELS
+from brr.runtime.runners.io import INPUT_NAME
+
+SAMPLING_RATE = 256
+WINDOW_SAMPLES = 15360
+EDF_SUFFIXES = (".edf", ".bdf")
+
+
+class WindowLoader:
+    """Base: iterate feeds for Polygraphy, or (label, feed) pairs for the report."""
+
+    def labelled(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return (feed for _, feed in self.labelled())
+
+
+def feed(window: np.ndarray) -> dict[str, np.ndarray]:
+    return {INPUT_NAME: np.ascontiguousarray(window, dtype=np.float32)[None]}
+
+
+class EdfWindows(WindowLoader):
+    def __init__(self, paths: list[str | Path], window_samples: int = WINDOW_SAMPLES, stride_s: float = 60.0,
+                 max_windows: int | None = None):
+        self.files = []
+        for path in map(Path, paths):
+            if path.is_dir():
+                self.files += sorted(p for p in path.rglob("*") if p.suffix.lower() in EDF_SUFFIXES)
+            elif path.is_file():
+                self.files.append(path)
+            else:
+                raise FileNotFoundError(f"{path}: no such EDF file or folder")
+        if not self.files:
+            raise FileNotFoundError(f"no .edf/.bdf files in {', '.join(map(str, paths))}")
+        self.window_s = window_samples / SAMPLING_RATE
+        self.stride_s = stride_s
+        self.max_windows = max_windows
+
+    def labelled(self):
+        count = 0
+        for path in self.files:
+            with open_recording(path, min_duration_s=0) as stream:
+                for window in iter_windows(stream, self.window_s, min(self.stride_s, self.window_s)):
+                    if self.max_windows is not None and count >= self.max_windows:
+                        return
+                    count += 1
+                    yield f"{path.name}@{window.start_s:g}s", feed(window.signals)
+
+
+class SyntheticWindows(WindowLoader):
+    def __init__(self, count: int, window_samples: int = WINDOW_SAMPLES, seed: int = 0):
+        if count < 1:
+            raise ValueError(f"synthetic window count must be >= 1, got {count}")
+        self.count, self.samples, self.seed = count, window_samples, seed
+
+    def labelled(self):
+        rng = np.random.default_rng(self.seed)
+        t = np.arange(self.samples) / SAMPLING_RATE
+        for i in range(self.count):
+            rhythm = np.sin(2 * np.pi * rng.uniform(1, 30, (N_CHANNELS, 1)) * t + rng.uniform(0, 2 * np.pi, (N_CHANNELS, 1)))
+            window = rhythm + rng.standard_normal((N_CHANNELS, self.samples))
+            yield f"synthetic-{i}", feed(window)
+
+
+class AdversarialWindows(WindowLoader):
+    NAMES = ("flat_channels", "electrode_pops_1000uV", "saturated_channels", "all_zero", "pure_60hz")
+    RAIL_UV = 3276.7  # a typical 16-bit EDF physical maximum
+
+    def __init__(self, window_samples: int = WINDOW_SAMPLES, seed: int = 0):
+        self.samples, self.seed = window_samples, seed
+
+    def raw_microvolts(self) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(self.seed)
+        n = self.samples
+        t = np.arange(n) / SAMPLING_RATE
+        eeg = 30.0 * rng.standard_normal((N_CHANNELS, n))
+        flat = eeg.copy()
+        flat[3:9] = 0.0
+        pops = eeg.copy()
+        for channel in (2, 9, 15):  # a step of 1000 uV decaying over ~0.5 s, then again later
+            for start in (n // 4, 3 * n // 4):
+                pops[channel, start:] += 1000.0 * np.exp(-(t[: n - start]) / 0.5)
+        saturated = eeg.copy()
+        saturated[[0, 11]] = np.clip(100.0 * eeg[[0, 11]], -self.RAIL_UV, self.RAIL_UV)
+        mains = np.broadcast_to(50.0 * np.sin(2 * np.pi * 60.0 * t), (N_CHANNELS, n))
+        windows = (flat, pops, saturated, np.zeros((N_CHANNELS, n)), mains)
+        return dict(zip(self.NAMES, windows))
+
+    def labelled(self):
+        for name, raw in self.raw_microvolts().items():
+            yield name, feed(preprocess_signals(raw, SAMPLING_RATE))
+
+
+class ChainedWindows(WindowLoader):
+    """Several loaders one after another."""
+
+    def __init__(self, loaders: list[WindowLoader]):
+        self.loaders = loaders
+
+    def labelled(self):
+        for loader in self.loaders:
+            yield from loader.labelled()

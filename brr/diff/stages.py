@@ -1,0 +1,55 @@
+"""Which probe stage each ONNX node of an exported detector belongs to.
+
+``torch.onnx.export(..., dynamo=True)`` records on every node the module path it was traced in
+(metadata ``pkg.torch.onnx.name_scopes``, e.g. ``['', 'edge_stream', 'edge_stream.lift', ...]``);
+the top-level module names the stage. The edge stream yields two probes: ``edge_similarity`` up to
+the lift and ``edge_weights`` from it on, so inside ``edge_stream`` a node is an edge-weight node when
+it is in one of the weight submodules or computes from one of their outputs. The exporter calls
+``node_stages`` too, so artifacts and reports agree on the map.
+"""
+
+from __future__ import annotations
+
+import ast
+
+import onnx
+
+NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+
+# V3Detector attribute -> probe name (brr.model.detector.PROBE_NAMES).
+STAGE_OF_MODULE: dict[str, str] = {
+    "tcn": "tcn",
+    "electrodes": "electrodes",
+    "node_stream": "node_stream",
+    "edge_stream": "edge_similarity",
+    "adjacency": "adjacency",
+    "positional_encoding": "laplacian_pe",
+    "gnn": "gnn",
+    "backprojection": "backprojection",
+    "decoder": "decoder",
+    "head": "logits",
+}
+EDGE_WEIGHT_SCOPES = ("edge_stream.lift", "edge_stream.mamba", "edge_stream.project")
+
+
+def name_scopes(node: onnx.NodeProto) -> list[str]:
+    for prop in node.metadata_props:
+        if prop.key == NAME_SCOPES_KEY:
+            return ast.literal_eval(prop.value)
+    return []
+
+
+def node_stages(model: onnx.ModelProto) -> dict[str, str | None]:
+    """Node name -> probe stage for every top-level node (None where the export recorded no module)."""
+    stages: dict[str, str | None] = {}
+    edge_weight_tensors: set[str] = set()
+    for node in model.graph.node:
+        scopes = name_scopes(node)
+        stage = STAGE_OF_MODULE.get(scopes[1]) if len(scopes) > 1 else None
+        if stage == "edge_similarity" and (
+            any(s.startswith(EDGE_WEIGHT_SCOPES) for s in scopes) or edge_weight_tensors.intersection(node.input)
+        ):
+            stage = "edge_weights"
+            edge_weight_tensors.update(node.output)
+        stages[node.name] = stage
+    return stages

@@ -1,0 +1,122 @@
+"""What ``brr-export`` does: fp32 reference ONNX, then the requested engine, manifests, verification.
+
+Layout under ``out``::
+
+    onnx-<ops>/                    the fp32 reference (also the ONNX Runtime fp32 engine): model.onnx,
+                                   model.probed.onnx, model.stages.json, manifest.json
+    <backend>-<precision>-<ops>/   the engine and its manifest (absent for onnxruntime fp32)
+    verification.json              the verification report (unless verify is off)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from brr.export.engines import build_engine, resolve_backend
+from brr.export.manifest import write_manifest
+from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, STAGES_FILE, export_onnx
+from brr.export.precision_plan import PrecisionPlan
+from brr.export.verify import Verification, verify_engine
+from brr.model import load_checkpoint
+from brr.model.checkpoint import WEIGHTS_FILE, file_sha256, read_checkpoint_meta
+
+CALIBRATION_WINDOWS = 8
+EDF_SUFFIXES = (".edf", ".bdf")
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    checkpoint: Path
+    out: Path
+    engine: str = "fp32"
+    ops: str = "standard"
+    backend: str = "auto"
+    batch: tuple[int, int, int] = (1, 4, 8)
+    precision_plan: Path | None = None
+    calibration_data: Path | None = None
+    verify: bool = True
+    threads: int | None = None
+
+
+@dataclass
+class ExportResult:
+    reference_dir: Path
+    engine_dir: Path
+    backend: str
+    verification: Verification | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def calibration_windows(source: Path | None, n_samples: int, count: int = CALIBRATION_WINDOWS) -> Iterator[np.ndarray]:
+    """(1, 19, n_samples) float32 windows from EDF/BDF files (a file or a directory), else synthetic ones."""
+    if source is None:
+        warnings.warn("no --calibration-data: calibrating int8 on synthetic noise windows, "
+                      "which sets activation ranges unlike real EEG", stacklevel=2)
+        rng = np.random.default_rng(0)
+        for _ in range(count):
+            yield rng.standard_normal((1, 19, n_samples)).astype(np.float32)
+        return
+    from brr.data import iter_windows, read_recording
+
+    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in EDF_SUFFIXES) if source.is_dir() else [source]
+    if not files:
+        raise FileNotFoundError(f"{source}: no .edf/.bdf recordings for calibration")
+    given = 0
+    for path in files:
+        for window in iter_windows(read_recording(path), window_s=n_samples / 256, stride_s=n_samples / 256):
+            yield window.signals[None]
+            given += 1
+            if given >= count:
+                return
+
+
+def export_artifacts(request: ExportRequest, say: Callable[[str], None] = print) -> ExportResult:
+    checkpoint = Path(request.checkpoint)
+    model = load_checkpoint(checkpoint)
+    meta = read_checkpoint_meta(checkpoint)
+    config = model.config
+    source = {"checkpoint": str(checkpoint.resolve()), "weights_sha256": file_sha256(checkpoint / WEIGHTS_FILE),
+              "recorded_weights_sha256": meta.get("weights_sha256")}
+    backend = resolve_backend(request.backend)
+    seconds = {}
+
+    start = time.perf_counter()
+    reference = export_onnx(model, request.out / f"onnx-{request.ops}", request.ops)
+    seconds["onnx_export"] = time.perf_counter() - start
+    common = {"source": source, "config": config, "ops": request.ops, "opset": reference.opset}
+    write_manifest(reference.directory, backend="onnxruntime", precision="fp32", model_file=MODEL_FILE,
+                   probed_model_file=PROBED_MODEL_FILE, pinned_nodes=[], **common)
+    say(f"fp32 ONNX ({request.ops} ops): {reference.model} in {seconds['onnx_export']:.1f} s")
+
+    engine_dir = reference.directory
+    if not (backend == "onnxruntime" and request.engine == "fp32"):
+        stages = json.loads((reference.directory / STAGES_FILE).read_text())
+        plan = PrecisionPlan.load(request.precision_plan) if request.precision_plan else PrecisionPlan()
+        pinned = plan.resolve(reference.model, stages)
+        engine_dir = request.out / f"{backend}-{request.engine}-{request.ops}"
+        start = time.perf_counter()
+        built = build_engine(reference, engine_dir, backend, request.engine, pinned, request.batch, config,
+                             lambda: calibration_windows(request.calibration_data, config.window_samples))
+        seconds["engine_build"] = time.perf_counter() - start
+        write_manifest(engine_dir, backend=backend, precision=request.engine, model_file=built.model_file,
+                       probed_model_file=built.probed_model_file, pinned_nodes=built.pinned_nodes,
+                       batch=request.batch if backend == "tensorrt" else None, settings=built.settings, **common)
+        say(f"{backend} {request.engine} engine: {engine_dir} in {seconds['engine_build']:.1f} s")
+
+    result = ExportResult(reference.directory, engine_dir, backend, seconds=seconds)
+    if request.verify:
+        start = time.perf_counter()
+        result.verification = verify_engine(model, engine_dir, request.engine, request.out,
+                                            config.window_samples, threads=request.threads)
+        seconds["verify"] = time.perf_counter() - start
+        worst = max((w.max_abs_error for w in result.verification.windows if not w.degenerate), default=float("nan"))
+        say(f"verification: {result.verification.verdict} (max |logit error| on non-degenerate windows "
+            f"{worst:.3g}; report {result.verification.report})")
+    return result

@@ -1,0 +1,183 @@
+"""ONNX Runtime engines (CPU execution provider): fp32, fp16, bf16 and int8 ONNX models.
+
+Each engine is a chain of Polygraphy-style loaders over the probed fp32 export; the served
+``model.onnx`` is the converted probed model with only ``logits`` kept (``keep_outputs``).
+
+* fp16: ``onnxruntime.transformers.float16.convert_float_to_float16`` with fp32 inputs/outputs,
+  the plan's nodes and the custom nodes (float32-only kernels) left in fp32.
+* bf16: ONNX Runtime 1.32's CPU provider has no bfloat16 compute kernels (Conv, MatMul, Add, Exp, ...
+  all refuse bfloat16; measured), so the bf16 engine stores weights as bfloat16 and rounds every
+  activation through bfloat16 (Cast pairs) while the arithmetic runs in fp32 kernels: it reproduces
+  bf16 storage error, not bf16 accumulation. The real bf16 CPU path is OpenVINO.
+* int8: ``onnxruntime.quantization.quantize_static`` in QDQ format, Conv and constant-weight MatMul
+  only, calibrated on the given windows. ORT's calibrator makes its own sessions without the custom-op
+  library, so int8 needs the standard-ops export.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+from polygraphy import util
+from polygraphy.backend.base import BaseLoader
+from polygraphy.backend.onnx import OnnxFromPath, SaveOnnx
+
+from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, OnnxExport, keep_outputs
+from brr.ops.eigh.onnx import PLUGIN_OP_TYPE as EIGH_OP_TYPE
+from brr.ops.selective_scan.onnx import OP_TYPE as SCAN_OP_TYPE
+from brr.runtime.runners.io import INPUT_NAME, OUTPUT_NAME
+
+# The ORT kernels of the custom nodes are declared for float32 only.
+FLOAT32_ONLY_OP_TYPES = (SCAN_OP_TYPE, EIGH_OP_TYPE)
+# Ops the CPU provider has no float16 kernel for (found by loading the converted model), kept fp32.
+NO_CPU_FP16_KERNEL_OP_TYPES = ("IsInf",)
+QUANTIZED_OP_TYPES = ("Conv", "MatMul")
+
+
+class EngineBuildError(RuntimeError):
+    """An engine that cannot be built as asked; the message says why and what to do."""
+
+
+class ConvertToFloat16(BaseLoader):
+    """ONNX model -> the same model in fp16 with fp32 I/O, ``fp32_nodes`` and custom nodes kept fp32."""
+
+    def __init__(self, model, fp32_nodes: Iterable[str]):
+        super().__init__()
+        self._model = model
+        self.fp32_nodes = sorted(fp32_nodes)
+
+    def call_impl(self) -> onnx.ModelProto:
+        model, _ = util.invoke_if_callable(self._model)
+        return convert_float_to_float16(
+            model, keep_io_types=True, node_block_list=self.fp32_nodes,
+            op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FLOAT32_ONLY_OP_TYPES, *NO_CPU_FP16_KERNEL_OP_TYPES],
+        )
+
+
+class RoundThroughBfloat16(BaseLoader):
+    """ONNX model -> bf16 weights and bf16-rounded activations, fp32 kernels (see the module docstring).
+
+    Main-graph float tensors only: a Loop body is one unit rounded at its boundary; ``fp32_nodes``
+    keep fp32 weights and outputs; graph outputs are left as computed.
+    """
+
+    def __init__(self, model, fp32_nodes: Iterable[str]):
+        super().__init__()
+        self._model = model
+        self.fp32_nodes = set(fp32_nodes)
+
+    def call_impl(self) -> onnx.ModelProto:
+        proto, _ = util.invoke_if_callable(self._model)
+        model = ir.from_proto(proto)
+        graph = model.graph
+        outputs = {id(v) for v in graph.outputs}
+
+        def round_trip(value: ir.Value, name: str, before: ir.Node | None) -> ir.Value:
+            down = ir.node("Cast", [value], {"to": ir.DataType.BFLOAT16}, name=f"{name}_to_bf16")
+            up = ir.node("Cast", [down.outputs[0]], {"to": ir.DataType.FLOAT}, name=f"{name}_from_bf16")
+            down.outputs[0].name, up.outputs[0].name = f"{name}_bf16", f"{name}_bf16_fp32"
+            up.outputs[0].dtype, up.outputs[0].shape = ir.DataType.FLOAT, value.shape
+            if before is None:
+                graph.insert_before(next(iter(graph)), [down, up])
+            else:
+                graph.insert_after(before, [down, up])
+            return up.outputs[0]
+
+        for name, init in list(graph.initializers.items()):
+            users = [node for node, _ in init.uses()]
+            if init.dtype != ir.DataType.FLOAT or not users or any(
+                u.name in self.fp32_nodes or u.graph is not graph for u in users
+            ):
+                continue
+            stored = ir.Value(name=f"{name}_bf16_weight", type=ir.TensorType(ir.DataType.BFLOAT16), shape=init.shape,
+                              const_value=ir.tensor(init.const_value.numpy().astype(ml_dtypes.bfloat16)))
+            graph.register_initializer(stored)
+            up = ir.node("Cast", [stored], {"to": ir.DataType.FLOAT}, name=f"{name}_from_bf16")
+            up.outputs[0].name, up.outputs[0].dtype, up.outputs[0].shape = f"{name}_fp32", ir.DataType.FLOAT, init.shape
+            graph.insert_before(next(iter(graph)), up)
+            init.replace_all_uses_with(up.outputs[0])
+            graph.initializers.pop(name)
+
+        for node in [n for n in graph if n.name not in self.fp32_nodes and n.op_type != "Cast"]:
+            for value in node.outputs:
+                if value.dtype != ir.DataType.FLOAT or id(value) in outputs or not value.uses():
+                    continue
+                uses = list(value.uses())
+                rounded = round_trip(value, value.name, node)
+                for user, index in uses:
+                    user.replace_input_with(index, rounded)
+        return ir.to_proto(model)
+
+
+class WindowCalibrationReader(CalibrationDataReader):
+    """ORT's calibration reader over an iterable of float32 (B, 19, samples) batches."""
+
+    def __init__(self, batches: Iterable[np.ndarray]):
+        self._batches: Iterator[np.ndarray] = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        if batch is None:
+            return None
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != 3 or batch.shape[1] != 19:
+            raise EngineBuildError(f"calibration batches must be (B, 19, samples) float32, got {batch.shape}")
+        return {INPUT_NAME: batch}
+
+
+class QuantizeStaticQDQ(BaseLoader):
+    """ONNX path -> int8 QDQ model, calibrated (MinMax) on ``batches``; ``fp32_nodes`` stay unquantised."""
+
+    def __init__(self, model_path: Path, batches: Iterable[np.ndarray], fp32_nodes: Iterable[str]):
+        super().__init__()
+        self.model_path = Path(model_path)
+        self.batches = batches
+        self.fp32_nodes = sorted(fp32_nodes)
+
+    def call_impl(self) -> onnx.ModelProto:
+        with tempfile.TemporaryDirectory(prefix="brr-int8-") as tmp:
+            out = Path(tmp) / "quantized.onnx"
+            quantize_static(
+                str(self.model_path), str(out), WindowCalibrationReader(self.batches),
+                quant_format=QuantFormat.QDQ, per_channel=True, op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+                nodes_to_exclude=self.fp32_nodes,
+                # Only weights are worth int8 here: the scan's activation x activation MatMuls are not.
+                extra_options={"MatMulConstBOnly": True},
+            )
+            return onnx.load(str(out))
+
+
+def build_onnxruntime_engine(
+    reference: OnnxExport, directory: Path, precision: str, fp32_nodes: list[str],
+    calibration: Iterable[np.ndarray] | None = None,
+) -> dict:
+    """Write ``model.probed.onnx`` and ``model.onnx`` of ``precision`` into ``directory``; returns settings."""
+    source = OnnxFromPath(str(reference.probed_model))
+    if precision == "fp16":
+        converted = ConvertToFloat16(source, fp32_nodes)
+    elif precision == "bf16":
+        converted = RoundThroughBfloat16(source, fp32_nodes)
+    elif precision == "int8":
+        if reference.ops != "standard":
+            raise EngineBuildError(
+                "int8 on ONNX Runtime needs --ops standard: ORT's calibrator cannot load the custom-op library"
+            )
+        if calibration is None:
+            raise EngineBuildError("int8 needs calibration windows (--calibration-data)")
+        converted = QuantizeStaticQDQ(reference.probed_model, calibration, fp32_nodes)
+    else:
+        raise EngineBuildError(f"ONNX Runtime engine precision must be fp16, bf16 or int8 here, got {precision!r}")
+    directory.mkdir(parents=True, exist_ok=True)
+    SaveOnnx(converted, str(directory / PROBED_MODEL_FILE))()
+    ir.save(keep_outputs(ir.load(directory / PROBED_MODEL_FILE), (OUTPUT_NAME,)), directory / MODEL_FILE)
+    return {"execution_provider": "CPUExecutionProvider",
+            "computes_in": {"fp16": "fp16 kernels", "bf16": "fp32 kernels on bf16-rounded tensors",
+                            "int8": "int8 QDQ Conv/MatMul"}[precision]}

@@ -1,0 +1,47 @@
+"""Runners: one Polygraphy runner interface over PyTorch checkpoints and every exported engine.
+
+``load_runner(path)`` takes a checkpoint directory (PyTorch) or an artifact written by ``brr-export``
+(its directory or its model file); the artifact's manifest is verified first and decides the backend,
+precision and file, so callers never branch on the backend. Every runner takes ``{"eeg": (B, 19, N)}``
+and returns ``{"logits": ...}``, plus every probe of ``brr.model.PROBE_NAMES`` when ``probes=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from brr.export.manifest import MANIFEST_FILE, ManifestError, verify_manifest
+from brr.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from brr.runtime.runners.io import INPUT_NAME, OUTPUT_NAME
+from brr.runtime.runners.torch import TorchRunner
+
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "ManifestError", "TorchRunner", "load_runner"]
+
+
+def load_runner(path: str | Path, probes: bool = False, threads: int | None = None, device: str = "cpu",
+                name: str | None = None):
+    """A runner for a checkpoint directory or a verified brr-export artifact (directory or model file)."""
+    path = Path(path)
+    if path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
+        return TorchRunner(path, probes=probes, device=device, name=name)
+    directory = path if path.is_dir() else path.parent
+    if not (directory / MANIFEST_FILE).is_file():
+        raise ManifestError(f"{path}: neither a checkpoint directory nor a brr-export artifact (no {MANIFEST_FILE})")
+    manifest = verify_manifest(directory)
+    wanted = manifest["probed_model_file"] if probes else manifest["model_file"]
+    if wanted is None:
+        raise ManifestError(f"{directory}: the artifact has no probed model; re-export it to get probes")
+    if path.is_file() and path.name not in (manifest["model_file"], manifest["probed_model_file"]):
+        raise ManifestError(f"{path}: not a model file of the artifact in {directory}")
+    model = directory / wanted
+    backend = manifest["backend"]
+    if backend == "onnxruntime":
+        from brr.runtime.runners.onnxruntime import onnxruntime_runner
+        return onnxruntime_runner(model, device=device, threads=threads, name=name)
+    if backend == "openvino":
+        from brr.runtime.runners.openvino import OpenVINORunner
+        return OpenVINORunner(model, manifest["settings"]["inference_precision"], threads=threads, name=name)
+    if backend == "tensorrt":
+        from brr.runtime.runners.tensorrt import tensorrt_runner
+        return tensorrt_runner(model, name=name)
+    raise ManifestError(f"{directory / MANIFEST_FILE}: unknown backend {backend!r}")

@@ -1,0 +1,51 @@
+"""OpenVINO runner: a compiled IR model (CPU) behind Polygraphy's runner interface."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
+from polygraphy.datatype import DataType
+
+PRECISION_HINTS = ("f32", "bf16", "f16")
+
+
+class OpenVINORunner(BaseRunner):
+    def __init__(self, model_path: str | Path, inference_precision: str = "f32", threads: int | None = None,
+                 device: str = "CPU", name: str | None = None):
+        super().__init__(name=name, prefix="openvino-runner")
+        if inference_precision not in PRECISION_HINTS:
+            raise ValueError(f"inference_precision must be one of {PRECISION_HINTS}, got {inference_precision!r}")
+        self.model_path = Path(model_path)
+        self.config = {"INFERENCE_PRECISION_HINT": inference_precision}
+        if threads is not None:
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.device = device
+        self.compiled = None
+        self.request = None
+
+    def activate_impl(self):
+        self.compiled = ov.Core().compile_model(str(self.model_path), self.device, self.config)
+        self.request = self.compiled.create_infer_request()
+
+    def get_input_metadata_impl(self):
+        meta = TensorMetadata()
+        for port in self.compiled.inputs:
+            shape = [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
+            meta.add(port.get_any_name(), DataType.FLOAT32, shape)
+        return meta
+
+    def infer_impl(self, feed_dict):
+        start = time.perf_counter()
+        results = self.request.infer({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feed_dict.items()})
+        outputs = {port.get_any_name(): np.array(results[port], copy=True) for port in self.compiled.outputs}
+        self.inference_time = time.perf_counter() - start
+        return outputs
+
+    def deactivate_impl(self):
+        self.request = None
+        self.compiled = None

@@ -1,0 +1,272 @@
+"""The training loop: ``train(settings) -> TrainResult``.
+
+One step: forward with probes, focal loss on the valid samples, backward, gradient clipping,
+AdamW. A step is skipped (no update) and counted when any probe, the loss or the gradient norm is
+non-finite; the first non-finite probe in ``PROBE_NAMES`` order is logged with it. Probes are
+checked even when the loss is finite because the guarded network's ``nan_to_num`` turns a NaN
+upstream into finite zeros downstream: training on those is exactly the incident this prevents.
+An epoch in which every step is skipped stops training with :class:`TrainingError`.
+
+The learning rate follows the batch counter (skipped batches included), so a resumed run sees
+the same schedule. Checkpoints: ``OUT/last`` after every epoch and when the time budget ends
+(model + training state, see :mod:`brr.train.state`), ``OUT/best`` whenever validation improves
+by :func:`brr.train.evaluate.selection_key`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from brr.atomic import atomic_write_text
+from brr.model import PROBE_NAMES, build_detector, load_checkpoint, save_checkpoint
+from brr.train.dataset import WindowDataset, find_corpus, load_recording, split_corpus
+from brr.train.evaluate import predict_corpus, score_probabilities, selection_key, tune_enter_threshold
+from brr.train.losses import focal_loss
+from brr.train.optim import build_optimizer, learning_rate
+from brr.train.settings import SettingsError, TrainSettings
+from brr.train.state import load_training_state, save_training_state
+
+# Settings that fix the data order and the schedule: a resumed run must keep them.
+RESUME_FIXED = ("data", "model", "seed", "batch_size", "steps_per_epoch", "stride_s",
+                "val_fraction", "positive_fraction", "lr", "warmup_steps", "min_lr_ratio")
+
+
+class TrainingError(RuntimeError):
+    """Training that cannot go on (e.g. every step of an epoch was non-finite)."""
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]]  # one row per finished epoch
+    best_metrics: dict[str, Any] | None
+    best_checkpoint: Path | None
+    last_checkpoint: Path
+    skipped_steps: int  # over the whole run, resumed parts included
+    skipped: list[dict[str, Any]]  # {"step", "stage"} of each skipped step
+    steps: int  # batches consumed over the whole run
+    losses: list[float | None] = field(default_factory=list)  # this invocation, None where skipped
+    stopped_by_budget: bool = False
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def first_nonfinite_probe(probes: dict[str, torch.Tensor]) -> str | None:
+    for name in PROBE_NAMES:
+        if name in probes and not torch.isfinite(probes[name]).all():
+            return name
+    return None
+
+
+def first_nonfinite_gradient(model: torch.nn.Module) -> str | None:
+    for name, param in model.named_parameters():
+        if param.grad is not None and not torch.isfinite(param.grad).all():
+            return name
+    return None
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: tuple[np.ndarray, ...],
+               settings: TrainSettings, device: torch.device) -> tuple[float | None, str | None]:
+    """(loss, None) after an update, or (None, stage) for a skipped non-finite step."""
+    signals, labels, valid = (torch.from_numpy(a).to(device) for a in batch)
+    optimizer.zero_grad(set_to_none=True)
+    logits, probes = model(signals, return_probes=True)
+    stage = first_nonfinite_probe(probes)
+    if stage is not None:
+        return None, stage
+    loss = focal_loss(logits, labels, valid, settings.focal_alpha, settings.focal_gamma)
+    if not torch.isfinite(loss):
+        return None, "loss"
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+    if not torch.isfinite(grad_norm):
+        parameter = first_nonfinite_gradient(model)
+        optimizer.zero_grad(set_to_none=True)
+        return None, f"gradient of {parameter}"
+    optimizer.step()
+    return float(loss.detach()), None
+
+
+def _fresh_loop_state(settings: TrainSettings) -> dict[str, Any]:
+    return {
+        "epoch": 0, "batch": 0, "step": 0, "skipped": [], "history": [], "best_key": None,
+        "best_metrics": None, "epoch_loss_sum": 0.0, "epoch_applied": 0, "epoch_skipped": 0,
+        "settings": settings.to_dict(),
+    }
+
+
+def _check_resumable(saved: dict[str, Any], settings: TrainSettings, where: Path) -> None:
+    current = settings.to_dict()
+    for key in RESUME_FIXED:
+        if saved.get(key) != current[key]:
+            raise SettingsError(
+                f"{where}: cannot resume with {key}={current[key]!r}; the run was started with "
+                f"{key}={saved.get(key)!r}"
+            )
+
+
+def train(settings: TrainSettings, say: Callable[[str], None] = print) -> TrainResult:
+    started = time.monotonic()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = torch.device(settings.device)
+    out = Path(settings.out)
+    last_dir, best_dir = out / "last", out / "best"
+    seed_everything(settings.seed)
+
+    model = build_detector(settings.model, guards=settings.guards)
+    window_s = model.config.window_samples / model.config.sampling_rate
+    for key in ("stride_s", "val_stride_s"):
+        if getattr(settings, key) > window_s:
+            raise SettingsError(f"{key}={getattr(settings, key)} exceeds the model's {window_s} s window")
+    train_entries, val_entries = split_corpus(find_corpus(settings.data), settings.val_fraction, settings.seed)
+    train_set = WindowDataset(train_entries, window_s, settings.stride_s, settings.mains_hz,
+                              settings.cache_max_mb)
+    val_cache = None
+    if not train_set.streaming:
+        val_cache = {e.recording_path: load_recording(e, settings.mains_hz)[0] for e in val_entries}
+    say(f"[train] {len(train_entries)} training recordings ({len(train_set)} windows, "
+        f"{len(train_set.positives)} with seizure), {len(val_entries)} validation recordings; "
+        f"{'streaming' if train_set.streaming else 'in memory'}")
+
+    optimizer = build_optimizer(model, settings.lr, settings.weight_decay)
+    loop = _fresh_loop_state(settings)
+    if settings.resume:
+        loop = _resume(model, optimizer, settings, last_dir, say)
+    model.to(device).train()
+
+    batch_size = settings.batch_size
+    steps_per_epoch = settings.steps_per_epoch or math.ceil(
+        train_set.default_epoch_size(settings.positive_fraction) / batch_size)
+    total_steps = settings.epochs * steps_per_epoch
+    budget_s = settings.max_minutes * 60.0
+    losses: list[float | None] = []
+    stopped_by_budget = False
+
+    while loop["epoch"] < settings.epochs and not stopped_by_budget:
+        epoch = loop["epoch"]
+        drawn = train_set.draw_epoch(steps_per_epoch * batch_size, settings.positive_fraction,
+                                     settings.seed, epoch)
+        bar = tqdm(total=steps_per_epoch, initial=loop["batch"], desc=f"epoch {epoch + 1}/{settings.epochs}",
+                   disable=not settings.progress, dynamic_ncols=True)
+        tick = time.monotonic()
+        for batch in train_set.batches(drawn, batch_size, skip_batches=loop["batch"]):
+            lr = learning_rate(loop["step"], settings.lr, settings.warmup_steps, total_steps, settings.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss, stage = train_step(model, optimizer, batch, settings, device)
+            losses.append(loss)
+            if stage is None:
+                loop["epoch_loss_sum"] += loss
+                loop["epoch_applied"] += 1
+            else:
+                loop["skipped"].append({"step": loop["step"], "stage": stage})
+                loop["epoch_skipped"] += 1
+                message = f"[train] step {loop['step']}: skipped, non-finite values first at {stage}"
+                bar.write(message) if settings.progress else say(message)
+            loop["batch"] += 1
+            loop["step"] += 1
+            now = time.monotonic()
+            bar.set_postfix(loss=f"{loss:.4f}" if loss is not None else "skip", lr=f"{lr:.2e}",
+                            win_s=f"{len(batch[0]) / max(now - tick, 1e-9):.2f}", skipped=len(loop["skipped"]))
+            bar.update(1)
+            tick = now
+            if budget_s and now - started >= budget_s and loop["batch"] < steps_per_epoch:
+                stopped_by_budget = True
+                break
+        bar.close()
+        if stopped_by_budget:
+            say(f"[train] time budget of {settings.max_minutes} min reached at step {loop['step']}; "
+                f"resume with --resume")
+            break
+        if loop["epoch_applied"] == 0:
+            stages = sorted({s["stage"] for s in loop["skipped"][-loop["epoch_skipped"]:]})
+            raise TrainingError(f"every step of epoch {epoch + 1} was non-finite (stages: {stages}); "
+                                "refusing to go on training on nothing")
+        _finish_epoch(model, settings, val_entries, val_cache, loop, best_dir, device, say)
+        loop.update(epoch=epoch + 1, batch=0, epoch_loss_sum=0.0, epoch_applied=0, epoch_skipped=0)
+        _save_last(model, optimizer, loop, last_dir)
+    if stopped_by_budget:
+        _save_last(model, optimizer, loop, last_dir)
+
+    skipped = loop["skipped"]
+    say(f"[train] {loop['step']} steps, {len(skipped)} skipped as non-finite"
+        + (f" (first stages: {sorted({s['stage'] for s in skipped})})" if skipped else ""))
+    result = TrainResult(
+        history=loop["history"], best_metrics=loop["best_metrics"],
+        best_checkpoint=best_dir if loop["best_metrics"] is not None else None,
+        last_checkpoint=last_dir, skipped_steps=len(skipped), skipped=skipped, steps=loop["step"],
+        losses=losses, stopped_by_budget=stopped_by_budget, seconds=time.monotonic() - started,
+    )
+    summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
+    atomic_write_text(out / "train_result.json", json.dumps(summary, indent=2) + "\n")
+    return result
+
+
+def _resume(model, optimizer, settings: TrainSettings, last_dir: Path, say) -> dict[str, Any]:
+    """Load the last checkpoint's weights into ``model`` and its optimizer/RNG state; return the loop state."""
+    saved = load_checkpoint(last_dir)
+    if saved.config.digest() != model.config.digest():
+        raise SettingsError(f"{last_dir}: its model config differs from model={settings.model!r} "
+                            f"guards={settings.guards}")
+    model.load_state_dict(saved.state_dict())
+    loop = load_training_state(last_dir, optimizer)
+    _check_resumable(loop["settings"], settings, last_dir)
+    loop["settings"] = settings.to_dict()
+    say(f"[train] resumed from {last_dir} at epoch {loop['epoch'] + 1}, step {loop['step']}")
+    return loop
+
+
+def _finish_epoch(model, settings: TrainSettings, val_entries, val_cache, loop, best_dir: Path, device, say):
+    base = settings.postprocess_config()
+    window_s = model.config.window_samples / model.config.sampling_rate
+    predictions = predict_corpus(model, val_entries, window_s, settings.val_stride_s,
+                                 settings.batch_size, device, settings.mains_hz, val_cache)
+    if settings.tune_threshold:
+        postprocess, scores = tune_enter_threshold(predictions, base, settings.selection, settings.max_fa_per_24h)
+    else:
+        postprocess, scores = base, score_probabilities(predictions, base)
+    applied = loop["epoch_applied"]
+    row = {
+        "epoch": loop["epoch"] + 1, "step": loop["step"],
+        "train_loss": loop["epoch_loss_sum"] / applied, "skipped_steps": loop["epoch_skipped"],
+        "postprocess": dataclasses.asdict(postprocess), "validation": scores,
+    }
+    loop["history"].append(row)
+    ev = scores["event"]
+    say(f"[train] epoch {row['epoch']}: loss {row['train_loss']:.4f}, validation event sensitivity "
+        f"{_fmt(ev['sensitivity'])}, precision {_fmt(ev['precision'])}, F1 {_fmt(ev['f1'])}, "
+        f"FA/24h {_fmt(ev['fp_per_24h'])} (enter {postprocess.enter:.2f})")
+    key = list(selection_key(ev, settings.selection, settings.max_fa_per_24h))
+    if loop["best_key"] is None or key > loop["best_key"]:
+        loop["best_key"], loop["best_metrics"] = key, row
+        save_checkpoint(model, best_dir, extra={"training": {
+            "epoch": row["epoch"], "step": row["step"], "selection": settings.selection,
+            "max_fa_per_24h": settings.max_fa_per_24h, "postprocess": row["postprocess"], "validation": scores,
+        }})
+        say(f"[train] new best checkpoint: {best_dir}")
+
+
+def _save_last(model, optimizer, loop, last_dir: Path) -> None:
+    save_checkpoint(model, last_dir, extra={"training": {"epoch": loop["epoch"], "step": loop["step"]}})
+    save_training_state(last_dir, optimizer, loop)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,125 @@
+"""brr-calibrate: planted fp16 overflows are pinned (and nothing else), plans are checked, INT8 runs.
+
+The planted model is a hand-built ONNX graph in the detector's I/O contract (``eeg`` (B, 19, W) ->
+``logits``): a cosine-style normalisation whose squared norm overflows fp16 (``ReduceSumSquare`` of
+300 x the input: ~6e6 > 65504), between two MatMuls that fp16 handles well. Its fp16 twin is run
+by ONNX's reference evaluator (true fp16 per node).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from brr.calibration import EdfBatches, PlanSearch, calibrate, node_flops
+from brr.calibration.run import PLAN_FILE, REPORT_JSON, REPORT_MD
+from brr.diff import SyntheticWindows, run_diff
+from brr.diff.engines import onnx_reference_engine, onnxruntime_runner
+from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError
+
+WINDOW = 64
+ATOL = RTOL = 1e-2
+
+
+def planted_model(scale: float = 300.0) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    mix = numpy_helper.from_array((rng.standard_normal((WINDOW, WINDOW)) * 0.1).astype(np.float32), "mix")
+    head = numpy_helper.from_array((rng.standard_normal((WINDOW, WINDOW)) * 0.1).astype(np.float32), "head")
+    gain = numpy_helper.from_array(np.array(scale, np.float32), "gain")
+    axes = numpy_helper.from_array(np.array([-1], np.int64), "axes")
+    nodes = [
+        helper.make_node("MatMul", ["eeg", "mix"], ["mixed"], name="mix_matmul"),
+        helper.make_node("Mul", ["mixed", "gain"], ["scaled"], name="scale_mul"),
+        helper.make_node("ReduceSumSquare", ["scaled", "axes"], ["squared_norm"], name="norm_sumsq", keepdims=1),
+        helper.make_node("Sqrt", ["squared_norm"], ["norm"], name="norm_sqrt"),
+        helper.make_node("Div", ["scaled", "norm"], ["unit"], name="normalise_div"),
+        helper.make_node("MatMul", ["unit", "head"], ["logits"], name="head_matmul"),
+    ]
+    graph = helper.make_graph(
+        nodes, "planted_fp16_overflow",
+        [helper.make_tensor_value_info("eeg", TensorProto.FLOAT, ["batch", 19, WINDOW])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 19, WINDOW])],
+        [mix, head, gain, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def windows(count: int = 3) -> list:
+    return list(SyntheticWindows(count, WINDOW).labelled())
+
+
+@pytest.fixture(scope="module")
+def planted_plan():
+    model = planted_model()
+    search = PlanSearch(model, "fp16", windows(), ATOL, RTOL)
+    pins, final = search.run()
+    return model, search, pins, final
+
+
+def test_unplanned_fp16_overflows():
+    model = planted_model()
+    search = PlanSearch(model, "fp16", windows(), ATOL, RTOL)
+    evaluation = search.evaluate(search.engine(set()))
+    # x / inf = 0: the logits stay finite but wrong.
+    assert evaluation.failure is not None and evaluation.failure.verdict == "divergence"
+
+
+def test_plan_pins_the_overflow_and_only_what_is_needed(planted_plan):
+    _, search, pins, final = planted_plan
+    assert "norm_sumsq" in pins
+    assert set(pins) <= {"norm_sumsq", "norm_sqrt"}  # the overflowing value and its one consumer at most
+    assert pins["norm_sumsq"].reason == "nonfinite"
+    assert "fp16 max" in pins["norm_sumsq"].evidence["explanation"]
+    assert final.accepted and final.engine.startswith("onnx-reference")
+    assert all(s.precision_nonfinite == 0 for s in final.stages.values())
+
+
+def test_plan_makes_the_fp16_diff_clean(planted_plan):
+    model, search, pins, _ = planted_plan
+    engine = onnx_reference_engine(search.reduced_model(pins), model, "onnx-reference-fp16", "fp16")
+    report = run_diff(onnxruntime_runner(model, "fp32"), [engine], SyntheticWindows(4, WINDOW, seed=7), ATOL, RTOL)
+    assert report.engines[0].verdict == "clean"
+    unplanned = onnx_reference_engine(search.reduced_model(set()), model, "onnx-reference-fp16", "fp16")
+    report = run_diff(onnxruntime_runner(model, "fp32"), [unplanned], SyntheticWindows(1, WINDOW), ATOL, RTOL)
+    assert report.engines[0].first_nonfinite["node"] == "norm_sumsq"
+
+
+def test_clean_model_needs_no_pin():
+    pins, final = PlanSearch(planted_model(scale=1.0), "fp16", windows(2), ATOL, RTOL).run()
+    assert pins == {} and final.accepted
+
+
+def test_calibrate_writes_a_plan_export_loads(tmp_path):
+    source = tmp_path / "model.onnx"
+    onnx.save(planted_model(), str(source))
+    result = calibrate(source, SyntheticWindows(2, WINDOW), "fp16", tmp_path / "out", ATOL, RTOL,
+                       adversarial=False, speed_repeats=1, say=lambda _: None)
+    assert result.passed
+    plan = PrecisionPlan.load(tmp_path / "out" / PLAN_FILE)
+    assert plan.resolve(source, {}) == sorted(result.plan.fp32_nodes) and "norm_sumsq" in plan.fp32_nodes
+    meta = json.loads((tmp_path / "out" / PLAN_FILE).read_text())["metadata"]
+    assert meta["pinned_count"] == len(plan.fp32_nodes)
+    assert meta["flops"] == {"pinned_flops": 0.0, "total_flops": 2 * 2 * 19 * WINDOW * WINDOW, "share": 0.0}
+    assert meta["error_per_stage"]["logits"]["precision_nonfinite"] == 0
+    report = json.loads((tmp_path / "out" / REPORT_JSON).read_text())
+    assert report["final"]["nonfinite_outputs"] == 0 and set(report["speed_onnxruntime_cpu"]) == {"fp32", "fp16"}
+    assert "norm_sumsq" in (tmp_path / "out" / REPORT_MD).read_text()
+
+
+def test_plan_naming_a_missing_node_is_rejected(tmp_path):
+    source = tmp_path / "model.onnx"
+    onnx.save(planted_model(), str(source))
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"fp32_nodes": ["norm_sumsq", "no_such_node"]}))
+    with pytest.raises(PrecisionPlanError, match=r"plan\.json: 1 node\(s\) not in .*model\.onnx: no_such_node"):
+        PrecisionPlan.load(path).resolve(source, {})
+
+
+def test_node_flops_counts_matmuls():
+    flops = node_flops(planted_model())
+    assert flops == {"mix_matmul": 2.0 * 19 * WINDOW * WINDOW, "head_matmul": 2.0 * 19 * WINDOW * WINDOW}

@@ -1,0 +1,103 @@
+"""brr-diff probe level: eigendecomposition judged by eigenspace, top-k by selected set, inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from brr.diff.compare import eigenspace_error, eigenvalue_clusters, reference_spectrum
+from brr.diff.inputs import AdversarialWindows, SyntheticWindows
+from brr.diff.run import compare_outputs
+from brr.model.positional_encoding import fix_signs
+
+N, K, INTERVAL, CLAMP, SHIFT = 19, 16, 1, 1e-6, 1e-4
+ATOL = RTOL = 1e-3
+
+
+def degenerate_adjacency() -> np.ndarray:
+    """Nodes 0-2 joined to everyone, 3-18 only to them: 15 structurally equal nodes, a 15-fold eigenvalue."""
+    a = np.zeros((N, N))
+    a[:3, :] = a[:, :3] = 0.5
+    np.fill_diagonal(a, 0.0)
+    return a[None, None]  # (B, T, 19, 19)
+
+
+def probes(adjacency: np.ndarray, vectors: np.ndarray) -> dict[str, np.ndarray]:
+    pe = fix_signs(torch.as_tensor(vectors[..., :K])).numpy()
+    return {"adjacency": adjacency.astype(np.float32), "laplacian_pe": pe.reshape(1, 1, N, K).astype(np.float32)}
+
+
+def test_rotated_basis_of_a_repeated_eigenvalue_is_basis_ambiguous_not_nan_nor_pass():
+    adjacency = degenerate_adjacency()
+    values, vectors = reference_spectrum(adjacency, INTERVAL, CLAMP, SHIFT)
+    start, stop = max(eigenvalue_clusters(values[0]), key=lambda c: c[1] - c[0])
+    cluster = np.arange(start, stop)
+    assert len(cluster) > 2 and start < K  # the graph is degenerate as built, inside the kept k
+    rotation = np.linalg.qr(np.random.default_rng(0).standard_normal((len(cluster), len(cluster))))[0]
+    other = vectors.copy()
+    other[0][:, cluster] = vectors[0][:, cluster] @ rotation  # another correct eigenbasis
+    spectrum = (values, vectors, INTERVAL)
+    result = compare_outputs("degenerate", {"eeg": np.zeros(1)}, probes(adjacency, vectors), probes(adjacency, other),
+                             spectrum, ATOL, RTOL)
+    stage = result.stages["laplacian_pe"]
+    assert not stage.stats.passed  # the raw vectors differ ...
+    assert stage.status == "basis_ambiguous" and stage.eigenspace.degenerate_steps == 1  # ... the spaces do not
+    assert result.verdict == "basis_ambiguous" and result.first_divergent_stage == "laplacian_pe"
+    assert stage.stats.precision_nonfinite == 0 and stage.stats.engine_nonfinite == 0
+
+
+def test_wrong_eigenvector_is_a_divergence_and_nan_is_nonfinite():
+    adjacency = degenerate_adjacency()
+    values, vectors = reference_spectrum(adjacency, INTERVAL, CLAMP, SHIFT)
+    wrong = vectors.copy()
+    wrong[0][:, [0, -1]] = wrong[0][:, [-1, 0]]  # swaps a kept eigenvector for a discarded one
+    spectrum = (values, vectors, INTERVAL)
+    result = compare_outputs("wrong", {"eeg": np.zeros(1)}, probes(adjacency, vectors), probes(adjacency, wrong),
+                             spectrum, ATOL, RTOL)
+    assert result.stages["laplacian_pe"].status == "divergence" and result.verdict == "divergence"
+    nan = probes(adjacency, vectors)
+    nan["laplacian_pe"][..., 0] = np.nan
+    result = compare_outputs("nan", {"eeg": np.zeros(1)}, probes(adjacency, vectors), nan, spectrum, ATOL, RTOL)
+    assert result.verdict == "nonfinite_precision"
+
+
+def test_eigenspace_error_of_a_cluster_cut_by_k():
+    values = np.array([0.0, 1.0, 1.0, 2.0])
+    vectors = np.eye(4)
+    rotated = vectors.copy()
+    rotated[:, 1:3] = vectors[:, 1:3] @ np.array([[0.6, -0.8], [0.8, 0.6]])
+    assert eigenspace_error(values, vectors, rotated[:, :2])[0] < 1e-12  # column 1 still lies in the cluster
+    assert eigenspace_error(values, vectors, vectors[:, [0, 3]])[0] > 0.9  # column 3 does not
+
+
+def test_topk_adjacency_compared_by_selected_set():
+    ref = np.zeros((1, 1, N, N), dtype=np.float32)
+    ref[..., 0, 1] = ref[..., 1, 0] = 0.5
+    same = ref + 1e-5 * (ref != 0)
+    other = np.zeros_like(ref)
+    other[..., 0, 2] = other[..., 2, 0] = 0.5
+    assert compare_outputs("a", {"eeg": np.zeros(1)}, {"adjacency": ref}, {"adjacency": same}, None, ATOL, RTOL).verdict == "clean"
+    result = compare_outputs("b", {"eeg": np.zeros(1)}, {"adjacency": ref}, {"adjacency": other}, None, ATOL, RTOL)
+    assert result.verdict == "divergence" and result.stages["adjacency"].selection.mismatched_rows == 3
+
+
+def test_nonfinite_input_is_kept_apart():
+    feed = {"eeg": np.array([np.nan], dtype=np.float32)}
+    out = {"logits": np.array([np.nan], dtype=np.float32)}
+    assert compare_outputs("x", feed, out, out, None, ATOL, RTOL).verdict == "nonfinite_input"
+
+
+def test_adversarial_suite_is_fixed_finite_and_in_contract():
+    suite = dict(AdversarialWindows(1920).labelled())
+    assert list(suite) == list(AdversarialWindows.NAMES)
+    for name, feed in suite.items():
+        assert feed["eeg"].shape == (1, 19, 1920) and feed["eeg"].dtype == np.float32
+        assert np.isfinite(feed["eeg"]).all(), name
+    assert np.abs(suite["all_zero"]["eeg"]).max() == 0.0
+    assert np.abs(suite["flat_channels"]["eeg"][0, 3:9]).max() < 1e-3
+    raw = AdversarialWindows(1920).raw_microvolts()
+    assert raw["electrode_pops_1000uV"].max() > 1000 and np.abs(raw["saturated_channels"]).max() == pytest.approx(3276.7)
+    again = dict(AdversarialWindows(1920).labelled())
+    assert all(np.array_equal(again[k]["eeg"], v["eeg"]) for k, v in suite.items())
+    assert len(list(SyntheticWindows(3, 1920))) == 3

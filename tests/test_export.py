@@ -1,0 +1,209 @@
+"""brr-export: ONNX export, ORT/OpenVINO engines, manifests, runners, CLI (v3-small; one slow v3 test)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from brr.export.engines import build_engine
+from brr.export.manifest import ManifestError, verify_manifest, write_manifest
+from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, STAGE_METADATA_KEY, export_onnx
+from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError
+from brr.export.verify import verify_engine
+from brr.model import PROBE_NAMES, build_detector, save_checkpoint
+from brr.runtime.runners import TorchRunner, load_runner
+
+PARITY_ATOL = 1e-4
+
+
+def _model(**overrides):
+    torch.manual_seed(1)
+    return build_detector({"base": "v3-small", **overrides}).eval()
+
+
+def _reference_manifest(export, model):
+    write_manifest(export.directory, source={"checkpoint": "in-memory"}, config=model.config, backend="onnxruntime",
+                   precision="fp32", ops=export.ops, opset=export.opset, model_file=MODEL_FILE,
+                   probed_model_file=PROBED_MODEL_FILE, pinned_nodes=[])
+
+
+@pytest.fixture(scope="module")
+def guarded():
+    return _model()
+
+
+@pytest.fixture(scope="module")
+def windows(guarded):
+    """Three non-degenerate windows, the PyTorch fp32 logits and probes for them."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 19, 15360, generator=g)
+    x[1] *= 5.0
+    x[2, :, 4000:4010] *= 1000.0
+    with torch.no_grad():
+        logits, probes = guarded(x, return_probes=True)
+    return x.numpy(), logits.numpy(), {k: v.numpy() for k, v in probes.items()}
+
+
+@pytest.fixture(scope="module")
+def exports(guarded, tmp_path_factory):
+    out = {}
+    for ops in ("standard", "plugin"):
+        out[ops] = export_onnx(guarded, tmp_path_factory.mktemp(f"onnx-{ops}"), ops)
+        _reference_manifest(out[ops], guarded)
+    return out
+
+
+def _run(path, x, probes=False):
+    with load_runner(path, probes=probes) as runner:
+        return runner.infer({"eeg": x})
+
+
+def test_onnx_is_valid_with_dynamic_batch_and_probes(exports):
+    for export in exports.values():
+        model = onnx.load(str(export.model))
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
+        (eeg,) = model.graph.input
+        assert eeg.name == "eeg" and eeg.type.tensor_type.shape.dim[0].dim_param
+        assert [o.name for o in model.graph.output] == ["logits"]
+        probed = onnx.load(str(export.probed_model))
+        assert [o.name for o in probed.graph.output] == list(PROBE_NAMES)
+        stages = json.loads(export.stages.read_text())
+        assert {n.name for n in probed.graph.node} == set(stages)
+        assert set(stages.values()) == set(PROBE_NAMES)
+        assert all({p.key: p.value for p in n.metadata_props}[STAGE_METADATA_KEY] == stages[n.name]
+                   for n in probed.graph.node)
+    plugin_ops = {n.op_type for n in onnx.load(str(exports["plugin"].model)).graph.node}
+    assert {"SelectiveScan", "SymmetricEigh"} <= plugin_ops
+    assert not {"SelectiveScan", "SymmetricEigh"} & {n.op_type for n in onnx.load(str(exports["standard"].model)).graph.node}
+
+
+def test_stage_map_follows_the_modules(exports):
+    stages = json.loads(exports["plugin"].stages.read_text())
+    by_op = {}
+    for node in onnx.load(str(exports["plugin"].probed_model)).graph.node:
+        by_op.setdefault(node.op_type, set()).add(stages[node.name])
+    assert by_op["SymmetricEigh"] == {"laplacian_pe"}
+    assert by_op["SelectiveScan"] == {"node_stream", "edge_weights"}
+    assert "edge_similarity" in by_op["ReduceSum"] | by_op.get("ReduceL2", set()) | by_op["Sqrt"]
+
+
+@pytest.mark.parametrize("ops, batch", [("standard", 3), ("plugin", 1)])
+def test_ort_fp32_matches_pytorch(exports, windows, ops, batch):
+    x, expected, _ = windows
+    logits = _run(exports[ops].model, x[:batch])["logits"]
+    assert logits.shape == (batch, 15360)
+    assert np.abs(logits - expected[:batch]).max() <= PARITY_ATOL
+
+
+def test_probed_model_matches_pytorch_probes(exports, windows):
+    x, _, expected = windows
+    outputs = _run(exports["standard"].model, x[:1], probes=True)
+    assert list(outputs) == list(PROBE_NAMES)
+    for name in ("tcn", "edge_similarity", "adjacency", "logits"):
+        scale = max(1.0, float(np.abs(expected[name][:1]).max()))
+        assert np.abs(outputs[name] - expected[name][:1]).max() <= PARITY_ATOL * scale
+
+
+def test_unguarded_static_pe_exports_and_matches(tmp_path, windows):
+    model = _model(guards=False, use_dynamic_pe=False)
+    export = export_onnx(model, tmp_path, "standard")
+    _reference_manifest(export, model)
+    x, _, _ = windows
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x[:1])).numpy()
+    assert np.abs(_run(export.model, x[:1])["logits"] - expected).max() <= PARITY_ATOL
+
+
+def test_export_is_deterministic(guarded, exports, tmp_path):
+    again = export_onnx(guarded, tmp_path, "standard")
+    assert again.model.read_bytes() == exports["standard"].model.read_bytes()
+    assert again.probed_model.read_bytes() == exports["standard"].probed_model.read_bytes()
+
+
+@pytest.mark.parametrize("backend, precision, bound", [
+    ("onnxruntime", "fp16", 0.5), ("onnxruntime", "bf16", 1.0), ("onnxruntime", "int8", 2.0),
+    ("openvino", "fp32", PARITY_ATOL),
+])
+def test_engines_run_and_error_is_bounded(exports, guarded, windows, tmp_path, backend, precision, bound):
+    x, expected, _ = windows
+    rng = np.random.default_rng(0)
+    built = build_engine(exports["standard"], tmp_path, backend, precision, [], (1, 1, 1), guarded.config,
+                         lambda: (rng.standard_normal((1, 19, 15360)).astype(np.float32) for _ in range(2)))
+    write_manifest(tmp_path, source={}, config=guarded.config, backend=backend, precision=precision,
+                   ops="standard", opset=18, model_file=built.model_file, probed_model_file=built.probed_model_file,
+                   pinned_nodes=built.pinned_nodes, settings=built.settings)
+    logits = _run(tmp_path, x[:1])["logits"]
+    error = float(np.abs(logits - expected[:1]).max())
+    print(f"{backend} {precision}: max |logit error| {error:.3g}")
+    assert np.isfinite(logits).all() and error <= bound
+    if precision != "fp32":
+        assert error > 1e-6  # a reduced-precision engine that matches fp32 exactly was not converted
+
+
+def test_fp16_keeps_planned_nodes_in_fp32(exports, guarded, tmp_path):
+    stages = json.loads(exports["standard"].stages.read_text())
+    pinned = PrecisionPlan(fp32_stages=("edge_similarity",)).resolve(exports["standard"].model, stages)
+    assert pinned and all(stages[n] == "edge_similarity" for n in pinned)
+    build_engine(exports["standard"], tmp_path, "onnxruntime", "fp16", pinned, (1, 1, 1), guarded.config, list)
+    converted = onnx.load(str(tmp_path / MODEL_FILE))
+    types = {i.name: i.type.tensor_type.elem_type for i in converted.graph.value_info}
+    outputs = [o for n in converted.graph.node if n.name in pinned for o in n.output if o in types]
+    assert outputs and all(types[o] != onnx.TensorProto.FLOAT16 for o in outputs)
+
+
+def test_precision_plan_refuses_unknown_nodes(exports, tmp_path):
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps({"fp32_nodes": ["no_such_node"]}))
+    with pytest.raises(PrecisionPlanError, match="no_such_node"):
+        PrecisionPlan.load(plan_file).resolve(exports["standard"].model, {})
+    plan_file.write_text(json.dumps({"fp32_stages": ["tcnn"]}))
+    with pytest.raises(PrecisionPlanError, match="tcnn"):
+        PrecisionPlan.load(plan_file)
+
+
+def test_tampered_artifact_is_refused(exports, tmp_path):
+    copy = shutil.copytree(exports["standard"].directory, tmp_path / "artifact")
+    verify_manifest(copy)
+    data = bytearray((copy / MODEL_FILE).read_bytes())
+    data[-10] ^= 0xFF
+    (copy / MODEL_FILE).write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match=f"{MODEL_FILE} does not match"):
+        load_runner(copy)
+    (copy / MODEL_FILE).unlink()
+    with pytest.raises(ManifestError, match="missing"):
+        verify_manifest(copy)
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        load_runner(tmp_path)
+
+
+def test_load_runner_picks_torch_for_checkpoints(guarded, tmp_path):
+    save_checkpoint(guarded, tmp_path)
+    assert isinstance(load_runner(tmp_path), TorchRunner)
+
+
+def test_verify_engine_reports_windows(exports, guarded, tmp_path):
+    result = verify_engine(guarded, exports["standard"].directory, "fp32", tmp_path, 15360,
+                           only=("zeros", "spikes_1000x"))
+    report = json.loads(result.report.read_text())
+    assert result.verdict == report["verdict"] == "pass"
+    assert [w["window"] for w in report["windows"]] == ["spikes_1000x", "zeros"]
+    assert all(w["engine_finite"] for w in report["windows"])
+
+
+@pytest.mark.slow
+def test_v3_ort_fp32_matches_pytorch(tmp_path):
+    torch.manual_seed(1)
+    model = build_detector("v3").eval()
+    export = export_onnx(model, tmp_path, "standard")
+    _reference_manifest(export, model)
+    x = torch.randn(1, 19, 15360)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.abs(_run(export.model, x.numpy())["logits"] - expected).max() <= PARITY_ATOL
