@@ -1,4 +1,12 @@
-"""The main job, stage after stage, each reusing what an earlier run already made in the workdir."""
+"""The main job end to end, on data the project makes itself; each stage reuses what a rerun finds.
+
+1. corpus   brr-synth: training recordings and held-out recordings with seizure annotations
+2. train    brr-train: a checkpoint (reused when WORKDIR/checkpoint already holds one)
+3. model    one window through the detector: the probe summary
+4. export   brr-export: the fp16 ONNX Runtime engine (and bf16 OpenVINO where the CPU has bf16),
+            each verified by the diff against PyTorch fp32
+5. infer    brr-infer: the held-out recordings through the fp16 engine, scored against their annotations
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,15 @@ from typing import Callable
 
 import torch
 
-from brr.model import build_detector, summarize_probes
+from brr.data import iter_windows, read_recording
+from brr.data.synthetic import write_corpus
+from brr.diff.verify import Verification, verify_engine
+from brr.export.artifact import ExportRequest, export_artifacts
+from brr.model import load_checkpoint, summarize_probes
+from brr.runtime.infer import InferenceSettings, InferenceSummary, run_inference
+from brr.train import make_settings, train
+
+TRAIN_CONFIG = Path(__file__).with_name("train") / "configs" / "v3-small-synthetic.yaml"
 
 
 @dataclass
@@ -16,12 +32,56 @@ class PipelineSettings:
     workdir: str | Path
     config: str = "v3-small"
     seed: int = 0
+    train_recordings: int = 6
+    holdout_recordings: int = 2
+    recording_minutes: float = 10.0
+    train_minutes: float = 5.0  # wall-clock budget of the training stage on this CPU
+    infer_stride_s: float = 30.0
 
 
 @dataclass
 class PipelineResult:
     probe_rows: list[dict] = field(default_factory=list)
+    verifications: dict[str, Verification] = field(default_factory=dict)
+    inference: InferenceSummary | None = None
     exit_code: int = 0
+
+
+def _corpus(path: Path, recordings: int, minutes: float, seed: int, say) -> Path:
+    if not any(path.glob("*.edf")):
+        write_corpus(path, recordings=recordings, minutes=minutes, seed=seed)
+        say(f"[corpus] {recordings} x {minutes:g} min synthetic recordings -> {path}")
+    else:
+        say(f"[corpus] reusing {path}")
+    return path
+
+
+def _checkpoint(settings: PipelineSettings, train_dir: Path, say) -> Path:
+    out = Path(settings.workdir) / "checkpoint"
+    for candidate in (out / "best", out / "last"):
+        if (candidate / "config.json").is_file():
+            say(f"[train] reusing {candidate}")
+            return candidate
+    say(f"[train] {settings.config} on {train_dir}, at most {settings.train_minutes:g} min")
+    result = train(make_settings(TRAIN_CONFIG, data=str(train_dir), out=str(out), model=settings.config,
+                                 seed=settings.seed, max_minutes=settings.train_minutes), say)
+    return result.best_checkpoint or result.last_checkpoint
+
+
+def _engine(checkpoint: Path, out: Path, backend: str, precision: str, say) -> tuple[Path, Verification]:
+    built = export_artifacts(ExportRequest(checkpoint=checkpoint, out=out, engine=precision, backend=backend,
+                                           ops="standard"), say)
+    verification = verify_engine(checkpoint, built.engine_dir, precision, out / "verification",
+                                 load_checkpoint(checkpoint).config.window_samples,
+                                 fp32_artifact=built.reference_dir)
+    say(f"[export] {backend} {precision} verification {verification.summary()}")
+    return built.engine_dir, verification
+
+
+def cpu_has_bf16() -> bool:
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def run_pipeline(settings: PipelineSettings, say: Callable[[str], None] = print) -> PipelineResult:
@@ -29,12 +89,31 @@ def run_pipeline(settings: PipelineSettings, say: Callable[[str], None] = print)
     workdir.mkdir(parents=True, exist_ok=True)
     result = PipelineResult()
     torch.manual_seed(settings.seed)
-    model = build_detector(settings.config).eval()
-    say(f"[model] {settings.config}: {sum(p.numel() for p in model.parameters()):,} parameters")
+
+    minutes = settings.recording_minutes
+    train_dir = _corpus(workdir / "corpus" / "train", settings.train_recordings, minutes, settings.seed + 1, say)
+    holdout_dir = _corpus(workdir / "corpus" / "holdout", settings.holdout_recordings, minutes,
+                          settings.seed + 2, say)
+    checkpoint = _checkpoint(settings, train_dir, say)
+
+    model = load_checkpoint(checkpoint)
+    first_recording = sorted(holdout_dir.glob("*.edf"))[0]
+    window = next(iter_windows(read_recording(first_recording), window_s=60, stride_s=60))
     with torch.no_grad():
-        logits, probes = model(torch.randn(1, 19, model.config.window_samples), return_probes=True)
+        logits, probes = model(torch.as_tensor(window.signals)[None], return_probes=True)
     result.probe_rows = summarize_probes(probes)
-    if not torch.isfinite(logits).all():
-        say("[model] non-finite logits")
+    say(f"[model] {model.config.name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"one window of {first_recording.name}")
+
+    engines = workdir / "engines"
+    fp16_engine, result.verifications["onnxruntime-fp16"] = _engine(checkpoint, engines, "onnxruntime", "fp16", say)
+    if cpu_has_bf16():
+        _, result.verifications["openvino-bf16"] = _engine(checkpoint, engines, "openvino", "bf16", say)
+
+    result.inference = run_inference(fp16_engine, [holdout_dir], workdir / "events",
+                                     InferenceSettings(stride_s=settings.infer_stride_s, batch_size=4,
+                                                       reference_dir=str(holdout_dir)))
+    failed_verification = [name for name, v in result.verifications.items() if not v.passed]
+    if not torch.isfinite(logits).all() or failed_verification or result.inference.exit_code():
         result.exit_code = 1
     return result

@@ -101,3 +101,43 @@ def test_adversarial_suite_is_fixed_finite_and_in_contract():
     again = dict(AdversarialWindows(1920).labelled())
     assert all(np.array_equal(again[k]["eeg"], v["eeg"]) for k, v in suite.items())
     assert len(list(SyntheticWindows(3, 1920))) == 3
+
+
+def _edge_weights_and_adjacency(weights_by_pair: dict[tuple[int, int], float], k: int = 3):
+    """(1, E, 1) reference pair weights and the (1, 1, 19, 19) adjacency the model assembles from them."""
+    import torch
+
+    from brr.model import resolve_config
+    from brr.model.adjacency import AdjacencyAssembly
+    from brr.montage import pair_indices
+
+    # Distinct background weights, 1e-3 apart: no accidental ties beyond the planted one.
+    weights = (0.0105 + 0.001 * torch.arange(171, dtype=torch.float32)).reshape(1, 171, 1)
+    for e, pair in enumerate(pair_indices()):
+        if pair in weights_by_pair:
+            weights[0, e, 0] = weights_by_pair[pair]
+    adjacency = AdjacencyAssembly(resolve_config({"base": "v3-small", "edge_top_k": k}))(weights)
+    return weights.numpy(), adjacency.numpy()
+
+
+def test_topk_flips_at_near_ties_are_ambiguous_but_real_flips_diverge():
+    # Row 0 has a near-tie between its 3rd (0,3) and 4th (0,4) largest weights.
+    tied = {(0, 1): 0.9, (0, 2): 0.8, (0, 3): 0.5000, (0, 4): 0.4999}
+    weights, reference = _edge_weights_and_adjacency(tied)
+    flipped_weights = dict(tied)
+    flipped_weights[(0, 3)], flipped_weights[(0, 4)] = 0.4999, 0.5000
+    _, flipped = _edge_weights_and_adjacency(flipped_weights)
+    feed = {"eeg": np.zeros(1)}
+    ambiguous = compare_outputs("tie", feed, {"adjacency": reference, "edge_weights": weights},
+                                {"adjacency": flipped}, None, 1e-4, 1e-4, top_k=3)
+    assert ambiguous.stages["adjacency"].status == "basis_ambiguous"
+    assert ambiguous.verdict == "basis_ambiguous"
+    # The same flip where the weights are far apart (0.5 vs 0.3) is a real divergence.
+    apart = {(0, 1): 0.9, (0, 2): 0.8, (0, 3): 0.5, (0, 4): 0.3}
+    weights, reference = _edge_weights_and_adjacency(apart)
+    _, flipped = _edge_weights_and_adjacency({**apart, (0, 3): 0.3, (0, 4): 0.5})
+    diverged = compare_outputs("apart", feed, {"adjacency": reference, "edge_weights": weights},
+                               {"adjacency": flipped}, None, 1e-4, 1e-4, top_k=3)
+    assert diverged.stages["adjacency"].status == "divergence"
+    assert diverged.stages["adjacency"].selection.tie_rows == 0
+    assert not diverged.stages["adjacency"].selection.values.passed

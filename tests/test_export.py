@@ -14,7 +14,7 @@ from brr.export.engines import build_engine
 from brr.export.manifest import ManifestError, verify_manifest, write_manifest
 from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, STAGE_METADATA_KEY, export_onnx
 from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError
-from brr.export.verify import verify_engine
+from brr.diff.verify import verify_engine
 from brr.model import PROBE_NAMES, build_detector, save_checkpoint
 from brr.runtime.runners import TorchRunner, load_runner
 
@@ -188,13 +188,12 @@ def test_load_runner_picks_torch_for_checkpoints(guarded, tmp_path):
     assert isinstance(load_runner(tmp_path), TorchRunner)
 
 
-def test_verify_engine_reports_windows(exports, guarded, tmp_path):
-    result = verify_engine(guarded, exports["standard"].directory, "fp32", tmp_path, 15360,
-                           only=("zeros", "spikes_1000x"))
-    report = json.loads(result.report.read_text())
-    assert result.verdict == report["verdict"] == "pass"
-    assert [w["window"] for w in report["windows"]] == ["spikes_1000x", "zeros"]
-    assert all(w["engine_finite"] for w in report["windows"])
+def test_verify_engine_runs_the_diff_and_keeps_its_report(exports, guarded, tmp_path):
+    result = verify_engine(guarded, exports["standard"].directory, "fp32", tmp_path, 15360, synthetic_windows=1)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert result.passed and report["verdict"] == result.verdict
+    assert report["inputs"][0] == "synthetic-0" and "all_zero" in report["inputs"]
+    assert "pass" in result.summary()
 
 
 @pytest.mark.slow

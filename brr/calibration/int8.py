@@ -43,7 +43,13 @@ def tensorrt_calibrator(batches: EdfBatches, cache: Path):
 def build_tensorrt_int8(model: Path, batches: EdfBatches, directory: Path) -> Path:
     """A TensorRT INT8 engine of ``model`` (fp16 fallback), calibrated on ``batches``; writes the cache too."""
     import_tensorrt()  # TensorRTUnavailable with the one line to print when TensorRT or the GPU is missing
-    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineFromNetwork,
+        NetworkFromOnnxPath,
+        Profile,
+        SaveEngine,
+    )
 
     directory.mkdir(parents=True, exist_ok=True)
     profile = Profile().add("eeg", min=batches.shape, opt=batches.shape, max=batches.shape)

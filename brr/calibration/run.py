@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
 
 from brr.atomic import atomic_write_text
@@ -105,17 +106,22 @@ def resolve_source(source: str | Path, out: Path, say: Callable[[str], None]) ->
         raise CalibrationError(f"{path}: no such checkpoint folder or ONNX file")
     try:
         onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises several types for a file that is not ONNX
+    except (OSError, DecodeError) as exc:
         raise CalibrationError(f"{path}: not a readable ONNX model ({exc})") from None
     probed = path.with_name(PROBED_MODEL_FILE)
-    config = None
-    manifest = path.parent / MANIFEST_FILE
-    if manifest.is_file():
-        try:
-            config = resolve_config(json.loads(manifest.read_text())["config"])
-        except (KeyError, ValueError) as exc:
-            raise CalibrationError(f"{manifest}: no usable detector config ({exc})") from None
-    return Source(path, probed if path.name == MODEL_FILE and probed.is_file() else path, config, None)
+    return Source(path, probed if path.name == MODEL_FILE and probed.is_file() else path, resolve_config_of(path),
+                  None)
+
+
+def resolve_config_of(model_path: Path) -> DetectorConfig | None:
+    """The detector config in the ``manifest.json`` beside an exported ONNX file, if there is one."""
+    manifest = Path(model_path).parent / MANIFEST_FILE
+    if not manifest.is_file():
+        return None
+    try:
+        return resolve_config(json.loads(manifest.read_text())["config"])
+    except (KeyError, ValueError) as exc:
+        raise CalibrationError(f"{manifest}: no usable detector config ({exc})") from None
 
 
 def window_samples(model: onnx.ModelProto) -> int:
@@ -167,8 +173,8 @@ def calibrate(source: str | Path, data: list[str | Path] | WindowLoader, precisi
         plan = PrecisionPlan.load(plan_path)
         plan.resolve(src.served, {})  # the plan must name nodes of the served model only
         engine = search.engine(pins)
-        convert = ConvertToFloat16 if precision == "fp16" else RoundThroughBfloat16
-        planned_served = convert(served_fp32, sorted(pins))()
+        planned_served = (ConvertToFloat16(served_fp32, sorted(pins))() if precision == "fp16"
+                          else RoundThroughBfloat16(served_fp32, sorted(pins))())
         report |= {"plan": str(plan_path), "pinned": plan_doc["metadata"]["pinned"],
                    "pinned_count": len(pins), "flops": plan_doc["metadata"]["flops"],
                    "always_fp32_nodes": plan_doc["metadata"]["always_fp32_nodes"],
@@ -270,10 +276,10 @@ def markdown(report: dict) -> str:
     final = report["final"]
     lines = [f"# brr-calibrate: {report['precision']}", "",
              f"- source: `{report['source']['served_onnx']}` (sha256 {report['source']['served_sha256'][:12]})",
-             f"- windows: {len(report['windows'])}; tolerance atol {report['tolerance']['atol']:g}, "
-             f"rtol {report['tolerance']['rtol']:g}",
-             f"- final engine `{final['engine']}`: **{final['verdict']}**, non-finite outputs "
-             f"{final['nonfinite_outputs']}"]
+             (f"- windows: {len(report['windows'])}; tolerance atol {report['tolerance']['atol']:g}, "
+             f"rtol {report['tolerance']['rtol']:g}"),
+             (f"- final engine `{final['engine']}`: **{final['verdict']}**, non-finite outputs "
+             f"{final['nonfinite_outputs']}")]
     if "pinned_count" in report:
         flops = report["flops"]
         lines.append(f"- pinned fp32 nodes: **{report['pinned_count']}**, {100 * flops['share']:.2f} % of "

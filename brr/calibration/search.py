@@ -41,8 +41,12 @@ from brr.diff.localise import DEFAULT_MAX_MARKED_BYTES, NodeComparison
 from brr.diff.report import InputResult
 from brr.diff.run import compare_outputs
 from brr.diff.stages import node_stages
-from brr.export.engines.onnxruntime import (FLOAT32_ONLY_OP_TYPES, NO_CPU_FP16_KERNEL_OP_TYPES, ConvertToFloat16,
-                                            RoundThroughBfloat16)
+from brr.export.engines.onnxruntime import (
+    FLOAT32_ONLY_OP_TYPES,
+    NO_CPU_FP16_KERNEL_OP_TYPES,
+    ConvertToFloat16,
+    RoundThroughBfloat16,
+)
 from brr.model import DetectorConfig
 
 REDUCED_PRECISIONS = ("fp16", "bf16")
@@ -116,9 +120,11 @@ class PlanSearch:
 
     # ------------------------------------------------------------------------------ engines
     def reduced_model(self, pinned: set[str] | list[str]) -> onnx.ModelProto:
-        """The exporter's own conversion of the fp32 graph with ``pinned`` kept fp32."""
-        convert = ConvertToFloat16 if self.precision == "fp16" else RoundThroughBfloat16
-        return convert(onnx.ModelProto.FromString(self.fp32.SerializeToString()), sorted(pinned))()
+        """The exporter's conversion of the fp32 graph with ``pinned`` kept fp32."""
+        copy = onnx.ModelProto.FromString(self.fp32.SerializeToString())
+        if self.precision == "bf16":
+            return RoundThroughBfloat16(copy, sorted(pinned))()
+        return ConvertToFloat16(copy, sorted(pinned))()
 
     def engine(self, pinned: set[str] | list[str]) -> Engine:
         """The engine that judges a pinned set (see the module docstring)."""

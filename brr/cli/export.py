@@ -11,7 +11,8 @@ from brr.export.artifact import ExportRequest, export_artifacts
 from brr.export.engines import BACKEND_CHOICES, EngineBuildError, TensorRTUnavailable
 from brr.export.engines.tensorrt import parse_batch_range
 from brr.export.precision_plan import PrecisionPlanError
-from brr.model import CheckpointError
+from brr.diff.verify import verify_engine
+from brr.model import CheckpointError, load_checkpoint
 from brr.ops.registry import OPS_MODES
 
 EXIT_DIVERGED = 1
@@ -36,7 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision-plan", type=Path, help="JSON plan of nodes kept fp32")
     parser.add_argument("--calibration-data", type=Path, metavar="EDF_OR_DIR",
                         help="EDF/BDF file or directory for int8 calibration (default: synthetic windows)")
-    parser.add_argument("--threads", type=int, help="CPU threads for verification")
     parser.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch fp32")
     return parser
 
@@ -46,7 +46,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     request = ExportRequest(
         checkpoint=args.checkpoint, out=args.out, engine=args.engine, ops=args.ops, backend=args.backend,
         batch=args.batch, precision_plan=args.precision_plan, calibration_data=args.calibration_data,
-        verify=not args.no_verify, threads=args.threads,
     )
     try:
         result = export_artifacts(request)
@@ -56,8 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, PrecisionPlanError, EngineBuildError, FileNotFoundError) as exc:
         print(f"brr-export: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE if isinstance(exc, EngineBuildError) else 1
-    if result.verification is not None and not result.verification.passed:
-        print(f"brr-export: engine diverges from PyTorch fp32; report kept at {result.verification.report}",
+    if args.no_verify:
+        return 0
+    verification = verify_engine(args.checkpoint, result.engine_dir, result.precision, args.out / "verification",
+                                 load_checkpoint(args.checkpoint).config.window_samples,
+                                 fp32_artifact=result.reference_dir)
+    print(f"verification {verification.summary()}")
+    if not verification.passed:
+        print(f"brr-export: engine diverges from PyTorch fp32; report kept in {verification.report_dir}",
               file=sys.stderr)
         return EXIT_DIVERGED
     return 0

@@ -199,26 +199,61 @@ class EigenspaceStats:
 # ----------------------------------------------------------------------------- top-k selection
 @dataclass
 class SelectionStats:
-    """Top-k adjacency compared by the set of entries each row kept."""
+    """Top-k adjacency compared by the set of entries each row kept.
+
+    Given the reference's edge weights and k, a row whose k-th and (k+1)-th largest weights lie
+    within the tolerance of each other is a near-tie: either selection is correct at that precision.
+    An entry kept by one side only is *tie-explained* when row i or row j is such a near-tie (the
+    symmetrisation keeps (i, j) when either row chose it).
+    """
 
     rows: int = 0
     mismatched_rows: int = 0
+    unexplained_rows: int = 0
+    tie_rows: int = 0  # rows touching a near-tie, whose kept values are not compared
     values: TensorStats = field(default_factory=TensorStats)
 
-    def add(self, reference: np.ndarray, engine: np.ndarray, atol: float, rtol: float) -> None:
-        """reference/engine (..., n, n) adjacency; values compared where both kept the entry."""
+    def add(self, reference: np.ndarray, engine: np.ndarray, atol: float, rtol: float,
+            edge_weights: np.ndarray | None = None, top_k: int | None = None) -> None:
+        """reference/engine (..., n, n) adjacency; values compared where both kept the entry.
+
+        edge_weights: the reference's (B, E, T) pair weights for the same (B, T, n, n) adjacency.
+        """
         r_kept, e_kept = reference != 0, engine != 0
         self.rows += int(np.prod(reference.shape[:-1]))
-        self.mismatched_rows += int((r_kept != e_kept).any(-1).sum())
-        both = r_kept & e_kept
+        mismatch = r_kept != e_kept
+        self.mismatched_rows += int(mismatch.any(-1).sum())
+        explained = np.zeros_like(mismatch)
+        if edge_weights is not None and top_k is not None:
+            n = reference.shape[-1]
+            dense = np.zeros(reference.shape, dtype=np.float64)
+            rows, cols = np.triu_indices(n, k=1)
+            pairs = np.asarray(edge_weights, dtype=np.float64).transpose(0, 2, 1)  # (B, T, E)
+            dense[..., rows, cols] = pairs
+            dense[..., cols, rows] = pairs
+            ranked = -np.sort(-dense, axis=-1)
+            kth, next_ = ranked[..., top_k - 1], ranked[..., top_k]
+            near_tie = (kth - next_) <= atol + rtol * np.abs(kth)  # (..., n)
+            explained = near_tie[..., :, None] | near_tie[..., None, :]
+        self.unexplained_rows += int((mismatch & ~explained).any(-1).sum())
+        self.tie_rows += int((explained & ~np.eye(reference.shape[-1], dtype=bool)).any(-1).sum())
+        # A flip in one row also changes the symmetrised value of entries both sides keep, so entries
+        # touching a near-tie row are judged by selection only (their weights were compared upstream).
+        both = r_kept & e_kept & ~explained
         self.values.add(np.where(both, reference, 0.0), np.where(both, engine, 0.0), atol, rtol)
 
     @property
     def passed(self) -> bool:
-        return self.mismatched_rows == 0 and self.values.passed
+        return self.unexplained_rows == 0 and self.values.passed
+
+    @property
+    def tie_ambiguous(self) -> bool:
+        """Selections (or the values they symmetrise to) differ, but only at near-ties: two correct answers."""
+        return self.passed and (self.mismatched_rows > 0 or self.tie_rows > 0)
 
     def to_dict(self) -> dict:
-        return {"rows": self.rows, "mismatched_rows": self.mismatched_rows, "passed": self.passed,
+        return {"rows": self.rows, "mismatched_rows": self.mismatched_rows,
+                "unexplained_rows": self.unexplained_rows, "tie_rows": self.tie_rows, "passed": self.passed,
                 "kept_values": self.values.to_dict()}
 
 

@@ -170,10 +170,13 @@ def markdown(report: DiffReport) -> str:
     for e in report.engines:
         if e.first_nonfinite:
             lines.append(f"- **{e.name}**: {_first_nonfinite_line(e.first_nonfinite)}")
-        ambiguous = sorted({i.input for i in e.inputs if i.verdict == "basis_ambiguous"})
+        ambiguous = [i for i in e.inputs if i.verdict == "basis_ambiguous"]
         if ambiguous:
-            lines.append(f"- **{e.name}**: eigendecomposition basis-ambiguous (repeated eigenvalues) on "
-                         f"{len(ambiguous)} inputs: {', '.join(ambiguous[:5])}")
+            stages = sorted({i.first_divergent_stage for i in ambiguous})
+            why = {"adjacency": "top-k near-ties", "laplacian_pe": "repeated eigenvalues"}
+            causes = ", ".join(f"{s} ({why.get(s, 'ambiguous')})" for s in stages)
+            lines.append(f"- **{e.name}**: two correct answers at {causes} on {len(ambiguous)} inputs: "
+                         f"{', '.join(sorted(i.input for i in ambiguous)[:5])}")
         bad_inputs = [i.input for i in e.inputs if i.verdict not in ("clean", "basis_ambiguous")]
         if bad_inputs:
             lines.append(f"- **{e.name}**: {len(bad_inputs)} inputs off: {', '.join(bad_inputs[:5])}")

@@ -65,8 +65,11 @@ def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[
             feed = current["feed"]
             ref_out = run[reference_runner.name][0]
             spectrum = _spectrum(reference_runner, ref_out)
+            model = getattr(reference_runner, "model", None)
+            top_k = model.config.edge_top_k if isinstance(model, V3Detector) else None
             for engine, result in zip(engine_list, results):
-                outcome = compare_outputs(labels[-1], feed, ref_out, run[engine.runner.name][0], spectrum, atol, rtol)
+                outcome = compare_outputs(labels[-1], feed, ref_out, run[engine.runner.name][0], spectrum, atol, rtol,
+                                          top_k)
                 for name, stage in outcome.stages.items():
                     result.stages.setdefault(name, TensorStats()).merge(stage.stats)
                 kind = {"nonfinite_precision": "precision", "nonfinite_fp32": "fp32"}.get(outcome.verdict)
@@ -136,10 +139,12 @@ def _spectrum(reference_runner: BaseRunner, ref_out) -> tuple[np.ndarray, np.nda
     return values, vectors, cfg.semi_dynamic_interval
 
 
-def compare_outputs(label: str, feed: dict, ref_out, eng_out, spectrum, atol: float, rtol: float) -> InputResult:
+def compare_outputs(label: str, feed: dict, ref_out, eng_out, spectrum, atol: float, rtol: float,
+                    top_k: int | None = None) -> InputResult:
     """Probe level for one input: each stage's statistics and status, and the input's verdict.
 
-    ``spectrum`` = (eigenvalues, eigenvectors, interval) of the reference Laplacians, or None.
+    ``spectrum`` = (eigenvalues, eigenvectors, interval) of the reference Laplacians, or None;
+    ``top_k`` = the adjacency's k, to recognise selections that differ only at near-ties.
     """
     names = [n for n in PROBE_NAMES if n in ref_out and n in eng_out] or [n for n in ref_out if n in eng_out]
     stages: dict[str, StageResult] = {}
@@ -155,8 +160,11 @@ def compare_outputs(label: str, feed: dict, ref_out, eng_out, spectrum, atol: fl
             stage.status = "basis_ambiguous" if stage.eigenspace.passed else "divergence"
         elif name == "adjacency" and stage.status == "divergence":
             stage.selection = SelectionStats()
-            stage.selection.add(ref, eng, atol, rtol)
-            stage.status = "clean" if stage.selection.passed else "divergence"
+            stage.selection.add(ref, eng, atol, rtol,
+                                ref_out["edge_weights"] if "edge_weights" in ref_out else None, top_k)
+            # Flips at near-ties are as correct as a rotated eigenbasis: ambiguous, not divergent.
+            stage.status = ("basis_ambiguous" if stage.selection.tie_ambiguous else
+                            "clean" if stage.selection.passed else "divergence")
         stages[name] = stage
     statuses = [s.status for s in stages.values()]
     first_off = next((n for n, s in stages.items() if s.status != "clean"), None)

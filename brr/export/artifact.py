@@ -1,11 +1,10 @@
-"""What ``brr-export`` does: fp32 reference ONNX, then the requested engine, manifests, verification.
+"""What ``brr-export`` builds: the fp32 reference ONNX, then the requested engine, with manifests.
 
 Layout under ``out``::
 
     onnx-<ops>/                    the fp32 reference (also the ONNX Runtime fp32 engine): model.onnx,
                                    model.probed.onnx, model.stages.json, manifest.json
     <backend>-<precision>-<ops>/   the engine and its manifest (absent for onnxruntime fp32)
-    verification.json              the verification report (unless verify is off)
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from brr.export.engines import build_engine, resolve_backend
 from brr.export.manifest import write_manifest
 from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, STAGES_FILE, export_onnx
 from brr.export.precision_plan import PrecisionPlan
-from brr.export.verify import Verification, verify_engine
 from brr.model import load_checkpoint
 from brr.model.checkpoint import WEIGHTS_FILE, file_sha256, read_checkpoint_meta
 
@@ -41,8 +39,6 @@ class ExportRequest:
     batch: tuple[int, int, int] = (1, 4, 8)
     precision_plan: Path | None = None
     calibration_data: Path | None = None
-    verify: bool = True
-    threads: int | None = None
 
 
 @dataclass
@@ -50,7 +46,7 @@ class ExportResult:
     reference_dir: Path
     engine_dir: Path
     backend: str
-    verification: Verification | None = None
+    precision: str
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -110,13 +106,4 @@ def export_artifacts(request: ExportRequest, say: Callable[[str], None] = print)
                        batch=request.batch if backend == "tensorrt" else None, settings=built.settings, **common)
         say(f"{backend} {request.engine} engine: {engine_dir} in {seconds['engine_build']:.1f} s")
 
-    result = ExportResult(reference.directory, engine_dir, backend, seconds=seconds)
-    if request.verify:
-        start = time.perf_counter()
-        result.verification = verify_engine(model, engine_dir, request.engine, request.out,
-                                            config.window_samples, threads=request.threads)
-        seconds["verify"] = time.perf_counter() - start
-        worst = max((w.max_abs_error for w in result.verification.windows if not w.degenerate), default=float("nan"))
-        say(f"verification: {result.verification.verdict} (max |logit error| on non-degenerate windows "
-            f"{worst:.3g}; report {result.verification.report})")
-    return result
+    return ExportResult(reference.directory, engine_dir, backend, request.engine, seconds=seconds)

@@ -88,16 +88,19 @@ def score_probabilities(predictions: list[RecordingProbabilities], postprocess: 
     return aggregate_scores(per_file)
 
 
-def selection_key(event_scores: dict[str, Any], selection: str, max_fa_per_24h: float) -> tuple:
+def selection_key(scores: dict[str, Any], selection: str, max_fa_per_24h: float) -> tuple:
     """Larger is better. ``f1``: event F1. ``sensitivity_at_fa``: meeting the false-alarm limit first,
-    then event sensitivity, then F1 (so among equally sensitive models the one with fewer false
-    alarms wins)."""
-    f1 = event_scores["f1"] or 0.0
+    then event sensitivity, then event F1. Sample-level F1 breaks the remaining ties: a small
+    validation set saturates the event scores early, and an untrained model that happens to catch
+    every validation event must not beat one whose probabilities actually fit the seizures."""
+    event, sample = scores["event"], scores["sample"]
+    f1 = event["f1"] or 0.0
+    sample_f1 = sample["f1"] or 0.0
     if selection == "f1":
-        return (f1,)
-    fa = event_scores["fp_per_24h"]
+        return (f1, sample_f1)
+    fa = event["fp_per_24h"]
     within = fa is not None and fa <= max_fa_per_24h
-    return (within, event_scores["sensitivity"] or 0.0, f1)
+    return (within, event["sensitivity"] or 0.0, f1, sample_f1)
 
 
 def tune_enter_threshold(predictions: list[RecordingProbabilities], base: PostprocessConfig,
@@ -109,7 +112,7 @@ def tune_enter_threshold(predictions: list[RecordingProbabilities], base: Postpr
     for enter in sorted(ENTER_GRID, reverse=True):
         candidate = dataclasses.replace(base, enter=enter, leave=max(0.0, enter - gap))
         scores = score_probabilities(predictions, candidate)
-        key = selection_key(scores["event"], selection, max_fa_per_24h)
+        key = selection_key(scores, selection, max_fa_per_24h)
         if best is None or key > best[0]:
             best = (key, candidate, scores)
     return best[1], best[2]

@@ -253,8 +253,9 @@ def _finish_epoch(model, settings: TrainSettings, val_entries, val_cache, loop, 
     say(f"[train] epoch {row['epoch']}: loss {row['train_loss']:.4f}, validation event sensitivity "
         f"{_fmt(ev['sensitivity'])}, precision {_fmt(ev['precision'])}, F1 {_fmt(ev['f1'])}, "
         f"FA/24h {_fmt(ev['fp_per_24h'])} (enter {postprocess.enter:.2f})")
-    key = list(selection_key(ev, settings.selection, settings.max_fa_per_24h))
-    if loop["best_key"] is None or key > loop["best_key"]:
+    key = list(selection_key(scores, settings.selection, settings.max_fa_per_24h))
+    # On a tie the later epoch wins: it has trained longer on the same evidence.
+    if loop["best_key"] is None or key >= loop["best_key"]:
         loop["best_key"], loop["best_metrics"] = key, row
         save_checkpoint(model, best_dir, extra={"training": {
             "epoch": row["epoch"], "step": row["step"], "selection": settings.selection,

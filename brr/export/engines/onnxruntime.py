@@ -23,6 +23,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import onnx
+from onnx import TensorProto
 import onnx_ir as ir
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
@@ -56,10 +57,10 @@ class ConvertToFloat16(BaseLoader):
 
     def call_impl(self) -> onnx.ModelProto:
         model, _ = util.invoke_if_callable(self._model)
-        return convert_float_to_float16(
+        return drop_fp16_round_trips(convert_float_to_float16(
             model, keep_io_types=True, node_block_list=self.fp32_nodes,
             op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FLOAT32_ONLY_OP_TYPES, *NO_CPU_FP16_KERNEL_OP_TYPES],
-        )
+        ))
 
 
 class RoundThroughBfloat16(BaseLoader):
@@ -181,3 +182,42 @@ def build_onnxruntime_engine(
     return {"execution_provider": "CPUExecutionProvider",
             "computes_in": {"fp16": "fp16 kernels", "bf16": "fp32 kernels on bf16-rounded tensors",
                             "int8": "int8 QDQ Conv/MatMul"}[precision]}
+
+
+# The converter wraps each blocked node on its own: Casts to fp32 on its inputs, a Cast to fp16 on
+# each output. Two adjacent blocked nodes are therefore joined by Cast(fp16) -> Cast(fp32), which
+# rounds (and overflows) the very value a precision plan keeps in fp32: pinning a chain (a squared
+# norm and its sqrt) would not help. ``drop_fp16_round_trips`` rewires such consumers to the fp32 value.
+
+def _cast_to(node: onnx.NodeProto) -> int | None:
+    if node.op_type != "Cast":
+        return None
+    return next((a.i for a in node.attribute if a.name == "to"), None)
+
+
+def drop_fp16_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with Cast(fp32 -> fp16) -> Cast(fp16 -> fp32) pairs bypassed (in place; returned)."""
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    graph_outputs = {o.name for o in graph.output}
+    rename: dict[str, str] = {}
+    for node in graph.node:
+        if _cast_to(node) != TensorProto.FLOAT:
+            continue
+        down = producers.get(node.input[0])
+        if down is None or _cast_to(down) != TensorProto.FLOAT16 or node.output[0] in graph_outputs:
+            continue
+        source = producers.get(down.input[0])
+        # Only a value that was fp32 before the Cast (a blocked node's output) goes back to being fp32.
+        if source is not None and _cast_to(source) not in (None, TensorProto.FLOAT):
+            continue
+        rename[node.output[0]] = down.input[0]
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    used = {name for node in graph.node for name in node.input} | graph_outputs
+    kept = [n for n in graph.node if n.op_type != "Cast" or any(out in used for out in n.output)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model

@@ -47,7 +47,8 @@ def ssd_chunked(
 
     x (b, l, h, p), dt (b, l, h), A (h,), B and C (b, l, g, n) with h divisible by g, D (h,).
     Returns y (b, l, h, p). Matrix products, cumulative sums and exponentials only. Heads are
-    split as (g, r) with r = h // g so that C B^T is formed once per group, not once per head.
+    split as (g, r) with r = h // g so that C B^T is formed once per group, not once per head, and
+    the work is laid out head-major so every chunk is one contiguous block of a batched matmul.
     """
     b, length, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
@@ -55,7 +56,8 @@ def ssd_chunked(
     dt = discretise(dt, dt_bias, dt_softplus)
     pad = (-length) % chunk_size
     xs = x * dt.unsqueeze(-1)
-    a = dt * A  # (b, l, h), <= 0
+    # Decay exponents in fp32 whatever the input dtype: they are summed over a chunk below.
+    a = (dt * A).to(torch.promote_types(dt.dtype, torch.float32))  # (b, l, h), <= 0
     if pad:
         # Zero-padded tail: dt = 0 there, so it neither decays nor feeds the state.
         xs = F.pad(xs, (0, 0, 0, 0, 0, pad))
@@ -63,31 +65,33 @@ def ssd_chunked(
         B = F.pad(B, (0, 0, 0, 0, 0, pad))
         C = F.pad(C, (0, 0, 0, 0, 0, pad))
     c, t = (length + pad) // chunk_size, chunk_size
-    xs = xs.reshape(b, c, t, g, r, p).permute(0, 1, 3, 4, 2, 5)  # (b, c, g, r, T, p)
-    Bc = B.reshape(b, c, t, g, n).permute(0, 1, 3, 2, 4).unsqueeze(3)  # (b, c, g, 1, T, n)
-    Cc = C.reshape(b, c, t, g, n).permute(0, 1, 3, 2, 4).unsqueeze(3)
-    a = a.reshape(b, c, t, g, r).permute(0, 1, 3, 4, 2)  # (b, c, g, r, T)
-    a_cumsum = torch.cumsum(a, dim=-1)
+    xs = xs.reshape(b, c, t, g, r, p).permute(0, 3, 4, 1, 2, 5)  # (b, g, r, c, T, p)
+    Bc = B.reshape(b, c, t, g, n).permute(0, 3, 1, 2, 4).unsqueeze(2)  # (b, g, 1, c, T, n)
+    Cc = C.reshape(b, c, t, g, n).permute(0, 3, 1, 2, 4).unsqueeze(2)
+    a_cumsum = torch.cumsum(a.reshape(b, c, t, g, r).permute(0, 3, 4, 1, 2), dim=-1)  # (b, g, r, c, T)
 
-    # 1. Outputs within each chunk (the quadratic, attention-like part).
-    decay = torch.exp(segment_sum(a))  # (b, c, g, r, T, T)
+    # 1. Outputs within each chunk (the quadratic, attention-like part). Within one chunk the
+    # exponent cs_l - cs_s is a difference of two fp32 sums of at most T terms: no cancellation
+    # worth the masked cumulative sum of segment_sum. The upper triangle is masked before exp, so
+    # neither the value nor its gradient ever meets exp(+large).
+    upper = torch.triu(torch.ones(t, t, dtype=torch.bool, device=x.device), diagonal=1)
+    exponent = (a_cumsum.unsqueeze(-1) - a_cumsum.unsqueeze(-2)).masked_fill(upper, float("-inf"))
+    decay = torch.exp(exponent).to(xs.dtype)  # (b, g, r, c, T, T)
     y_diag = ((Cc @ Bc.transpose(-1, -2)) * decay) @ xs
 
-    # 2. State each chunk hands on, as if it started from zero: (b, c, g, r, p, n).
-    decay_to_end = torch.exp(a_cumsum[..., -1:] - a_cumsum)
+    # 2. State each chunk hands on, as if it started from zero: (b, g, r, c, p, n).
+    decay_to_end = torch.exp(a_cumsum[..., -1:] - a_cumsum).to(xs.dtype)
     states = (xs * decay_to_end.unsqueeze(-1)).transpose(-1, -2) @ Bc
 
     # 3. Carry states across chunk boundaries with the decay between chunk ends.
-    chunk_ends = a_cumsum[..., -1].permute(0, 2, 3, 1)  # (b, g, r, c)
     # Row z, column k+1 = decay from the end of chunk k to the end of chunk z-1 (the start of z).
-    chunk_decay = torch.exp(segment_sum(F.pad(chunk_ends, (1, 0))))[..., :-1, 1:]  # (b, g, r, c, c)
-    carried = chunk_decay @ states.permute(0, 2, 3, 1, 4, 5).reshape(b, g, r, c, p * n)
-    carried = carried.reshape(b, g, r, c, p, n).permute(0, 3, 1, 2, 4, 5)  # state entering each chunk
+    chunk_decay = torch.exp(segment_sum(F.pad(a_cumsum[..., -1], (1, 0))))[..., :-1, 1:].to(xs.dtype)
+    carried = (chunk_decay @ states.reshape(b, g, r, c, p * n)).reshape(b, g, r, c, p, n)
 
     # 4. Contribution of the carried state to each position.
-    y_off = (Cc @ carried.transpose(-1, -2)) * torch.exp(a_cumsum).unsqueeze(-1)
+    y_off = (Cc @ carried.transpose(-1, -2)) * torch.exp(a_cumsum).to(xs.dtype).unsqueeze(-1)
 
-    y = (y_diag + y_off).permute(0, 1, 4, 2, 3, 5).reshape(b, c * t, h, p)[:, :length]
+    y = (y_diag + y_off).permute(0, 3, 4, 1, 2, 5).reshape(b, c * t, h, p)[:, :length]
     if D is not None:
         y = y + x * D.view(1, 1, h, 1)
     return y

@@ -1,0 +1,108 @@
+"""Our fp16 precision plan against NVIDIA Model Optimizer's ONNX AutoCast, on the same graph and windows.
+
+Run in an environment with ``nvidia-modelopt[onnx]`` (it pins its own onnx/onnxruntime; a venv made
+with ``--system-site-packages`` sees brr):
+
+    python benchmarks/autocast_anchor.py EXPORT_DIR/model.probed.onnx --plan CAL/precision_plan.json \
+        --data EDF_OR_DIR --out benchmarks/results/autocast
+
+Both mixed models are judged the same way: ONNX's reference evaluator (every node computes in fp16;
+ONNX Runtime's CPU provider would compute much of either model in fp32), against ONNX Runtime fp32,
+with the diff's probe comparator, on the EDF windows plus the adversarial suite. Reported side by side:
+non-finite outputs, max error at the logits and each stage, nodes computing in fp32, ORT CPU latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from brr.calibration.run import resolve_config_of, window_samples
+from brr.calibration.search import PlanSearch
+from brr.calibration.speed import compare_latency
+from brr.diff import AdversarialWindows, ChainedWindows, EdfWindows
+from brr.diff.engines import onnx_reference_engine
+from brr.export.precision_plan import PrecisionPlan
+
+FLOAT = onnx.TensorProto.FLOAT
+
+
+def autocast_fp16(model_path: Path, calibration_feed: dict, data_max: float) -> onnx.ModelProto:
+    """AutoCast's rule-based fp16 model: nodes with |outputs| > data_max on the calibration input stay fp32."""
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+
+    with tempfile.TemporaryDirectory(prefix="autocast-") as tmp:
+        calibration = Path(tmp) / "calibration.npz"
+        np.savez(calibration, **calibration_feed)
+        return convert_to_mixed_precision(str(model_path), low_precision_type="fp16", keep_io_types=True,
+                                          data_max=data_max, calibration_data=str(calibration))
+
+
+def fp32_compute_nodes(model: onnx.ModelProto) -> int:
+    """Nodes (Casts aside) with a float32 output: the same count for both mixed models."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
+    return sum(1 for n in inferred.graph.node
+               if n.op_type != "Cast" and any(types.get(o) == FLOAT for o in n.output))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("onnx", type=Path, help="fp32 probed ONNX (model.probed.onnx of brr-export/brr-calibrate)")
+    parser.add_argument("--plan", type=Path, required=True, help="our precision_plan.json for this graph")
+    parser.add_argument("--data", type=Path, nargs="+", required=True)
+    parser.add_argument("--max-windows", type=int, default=2)
+    parser.add_argument("--atol", type=float, default=1e-2)
+    parser.add_argument("--rtol", type=float, default=1e-2)
+    parser.add_argument("--data-max", type=float, default=512.0, help="AutoCast's data_max rule (its default)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/autocast"))
+    args = parser.parse_args(argv)
+
+    fp32 = onnx.load(str(args.onnx))
+    samples = window_samples(fp32)
+    windows = list(ChainedWindows([EdfWindows(args.data, samples, samples / 256, args.max_windows),
+                                   AdversarialWindows(samples)]).labelled())
+    search = PlanSearch(fp32, "fp16", windows, args.atol, args.rtol, resolve_config_of(args.onnx))
+    plan = PrecisionPlan.load(args.plan)
+    ours = search.reduced_model(plan.fp32_nodes)
+    theirs = autocast_fp16(args.onnx, windows[0][1], args.data_max)
+    results = {}
+    for name, model in (("brr-plan", ours), ("modelopt-autocast", theirs)):
+        evaluation = search.evaluate(onnx_reference_engine(model, fp32, name, "fp16"), stop_at_failure=False)
+        results[name] = {
+            "nonfinite_outputs": sum(s.precision_nonfinite for s in evaluation.stages.values()),
+            "verdicts": {i.input: i.verdict for i in evaluation.inputs},
+            "max_abs_err": {stage: s.max_abs_err for stage, s in evaluation.stages.items()},
+            "fp32_compute_nodes": fp32_compute_nodes(model),
+        }
+        print(f"{name}: {results[name]['nonfinite_outputs']} non-finite, "
+              f"{results[name]['fp32_compute_nodes']} fp32 nodes", flush=True)
+    latency = compare_latency({"fp32": fp32, "brr-plan": ours, "modelopt-autocast": theirs},
+                              [feed for _, feed in windows])
+    document = {"onnx": str(args.onnx), "plan": str(args.plan), "windows": [label for label, _ in windows],
+                "tolerance": {"atol": args.atol, "rtol": args.rtol}, "autocast_data_max": args.data_max,
+                "results": results, "latency_onnxruntime_cpu": latency}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "autocast_anchor.json").write_text(json.dumps(document, indent=1, default=str))
+    stages = list(next(iter(results.values()))["max_abs_err"])
+    lines = ["| | " + " | ".join(results) + " |", "|---|" + "---|" * len(results),
+             "| non-finite outputs | " + " | ".join(str(r["nonfinite_outputs"]) for r in results.values()) + " |",
+             "| nodes computing in fp32 | " + " | ".join(str(r["fp32_compute_nodes"]) for r in results.values()) + " |"]
+    lines += [f"| max abs err {s} | " + " | ".join(f"{r['max_abs_err'][s]:.3g}" for r in results.values()) + " |"
+              for s in stages]
+    lines.append("| ORT CPU s/window | " + " | ".join(f"{latency[n]['median_s']:.3f}" for n in results) + " |")
+    (args.out / "autocast_anchor.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
