@@ -26,7 +26,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from flops import count_flops  # noqa: E402
+from brr.calibration.flops import count_flops  # noqa: E402
 from machine import machine_peaks  # noqa: E402
 
 WINDOW_MINUTES = 1.0  # one 60 s window = one minute of EEG at stride 60 s

@@ -111,14 +111,18 @@ def test_probed_model_matches_pytorch_probes(exports, windows):
         assert np.abs(outputs[name] - expected[name][:1]).max() <= PARITY_ATOL * scale
 
 
-def test_unguarded_static_pe_exports_and_matches(tmp_path, windows):
-    model = _model(guards=False, use_dynamic_pe=False)
-    export = export_onnx(model, tmp_path, "standard")
+@pytest.mark.parametrize("ops", ["standard", "plugin"])
+@pytest.mark.parametrize("guards, dynamic_pe", [(False, True), (True, False), (False, False)])
+def test_every_variant_exports_and_matches_at_batch_1_and_3(tmp_path, windows, ops, guards, dynamic_pe):
+    """Guards on/off x dynamic/static PE x both ops modes (guards on + dynamic is covered above)."""
+    model = _model(guards=guards, use_dynamic_pe=dynamic_pe)
+    export = export_onnx(model, tmp_path, ops)
     _reference_manifest(export, model)
     x, _, _ = windows
     with torch.no_grad():
-        expected = model(torch.from_numpy(x[:1])).numpy()
-    assert np.abs(_run(export.model, x[:1])["logits"] - expected).max() <= PARITY_ATOL
+        expected = model(torch.from_numpy(x)).numpy()
+    for batch in (1, 3):
+        assert np.abs(_run(export.model, x[:batch])["logits"] - expected[:batch]).max() <= PARITY_ATOL
 
 
 def test_export_is_deterministic(guarded, exports, tmp_path):
@@ -197,12 +201,17 @@ def test_verify_engine_runs_the_diff_and_keeps_its_report(exports, guarded, tmp_
 
 
 @pytest.mark.slow
-def test_v3_ort_fp32_matches_pytorch(tmp_path):
+@pytest.mark.parametrize("ops, guards, dynamic_pe", [
+    ("standard", True, True), ("plugin", False, True), ("standard", False, False), ("plugin", True, False),
+])
+def test_v3_ort_fp32_matches_pytorch(tmp_path, ops, guards, dynamic_pe):
     torch.manual_seed(1)
-    model = build_detector("v3").eval()
-    export = export_onnx(model, tmp_path, "standard")
+    model = build_detector("v3", guards=guards).eval() if dynamic_pe else \
+        build_detector({"base": "v3", "use_dynamic_pe": False, "guards": guards}).eval()
+    export = export_onnx(model, tmp_path, ops)
     _reference_manifest(export, model)
-    x = torch.randn(1, 19, 15360)
+    x = torch.randn(3, 19, 15360)
     with torch.no_grad():
         expected = model(x).numpy()
-    assert np.abs(_run(export.model, x.numpy())["logits"] - expected).max() <= PARITY_ATOL
+    for batch in (1, 3):
+        assert np.abs(_run(export.model, x[:batch].numpy())["logits"] - expected[:batch]).max() <= PARITY_ATOL

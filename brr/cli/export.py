@@ -57,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNAVAILABLE if isinstance(exc, EngineBuildError) else 1
     if args.no_verify:
         return 0
-    verification = verify_engine(args.checkpoint, result.engine_dir, result.precision, args.out / "verification",
+    verification = verify_engine(args.checkpoint, result.engine_dir, result.precision,
+                                 args.out / "verification" / result.engine_dir.name,
                                  load_checkpoint(args.checkpoint).config.window_samples,
                                  fp32_artifact=result.reference_dir)
     print(f"verification {verification.summary()}")

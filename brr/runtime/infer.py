@@ -63,6 +63,7 @@ from brr.runtime.postprocess import (
     probabilities_to_events,
 )
 from brr.runtime.runners.io import INPUT_NAME, OUTPUT_NAME
+from brr.model.checkpoint import file_sha256
 from brr.runtime.scoring import aggregate_scores, score_events
 
 __all__ = [
@@ -551,14 +552,6 @@ def engine_identity(engine: str | os.PathLike) -> dict[str, Any]:
 # --------------------------------------------------------------------------- one recording
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class RecordingWorker:
     """The per-recording function every executor runs: ``worker(job) -> RecordingEntry``.
 
@@ -611,7 +604,7 @@ class RecordingWorker:
             return None
         for name, digest in marker.get("outputs", {}).items():
             output = self.out_dir / name
-            if not output.is_file() or _sha256(output) != digest:
+            if not output.is_file() or file_sha256(output) != digest:
                 return None
         return marker
 
@@ -702,7 +695,7 @@ class RecordingWorker:
                 "n_windows": n_windows,
                 "n_events": len(events),
                 "events": [dataclasses.asdict(e) for e in events],
-                "outputs": {p.relative_to(self.out_dir).as_posix(): _sha256(p) for p in written},
+                "outputs": {p.relative_to(self.out_dir).as_posix(): file_sha256(p) for p in written},
             }
             atomic_write_text(self.marker_path(job), json.dumps(marker, indent=2, allow_nan=False) + "\n")
         except BaseException:

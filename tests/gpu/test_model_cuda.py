@@ -22,6 +22,11 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name", ["v3-small", "v3"])
 def test_cuda_forward_matches_cpu(name, exact_cuda_matmuls):
+    """Tight up to the edge weights; from the top-k on, two devices may pick different edges where
+    weights tie within rounding (the architecture's known hazard), so the adjacency is judged by the
+    diff's tie-aware selection comparison and the logits only for finiteness."""
+    from brr.diff.compare import SelectionStats
+
     torch.manual_seed(0)
     model = build_detector(name).eval()
     x = torch.randn(2, 19, 15360)
@@ -31,7 +36,12 @@ def test_cuda_forward_matches_cpu(name, exact_cuda_matmuls):
     errors = {k: relative_error(gpu_probes[k].cpu(), v) for k, v in cpu_probes.items()}
     print(name, {k: f"{e:.1e}" for k, e in errors.items()})
     assert all(torch.isfinite(v).all() for v in gpu_probes.values())
-    assert errors["tcn"] < 1e-4 and errors["node_stream"] < 1e-2 and errors["logits"] < 2e-2, errors
+    for stage in ("tcn", "electrodes", "node_stream", "edge_similarity", "edge_weights"):
+        assert errors[stage] < 1e-3, (stage, errors[stage])
+    selection = SelectionStats()
+    selection.add(cpu_probes["adjacency"].numpy(), gpu_probes["adjacency"].cpu().numpy(), 1e-4, 1e-3,
+                  cpu_probes["edge_weights"].numpy(), model.config.edge_top_k)
+    assert selection.passed, selection.to_dict()
 
 
 def test_cuda_training_step_reaches_every_parameter():
