@@ -215,3 +215,21 @@ def test_v3_ort_fp32_matches_pytorch(tmp_path, ops, guards, dynamic_pe):
         expected = model(x).numpy()
     for batch in (1, 3):
         assert np.abs(_run(export.model, x[:batch].numpy())["logits"] - expected[:batch]).max() <= PARITY_ATOL
+
+
+def test_diff_pairs_each_fp16_artifact_with_the_fp32_export_of_its_ops_mode(exports, guarded, tmp_path):
+    from brr.diff import artifact_engines
+
+    paths = []
+    for ops, export in exports.items():
+        engine_dir = tmp_path / f"fp16-{ops}"
+        built = build_engine(export, engine_dir, "onnxruntime", "fp16", [], (1, 1, 1), guarded.config, list)
+        write_manifest(engine_dir, source={}, config=guarded.config, backend="onnxruntime", precision="fp16",
+                       ops=ops, opset=18, model_file=built.model_file, probed_model_file=built.probed_model_file,
+                       pinned_nodes=built.pinned_nodes)
+        paths += [export.directory, engine_dir]
+    engines = {e.name: e for e in artifact_engines(paths)}
+    for ops, export in exports.items():
+        fp32_graph = engines[f"fp16-{ops}"].fp32_model
+        expected = onnx.load(str(export.model), load_external_data=False)
+        assert [n.op_type for n in fp32_graph.graph.node] == [n.op_type for n in expected.graph.node]

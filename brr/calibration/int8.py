@@ -17,7 +17,7 @@ from brr.calibration.windows import EdfBatches
 from brr.export.engines.onnxruntime import QuantizeStaticQDQ
 from brr.export.engines.tensorrt import import_tensorrt
 from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, keep_outputs
-from brr.runtime.runners.io import OUTPUT_NAME
+from brr.model.detector import OUTPUT_NAME
 
 TENSORRT_ENGINE_FILE = "model.int8.engine"
 TENSORRT_CACHE_FILE = "int8.cache"

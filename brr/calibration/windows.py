@@ -16,7 +16,7 @@ import numpy as np
 
 from brr.data import iter_windows, open_recording
 from brr.montage import N_CHANNELS
-from brr.runtime.runners.io import INPUT_NAME
+from brr.model.detector import INPUT_NAME
 
 SAMPLING_RATE = 256
 EDF_SUFFIXES = (".edf", ".bdf")

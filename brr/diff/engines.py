@@ -170,14 +170,14 @@ def artifact_engines(paths: list[str | Path]) -> list[Engine]:
     """Engines of ``brr-export`` artifacts; a reduced-precision ONNX graph is paired with the fp32
     artifact of the same ops mode among ``paths`` for node-level localisation."""
     manifests = {Path(p): read_manifest(Path(p)) for p in paths}
-    fp32_graphs = {m.get("ops_mode"): p / ONNX_FILE for p, m in manifests.items()
+    fp32_graphs = {m["ops"]: p / ONNX_FILE for p, m in manifests.items()
                    if m["precision"] == "fp32" and (p / ONNX_FILE).is_file()}
     engines = []
     for path, manifest in manifests.items():
         precision, backend = manifest["precision"], manifest["backend"]
         name = f"{path.name}"
         graph = path / ONNX_FILE
-        fp32_graph = fp32_graphs.get(manifest.get("ops_mode"))
+        fp32_graph = fp32_graphs.get(manifest["ops"])
         if backend == "onnxruntime":
             if not graph.is_file():
                 raise ArtifactError(f"{path}: {ONNX_FILE} missing")

@@ -16,7 +16,7 @@ import brr
 from brr.atomic import atomic_write_text
 from brr.model import PROBE_NAMES, PROBE_SHAPES, DetectorConfig
 from brr.model.checkpoint import file_sha256
-from brr.runtime.runners.io import INPUT_NAME, OUTPUT_NAME
+from brr.model.detector import INPUT_NAME, OUTPUT_NAME
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1

@@ -26,7 +26,7 @@ from torch import nn
 from brr.atomic import atomic_write_text
 from brr.model import PROBE_NAMES, V3Detector
 from brr.ops.registry import ONNX_OPSET, OPS_MODES, translation_table
-from brr.runtime.runners.io import INPUT_NAME, OUTPUT_NAME
+from brr.model.detector import INPUT_NAME, OUTPUT_NAME
 
 MODEL_FILE = "model.onnx"
 PROBED_MODEL_FILE = "model.probed.onnx"

@@ -19,6 +19,10 @@ from brr.model.node_stream import NodeStream
 from brr.model.positional_encoding import LaplacianPE
 from brr.model.tcn import TCNEncoder
 
+# Tensor names every exported engine and runner shares.
+INPUT_NAME = "eeg"  # (B, 19, 15360) float32, B dynamic
+OUTPUT_NAME = "logits"  # (B, 15360) float32
+
 # name: shape, in topological order (B batch, T = 960 steps, D electrode features, C TCN width)
 PROBE_SHAPES: dict[str, str] = {
     "tcn": "(B, C, T)",

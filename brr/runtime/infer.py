@@ -62,7 +62,7 @@ from brr.runtime.postprocess import (
     downsample_probabilities,
     probabilities_to_events,
 )
-from brr.runtime.runners.io import INPUT_NAME, OUTPUT_NAME
+from brr.model.detector import INPUT_NAME, OUTPUT_NAME
 from brr.model.checkpoint import file_sha256
 from brr.runtime.scoring import aggregate_scores, score_events
 

@@ -34,7 +34,7 @@ from polygraphy.backend.onnx import OnnxFromPath, SaveOnnx
 from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, OnnxExport, keep_outputs
 from brr.ops.eigh.onnx import PLUGIN_OP_TYPE as EIGH_OP_TYPE
 from brr.ops.selective_scan.onnx import OP_TYPE as SCAN_OP_TYPE
-from brr.runtime.runners.io import INPUT_NAME, OUTPUT_NAME
+from brr.model.detector import INPUT_NAME, OUTPUT_NAME
 
 # The ORT kernels of the custom nodes are declared for float32 only.
 FLOAT32_ONLY_OP_TYPES = (SCAN_OP_TYPE, EIGH_OP_TYPE)

@@ -18,7 +18,7 @@ import numpy as np
 from brr.export.engines.onnxruntime import EngineBuildError
 from brr.export.onnx_export import OnnxExport
 from brr.ops.registry import OP_PACKAGES
-from brr.runtime.runners.io import INPUT_NAME
+from brr.model.detector import INPUT_NAME
 
 MODEL_FILE = "model.engine"
 PROBED_MODEL_FILE = "model.probed.engine"

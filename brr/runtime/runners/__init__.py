@@ -12,7 +12,7 @@ from pathlib import Path
 
 from brr.export.manifest import MANIFEST_FILE, ManifestError, verify_manifest
 from brr.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from brr.runtime.runners.io import INPUT_NAME, OUTPUT_NAME
+from brr.model.detector import INPUT_NAME, OUTPUT_NAME
 from brr.runtime.runners.torch import TorchRunner
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "ManifestError", "TorchRunner", "load_runner"]

@@ -17,7 +17,7 @@ from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 
 from brr.model import PROBE_NAMES, V3Detector, load_checkpoint
-from brr.runtime.runners.io import INPUT_NAME, OUTPUT_NAME
+from brr.model.detector import INPUT_NAME, OUTPUT_NAME
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
