@@ -112,7 +112,11 @@ def build_artifact(engine: str, checkpoint: Path, out: Path) -> tuple[Path | Non
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         return None, elapsed, (proc.stderr.strip().splitlines() or ["export failed"])[-1]
-    return out, elapsed, None
+    options = dict(zip(args[::2], args[1::2]))
+    backend, precision, ops = options["--backend"], options["--engine"], options["--ops"]
+    # brr-export's layout: the fp32 reference is the ONNX Runtime fp32 engine itself.
+    engine_dir = f"onnx-{ops}" if (backend, precision) == ("onnxruntime", "fp32") else f"{backend}-{precision}-{ops}"
+    return out / engine_dir, elapsed, None
 
 
 def run(configs: list[str], batches: list[int], engines: list[str], repeats: int, n_windows: int,
