@@ -117,6 +117,6 @@ def run_pipeline(settings: PipelineSettings, say: Callable[[str], None] = print)
     # The run fails when the engine it serves with diverges or a recording fails; a divergent
     # optional engine (bf16 OpenVINO) is reported with its diff report, as brr-export would.
     if (not torch.isfinite(logits).all() or not result.verifications["onnxruntime-fp16"].passed
-            or result.inference.exit_code()):
+            or result.inference.exit_code):
         result.exit_code = 1
     return result
