@@ -8,7 +8,6 @@ node-level localisation needs. Artifacts of ``brr-export`` are read from their `
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,9 @@ from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
 from polygraphy.backend.onnxrt import OnnxrtRunner
 
+from brr.export.manifest import read_manifest
 from brr.ops.registry import load_ort_kernels
 
-MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 
@@ -152,24 +151,10 @@ def tensorrt_runner_factory(precision: str) -> Callable[[onnx.ModelProto, str], 
     return build
 
 
-def read_manifest(path: Path) -> dict:
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise ArtifactError(f"{path}: not an engine artifact (no {MANIFEST})")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ArtifactError(f"{manifest_path}: not valid JSON ({error})") from None
-    for key in ("precision", "backend"):
-        if key not in manifest:
-            raise ArtifactError(f"{manifest_path}: missing key {key!r}")
-    return manifest
-
-
 def artifact_engines(paths: list[str | Path]) -> list[Engine]:
     """Engines of ``brr-export`` artifacts; a reduced-precision ONNX graph is paired with the fp32
     artifact of the same ops mode among ``paths`` for node-level localisation."""
-    manifests = {Path(p): read_manifest(Path(p)) for p in paths}
+    manifests = {Path(p): read_manifest(p) for p in paths}  # ManifestError names the file
     fp32_graphs = {m["ops"]: p / ONNX_FILE for p, m in manifests.items()
                    if m["precision"] == "fp32" and (p / ONNX_FILE).is_file()}
     engines = []
