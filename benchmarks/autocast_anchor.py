@@ -6,10 +6,12 @@ with ``--system-site-packages`` sees brr):
     python benchmarks/autocast_anchor.py EXPORT_DIR/model.probed.onnx --plan CAL/precision_plan.json \
         --data EDF_OR_DIR --out benchmarks/results/autocast
 
-Both mixed models are judged the same way: ONNX's reference evaluator (every node computes in fp16;
-ONNX Runtime's CPU provider would compute much of either model in fp32), against ONNX Runtime fp32,
-with the diff's probe comparator, on the EDF windows plus the adversarial suite. Reported side by side:
-non-finite outputs, max error at the logits and each stage, nodes computing in fp32, ORT CPU latency.
+Both mixed models are judged the same way, by the calibration search's fp16 evaluator given the set of
+nodes each keeps in fp32 (fp16 storage of every other node output, fp32 accumulation inside kernels,
+as TensorRT runs fp16; ONNX Runtime's CPU provider on the mixed models themselves would compute much
+of either in fp32), against ONNX Runtime fp32, with the diff's probe comparator, on the EDF windows
+plus the adversarial suite. Reported side by side: non-finite outputs, max error at the logits and at
+each stage, nodes computing in fp32, and the ONNX Runtime CPU latency of the two mixed models.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from brr.calibration.run import resolve_config_of, window_samples
 from brr.calibration.search import PlanSearch
 from brr.calibration.speed import compare_latency
 from brr.diff import AdversarialWindows, ChainedWindows, EdfWindows
-from brr.diff.engines import onnx_reference_engine
 from brr.export.precision_plan import PrecisionPlan
 
 FLOAT = onnx.TensorProto.FLOAT
@@ -45,13 +46,12 @@ def autocast_fp16(model_path: Path, calibration_feed: dict, data_max: float) -> 
                                           data_max=data_max, calibration_data=str(calibration))
 
 
-def fp32_compute_nodes(model: onnx.ModelProto) -> int:
-    """Nodes (Casts aside) with a float32 output: the same count for both mixed models."""
+def float32_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes (Casts aside) with a float32 output: what a mixed model computes in fp32."""
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type
              for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
-    return sum(1 for n in inferred.graph.node
-               if n.op_type != "Cast" and any(types.get(o) == FLOAT for o in n.output))
+    return {n.name for n in inferred.graph.node if n.op_type != "Cast" and any(types.get(o) == FLOAT for o in n.output)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,14 +74,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = PrecisionPlan.load(args.plan)
     ours = search.reduced_model(plan.fp32_nodes)
     theirs = autocast_fp16(args.onnx, windows[0][1], args.data_max)
+    original = {n.name for n in fp32.graph.node}
     results = {}
     for name, model in (("brr-plan", ours), ("modelopt-autocast", theirs)):
-        evaluation = search.evaluate(onnx_reference_engine(model, fp32, name, "fp16"), stop_at_failure=False)
+        kept = float32_nodes(model)
+        evaluation = search.evaluate(search.engine(kept & original), stop_at_failure=False)
         results[name] = {
             "nonfinite_outputs": sum(s.precision_nonfinite for s in evaluation.stages.values()),
             "verdicts": {i.input: i.verdict for i in evaluation.inputs},
             "max_abs_err": {stage: s.max_abs_err for stage, s in evaluation.stages.items()},
-            "fp32_compute_nodes": fp32_compute_nodes(model),
+            "fp32_compute_nodes": len(kept),
         }
         print(f"{name}: {results[name]['nonfinite_outputs']} non-finite, "
               f"{results[name]['fp32_compute_nodes']} fp32 nodes", flush=True)

@@ -22,6 +22,8 @@ from brr.diff.verify import Verification, verify_engine
 from brr.export.artifact import ExportRequest, export_artifacts
 from brr.model import load_checkpoint, summarize_probes
 from brr.runtime.infer import InferenceSettings, InferenceSummary, run_inference
+from brr.runtime.postprocess import PostprocessConfig
+from brr.runtime.runners import tuned_postprocess
 from brr.train import make_settings, train
 
 TRAIN_CONFIG = Path(__file__).with_name("train") / "configs" / "v3-small-synthetic.yaml"
@@ -111,9 +113,11 @@ def run_pipeline(settings: PipelineSettings, say: Callable[[str], None] = print)
     if cpu_has_bf16():
         _, result.verifications["openvino-bf16"] = _engine(checkpoint, engines, "openvino", "bf16", say)
 
+    postprocess = PostprocessConfig(**(tuned_postprocess(fp16_engine) or {}))
+    say(f"[infer] post-processing chosen on validation: enter {postprocess.enter:.2f}, leave {postprocess.leave:.2f}")
     result.inference = run_inference(fp16_engine, [holdout_dir], workdir / "events",
                                      InferenceSettings(stride_s=settings.infer_stride_s, batch_size=4,
-                                                       reference_dir=str(holdout_dir)))
+                                                       reference_dir=str(holdout_dir), postprocess=postprocess))
     # The run fails when the engine it serves with diverges or a recording fails; a divergent
     # optional engine (bf16 OpenVINO) is reported with its diff report, as brr-export would.
     if (not torch.isfinite(logits).all() or not result.verifications["onnxruntime-fp16"].passed

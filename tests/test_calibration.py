@@ -2,8 +2,9 @@
 
 The planted model is a hand-built ONNX graph in the detector's I/O contract (``eeg`` (B, 19, W) ->
 ``logits``): a cosine-style normalisation whose squared norm overflows fp16 (``ReduceSumSquare`` of
-300 x the input: ~6e6 > 65504), between two MatMuls that fp16 handles well. Its fp16 twin is run
-by ONNX's reference evaluator (true fp16 per node).
+300 x the input: ~6e6 > 65504), between two MatMuls that fp16 handles well. The search judges fp16
+by rounding every node output through fp16 in ONNX Runtime; its plans are confirmed on the real fp16
+model run by ONNX's reference evaluator (true fp16 per node).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def test_plan_pins_the_overflow_and_only_what_is_needed(planted_plan):
     assert set(pins) <= {"norm_sumsq", "norm_sqrt"}  # the overflowing value and its one consumer at most
     assert pins["norm_sumsq"].reason == "nonfinite"
     assert "fp16 max" in pins["norm_sumsq"].evidence["explanation"]
-    assert final.accepted and final.engine.startswith("onnx-reference")
+    assert final.accepted and final.engine == "onnxruntime-fp16-rounded"
     assert all(s.precision_nonfinite == 0 for s in final.stages.values())
 
 
@@ -87,6 +88,19 @@ def test_plan_makes_the_fp16_diff_clean(planted_plan):
     unplanned = onnx_reference_engine(search.reduced_model(set()), model, "onnx-reference-fp16", "fp16")
     report = run_diff(onnxruntime_runner(model, "fp32"), [unplanned], SyntheticWindows(1, WINDOW), ATOL, RTOL)
     assert report.engines[0].verdict == "divergence"  # x / inf = 0 without the plan
+
+
+def test_fp16_evaluator_agrees_with_the_true_fp16_model_at_a_pinned_boundary():
+    """Pinning only the overflowing node is not enough: its fp32 result is cast to fp16 for the fp16
+    consumer and overflows there. The search's rounding evaluator must see that, as the reference
+    evaluator on the converted fp16 model does."""
+    model = planted_model()
+    search = PlanSearch(model, "fp16", windows(1), ATOL, RTOL)
+    for pins, accepted in (({"norm_sumsq"}, False), ({"norm_sumsq", "norm_sqrt"}, True)):
+        rounded = search.evaluate(search.engine(pins), stop_at_failure=False)
+        true_fp16 = search.evaluate(onnx_reference_engine(search.reduced_model(pins), model, "ref", "fp16"),
+                                    stop_at_failure=False)
+        assert rounded.accepted == true_fp16.accepted == accepted
 
 
 def test_clean_model_needs_no_pin():

@@ -7,6 +7,7 @@ comparison run a randomly initialised v3-small checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import re
@@ -22,12 +23,15 @@ from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 from scipy.special import expit
 
+from brr.cli.export import main as export_main
+from brr.cli.infer import build_parser, settings_from_args
 from brr.cli.infer import main as infer_main
 from brr.data import open_recording, read_recording
 from brr.data.annotations import read_csv_bi, read_events_json, read_events_tsv
 from brr.data.synthetic import TUH_LABELS, plan_recording, write_recording
 from brr.model import build_detector, save_checkpoint
 from brr.runtime import infer
+from brr.runtime.runners import tuned_postprocess
 from brr.runtime.infer import (
     DONE_SUFFIX,
     InferenceInterrupted,
@@ -404,10 +408,9 @@ def test_ray_executor_writes_the_same_outputs_as_local(batch_run, corpus, checkp
 
 def test_events_identical_on_torch_and_ort_fp32(batch_run, checkpoint, corpus, tmp_path):
     """The ORT fp32 engine exported from the checkpoint finds the events PyTorch found (batch_run)."""
-    export = pytest.importorskip("brr.cli.export", reason="brr-export has not landed yet")
     _, torch_out, _ = batch_run
     engine_dir = tmp_path / "ort-fp32"
-    assert export.main([str(checkpoint), "--out", str(engine_dir), "--engine", "fp32",
+    assert export_main([str(checkpoint), "--out", str(engine_dir), "--engine", "fp32",
                         "--backend", "onnxruntime", "--no-verify"]) == 0
     manifests = sorted(engine_dir.rglob("manifest.json"))
     assert manifests, "the export wrote no manifest"
@@ -419,6 +422,29 @@ def test_events_identical_on_torch_and_ort_fp32(batch_run, checkpoint, corpus, t
     torch_p = load_probabilities_npz(torch_out / "rec_a_probabilities.npz")["mean"].astype(np.float32)
     ort_p = load_probabilities_npz(tmp_path / "ort" / "rec_a_probabilities.npz")["mean"].astype(np.float32)
     np.testing.assert_allclose(ort_p, torch_p, atol=2e-3)  # float16 per-second storage
+
+
+def test_validation_tuned_postprocessing_travels_with_the_model(checkpoint, tmp_path):
+    """brr-train stores the post-processing it chose on validation; brr-export carries it into the
+    manifest; brr-infer applies it by default and a flag overrides one setting of it."""
+    trained = tmp_path / "trained"
+    shutil.copytree(checkpoint, trained)
+    meta = json.loads((trained / "config.json").read_text())
+    tuned = dataclasses.asdict(PostprocessConfig(enter=0.55, leave=0.47))
+    meta["training"] = {"postprocess": tuned}
+    (trained / "config.json").write_text(json.dumps(meta))
+    assert export_main([str(trained), "--out", str(tmp_path / "engine"), "--engine", "fp32",
+                        "--backend", "onnxruntime", "--no-verify"]) == 0
+    (manifest,) = (tmp_path / "engine").rglob("manifest.json")
+    for engine in (trained, manifest.parent):
+        assert tuned_postprocess(engine) == tuned
+        args = build_parser().parse_args([str(engine), "x.edf", "--out", "o"])
+        assert settings_from_args(args).postprocess == PostprocessConfig(**tuned)
+        args = build_parser().parse_args([str(engine), "x.edf", "--out", "o", "--enter", "0.7"])
+        assert settings_from_args(args).postprocess == PostprocessConfig(**(tuned | {"enter": 0.7}))
+    assert tuned_postprocess(checkpoint) is None  # untrained: the architecture's defaults apply
+    args = build_parser().parse_args([str(checkpoint), "x.edf", "--out", "o"])
+    assert settings_from_args(args).postprocess == PostprocessConfig()
 
 
 def test_tampered_engine_is_refused_before_any_recording(checkpoint, corpus, tmp_path):

@@ -74,6 +74,23 @@ def test_gradients_reach_every_parameter(guards):
     assert not nonfinite, f"non-finite gradient for {nonfinite}"
 
 
+@pytest.mark.parametrize("name", ["v3-small", pytest.param("v3", marks=pytest.mark.slow)])
+def test_initialisation_keeps_the_input_visible(name):
+    """At initialisation the electrode features must depend on the input, not on bias patterns:
+    replacing the input by another draw changes them by about their own spread, and scaling the
+    input scales them. (With PyTorch's default conv init the change was ~6% of the spread and
+    training sat on a plateau.)"""
+    torch.manual_seed(0)
+    model = build_detector(name).eval()
+    x = torch.randn(1, 19, 2560)
+    with torch.no_grad():
+        features = model.electrodes(model.tcn(x))
+        other = model.electrodes(model.tcn(torch.randn(1, 19, 2560)))
+        louder = model.electrodes(model.tcn(3 * x))
+    assert (features - other).std() > 0.5 * features.std()
+    assert torch.allclose(louder, 3 * features, rtol=1e-4, atol=1e-4)  # zero biases, ReLU: homogeneous
+
+
 def test_static_pe_and_zero_edge_layers():
     model = build_detector({"base": "v3-small", "use_dynamic_pe": False,
                             "edge_mamba": {"layers": 0}}).eval()

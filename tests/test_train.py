@@ -15,6 +15,7 @@ from brr.data.synthetic import write_corpus
 from brr.model import build_detector, load_checkpoint
 from brr.train import CorpusError, SettingsError, TrainingError, find_corpus, make_settings, train
 from brr.train.dataset import WindowDataset
+from brr.train.evaluate import selection_key
 from brr.train.loop import seed_everything
 from brr.train.losses import focal_loss
 from brr.train.optim import parameter_groups
@@ -144,6 +145,19 @@ def test_resume_continues_with_identical_losses(corpus, tiny_model, tmp_path):
         train(tiny_settings(corpus, tiny_model, tmp_path / "b", resume=True, batch_size=2), say=say)
 
 
+def test_training_on_crops_validates_on_full_windows(corpus, tiny_model, tmp_path):
+    # Tiny model: 5 s windows; crops of 2.5 s = 640 samples, a multiple of downsample x interval (80).
+    settings = tiny_settings(corpus, tiny_model, tmp_path / "crops", crop_s=2.5, stride_s=2.5)
+    result = train(settings, say=lambda _: None)
+    assert result.steps == 4 and result.skipped_steps == 0 and all(loss is not None for loss in result.losses)
+    assert result.history[0]["validation"]["event"]["duration_s"] > 0
+    for bad in (2.6, 7.5):  # not a multiple of 80 samples; longer than the model's window
+        with pytest.raises(SettingsError, match=f"crop_s={bad} must be at most the model's 5.0 s window"):
+            train(tiny_settings(corpus, tiny_model, tmp_path / "bad", crop_s=bad), say=lambda _: None)
+    with pytest.raises(SettingsError, match="stride_s=5.0 exceeds the 2.5 s window"):
+        train(tiny_settings(corpus, tiny_model, tmp_path / "bad", crop_s=2.5), say=lambda _: None)
+
+
 def test_settings_errors_name_the_key(tmp_path, capsys):
     config = tmp_path / "train.yaml"
     config.write_text("batch_size: 0\n")
@@ -174,3 +188,19 @@ def test_corpus_errors_name_the_file(corpus, tmp_path):
     empty.mkdir()
     with pytest.raises(CorpusError, match="no .edf or .bdf recordings"):
         find_corpus(empty)
+
+
+def _scores(sensitivity, f1, fa, sample_f1=0.5):
+    return {"event": {"sensitivity": sensitivity, "f1": f1, "fp_per_24h": fa}, "sample": {"f1": sample_f1}}
+
+
+def test_selection_prefers_detections_within_the_false_alarm_limit():
+    silent = _scores(0.0, 0.0, 0.0)  # detects nothing: no false alarm either
+    noisy = _scores(1.0, 0.6, 48.0)  # catches everything, one false alarm in 30 min
+    good = _scores(0.8, 0.9, 0.0)
+    key = lambda s: selection_key(s, "sensitivity_at_fa", 10.0)  # noqa: E731
+    assert key(good) > key(noisy) > key(silent)
+    assert key(_scores(1.0, 0.95, 5.0)) > key(good)
+    assert selection_key(noisy, "f1", 10.0) < selection_key(good, "f1", 10.0)
+    # Equal event scores: sample-level F1 decides.
+    assert key(_scores(0.8, 0.9, 0.0, sample_f1=0.7)) > key(good)

@@ -32,7 +32,7 @@ from brr.diff import AdversarialWindows, ChainedWindows, EdfWindows, run_diff
 from brr.diff.engines import onnxruntime_engine, onnxruntime_runner
 from brr.diff.inputs import WindowLoader
 from brr.export.engines import TensorRTUnavailable
-from brr.export.engines.onnxruntime import ConvertToFloat16, RoundThroughBfloat16
+from brr.export.engines.onnxruntime import ConvertToFloat16, RoundThroughLowPrecision
 from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, export_onnx
 from brr.export.precision_plan import PrecisionPlan
 from brr.model import DetectorConfig, V3Detector, load_checkpoint, resolve_config
@@ -174,7 +174,7 @@ def calibrate(source: str | Path, data: list[str | Path] | WindowLoader, precisi
         plan.resolve(src.served, {})  # the plan must name nodes of the served model only
         engine = search.engine(pins)
         planned_served = (ConvertToFloat16(served_fp32, sorted(pins))() if precision == "fp16"
-                          else RoundThroughBfloat16(served_fp32, sorted(pins))())
+                          else RoundThroughLowPrecision(served_fp32, sorted(pins), "bf16")())
         report |= {"plan": str(plan_path), "pinned": plan_doc["metadata"]["pinned"],
                    "pinned_count": len(pins), "flops": plan_doc["metadata"]["flops"],
                    "always_fp32_nodes": plan_doc["metadata"]["always_fp32_nodes"],

@@ -27,10 +27,17 @@ from brr.runtime.infer import (
     RecordingEntry,
     run_inference,
 )
+from brr.export.manifest import ManifestError
+from brr.model.checkpoint import CheckpointError
 from brr.runtime.postprocess import PostprocessConfig
+from brr.runtime.runners import tuned_postprocess
 
 DEFAULTS = InferenceSettings()
 POST = PostprocessConfig()
+# Command-line flag (argparse dest) -> (PostprocessConfig field, its architecture default).
+POST_FLAGS = {flag: (field, getattr(POST, field)) for flag, field in (
+    ("enter", "enter"), ("leave", "leave"), ("opening", "opening_samples"), ("closing", "closing_samples"),
+    ("min_duration", "min_duration_s"), ("max_duration", "max_duration_s"), ("merge_gap", "merge_gap_s"))}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,25 +69,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mains", default="60", choices=("50", "60", "none"), help="notch frequency")
     parser.add_argument("--min-recording", type=float, default=DEFAULTS.min_recording_s,
                         help="shorter recordings are reported as too short (seconds, default one window)")
-    post = parser.add_argument_group("post-processing")
-    post.add_argument("--enter", type=float, default=POST.enter, help="hysteresis: event starts at p >= this")
-    post.add_argument("--leave", type=float, default=POST.leave, help="hysteresis: event ends at p < this")
-    post.add_argument("--opening", type=int, default=POST.opening_samples, help="opening length (samples)")
-    post.add_argument("--closing", type=int, default=POST.closing_samples, help="closing length (samples)")
-    post.add_argument("--min-duration", type=float, default=POST.min_duration_s, help="shortest event (s)")
-    post.add_argument("--max-duration", type=float, default=POST.max_duration_s, help="longest event (s)")
-    post.add_argument("--merge-gap", type=float, default=POST.merge_gap_s, help="merge events closer than this (s)")
+    post = parser.add_argument_group(
+        "post-processing", "Defaults: what brr-train chose on validation data for this model (stored in the "
+        "checkpoint and carried by brr-export), else " + ", ".join(f"{k}={v}" for k, v in POST_FLAGS.values())
+        + ". A flag given here overrides that one setting.")
+    post.add_argument("--enter", type=float, help="hysteresis: event starts at p >= this")
+    post.add_argument("--leave", type=float, help="hysteresis: event ends at p < this")
+    post.add_argument("--opening", type=int, help="opening length (samples)")
+    post.add_argument("--closing", type=int, help="closing length (samples)")
+    post.add_argument("--min-duration", type=float, help="shortest event (s)")
+    post.add_argument("--max-duration", type=float, help="longest event (s)")
+    post.add_argument("--merge-gap", type=float, help="merge events closer than this (s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
+def model_postprocess(engine: str) -> dict:
+    """The engine's validation-tuned post-processing, or {} (an unreadable engine is refused later,
+    by run_inference, with its own message)."""
+    try:
+        return dict(tuned_postprocess(engine) or {})
+    except (ManifestError, CheckpointError, OSError):
+        return {}
+
+
 def settings_from_args(args: argparse.Namespace) -> InferenceSettings:
     try:
-        postprocess = PostprocessConfig(
-            enter=args.enter, leave=args.leave, opening_samples=args.opening, closing_samples=args.closing,
-            min_duration_s=args.min_duration, max_duration_s=args.max_duration, merge_gap_s=args.merge_gap,
-        )
-    except ValueError as error:
+        values = model_postprocess(args.engine)
+        values.update({field: getattr(args, flag) for flag, (field, _) in POST_FLAGS.items()
+                       if getattr(args, flag) is not None})
+        postprocess = PostprocessConfig(**values)
+    except (TypeError, ValueError) as error:
         raise InferenceUsageError(f"post-processing: {error}") from error
     return InferenceSettings(
         stride_s=args.stride, batch_size=args.batch, threads=args.threads, device=args.device,

@@ -79,7 +79,9 @@ def export_artifacts(request: ExportRequest, say: Callable[[str], None] = print)
     meta = read_checkpoint_meta(checkpoint)
     config = model.config
     source = {"checkpoint": str(checkpoint.resolve()), "weights_sha256": file_sha256(checkpoint / WEIGHTS_FILE),
-              "recorded_weights_sha256": meta.get("weights_sha256")}
+              "recorded_weights_sha256": meta.get("weights_sha256"),
+              # Chosen on validation data by brr-train; brr-infer applies it unless told otherwise.
+              "postprocess": meta.get("training", {}).get("postprocess")}
     backend = resolve_backend(request.backend)
     seconds = {}
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from brr.model import guards
 from brr.model.config import DetectorConfig
+from brr.model.initialisation import variance_preserving_init
 
 
 class ElectrodeProjection(nn.Module):
@@ -20,6 +21,8 @@ class ElectrodeProjection(nn.Module):
         super().__init__()
         self.n, self.d = cfg.n_channels, cfg.electrode_dim
         self.conv = nn.Conv1d(cfg.tcn_out, self.n * self.d, 1)
+        # The encoder's variance carries on into the electrode features (see brr.model.tcn).
+        variance_preserving_init(self.conv, "linear")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, t = x.shape

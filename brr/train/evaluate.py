@@ -89,18 +89,20 @@ def score_probabilities(predictions: list[RecordingProbabilities], postprocess: 
 
 
 def selection_key(scores: dict[str, Any], selection: str, max_fa_per_24h: float) -> tuple:
-    """Larger is better. ``f1``: event F1. ``sensitivity_at_fa``: meeting the false-alarm limit first,
-    then event sensitivity, then event F1. Sample-level F1 breaks the remaining ties: a small
-    validation set saturates the event scores early, and an untrained model that happens to catch
-    every validation event must not beat one whose probabilities actually fit the seizures."""
+    """Larger is better. ``f1``: event F1. ``sensitivity_at_fa``: first the candidates that detect
+    something within the false-alarm limit, by event sensitivity; when none does, the best event F1.
+    (On a short validation set a single false alarm exceeds the limit, so "within the limit" alone
+    would prefer a threshold that detects nothing.) Sample-level F1 breaks the remaining ties: a
+    small validation set saturates the event scores early, and an untrained model that happens to
+    catch every validation event must not beat one whose probabilities actually fit the seizures."""
     event, sample = scores["event"], scores["sample"]
     f1 = event["f1"] or 0.0
     sample_f1 = sample["f1"] or 0.0
     if selection == "f1":
         return (f1, sample_f1)
-    fa = event["fp_per_24h"]
-    within = fa is not None and fa <= max_fa_per_24h
-    return (within, event["sensitivity"] or 0.0, f1, sample_f1)
+    fa, sensitivity = event["fp_per_24h"], event["sensitivity"] or 0.0
+    useful = fa is not None and fa <= max_fa_per_24h and sensitivity > 0
+    return (useful, sensitivity if useful else f1, f1, sample_f1)
 
 
 def tune_enter_threshold(predictions: list[RecordingProbabilities], base: PostprocessConfig,

@@ -39,7 +39,7 @@ from brr.train.settings import SettingsError, TrainSettings
 from brr.train.state import load_training_state, save_training_state
 
 # Settings that fix the data order and the schedule: a resumed run must keep them.
-RESUME_FIXED = ("data", "model", "seed", "batch_size", "steps_per_epoch", "stride_s",
+RESUME_FIXED = ("data", "model", "seed", "batch_size", "steps_per_epoch", "crop_s", "stride_s",
                 "val_fraction", "positive_fraction", "lr", "warmup_steps", "min_lr_ratio")
 
 
@@ -65,6 +65,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def training_crop_s(config, crop_s: float) -> float:
+    """The training window length in seconds: the model's window, or a shorter crop it can run on."""
+    window_s = config.window_samples / config.sampling_rate
+    if crop_s == 0:
+        return window_s
+    # The positional encoding is recomputed every semi_dynamic_interval downsampled steps.
+    granule = config.downsample * config.semi_dynamic_interval
+    samples = crop_s * config.sampling_rate
+    if crop_s > window_s or abs(samples - round(samples)) > 1e-6 or round(samples) % granule:
+        raise SettingsError(
+            f"crop_s={crop_s} must be at most the model's {window_s} s window and a multiple of "
+            f"{granule / config.sampling_rate} s ({granule} samples: downsample x semi_dynamic_interval)")
+    return crop_s
 
 
 def first_nonfinite_probe(probes: dict[str, torch.Tensor]) -> str | None:
@@ -132,11 +147,12 @@ def train(settings: TrainSettings, say: Callable[[str], None] = print) -> TrainR
 
     model = build_detector(settings.model, guards=settings.guards)
     window_s = model.config.window_samples / model.config.sampling_rate
-    for key in ("stride_s", "val_stride_s"):
-        if getattr(settings, key) > window_s:
-            raise SettingsError(f"{key}={getattr(settings, key)} exceeds the model's {window_s} s window")
+    crop_s = training_crop_s(model.config, settings.crop_s)
+    for key, limit in (("stride_s", crop_s), ("val_stride_s", window_s)):
+        if getattr(settings, key) > limit:
+            raise SettingsError(f"{key}={getattr(settings, key)} exceeds the {limit} s window it steps over")
     train_entries, val_entries = split_corpus(find_corpus(settings.data), settings.val_fraction, settings.seed)
-    train_set = WindowDataset(train_entries, window_s, settings.stride_s, settings.mains_hz,
+    train_set = WindowDataset(train_entries, crop_s, settings.stride_s, settings.mains_hz,
                               settings.cache_max_mb)
     val_cache = None
     if not train_set.streaming:

@@ -43,7 +43,11 @@ class TrainSettings:
     # Focal loss: alpha weighs the seizure class, gamma down-weights easy samples.
     focal_alpha: float = 0.75
     focal_gamma: float = 2.0
-    # Data (the window length is the model's: window_samples / sampling_rate)
+    # Data. Validation windows are the model's (window_samples / sampling_rate); training windows
+    # may be shorter crops (crop_s > 0): every stage is length-agnostic and a step's cost grows
+    # faster than its length (the SSD's chunk intermediates leave the cache), so short crops buy
+    # many more optimizer steps per minute. 0 trains on full windows.
+    crop_s: float = 0.0
     stride_s: float = 10.0
     val_stride_s: float = 30.0
     val_fraction: float = 0.2
@@ -101,6 +105,7 @@ def _validate(s: TrainSettings, where: str) -> None:
     need(s.grad_clip > 0, "grad_clip", "must be > 0")
     need(0 < s.focal_alpha < 1, "focal_alpha", "must be in (0, 1)")
     need(s.focal_gamma >= 0, "focal_gamma", "must be >= 0")
+    need(s.crop_s >= 0, "crop_s", "must be >= 0 (0: train on full windows)")
     need(s.stride_s > 0, "stride_s", "must be > 0")
     need(s.val_stride_s > 0, "val_stride_s", "must be > 0")
     need(0 < s.val_fraction < 1, "val_fraction", "must be in (0, 1)")

@@ -10,19 +10,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from brr.export.manifest import MANIFEST_FILE, ManifestError, verify_manifest
-from brr.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from typing import Any
+
+from brr.export.manifest import MANIFEST_FILE, ManifestError, read_manifest, verify_manifest
+from brr.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_meta
 from brr.model.detector import INPUT_NAME, OUTPUT_NAME
 from brr.runtime.runners.torch import TorchRunner
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "ManifestError", "TorchRunner", "load_runner"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "ManifestError", "TorchRunner", "load_runner", "tuned_postprocess"]
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def tuned_postprocess(path: str | Path) -> dict[str, Any] | None:
+    """The post-processing brr-train chose on validation data for this model (a checkpoint's
+    ``training.postprocess``, carried into an artifact's manifest by brr-export), or None."""
+    path = Path(path)
+    if _is_checkpoint(path):
+        return read_checkpoint_meta(path).get("training", {}).get("postprocess")
+    return read_manifest(path if path.is_dir() else path.parent).get("source", {}).get("postprocess")
 
 
 def load_runner(path: str | Path, probes: bool = False, threads: int | None = None, device: str = "cpu",
                 name: str | None = None):
     """A runner for a checkpoint directory or a verified brr-export artifact (directory or model file)."""
     path = Path(path)
-    if path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
+    if _is_checkpoint(path):
         return TorchRunner(path, probes=probes, device=device, name=name)
     directory = path if path.is_dir() else path.parent
     if not (directory / MANIFEST_FILE).is_file():
