@@ -193,3 +193,25 @@ def test_int8_onnxruntime_model_runs_and_the_diff_reports_its_error(edf, tmp_pat
     diff = json.loads((tmp_path / "out" / "diff" / "report.json").read_text())
     assert diff["engines"][0]["precision"] == "int8" and len(diff["inputs"]) == 6
     assert result.report["tensorrt"]["built"] is False and "TensorRT" in result.report["tensorrt"]["reason"]
+
+
+def test_search_judges_adjacency_flips_with_the_models_top_k(monkeypatch):
+    """Top-k flips at near-ties are two correct answers; the search must tell the comparator k."""
+    import brr.calibration.search as search_module
+    from brr.model import resolve_config
+
+    seen = []
+    real = search_module.compare_outputs
+    monkeypatch.setattr(search_module, "compare_outputs", lambda *a: seen.append(a[-1]) or real(*a))
+    config = resolve_config("v3-small")
+    PlanSearch(planted_model(scale=1.0), "fp16", windows(1), ATOL, RTOL, config).run()
+    assert seen and set(seen) == {config.edge_top_k}
+
+
+def test_an_error_that_survives_pinning_walks_up_to_the_nearest_unpinned_producers():
+    search = PlanSearch(planted_model(), "fp16", windows(1), ATOL, RTOL)
+    assert search._producers("normalise_div") == ["norm_sqrt", "scale_mul"]
+    search.pins = {name: None for name in ("norm_sqrt", "norm_sumsq", "scale_mul")}
+    assert search._producers("norm_sqrt") == ["mix_matmul"]  # through norm_sumsq and scale_mul
+    search.pins["mix_matmul"] = None
+    assert search._producers("norm_sqrt") == []  # only the graph input and weights remain

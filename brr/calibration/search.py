@@ -12,7 +12,7 @@ Search (greedy growth from the first offenders, then pruning):
    in reduced precision (even when the outputs stay finite: x / inf = 0), or else the first node of
    the first failing stage whose output leaves the tolerance. Pin that node. If it is pinned already
    (or is fp32 anyway), the value reaching it was already ruined in reduced precision: pin its
-   unpinned producers instead. Repeat until accepted.
+   nearest unpinned producers instead (walking up through pinned ones). Repeat until accepted.
 2. Prune: try to unpin each node, last pinned first; keep the removal when still accepted.
 
 fp16 is evaluated as TensorRT runs fp16 layers: fp16 weights and fp16 storage of every node output
@@ -167,7 +167,7 @@ class PlanSearch:
             for label in list(self.order):
                 feed, ref_out = self.windows[label], self.reference[label]
                 outcome = compare_outputs(label, feed, ref_out, runner.infer(feed), self._spectrum(ref_out),
-                                          self.atol, self.rtol)
+                                          self.atol, self.rtol, self.config.edge_top_k if self.config else None)
                 result.inputs.append(outcome)
                 for name, stage in outcome.stages.items():
                     result.stages.setdefault(name, TensorStats()).merge(stage.stats)
@@ -231,9 +231,20 @@ class PlanSearch:
         return first, evidence
 
     def _producers(self, node: str) -> list[str]:
-        """Unpinned, pinnable producers of ``node``'s inputs (Constant and initializer inputs have none)."""
-        names = [self.producer.get(i) for i in self.nodes[node].input if i]
-        return sorted({p for p in names if p in self.pinnable and p not in self.pins})
+        """The nearest unpinned, pinnable producers upstream of ``node``'s inputs: through producers that
+        are pinned (or fp32 anyway) the walk goes on to theirs, since an error that survives pinning a
+        node and its producers was made further up. Constant and initializer inputs have none."""
+        found, seen = set(), set()
+        frontier = [node]
+        while frontier:
+            names = {self.producer.get(i) for n in frontier for i in self.nodes[n].input if i}
+            names = {p for p in names if p is not None and p not in seen}
+            seen |= names
+            found |= {p for p in names if p in self.pinnable and p not in self.pins}
+            frontier = sorted(p for p in names if p not in found)
+            if found:
+                break
+        return sorted(found)
 
     # ------------------------------------------------------------------------------ the search
     def grow(self) -> None:
