@@ -28,7 +28,7 @@ import onnx
 
 from brr.calibration.run import resolve_config_of, window_samples
 from brr.calibration.search import PlanSearch
-from brr.calibration.speed import compare_latency
+from brr.calibration.speed import onnxruntime_latency
 from brr.diff import AdversarialWindows, ChainedWindows, EdfWindows
 from brr.export.precision_plan import PrecisionPlan
 
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    AdversarialWindows(samples)]).labelled())
     search = PlanSearch(fp32, "fp16", windows, args.atol, args.rtol, resolve_config_of(args.onnx))
     plan = PrecisionPlan.load(args.plan)
-    ours = search.reduced_model(plan.fp32_nodes)
+    ours = search.reduced_model(plan.resolve(args.onnx, search.stages))
     theirs = autocast_fp16(args.onnx, windows[0][1], args.data_max)
     original = {n.name for n in fp32.graph.node}
     results = {}
@@ -91,8 +91,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         print(f"{name}: {results[name]['nonfinite_outputs']} non-finite, "
               f"{results[name]['fp32_compute_nodes']} fp32 nodes", flush=True)
-    latency = compare_latency({"fp32": fp32, "brr-plan": ours, "modelopt-autocast": theirs},
-                              [feed for _, feed in windows])
+    feeds = [feed for _, feed in windows]
+    latency = {}
+    for name, model in (("fp32", fp32), ("brr-plan", ours), ("modelopt-autocast", theirs)):
+        try:
+            latency[name] = onnxruntime_latency(model, feeds, name=name)
+        except Exception as error:  # noqa: BLE001 - a mixed model ONNX Runtime refuses is a result to report
+            latency[name] = {"error": str(error).splitlines()[0]}
+            print(f"{name}: ONNX Runtime cannot run it: {latency[name]['error']}", flush=True)
+        if "median_s" in latency[name] and "median_s" in latency["fp32"]:
+            latency[name]["relative_to_fp32"] = latency[name]["median_s"] / latency["fp32"]["median_s"]
     document = {"onnx": str(args.onnx), "plan": str(args.plan), "windows": [label for label, _ in windows],
                 "tolerance": {"atol": args.atol, "rtol": args.rtol}, "autocast_data_max": args.data_max,
                 "results": results, "latency_onnxruntime_cpu": latency}
@@ -104,7 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
              "| nodes computing in fp32 | " + " | ".join(str(r["fp32_compute_nodes"]) for r in results.values()) + " |"]
     lines += [f"| max abs err {s} | " + " | ".join(f"{r['max_abs_err'][s]:.3g}" for r in results.values()) + " |"
               for s in stages]
-    lines.append("| ORT CPU s/window | " + " | ".join(f"{latency[n]['median_s']:.3f}" for n in results) + " |")
+    lines.append("| ORT CPU s/window | " + " | ".join(
+        f"{latency[n]['median_s']:.3f}" if "median_s" in latency[n] else "fails to load" for n in results) + " |")
+    lines.append("| verdicts | " + " | ".join(
+        ", ".join(sorted(set(r["verdicts"].values()))) for r in results.values()) + " |")
     (args.out / "autocast_anchor.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
