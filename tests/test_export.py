@@ -14,6 +14,8 @@ from brr.export.engines import build_engine
 from brr.export.manifest import ManifestError, verify_manifest, write_manifest
 from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, STAGE_METADATA_KEY, export_onnx
 from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError
+from brr.diff.compare import reference_spectrum
+from brr.diff.run import compare_outputs
 from brr.diff.verify import verify_engine
 from brr.model import PROBE_NAMES, build_detector, save_checkpoint
 from brr.runtime.runners import TorchRunner, load_runner
@@ -205,16 +207,32 @@ def test_verify_engine_runs_the_diff_and_keeps_its_report(exports, guarded, tmp_
     ("standard", True, True), ("plugin", False, True), ("standard", False, False), ("plugin", True, False),
 ])
 def test_v3_ort_fp32_matches_pytorch(tmp_path, ops, guards, dynamic_pe):
+    """Every probe within PARITY_ATOL, judged by the diff's comparator: a top-k selection that flips
+    at a near-tie (fp32 rounding noise decides between two equal edges, the hazard the architecture
+    names) is two correct answers, and the stages after it inherit that difference (~1e-2 at the
+    logits when one of the 960 x 19 rows flips). Anything else must match to PARITY_ATOL."""
     torch.manual_seed(1)
     model = build_detector("v3", guards=guards).eval() if dynamic_pe else \
         build_detector({"base": "v3", "use_dynamic_pe": False, "guards": guards}).eval()
+    cfg = model.config
     export = export_onnx(model, tmp_path, ops)
     _reference_manifest(export, model)
     x = torch.randn(3, 19, 15360)
     with torch.no_grad():
-        expected = model(x).numpy()
+        _, probes = model(x, return_probes=True)
     for batch in (1, 3):
-        assert np.abs(_run(export.model, x[:batch].numpy())["logits"] - expected[:batch]).max() <= PARITY_ATOL
+        ref = {k: v[:batch].numpy() for k, v in probes.items()}
+        spectrum = None
+        if dynamic_pe:
+            values, vectors = reference_spectrum(ref["adjacency"], cfg.semi_dynamic_interval, cfg.degree_clamp,
+                                                 cfg.laplacian_shift)
+            spectrum = (values, vectors, cfg.semi_dynamic_interval)
+        engine = _run(export.probed_model, x[:batch].numpy(), probes=True)
+        result = compare_outputs("v3", {"eeg": x[:batch].numpy()}, ref, engine, spectrum, PARITY_ATOL, PARITY_ATOL,
+                                 cfg.edge_top_k)
+        assert result.verdict in ("clean", "basis_ambiguous"), (result.verdict, result.first_divergent_stage)
+        if result.stages["adjacency"].status == "clean":
+            assert np.abs(engine["logits"] - ref["logits"]).max() <= PARITY_ATOL
 
 
 def test_diff_pairs_each_fp16_artifact_with_the_fp32_export_of_its_ops_mode(exports, guarded, tmp_path):
