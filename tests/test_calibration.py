@@ -103,6 +103,17 @@ def test_fp16_evaluator_agrees_with_the_true_fp16_model_at_a_pinned_boundary():
         assert rounded.accepted == true_fp16.accepted == accepted
 
 
+def test_fp16_evaluator_rounds_a_probe_for_its_consumers():
+    """In the probed graphs every stage output is also a graph output; it must still overflow for the
+    nodes that consume it, or every hazard at a stage boundary would be invisible."""
+    model = planted_model()
+    model.graph.output.append(helper.make_tensor_value_info("squared_norm", TensorProto.FLOAT, None))
+    evaluation = PlanSearch(model, "fp16", windows(1), ATOL, RTOL).run()[1]
+    assert evaluation.accepted
+    search = PlanSearch(model, "fp16", windows(1), ATOL, RTOL)
+    assert not search.evaluate(search.engine(set())).accepted
+
+
 def test_clean_model_needs_no_pin():
     pins, final = PlanSearch(planted_model(scale=1.0), "fp16", windows(2), ATOL, RTOL).run()
     assert pins == {} and final.accepted

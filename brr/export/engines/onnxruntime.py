@@ -70,7 +70,8 @@ class RoundThroughLowPrecision(BaseLoader):
     ``precision`` and back): every float output of a low-precision node, for all its consumers; the
     graph inputs and the outputs of ``fp32_nodes``, for their low-precision consumers only (the cast
     at the boundary, where a pinned node's large result still overflows); float weights used only by
-    low-precision nodes are stored in ``precision``. Graph outputs are left as computed.
+    low-precision nodes are stored in ``precision``. Graph outputs (the probes) are left as computed;
+    the nodes that consume them inside the graph see them rounded.
     ``subgraphs``: round inside Loop/If bodies too; otherwise a body is one unit rounded at its boundary.
 
     A rounded node output keeps the node's name on its rounding Cast (the node itself becomes
@@ -153,6 +154,8 @@ class RoundThroughLowPrecision(BaseLoader):
                         user.replace_input_with(index, up)
                 if len(node.outputs) == 1 and rounded:
                     up.producer().name, node.name = node.name, f"{node.name}_unrounded"
+                # A probe keeps its name and computed value; the nodes consuming it still see it stored.
+                boundary += [(v, node, node.graph) for v in node.outputs if id(v) in graph_outputs]
             elif node.op_type != "Cast" and in_scope(node):
                 boundary += [(v, node, node.graph) for v in node.outputs]
         for value, producer, owner in boundary:
