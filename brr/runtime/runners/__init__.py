@@ -9,7 +9,6 @@ and returns ``{"logits": ...}``, plus every probe of ``brr.model.PROBE_NAMES`` w
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Any
 
 from brr.export.manifest import MANIFEST_FILE, ManifestError, read_manifest, verify_manifest
