@@ -3,8 +3,11 @@
 Run in an environment with ``nvidia-modelopt[onnx]`` (it pins its own onnx/onnxruntime; a venv made
 with ``--system-site-packages`` sees brr):
 
-    python benchmarks/autocast_anchor.py EXPORT_DIR/model.probed.onnx --plan CAL/precision_plan.json \
-        --data EDF_OR_DIR --out benchmarks/results/autocast
+    python benchmarks/autocast_anchor.py CAL/onnx-standard/model.probed.onnx --plan CAL/precision_plan.json \
+        --ours FP16/model.probed.onnx --data EDF_OR_DIR --out benchmarks/results/autocast
+
+where ``FP16`` is ``brr-export CHECKPOINT --engine fp16 --ops standard --precision-plan
+CAL/precision_plan.json --out FP16`` run in the project's environment.
 
 Both mixed models are judged the same way, by the calibration search's fp16 evaluator given the set of
 nodes each keeps in fp32 (fp16 storage of every other node output, fp32 accumulation inside kernels,
@@ -62,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("onnx", type=Path, help="fp32 probed ONNX (model.probed.onnx of brr-export/brr-calibrate)")
     parser.add_argument("--plan", type=Path, required=True, help="our precision_plan.json for this graph")
+    parser.add_argument("--ours", type=Path,
+                        help="our fp16 model.probed.onnx as brr-export --engine fp16 --precision-plan built it "
+                             "(default: converted here, by this environment's onnxruntime, which may differ)")
     parser.add_argument("--data", type=Path, nargs="+", required=True)
     parser.add_argument("--max-windows", type=int, default=2)
     parser.add_argument("--atol", type=float, default=1e-2)
@@ -74,9 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     samples = window_samples(fp32)
     windows = list(ChainedWindows([EdfWindows(args.data, samples, samples / 256, args.max_windows),
                                    AdversarialWindows(samples)]).labelled())
-    search = PlanSearch(fp32, "fp16", windows, args.atol, args.rtol, resolve_config_of(args.onnx))
+    # The detector config (adjacency top-k, Laplacian settings) tells near-tie flips from errors.
+    config = resolve_config_of(args.onnx) or (resolve_config_of(args.ours) if args.ours else None)
+    search = PlanSearch(fp32, "fp16", windows, args.atol, args.rtol, config)
     plan = PrecisionPlan.load(args.plan)
-    ours = search.reduced_model(plan.resolve(args.onnx, search.stages))
+    ours = onnx.load(str(args.ours)) if args.ours else search.reduced_model(plan.resolve(args.onnx, search.stages))
     theirs = autocast_fp16(args.onnx, windows[0][1], args.data_max)
     original = {n.name for n in fp32.graph.node}
     results = {}

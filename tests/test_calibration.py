@@ -50,6 +50,27 @@ def planted_model(scale: float = 300.0) -> onnx.ModelProto:
     return model
 
 
+def cancellation_model() -> onnx.ModelProto:
+    """No overflow, only lost digits: (x + 1000) - 1000 keeps x to fp16's spacing at 1000 (0.5), an error
+    far beyond the tolerance; the MatMuls around it lose nothing that matters."""
+    model = planted_model(scale=1.0)
+    offset = numpy_helper.from_array(np.array(1000.0, np.float32), "offset")
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend([
+        nodes[0],
+        helper.make_node("Add", ["mixed", "offset"], ["raised"], name="offset_add"),
+        helper.make_node("Sub", ["raised", "offset"], ["restored"], name="offset_sub"),
+        helper.make_node("MatMul", ["restored", "head"], ["logits"], name="head_matmul"),
+    ])
+    keep = [i for i in model.graph.initializer if i.name in ("mix", "head")]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend([*keep, offset])
+    model.graph.output.insert(0, helper.make_tensor_value_info("mixed", TensorProto.FLOAT, ["batch", 19, WINDOW]))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def windows(count: int = 3) -> list:
     return list(SyntheticWindows(count, WINDOW).labelled())
 
@@ -112,6 +133,27 @@ def test_fp16_evaluator_rounds_a_probe_for_its_consumers():
     assert evaluation.accepted
     search = PlanSearch(model, "fp16", windows(1), ATOL, RTOL)
     assert not search.evaluate(search.engine(set())).accepted
+
+
+def test_lost_digits_are_found_by_bisection_and_only_the_two_nodes_are_pinned():
+    model = cancellation_model()
+    search = PlanSearch(model, "fp16", windows(2), ATOL, RTOL)
+    assert not search.evaluate(search.engine(set())).accepted
+    pins, final = search.run()
+    # Pinning the Add alone is not enough: its exact fp32 sum is rounded again on its way to the Sub.
+    assert set(pins) == {"offset_add", "offset_sub"} and final.accepted
+    assert all(pin.reason == "tolerance" for pin in pins.values())
+    evidence = pins["offset_add"].evidence
+    assert evidence["stage_failing_without_it"] == "logits" and evidence["max_abs_err_without_it"] > ATOL
+    assert "leaves the tolerance" in evidence["explanation"]
+
+
+def test_a_stage_is_judged_on_the_graph_cut_down_to_it():
+    search = PlanSearch(cancellation_model(), "fp16", windows(1), ATOL, RTOL)
+    cut = search.cut_to("mixed")
+    assert [n.name for n in cut.graph.node] == ["mix_matmul"] and [o.name for o in cut.graph.output] == ["mixed"]
+    assert {i.name for i in cut.graph.initializer} == {"mix"}
+    assert search.upstream("logits") == {"mix_matmul", "offset_add", "offset_sub", "head_matmul"}
 
 
 def test_clean_model_needs_no_pin():

@@ -16,6 +16,7 @@ from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, STAGE_METADATA
 from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError
 from brr.diff.compare import reference_spectrum
 from brr.diff.run import compare_outputs
+from brr.diff.stages import node_stages
 from brr.diff.verify import verify_engine
 from brr.model import PROBE_NAMES, build_detector, save_checkpoint
 from brr.runtime.runners import TorchRunner, load_runner
@@ -96,6 +97,12 @@ def test_stage_map_follows_the_modules(exports):
     assert "edge_similarity" in by_op["ReduceSum"] | by_op.get("ReduceL2", set()) | by_op["Sqrt"]
 
 
+def test_diff_and_calibration_read_the_exported_stage_map(exports):
+    # The exported graph traces through a probe wrapper, so module paths alone would place no node.
+    probed = onnx.load(str(exports["standard"].probed_model))
+    assert node_stages(probed) == json.loads(exports["standard"].stages.read_text())
+
+
 @pytest.mark.parametrize("ops, batch", [("standard", 3), ("plugin", 1)])
 def test_ort_fp32_matches_pytorch(exports, windows, ops, batch):
     x, expected, _ = windows
@@ -159,6 +166,8 @@ def test_fp16_keeps_planned_nodes_in_fp32(exports, guarded, tmp_path):
     assert pinned and all(stages[n] == "edge_similarity" for n in pinned)
     build_engine(exports["standard"], tmp_path, "onnxruntime", "fp16", pinned, (1, 1, 1), guarded.config, list)
     converted = onnx.load(str(tmp_path / MODEL_FILE))
+    for model in (converted, onnx.load(str(tmp_path / PROBED_MODEL_FILE))):  # the eigh Loop's types agree
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)
     types = {i.name: i.type.tensor_type.elem_type for i in converted.graph.value_info}
     outputs = [o for n in converted.graph.node if n.name in pinned for o in n.output if o in types]
     assert outputs and all(types[o] != onnx.TensorProto.FLOAT16 for o in outputs)

@@ -18,8 +18,8 @@ import onnxruntime_extensions
 import pytest
 import torch
 import torch.nn.functional as F
-from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+from brr.export.engines.onnxruntime import ConvertToFloat16
 from brr.ops import registry
 from brr.ops.selective_scan import selective_scan, ssd_chunked, ssd_recurrent
 
@@ -189,9 +189,9 @@ def test_plugin_onnx_needs_the_extensions_library(exported):
 
 @pytest.fixture(scope="module")
 def standard_fp16_session(exported) -> ort.InferenceSession:
-    # The converter keeps CumSum in float32 by default; convert it too, as a float16 TensorRT engine would.
-    block = [op_type for op_type in DEFAULT_OP_BLOCK_LIST if op_type != "CumSum"]
-    model = convert_float_to_float16(exported["standard"], keep_io_types=True, op_block_list=block)
+    # The exporter's fp16 conversion runs CumSum in fp16 too, as a float16 TensorRT engine would.
+    model = ConvertToFloat16(onnx.ModelProto.FromString(exported["standard"].SerializeToString()), [])()
+    assert "CumSum" in {n.op_type for n in model.graph.node}
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 

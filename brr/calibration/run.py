@@ -139,7 +139,6 @@ def calibrate(source: str | Path, data: list[str | Path] | WindowLoader, precisi
 
     fp16/bf16: search the plan (``brr.calibration.search``), write ``precision_plan.json``, diff the
     planned engine. int8: quantise for ONNX Runtime (and TensorRT when available), diff it.
-    fp16 is judged by ONNX's reference evaluator (true fp16 per node): slow on the full detector.
     """
     if precision not in PRECISIONS:
         raise CalibrationError(f"precision must be one of {PRECISIONS}, got {precision!r}")

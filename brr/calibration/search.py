@@ -5,15 +5,21 @@ stage (every graph output) of the reduced-precision model is finite wherever the
 within tolerance by the diff's own probe-level comparator (``brr.diff.run.compare_outputs``:
 eigenspaces for ``laplacian_pe``, kept edges for ``adjacency``).
 
-Search (greedy growth from the first offenders, then pruning):
+Search, one failure at a time (windows failing non-finite first, then by their first divergent stage
+in pipeline order), until every window is accepted:
 
-1. Evaluate; at the first failing window, ask the diff's node-level comparison
-   (``brr.diff.localise.NodeComparison``) where it starts: the first node whose output is non-finite
-   in reduced precision (even when the outputs stay finite: x / inf = 0), or else the first node of
-   the first failing stage whose output leaves the tolerance. Pin that node. If it is pinned already
-   (or is fp32 anyway), the value reaching it was already ruined in reduced precision: pin its
-   nearest unpinned producers instead (walking up through pinned ones). Repeat until accepted.
-2. Prune: try to unpin each node, last pinned first; keep the removal when still accepted.
+- Non-finite: the diff's node-level comparison (``brr.diff.localise.NodeComparison``) names the first
+  node whose output is non-finite in reduced precision (checked even when the outputs stay finite:
+  x / inf = 0). Pin it; if it is pinned already (or fp32 anyway), the value reaching it was already
+  ruined: pin its nearest unpinned producers instead (walking up through pinned ones).
+- Out of tolerance at stage S: rounding errors that are each small accumulate over many nodes (the
+  SSD's chunk states), so no single "first bad node" explains them. Instead, on the windows failing at
+  S and on the graph cut down to what S's probe needs: pin every candidate (S's own unpinned nodes,
+  or every unpinned node upstream of S's probe if that is not enough), then bisect over the
+  topological order for the necessary ones: the largest prefix of the candidates that can go back to
+  reduced precision ends just before a necessary node; keep it, repeat on the rest. Each kept node
+  costs ~log2(candidates) evaluations. Finally each kept node is unpinned alone once more: kept only
+  if its stage then fails again, which is the evidence the plan records.
 
 fp16 is evaluated as TensorRT runs fp16 layers: fp16 weights and fp16 storage of every node output
 (Loop bodies included), fp32 accumulation inside each kernel (``RoundThroughLowPrecision``: Cast
@@ -38,7 +44,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
 from polygraphy.logger import G_LOGGER
 
 from brr.diff.compare import TensorStats, reference_spectrum
@@ -47,18 +52,13 @@ from brr.diff.localise import DEFAULT_MAX_MARKED_BYTES, NodeComparison
 from brr.diff.report import InputResult
 from brr.diff.run import compare_outputs
 from brr.diff.stages import node_stages
-from brr.export.engines.onnxruntime import (
-    FLOAT32_ONLY_OP_TYPES,
-    NO_CPU_FP16_KERNEL_OP_TYPES,
-    ConvertToFloat16,
-    RoundThroughLowPrecision,
-)
+from brr.export.engines.onnxruntime import FP16_BLOCKED_OP_TYPES, ConvertToFloat16, RoundThroughLowPrecision
 from brr.model import DetectorConfig
 
 REDUCED_PRECISIONS = ("fp16", "bf16")
 ACCEPTED_VERDICTS = ("clean", "basis_ambiguous")
 # Node types the fp16 conversion keeps in fp32 whatever the plan says (see ConvertToFloat16).
-ALWAYS_FP32_OP_TYPES = frozenset([*DEFAULT_OP_BLOCK_LIST, *FLOAT32_ONLY_OP_TYPES, *NO_CPU_FP16_KERNEL_OP_TYPES])
+ALWAYS_FP32_OP_TYPES = frozenset(FP16_BLOCKED_OP_TYPES)
 
 
 class SearchError(RuntimeError):
@@ -70,7 +70,7 @@ class Pin:
     node: str
     op_type: str
     stage: str | None
-    reason: str  # "nonfinite", "nonfinite_input", "tolerance", "tolerance_input"
+    reason: str  # "nonfinite", "nonfinite_input" (a producer of a ruined value), "tolerance"
     window: str
     engine: str
     evidence: dict
@@ -133,16 +133,48 @@ class PlanSearch:
             return RoundThroughLowPrecision(copy, sorted(pinned), "bf16")()
         return ConvertToFloat16(copy, sorted(pinned))()
 
-    def engine(self, pinned: set[str] | list[str]) -> Engine:
-        """The engine that judges a pinned set (see the module docstring)."""
+    def engine(self, pinned: set[str] | list[str], fp32: onnx.ModelProto | None = None) -> Engine:
+        """The engine that judges a pinned set (see the module docstring), on ``fp32`` (default: the
+        whole graph; the search passes graphs cut down to one probe)."""
+        fp32 = self.fp32 if fp32 is None else fp32
+        copy = onnx.ModelProto.FromString(fp32.SerializeToString())
         if self.precision == "fp16":
-            copy = onnx.ModelProto.FromString(self.fp32.SerializeToString())
             model = RoundThroughLowPrecision(copy, sorted({*pinned, *self.always_fp32}), "fp16", subgraphs=True)()
         else:
-            model = self.reduced_model(pinned)
+            model = RoundThroughLowPrecision(copy, sorted(pinned), "bf16")()
         # Optimisations off: the explicit rounding Casts stay where the conversion put them.
-        return onnxruntime_engine(model, self.fp32, name=f"onnxruntime-{self.precision}-rounded",
+        return onnxruntime_engine(model, fp32, name=f"onnxruntime-{self.precision}-rounded",
                                   precision=self.precision, optimize=False)
+
+    def upstream(self, tensor: str) -> set[str]:
+        """Names of the nodes ``tensor`` is computed from (Loop/If bodies' outer-scope reads included)."""
+        needed: set[str] = set()
+        stack = [tensor]
+        while stack:
+            node = self.producer.get(stack.pop())
+            if node is not None and node not in needed:
+                needed.add(node)
+                stack.extend(_reads(self.nodes[node]))
+        return needed
+
+    def cut_to(self, probe: str) -> onnx.ModelProto:
+        """The fp32 graph reduced to what ``probe`` needs, with the probes computed on the way as outputs."""
+        needed = self.upstream(probe)
+        cut = onnx.ModelProto.FromString(self.fp32.SerializeToString())
+        kept = [n for n in cut.graph.node if n.name in needed]
+        del cut.graph.node[:]
+        cut.graph.node.extend(kept)
+        outputs = [o for o in cut.graph.output if self.producer.get(o.name) in needed]
+        del cut.graph.output[:]
+        cut.graph.output.extend(outputs)
+        produced = {out for n in kept for out in n.output}
+        read = {name for n in kept for name in _reads(n)}
+        for field_name, keep in (("value_info", produced), ("initializer", read)):
+            entries = getattr(cut.graph, field_name)
+            still = [e for e in entries if e.name in keep]
+            del entries[:]
+            entries.extend(still)
+        return cut
 
     def _reference_outputs(self) -> dict[str, dict[str, np.ndarray]]:
         outputs = {}
@@ -160,11 +192,12 @@ class PlanSearch:
         return values, vectors, cfg.semi_dynamic_interval
 
     # ------------------------------------------------------------------------------ evaluation
-    def evaluate(self, engine: Engine, stop_at_failure: bool = True) -> Evaluation:
+    def evaluate(self, engine: Engine, stop_at_failure: bool = True, labels: list[str] | None = None) -> Evaluation:
+        """Judge ``engine`` on the windows (or those ``labels``), the last to fail first."""
         self.evaluations += 1
         result = Evaluation(engine.name)
         with G_LOGGER.verbosity(G_LOGGER.ERROR), engine.runner as runner:
-            for label in list(self.order):
+            for label in [w for w in self.order if labels is None or w in labels]:
                 feed, ref_out = self.windows[label], self.reference[label]
                 outcome = compare_outputs(label, feed, ref_out, runner.infer(feed), self._spectrum(ref_out),
                                           self.atol, self.rtol, self.config.edge_top_k if self.config else None)
@@ -178,57 +211,97 @@ class PlanSearch:
                         break
         return result
 
-    # ------------------------------------------------------------------------------ one greedy step
-    def step(self, failure: InputResult) -> list[Pin]:
-        """Pin what makes ``failure`` fail (see the module docstring); returns the new pins."""
+    # ------------------------------------------------------------------------------ one failure
+    def fix(self, evaluation: Evaluation) -> list[Pin]:
+        """Pin what makes the first failure of ``evaluation`` fail (see the module docstring)."""
+        failures = [i for i in evaluation.inputs if i.verdict not in ACCEPTED_VERDICTS]
+        for failure in failures:
+            if failure.verdict not in ("nonfinite_precision", "divergence"):
+                raise SearchError(f"window {failure.input}: verdict {failure.verdict}: not a precision problem a "
+                                  "plan can fix (non-finite input or already non-finite in fp32)")
+        stage_order = list(evaluation.inputs[0].stages)
+        failure = min(failures, key=lambda i: (i.verdict != "nonfinite_precision",
+                                               stage_order.index(i.first_divergent_stage)))
         engine = self.engine(set(self.pins))
         comparison = NodeComparison(engine, batch=1, max_marked_bytes=self.max_marked_bytes)
-        feed = self.windows[failure.input]
-        if failure.verdict not in ("nonfinite_precision", "divergence"):
-            raise SearchError(f"window {failure.input}: verdict {failure.verdict}: not a precision problem a plan "
-                              "can fix (non-finite input or already non-finite in fp32)")
         # A non-finite node output is the first suspect even when the outputs stay finite (x / inf = 0).
-        localised = comparison.localise(feed, self.atol, self.rtol, "precision")
+        localised = comparison.localise(self.windows[failure.input], self.atol, self.rtol, "precision")
         if localised.first_nonfinite is not None:
-            offender, evidence, reason = localised.first_nonfinite["node"], localised.first_nonfinite, "nonfinite"
-        elif failure.verdict == "nonfinite_precision":
+            return self._pin_nonfinite(localised.first_nonfinite, failure.input, engine.name)
+        if failure.verdict == "nonfinite_precision":
             raise SearchError(f"window {failure.input}: {engine.name} output is non-finite but no node output "
                               "is (marking the outputs hides it); cannot localise")
-        else:
-            nodes = localised.nodes if localised.mode == "mark_all" else \
-                comparison.localise(feed, self.atol, self.rtol, None).nodes
-            offender, evidence = self._first_out_of_tolerance(nodes, failure)
-            reason = "tolerance"
+        stage = failure.first_divergent_stage
+        return self._settle(stage, [i.input for i in failures if i.first_divergent_stage == stage])
+
+    def _pin_nonfinite(self, evidence: dict, window: str, engine: str) -> list[Pin]:
+        offender = evidence["node"]
         targets = [offender] if offender in self.pinnable and offender not in self.pins else self._producers(offender)
         if not targets:
-            raise SearchError(f"window {failure.input}: {reason} at {offender} and every producer of its inputs is "
+            raise SearchError(f"window {window}: non-finite at {offender} and every producer of its inputs is "
                               f"already fp32: {self.precision} cannot be made acceptable by pinning")
-        if len(self.pins) + len(targets) > self.max_pins:
-            raise SearchError(f"more than {self.max_pins} nodes would be pinned (next: {', '.join(targets)} for "
-                              f"{reason} at {offender} on {failure.input}); raise max_pins or the tolerance")
-        new = []
-        for name in targets:
-            suffix = "" if name == offender else "_input"
-            pin = Pin(name, self.nodes[name].op_type, self.stages.get(name), reason + suffix, failure.input,
-                      engine.name, evidence if name == offender else {"consumer": offender} | evidence)
-            self.pins[name] = pin
-            new.append(pin)
-        self.say(f"  pin {', '.join(p.node for p in new)} ({reason} at {offender}, window {failure.input}, "
-                 f"{engine.name})")
+        self._check_budget(len(targets), f"non-finite at {offender} on {window}")
+        new = [Pin(name, self.nodes[name].op_type, self.stages.get(name),
+                   "nonfinite" if name == offender else "nonfinite_input", window, engine,
+                   evidence if name == offender else {"consumer": offender} | evidence) for name in targets]
+        self.pins.update((pin.node, pin) for pin in new)
+        self.say(f"  pin {', '.join(targets)} (non-finite at {offender}, window {window})")
         return new
 
-    def _first_out_of_tolerance(self, stats: dict, failure: InputResult) -> tuple[str, dict]:
-        """The first node (topological order) of the first divergent stage whose output leaves the tolerance."""
-        stage = failure.first_divergent_stage
-        order = list(self.nodes)
-        failing = [n for n, (_, s, st) in stats.items() if not st.passed and (stage is None or s in (stage, None))]
-        if not failing:
-            raise SearchError(f"window {failure.input}: stage {stage} diverges but no node of it leaves the tolerance")
-        first = min(failing, key=order.index)
-        s = stats[first][2]
-        evidence = {"stage_failing": stage, "max_abs_err": s.max_abs_err, "rel_err": s.rel_err,
-                    "output_range": [s.ref_min, s.ref_max], "atol": self.atol, "rtol": self.rtol}
-        return first, evidence
+    def _settle(self, stage: str, labels: list[str]) -> list[Pin]:
+        """Pin the fewest nodes that bring ``stage`` back within tolerance on ``labels`` (docstring)."""
+        cut = self.cut_to(stage)
+        in_cut = {n.name for n in cut.graph.node}
+        pinned = set(self.pins)
+
+        def accepted(extra) -> bool:
+            return self.evaluate(self.engine(pinned | set(extra), cut), labels=labels).accepted
+
+        upstream = [n for n in self.nodes if n in in_cut and n in self.pinnable and n not in pinned]
+        own = [n for n in upstream if self.stages.get(n) == stage]
+        candidates = next((c for c in (own, upstream) if c and accepted(c)), None)
+        if candidates is None:
+            raise SearchError(f"{stage} stays out of tolerance on {', '.join(labels)} even with every node it is "
+                              f"computed from in fp32: raise the tolerance")
+        self.say(f"  {stage} out of tolerance on {len(labels)} window(s): bisecting {len(candidates)} candidates")
+        kept: list[str] = []
+        rest = candidates
+        while rest and not accepted(kept):
+            lo, hi = 0, len(rest) - 1  # with rest[lo:] pinned it is accepted; with none of rest, not
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if accepted(kept + rest[mid:]) else (lo, mid - 1)
+            kept.append(rest[lo])
+            rest = rest[lo + 1:]
+            self._check_budget(len(kept), f"{stage} out of tolerance on {', '.join(labels)}")
+        new = []
+        for name in reversed(kept):  # each kept node alone back in reduced precision: the evidence
+            others = [k for k in kept if k != name]
+            without = self.evaluate(self.engine(pinned | set(others), cut), labels=labels)
+            if without.accepted:
+                kept.remove(name)
+                continue
+            failing = without.failure
+            stats = failing.stages[failing.first_divergent_stage].stats
+            new.append(Pin(name, self.nodes[name].op_type, self.stages.get(name), "tolerance", failing.input,
+                           without.engine, {
+                               "stage_failing_without_it": failing.first_divergent_stage,
+                               "max_abs_err_without_it": stats.max_abs_err, "rel_err_without_it": stats.rel_err,
+                               "atol": self.atol, "rtol": self.rtol,
+                               "explanation": (f"unpinned alone, {failing.first_divergent_stage} leaves the "
+                                               f"tolerance on {failing.input} (max abs err {stats.max_abs_err:.3g})"),
+                           }))
+        if not new:
+            raise SearchError(f"{stage} fails on {', '.join(labels)} on the whole graph but not on the graph cut "
+                              "down to it: the search cannot make progress")
+        self.pins.update((pin.node, pin) for pin in reversed(new))
+        self.say(f"  pin {', '.join(p.node for p in reversed(new))} ({stage} out of tolerance)")
+        return new
+
+    def _check_budget(self, adding: int, why: str) -> None:
+        if len(self.pins) + adding > self.max_pins:
+            raise SearchError(f"more than {self.max_pins} nodes would be pinned ({why}); raise max_pins or the "
+                              "tolerance")
 
     def _producers(self, node: str) -> list[str]:
         """The nearest unpinned, pinnable producers upstream of ``node``'s inputs: through producers that
@@ -247,21 +320,19 @@ class PlanSearch:
         return sorted(found)
 
     # ------------------------------------------------------------------------------ the search
-    def grow(self) -> None:
-        while not (evaluation := self.evaluate(self.engine(set(self.pins)))).accepted:
-            self.step(evaluation.failure)
-
-    def prune(self) -> None:
-        for name in list(reversed(self.pins)):
-            if self.evaluate(self.engine(set(self.pins) - {name})).accepted:
-                self.say(f"  unpin {name} (not needed)")
-                del self.pins[name]
-
     def run(self) -> tuple[dict[str, Pin], Evaluation]:
-        """Grow, prune; returns the pins and the evaluation of every window with them."""
-        self.grow()
-        self.prune()
-        final = self.evaluate(self.engine(set(self.pins)), stop_at_failure=False)
-        if not final.accepted:  # pruning accepted every removal it made, so this is a broken invariant
-            raise SearchError(f"the pruned plan fails on {final.failure.input}: {final.failure.verdict}")
-        return dict(self.pins), final
+        """Pin until every window is accepted; returns the pins and the evaluation of every window."""
+        while not (evaluation := self.evaluate(self.engine(set(self.pins)), stop_at_failure=False)).accepted:
+            self.fix(evaluation)
+        return dict(self.pins), evaluation
+
+
+def _reads(node: onnx.NodeProto) -> list[str]:
+    """Every tensor name ``node`` reads, including those its subgraphs read from the enclosing scope
+    (names inside a subgraph cannot shadow outer ones, so anything produced outside counts)."""
+    names = [i for i in node.input if i]
+    for attribute in node.attribute:
+        for graph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+            for inner in graph.node:
+                names.extend(_reads(inner))
+    return names

@@ -25,8 +25,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 import onnx_ir as ir
+import onnx_ir.passes.common as ir_passes
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+from onnxruntime.transformers.float16 import convert_float_to_float16
 from polygraphy import util
 from polygraphy.backend.base import BaseLoader
 from polygraphy.backend.onnx import OnnxFromPath, SaveOnnx
@@ -40,6 +41,10 @@ from brr.model.detector import INPUT_NAME, OUTPUT_NAME
 FLOAT32_ONLY_OP_TYPES = (SCAN_OP_TYPE, EIGH_OP_TYPE)
 # Ops the CPU provider has no float16 kernel for (found by loading the converted model), kept fp32.
 NO_CPU_FP16_KERNEL_OP_TYPES = ("IsInf",)
+# What the fp16 conversion keeps in fp32 by op type, whatever the plan. Not the converter's default
+# block list (CumSum, TopK, Min, Max, ... for generic models): the CPU provider runs those of the
+# detector in fp16, and whether one needs fp32 is the precision plan's question.
+FP16_BLOCKED_OP_TYPES = (*FLOAT32_ONLY_OP_TYPES, *NO_CPU_FP16_KERNEL_OP_TYPES)
 QUANTIZED_OP_TYPES = ("Conv", "MatMul")
 
 
@@ -57,10 +62,21 @@ class ConvertToFloat16(BaseLoader):
 
     def call_impl(self) -> onnx.ModelProto:
         model, _ = util.invoke_if_callable(self._model)
-        return drop_fp16_round_trips(convert_float_to_float16(
+        converted = drop_fp16_round_trips(convert_float_to_float16(
             model, keep_io_types=True, node_block_list=self.fp32_nodes,
-            op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FLOAT32_ONLY_OP_TYPES, *NO_CPU_FP16_KERNEL_OP_TYPES],
+            op_block_list=list(FP16_BLOCKED_OP_TYPES),
         ))
+        # The converter retypes every value_info entry to fp16, those naming initializers it keeps in fp32
+        # (weights of blocked nodes) included: strict shape inference then rejects the model (ONNX Runtime
+        # tolerates it). An initializer carries its own type, so such entries go.
+        initializers = {i.name for i in converted.graph.initializer}
+        info = [v for v in converted.graph.value_info if v.name not in initializers]
+        del converted.graph.value_info[:]
+        converted.graph.value_info.extend(info)
+        # It also appends the Casts around blocked nodes after their consumers: ONNX wants them sorted.
+        model_ir = ir.from_proto(converted)
+        ir_passes.TopologicalSortPass()(model_ir)
+        return ir.to_proto(model_ir)
 
 
 class RoundThroughLowPrecision(BaseLoader):
