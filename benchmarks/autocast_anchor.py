@@ -73,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--atol", type=float, default=1e-2)
     parser.add_argument("--rtol", type=float, default=1e-2)
     parser.add_argument("--data-max", type=float, default=512.0, help="AutoCast's data_max rule (its default)")
+    parser.add_argument("--autocast-windows", type=lambda text: text.split(","), default=None,
+                        help="labels of the windows AutoCast calibrates on, as one batch, comma-separated "
+                             "(default: the first window; its reference run holds every intermediate tensor)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/autocast"))
     args = parser.parse_args(argv)
 
@@ -85,7 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     search = PlanSearch(fp32, "fp16", windows, args.atol, args.rtol, config)
     plan = PrecisionPlan.load(args.plan)
     ours = onnx.load(str(args.ours)) if args.ours else search.reduced_model(plan.resolve(args.onnx, search.stages))
-    theirs = autocast_fp16(args.onnx, windows[0][1], args.data_max)
+    # AutoCast's ranges come from one reference run over one batch that keeps every intermediate tensor:
+    # two v3 windows already exhaust 24 GiB, so by default it calibrates on the first window only.
+    chosen = [(label, feed) for label, feed in windows
+              if label in (args.autocast_windows or [windows[0][0]])]
+    if not chosen:
+        parser.error(f"--autocast-windows names none of the windows: {', '.join(label for label, _ in windows)}")
+    batch = {name: np.concatenate([feed[name] for _, feed in chosen]) for name in chosen[0][1]}
+    theirs = autocast_fp16(args.onnx, batch, args.data_max)
     original = {n.name for n in fp32.graph.node}
     results = {}
     for name, model in (("brr-plan", ours), ("modelopt-autocast", theirs)):
@@ -111,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             latency[name]["relative_to_fp32"] = latency[name]["median_s"] / latency["fp32"]["median_s"]
     document = {"onnx": str(args.onnx), "plan": str(args.plan), "windows": [label for label, _ in windows],
                 "tolerance": {"atol": args.atol, "rtol": args.rtol}, "autocast_data_max": args.data_max,
+                "autocast_calibration_windows": [label for label, _ in chosen],
                 "results": results, "latency_onnxruntime_cpu": latency}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "autocast_anchor.json").write_text(json.dumps(document, indent=1, default=str))
