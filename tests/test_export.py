@@ -166,7 +166,8 @@ def test_fp16_keeps_planned_nodes_in_fp32(exports, guarded, tmp_path):
     assert pinned and all(stages[n] == "edge_similarity" for n in pinned)
     build_engine(exports["standard"], tmp_path, "onnxruntime", "fp16", pinned, (1, 1, 1), guarded.config, list)
     converted = onnx.load(str(tmp_path / MODEL_FILE))
-    for model in (converted, onnx.load(str(tmp_path / PROBED_MODEL_FILE))):  # the eigh Loop's types agree
+    # Strict inference: the types the conversion declares (kept-fp32 weights included) are the ones computed.
+    for model in (converted, onnx.load(str(tmp_path / PROBED_MODEL_FILE))):
         onnx.shape_inference.infer_shapes(model, strict_mode=True)
     types = {i.name: i.type.tensor_type.elem_type for i in converted.graph.value_info}
     outputs = [o for n in converted.graph.node if n.name in pinned for o in n.output if o in types]

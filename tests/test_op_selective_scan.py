@@ -191,7 +191,10 @@ def test_plugin_onnx_needs_the_extensions_library(exported):
 def standard_fp16_session(exported) -> ort.InferenceSession:
     # The exporter's fp16 conversion runs CumSum in fp16 too, as a float16 TensorRT engine would.
     model = ConvertToFloat16(onnx.ModelProto.FromString(exported["standard"].SerializeToString()), [])()
-    assert "CumSum" in {n.op_type for n in model.graph.node}
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    cumsums = [n.output[0] for n in inferred.graph.node if n.op_type == "CumSum"]
+    assert cumsums and all(types[name] == onnx.TensorProto.FLOAT16 for name in cumsums)
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
