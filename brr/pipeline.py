@@ -79,8 +79,7 @@ def _engine(checkpoint: Path, out: Path, backend: str, precision: str, say) -> t
                                            ops="standard"), say)
     verification = verify_engine(checkpoint, built.engine_dir, precision,
                                  out / "verification" / built.engine_dir.name,
-                                 load_checkpoint(checkpoint).config.window_samples,
-                                 fp32_artifact=built.reference_dir)
+                                 load_checkpoint(checkpoint).config.window_samples)
     say(f"[export] {backend} {precision} verification {verification.summary()}")
     return built.engine_dir, verification
 

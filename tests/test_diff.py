@@ -20,8 +20,8 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from torch import nn
 
 from brr.diff import SyntheticWindows, run_diff, validate, write_report
-from brr.diff.engines import onnx_reference_engine, onnxruntime_runner
-from brr.diff.localise import NodeComparison
+from brr.diff.engines import lean_onnxruntime_runner, onnx_reference_engine, onnxruntime_runner
+from brr.diff.localise import NodeLocaliser
 from brr.diff.stages import node_stages
 
 WINDOW = 1920
@@ -151,42 +151,49 @@ def test_planted_fault_is_named_at_its_node_and_stage(planted, name):
     engine = report.engines[0]
     assert engine.verdict == "nonfinite_precision"
     level = engine.inputs[0].node_level
-    assert level.mode == "mark_all" and level.reproduced is True
+    assert level.method == "statistics" and level.reproduced is True
     first = level.first_nonfinite
     (expected,) = [n.name for n in fp32.graph.node if n.op_type == op_type]
     assert (first["node"], first["op_type"], first["stage"], first["kind"]) == (expected, op_type, stage, "precision")
     assert "fp16" in first["explanation"] and first["contaminated"] > 0
-    # Nothing earlier: every node before it is finite in fp16.
+    # Nothing earlier: every tensor made before it is finite in fp16.
     order = [n.name for n in fp32.graph.node]
-    earlier = {n for n in order[: order.index(expected)]}
-    assert earlier and all(s.precision_nonfinite == 0 for n, (_, _, s) in engine.nodes.items() if n in earlier)
-    assert engine.nodes[expected][2].precision_nonfinite > 0
+    earlier = set(order[: order.index(expected)])
+    ranges = list(engine.nodes.values())
+    assert any(r.node in earlier for r in ranges)
+    assert all(not r.engine_nonfinite_inputs for r in ranges if r.node in earlier)
+    assert next(r for r in ranges if r.node == expected).engine_nonfinite_inputs == ["synthetic-0"]
 
 
 def test_explanations_name_the_fp16_limit(planted):
-    first = diff(*planted["cosine_norm"]).engines[0].first_nonfinite
-    assert first["explanation"].startswith("Pow output 1.6e+05 > fp16 max 65504")
-    first = diff(*planted["zero_degree"]).engines[0].first_nonfinite
-    assert "smallest subnormal" in first["explanation"]
+    first = diff(*planted["cosine_norm"]).engines[0].origin
+    assert first["cause"] == "overflow"
+    assert first["explanation"].startswith("overflow: Pow reaches 1.6e+05 in fp32, beyond fp16's largest finite 65504")
+    first = diff(*planted["zero_degree"]).engines[0].origin
+    assert first["cause"] == "underflow" and "smallest fp16 normal" in first["explanation"]
 
 
 def test_clean_model_gives_clean_report():
     fp32, fp16 = export_pair(CosineNet(scale=1.0))
     report = diff(fp32, fp16)
     assert report.verdict == "clean" and not report.failed
-    assert report.engines[0].inputs[0].node_level is None
+    assert report.engines[0].inputs[0].node_level is None and report.next_steps() == []
 
 
-def test_bisection_finds_the_same_first_node_as_mark_all(planted):
-    fp32, fp16 = planted["softplus_exp"]
+def test_bisection_names_the_first_node_beyond_tolerance():
+    """On a clean fp16 model at a tolerance fp16 cannot hold, the first rounded tensor is the culprit."""
+    fp32, fp16 = export_pair(CosineNet(scale=1.0))
     engine = onnx_reference_engine(fp16, fp32, "onnx-reference-fp16", "fp16")
     feed = next(iter(SyntheticWindows(1, WINDOW)))
-    everything = NodeComparison(engine, batch=1).localise(feed, ATOL, RTOL, "precision")
-    tight = NodeComparison(engine, batch=1, max_marked_bytes=60_000)
-    bisected = tight.localise(feed, ATOL, RTOL, "precision")
-    assert (everything.mode, bisected.mode) == ("mark_all", "bisection")
-    assert bisected.first_nonfinite == everything.first_nonfinite
-    assert bisected.reproduced is True
+    localiser = NodeLocaliser(engine, lean_onnxruntime_runner)
+    found = localiser.first_divergent(feed, None, 1e-7, 1e-7)
+    first_float = next(n for n in fp32.graph.node if n.op_type == "Conv")
+    assert found.first_divergent["node"] == first_float.name and found.first_divergent["stage"] == "tcn"
+    # log2 bisection over the tensors, two runs (fp32, engine) per step
+    steps = int(np.ceil(np.log2(len(localiser.tensors)))) + 1
+    assert found.runs <= 2 * steps
+    clean = localiser.first_divergent(feed, "edge_similarity", 1.0, 1.0)
+    assert clean.first_divergent is None and "fp32 export itself" in clean.note
 
 
 def test_report_files_follow_the_schema(planted, tmp_path):
@@ -194,9 +201,9 @@ def test_report_files_follow_the_schema(planted, tmp_path):
     document = json.loads((tmp_path / "report.json").read_text())
     validate(document)
     assert document["engines"][0]["inputs"][0]["node_level"]["first_nonfinite"]["op_type"] == "Pow"
+    assert document["engines"][0]["origin"]["op_type"] == "Pow"
     assert "Pow" in (tmp_path / "report.md").read_text()
-    html = (tmp_path / "report.html").read_text()
-    assert (tmp_path / "error_per_stage.png").stat().st_size > 1000 and "error_per_stage.png" in html
+    assert (tmp_path / "error_per_stage.png").stat().st_size > 1000 and (tmp_path / "report.html").is_file()
     broken = dict(document, verdict="fine")
     with pytest.raises(Exception, match="fine"):
         validate(broken)

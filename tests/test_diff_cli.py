@@ -37,7 +37,7 @@ def test_bf16_autocast_against_fp32_writes_reports(checkpoint, tmp_path, capsys)
     validate(document)
     engine = document["engines"][0]
     assert engine["name"] == "torch-bf16" and next(iter(engine["stages"])) == "tcn" and "logits" in engine["stages"]
-    assert engine["node_level_note"]  # PyTorch has no ONNX graph to mark
+    assert "no ONNX graph" in engine["node_level_notes"][0]  # PyTorch has no ONNX graph to mark
     assert "torch-bf16" in capsys.readouterr().out
     strict = main([checkpoint, "torch:bf16", "--synthetic", "1", "--report", str(report_dir), "--atol", "0",
                    "--rtol", "0", "--fail-on", "divergence"])

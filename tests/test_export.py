@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from brr.export.engines import build_engine
-from brr.export.manifest import ManifestError, verify_manifest, write_manifest
-from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, STAGE_METADATA_KEY, export_onnx
+from brr.export.manifest import ManifestError, read_manifest, verify_manifest, write_manifest
+from brr.export.onnx_export import MODEL_FILE, STAGE_METADATA_KEY, export_onnx
 from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError
 from brr.diff.compare import reference_spectrum
 from brr.diff.run import compare_outputs
@@ -31,8 +31,7 @@ def _model(**overrides):
 
 def _reference_manifest(export, model):
     write_manifest(export.directory, source={"checkpoint": "in-memory"}, config=model.config, backend="onnxruntime",
-                   precision="fp32", ops=export.ops, opset=export.opset, model_file=MODEL_FILE,
-                   probed_model_file=PROBED_MODEL_FILE, pinned_nodes=[])
+                   precision="fp32", ops=export.ops, opset=export.opset, model_file=MODEL_FILE, pinned_nodes=[])
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +73,12 @@ def test_onnx_is_valid_with_dynamic_batch_and_probes(exports):
         assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
         (eeg,) = model.graph.input
         assert eeg.name == "eeg" and eeg.type.tensor_type.shape.dim[0].dim_param
-        assert [o.name for o in model.graph.output] == ["logits"]
-        probed = onnx.load(str(export.probed_model))
-        assert [o.name for o in probed.graph.output] == list(PROBE_NAMES)
+        assert [o.name for o in model.graph.output] == list(PROBE_NAMES)
         stages = json.loads(export.stages.read_text())
-        assert {n.name for n in probed.graph.node} == set(stages)
+        assert {n.name for n in model.graph.node} == set(stages)
         assert set(stages.values()) == set(PROBE_NAMES)
         assert all({p.key: p.value for p in n.metadata_props}[STAGE_METADATA_KEY] == stages[n.name]
-                   for n in probed.graph.node)
+                   for n in model.graph.node)
     plugin_ops = {n.op_type for n in onnx.load(str(exports["plugin"].model)).graph.node}
     assert {"SelectiveScan", "SymmetricEigh"} <= plugin_ops
     assert not {"SelectiveScan", "SymmetricEigh"} & {n.op_type for n in onnx.load(str(exports["standard"].model)).graph.node}
@@ -90,7 +87,7 @@ def test_onnx_is_valid_with_dynamic_batch_and_probes(exports):
 def test_stage_map_follows_the_modules(exports):
     stages = json.loads(exports["plugin"].stages.read_text())
     by_op = {}
-    for node in onnx.load(str(exports["plugin"].probed_model)).graph.node:
+    for node in onnx.load(str(exports["plugin"].model)).graph.node:
         by_op.setdefault(node.op_type, set()).add(stages[node.name])
     assert by_op["SymmetricEigh"] == {"laplacian_pe"}
     assert by_op["SelectiveScan"] == {"node_stream", "edge_weights"}
@@ -99,8 +96,8 @@ def test_stage_map_follows_the_modules(exports):
 
 def test_diff_and_calibration_read_the_exported_stage_map(exports):
     # The exported graph traces through a probe wrapper, so module paths alone would place no node.
-    probed = onnx.load(str(exports["standard"].probed_model))
-    assert node_stages(probed) == json.loads(exports["standard"].stages.read_text())
+    model = onnx.load(str(exports["standard"].model))
+    assert node_stages(model) == json.loads(exports["standard"].stages.read_text())
 
 
 @pytest.mark.parametrize("ops, batch", [("standard", 3), ("plugin", 1)])
@@ -111,10 +108,11 @@ def test_ort_fp32_matches_pytorch(exports, windows, ops, batch):
     assert np.abs(logits - expected[:batch]).max() <= PARITY_ATOL
 
 
-def test_probed_model_matches_pytorch_probes(exports, windows):
+def test_served_model_gives_the_pytorch_probes_and_serves_logits_alone(exports, windows):
     x, _, expected = windows
     outputs = _run(exports["standard"].model, x[:1], probes=True)
     assert list(outputs) == list(PROBE_NAMES)
+    assert list(_run(exports["standard"].model, x[:1])) == ["logits"]
     for name in ("tcn", "edge_similarity", "adjacency", "logits"):
         scale = max(1.0, float(np.abs(expected[name][:1]).max()))
         assert np.abs(outputs[name] - expected[name][:1]).max() <= PARITY_ATOL * scale
@@ -137,7 +135,6 @@ def test_every_variant_exports_and_matches_at_batch_1_and_3(tmp_path, windows, o
 def test_export_is_deterministic(guarded, exports, tmp_path):
     again = export_onnx(guarded, tmp_path, "standard")
     assert again.model.read_bytes() == exports["standard"].model.read_bytes()
-    assert again.probed_model.read_bytes() == exports["standard"].probed_model.read_bytes()
 
 
 @pytest.mark.parametrize("backend, precision, bound", [
@@ -150,8 +147,8 @@ def test_engines_run_and_error_is_bounded(exports, guarded, windows, tmp_path, b
     built = build_engine(exports["standard"], tmp_path, backend, precision, [], (1, 1, 1), guarded.config,
                          lambda: (rng.standard_normal((1, 19, 15360)).astype(np.float32) for _ in range(2)))
     write_manifest(tmp_path, source={}, config=guarded.config, backend=backend, precision=precision,
-                   ops="standard", opset=18, model_file=built.model_file, probed_model_file=built.probed_model_file,
-                   pinned_nodes=built.pinned_nodes, settings=built.settings)
+                   ops="standard", opset=18, model_file=built.model_file, pinned_nodes=built.pinned_nodes,
+                   settings=built.settings)
     logits = _run(tmp_path, x[:1])["logits"]
     error = float(np.abs(logits - expected[:1]).max())
     print(f"{backend} {precision}: max |logit error| {error:.3g}")
@@ -166,12 +163,13 @@ def test_fp16_keeps_planned_nodes_in_fp32(exports, guarded, tmp_path):
     assert pinned and all(stages[n] == "edge_similarity" for n in pinned)
     build_engine(exports["standard"], tmp_path, "onnxruntime", "fp16", pinned, (1, 1, 1), guarded.config, list)
     converted = onnx.load(str(tmp_path / MODEL_FILE))
-    # Strict inference: the types the conversion declares (kept-fp32 weights included) are the ones computed.
-    for model in (converted, onnx.load(str(tmp_path / PROBED_MODEL_FILE))):
-        onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    types = {i.name: i.type.tensor_type.elem_type for i in converted.graph.value_info}
-    outputs = [o for n in converted.graph.node if n.name in pinned for o in n.output if o in types]
-    assert outputs and all(types[o] != onnx.TensorProto.FLOAT16 for o in outputs)
+    onnx.shape_inference.infer_shapes(converted, strict_mode=True)
+    names = {n.name for n in converted.graph.node}
+    # Every other float-producing node computes in fp32 and stores through fp16 (its result is renamed
+    # <node>_unrounded and a Cast pair takes its name); pinned nodes neither.
+    assert not any(f"{n}_unrounded" in names for n in pinned)
+    rounded = [n for n in stages if stages[n] == "tcn" and f"{n}_unrounded" in names]
+    assert rounded and any(n.op_type == "Cast" and n.name in rounded for n in converted.graph.node)
 
 
 def test_precision_plan_refuses_unknown_nodes(exports, tmp_path):
@@ -210,6 +208,9 @@ def test_verify_engine_runs_the_diff_and_keeps_its_report(exports, guarded, tmp_
     assert result.passed and report["verdict"] == result.verdict
     assert report["inputs"][0] == "synthetic-0" and "all_zero" in report["inputs"]
     assert "pass" in result.summary()
+    recorded = read_manifest(exports["standard"].directory)["verification"]
+    assert recorded["passed"] and recorded["model_sha256"] == read_manifest(exports["standard"].directory)["files"][
+        MODEL_FILE]
 
 
 @pytest.mark.slow
@@ -237,7 +238,7 @@ def test_v3_ort_fp32_matches_pytorch(tmp_path, ops, guards, dynamic_pe):
             values, vectors = reference_spectrum(ref["adjacency"], cfg.semi_dynamic_interval, cfg.degree_clamp,
                                                  cfg.laplacian_shift)
             spectrum = (values, vectors, cfg.semi_dynamic_interval)
-        engine = _run(export.probed_model, x[:batch].numpy(), probes=True)
+        engine = _run(export.model, x[:batch].numpy(), probes=True)
         result = compare_outputs("v3", {"eeg": x[:batch].numpy()}, ref, engine, spectrum, PARITY_ATOL, PARITY_ATOL,
                                  cfg.edge_top_k)
         assert result.verdict in ("clean", "basis_ambiguous"), (result.verdict, result.first_divergent_stage)
@@ -253,11 +254,19 @@ def test_diff_pairs_each_fp16_artifact_with_the_fp32_export_of_its_ops_mode(expo
         engine_dir = tmp_path / f"fp16-{ops}"
         built = build_engine(export, engine_dir, "onnxruntime", "fp16", [], (1, 1, 1), guarded.config, list)
         write_manifest(engine_dir, source={}, config=guarded.config, backend="onnxruntime", precision="fp16",
-                       ops=ops, opset=18, model_file=built.model_file, probed_model_file=built.probed_model_file,
-                       pinned_nodes=built.pinned_nodes)
+                       ops=ops, opset=18, model_file=built.model_file, pinned_nodes=built.pinned_nodes,
+                       fp32_reference=export.directory)
         paths += [export.directory, engine_dir]
-    engines = {e.name: e for e in artifact_engines(paths)}
+    given = {e.name: e for e in artifact_engines(paths)}
+    # Without the fp32 artifacts on the command line, each engine's manifest names its own.
+    alone = {e.name: e for e in artifact_engines([p for p in paths if p.name.startswith("fp16-")])}
     for ops, export in exports.items():
-        fp32_graph = engines[f"fp16-{ops}"].fp32_model
         expected = onnx.load(str(export.model), load_external_data=False)
-        assert [n.op_type for n in fp32_graph.graph.node] == [n.op_type for n in expected.graph.node]
+        for engines in (given, alone):
+            fp32_graph = engines[f"fp16-{ops}"].fp32_model
+            assert [n.op_type for n in fp32_graph.graph.node] == [n.op_type for n in expected.graph.node]
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "fp16-standard", moved / "fp16-standard")
+    (engine,) = artifact_engines([moved / "fp16-standard"])
+    assert engine.fp32_model is None and "node level skipped" in engine.node_level_note
+    assert "onnx-standard" in engine.node_level_note or "cannot be used" in engine.node_level_note

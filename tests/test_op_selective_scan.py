@@ -18,8 +18,8 @@ import onnxruntime_extensions
 import pytest
 import torch
 import torch.nn.functional as F
+from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from brr.export.engines.onnxruntime import ConvertToFloat16
 from brr.ops import registry
 from brr.ops.selective_scan import selective_scan, ssd_chunked, ssd_recurrent
 
@@ -189,8 +189,10 @@ def test_plugin_onnx_needs_the_extensions_library(exported):
 
 @pytest.fixture(scope="module")
 def standard_fp16_session(exported) -> ort.InferenceSession:
-    # The exporter's fp16 conversion runs CumSum in fp16 too, as a float16 TensorRT engine would.
-    model = ConvertToFloat16(onnx.ModelProto.FromString(exported["standard"].SerializeToString()), [])()
+    # An all-fp16 graph (ONNX Runtime's own converter, no op kept fp32) runs CumSum in fp16 too, as a
+    # float16 TensorRT engine would.
+    model = convert_float_to_float16(onnx.ModelProto.FromString(exported["standard"].SerializeToString()),
+                                     keep_io_types=True, op_block_list=[])
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
     cumsums = [n.output[0] for n in inferred.graph.node if n.op_type == "CumSum"]

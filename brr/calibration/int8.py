@@ -11,26 +11,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
-import onnx_ir as ir
 
 from brr.calibration.windows import EdfBatches
 from brr.export.engines.onnxruntime import QuantizeStaticQDQ
 from brr.export.engines.tensorrt import import_tensorrt
-from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, keep_outputs
-from brr.model.detector import OUTPUT_NAME
+from brr.export.onnx_export import MODEL_FILE
 
 TENSORRT_ENGINE_FILE = "model.int8.engine"
 TENSORRT_CACHE_FILE = "int8.cache"
 
 
-def quantize_onnxruntime(probed_model: Path, batches: EdfBatches, directory: Path) -> tuple[Path, Path]:
-    """int8 QDQ ``model.probed.onnx`` (every probe) and ``model.onnx`` (logits) in ``directory``."""
+def quantize_onnxruntime(model: Path, batches: EdfBatches, directory: Path) -> Path:
+    """The int8 QDQ ``model.onnx`` (every probe an output, as its fp32 source) in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    quantized = QuantizeStaticQDQ(probed_model, batches.arrays(), fp32_nodes=[])()
-    probed_out, served_out = directory / PROBED_MODEL_FILE, directory / MODEL_FILE
-    onnx.save(quantized, str(probed_out))
-    ir.save(keep_outputs(ir.load(probed_out), (OUTPUT_NAME,)), served_out)
-    return probed_out, served_out
+    quantized = QuantizeStaticQDQ(model, batches.arrays(), fp32_nodes=[])()
+    out = directory / MODEL_FILE
+    onnx.save(quantized, str(out))
+    return out
 
 
 def tensorrt_calibrator(batches: EdfBatches, cache: Path):

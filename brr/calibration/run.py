@@ -3,7 +3,7 @@
 Outputs in ``out``:
 
     precision_plan.json        fp16/bf16: the plan ``brr-export --precision-plan`` loads (PrecisionPlan)
-    int8/model(.probed).onnx   int8: ONNX Runtime QDQ model calibrated on the EDF windows
+    int8/model.onnx            int8: ONNX Runtime QDQ model calibrated on the EDF windows
     diff/                      the diff of the final engine against fp32 (report.json/.md/.html)
     calibration_report.json    final error per stage, pinned nodes and FLOP share, ORT CPU latency
     calibration_report.md
@@ -25,15 +25,15 @@ from polygraphy.backend.base import BaseRunner
 from brr.atomic import atomic_write_text
 from brr.calibration.flops import flop_share, node_flops
 from brr.calibration.int8 import build_tensorrt_int8, quantize_onnxruntime
-from brr.calibration.search import ALWAYS_FP32_OP_TYPES, REDUCED_PRECISIONS, PlanSearch
+from brr.calibration.search import REDUCED_PRECISIONS, PlanSearch
 from brr.calibration.speed import compare_latency
 from brr.calibration.windows import EdfBatches
 from brr.diff import AdversarialWindows, ChainedWindows, EdfWindows, run_diff
 from brr.diff.engines import onnxruntime_engine, onnxruntime_runner
 from brr.diff.inputs import WindowLoader
 from brr.export.engines import TensorRTUnavailable
-from brr.export.engines.onnxruntime import ConvertToFloat16, RoundThroughLowPrecision
-from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, export_onnx
+from brr.export.engines.onnxruntime import low_precision_model
+from brr.export.onnx_export import MODEL_FILE, export_onnx
 from brr.export.precision_plan import PrecisionPlan
 from brr.model import DetectorConfig, V3Detector, load_checkpoint, resolve_config
 from brr.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, file_sha256
@@ -54,8 +54,7 @@ class CalibrationError(ValueError):
 class Source:
     """The fp32 graphs a calibration works on, and what is known of the model behind them."""
 
-    served: Path  # model.onnx: the graph brr-export resolves a plan against
-    probed: Path  # the same graph with every probe stage as an output (== served when none is known)
+    onnx: Path  # model.onnx: the graph brr-export resolves a plan against (probes among its outputs)
     config: DetectorConfig | None
     model: V3Detector | None  # the PyTorch fp32 reference, from a checkpoint
 
@@ -96,7 +95,7 @@ def resolve_source(source: str | Path, out: Path, say: Callable[[str], None]) ->
         model = load_checkpoint(path)
         say(f"exporting {path} to ONNX (standard ops)")
         export = export_onnx(model, out / "onnx-standard", "standard")
-        return Source(export.model, export.probed_model, model.config, model)
+        return Source(export.model, model.config, model)
     if path.is_dir():
         if not (path / MODEL_FILE).is_file():
             raise CalibrationError(f"{path}: neither a checkpoint ({CONFIG_FILE} + {WEIGHTS_FILE}) nor an export "
@@ -108,9 +107,7 @@ def resolve_source(source: str | Path, out: Path, say: Callable[[str], None]) ->
         onnx.load(str(path), load_external_data=False)
     except (OSError, DecodeError) as exc:
         raise CalibrationError(f"{path}: not a readable ONNX model ({exc})") from None
-    probed = path.with_name(PROBED_MODEL_FILE)
-    return Source(path, probed if path.name == MODEL_FILE and probed.is_file() else path, resolve_config_of(path),
-                  None)
+    return Source(path, resolve_config_of(path), None)
 
 
 def resolve_config_of(model_path: Path) -> DetectorConfig | None:
@@ -145,7 +142,7 @@ def calibrate(source: str | Path, data: list[str | Path] | WindowLoader, precisi
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     src = resolve_source(source, out, say)
-    fp32_probed = onnx.load(str(src.probed))
+    fp32_probed = onnx.load(str(src.onnx))
     samples = window_samples(fp32_probed)
     loaders: list[WindowLoader] = [data if isinstance(data, WindowLoader) else
                                    EdfWindows(list(data), samples, stride_s=samples / 256, max_windows=max_windows)]
@@ -155,7 +152,7 @@ def calibrate(source: str | Path, data: list[str | Path] | WindowLoader, precisi
     say(f"{len(windows)} calibration windows ({', '.join(label for label, _ in windows[:4])}"
         f"{' ...' if len(windows) > 4 else ''})")
     reference: V3Detector | BaseRunner = src.model or onnxruntime_runner(fp32_probed, "fp32-onnx")
-    served_fp32 = onnx.load(str(src.served))
+    served_fp32 = onnx.load(str(src.onnx))
     feeds = [feed for _, feed in windows]
     report: dict = {"precision": precision, "source": _source_doc(src), "tolerance": {"atol": atol, "rtol": rtol},
                     "windows": [label for label, _ in windows]}
@@ -170,13 +167,11 @@ def calibrate(source: str | Path, data: list[str | Path] | WindowLoader, precisi
         plan_doc = plan_document(src, served_fp32, precision, pins, final, search, atol, rtol)
         atomic_write_text(plan_path, json.dumps(_json_safe(plan_doc), indent=1))
         plan = PrecisionPlan.load(plan_path)
-        plan.resolve(src.served, {})  # the plan must name nodes of the served model only
+        plan.resolve(src.onnx, {})  # the plan must name nodes of the served model only
         engine = search.engine(pins)
-        planned_served = (ConvertToFloat16(served_fp32, sorted(pins))() if precision == "fp16"
-                          else RoundThroughLowPrecision(served_fp32, sorted(pins), "bf16")())
+        planned_served = low_precision_model(served_fp32, pins, precision)
         report |= {"plan": str(plan_path), "pinned": plan_doc["metadata"]["pinned"],
                    "pinned_count": len(pins), "flops": plan_doc["metadata"]["flops"],
-                   "always_fp32_nodes": plan_doc["metadata"]["always_fp32_nodes"],
                    "search": {"engine": engine.name, "evaluations": search.evaluations}}
         model_path = None
     else:
@@ -185,11 +180,11 @@ def calibrate(source: str | Path, data: list[str | Path] | WindowLoader, precisi
         if batches is None:
             raise CalibrationError("int8 calibration needs EDF/BDF recordings (--data), not a window loader")
         say(f"int8: ONNX Runtime static QDQ on {len(batches.files)} recording(s), up to {max_windows} windows")
-        probed_int8, model_path = quantize_onnxruntime(src.probed, batches, out / "int8")
-        engine = onnxruntime_engine(probed_int8, fp32_probed, name="onnxruntime-int8", precision="int8")
+        model_path = quantize_onnxruntime(src.onnx, batches, out / "int8")
+        engine = onnxruntime_engine(model_path, fp32_probed, name="onnxruntime-int8", precision="int8")
         planned_served = onnx.load(str(model_path))
         plan, plan_path = None, None
-        report |= {"int8_model": str(model_path), "tensorrt": _tensorrt_int8(src.served, list(data), samples,
+        report |= {"int8_model": str(model_path), "tensorrt": _tensorrt_int8(src.onnx, list(data), samples,
                                                                               max_windows, out / "tensorrt-int8")}
 
     say(f"diff of {engine.name} against fp32 on {len(windows)} windows")
@@ -211,22 +206,19 @@ def plan_document(src: Source, served: onnx.ModelProto, precision: str, pins: di
                   atol: float, rtol: float) -> dict:
     """The ``PrecisionPlan`` file: ``fp32_nodes`` plus the evidence under ``metadata``."""
     flops = node_flops(served)
-    always = sorted(n.name for n in served.graph.node if n.op_type in ALWAYS_FP32_OP_TYPES)
     return {
-        "comment": f"written by brr-calibrate: nodes of {src.served.name} that {precision} engines keep in fp32",
+        "comment": f"written by brr-calibrate: nodes of {src.onnx.name} that {precision} engines keep in fp32",
         "fp32_nodes": sorted(pins),
         "metadata": {
             "format": PLAN_FORMAT,
             "precision": precision,
-            "source_onnx": {"path": str(src.served), "sha256": file_sha256(src.served),
-                            "probed_path": str(src.probed), "probed_sha256": file_sha256(src.probed)},
+            "source_onnx": {"path": str(src.onnx), "sha256": file_sha256(src.onnx),
+                            "probed_path": str(src.onnx), "probed_sha256": file_sha256(src.onnx)},
             "tolerance": {"atol": atol, "rtol": rtol},
             "windows": list(search.windows),
             "pinned_count": len(pins),
             "pinned": [pin.to_dict() | {"flops": flops.get(pin.node)} for pin in pins.values()],
             "flops": flop_share(served, set(pins)),
-            "always_fp32_nodes": {"count": len(always), "op_types": sorted(ALWAYS_FP32_OP_TYPES & {
-                n.op_type for n in served.graph.node}), "nodes": always},
             "verdict": "clean" if final.accepted else final.failure.verdict,
             "error_per_stage": {name: _stage_doc(stats) for name, stats in final.stages.items()},
             "evaluated_by": final.engine,
@@ -243,7 +235,7 @@ def _tensorrt_int8(model: Path, data: list, samples: int, max_windows: int, dire
 
 
 def _source_doc(src: Source) -> dict:
-    return {"served_onnx": str(src.served), "served_sha256": file_sha256(src.served), "probed_onnx": str(src.probed),
+    return {"served_onnx": str(src.onnx), "served_sha256": file_sha256(src.onnx), "probed_onnx": str(src.onnx),
             "config": None if src.config is None else src.config.name,
             "reference": "pytorch fp32 checkpoint" if src.model is not None else "onnxruntime fp32 of the source"}
 
@@ -282,8 +274,7 @@ def markdown(report: dict) -> str:
     if "pinned_count" in report:
         flops = report["flops"]
         lines.append(f"- pinned fp32 nodes: **{report['pinned_count']}**, {100 * flops['share']:.2f} % of "
-                     f"{flops['total_flops']:.3g} MatMul/Gemm/Conv FLOPs per window (plus "
-                     f"{report['always_fp32_nodes']['count']} nodes fp32 by op type)")
+                     f"{flops['total_flops']:.3g} MatMul/Gemm/Conv FLOPs per window")
     if "tensorrt" in report:
         trt = report["tensorrt"]
         lines.append(f"- TensorRT int8: {'built, cache ' + trt['cache'] if trt['built'] else trt['reason']}")

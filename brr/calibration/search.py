@@ -47,18 +47,16 @@ import onnx
 from polygraphy.logger import G_LOGGER
 
 from brr.diff.compare import TensorStats, reference_spectrum
-from brr.diff.engines import Engine, onnxruntime_engine, onnxruntime_runner
-from brr.diff.localise import DEFAULT_MAX_MARKED_BYTES, NodeComparison
-from brr.diff.report import InputResult
+from brr.diff.engines import Engine, lean_onnxruntime_runner, onnxruntime_engine, onnxruntime_runner
+from brr.diff.localise import NodeLocaliser
+from brr.diff.results import InputResult
 from brr.diff.run import compare_outputs
 from brr.diff.stages import node_stages
-from brr.export.engines.onnxruntime import FP16_BLOCKED_OP_TYPES, ConvertToFloat16, RoundThroughLowPrecision
+from brr.export.engines.onnxruntime import low_precision_model
 from brr.model import DetectorConfig
 
 REDUCED_PRECISIONS = ("fp16", "bf16")
 ACCEPTED_VERDICTS = ("clean", "basis_ambiguous")
-# Node types the fp16 conversion keeps in fp32 whatever the plan says (see ConvertToFloat16).
-ALWAYS_FP32_OP_TYPES = frozenset(FP16_BLOCKED_OP_TYPES)
 
 
 class SearchError(RuntimeError):
@@ -102,8 +100,7 @@ class PlanSearch:
 
     def __init__(self, fp32_model: onnx.ModelProto, precision: str, windows: list[tuple[str, dict]],
                  atol: float, rtol: float, config: DetectorConfig | None = None,
-                 pinnable: set[str] | None = None, max_pins: int = 64,
-                 max_marked_bytes: int = DEFAULT_MAX_MARKED_BYTES, say: Callable[[str], None] = lambda _: None):
+                 pinnable: set[str] | None = None, max_pins: int = 64, say: Callable[[str], None] = lambda _: None):
         if precision not in REDUCED_PRECISIONS:
             raise ValueError(f"precision must be one of {REDUCED_PRECISIONS}, got {precision!r}")
         if not windows:
@@ -115,11 +112,10 @@ class PlanSearch:
         self.nodes = {n.name: n for n in fp32_model.graph.node}
         self.stages = node_stages(fp32_model)
         self.producer = {out: n.name for n in fp32_model.graph.node for out in n.output}
-        self.always_fp32 = {name for name, n in self.nodes.items() if n.op_type in ALWAYS_FP32_OP_TYPES}
         self.pinnable = {name for name, n in self.nodes.items()
-                         if n.op_type not in ALWAYS_FP32_OP_TYPES and n.op_type != "Constant"
+                         if n.op_type != "Constant"
                          and (pinnable is None or name in pinnable)}
-        self.max_pins, self.max_marked_bytes, self.say = max_pins, max_marked_bytes, say
+        self.max_pins, self.say = max_pins, say
         self.pins: dict[str, Pin] = {}
         self.order = list(self.windows)  # windows that failed last are evaluated first
         self.reference = self._reference_outputs()
@@ -128,23 +124,14 @@ class PlanSearch:
     # ------------------------------------------------------------------------------ engines
     def reduced_model(self, pinned: set[str] | list[str]) -> onnx.ModelProto:
         """The exporter's conversion of the fp32 graph with ``pinned`` kept fp32."""
-        copy = onnx.ModelProto.FromString(self.fp32.SerializeToString())
-        if self.precision == "bf16":
-            return RoundThroughLowPrecision(copy, sorted(pinned), "bf16")()
-        return ConvertToFloat16(copy, sorted(pinned))()
+        return low_precision_model(onnx.ModelProto.FromString(self.fp32.SerializeToString()), pinned, self.precision)
 
     def engine(self, pinned: set[str] | list[str], fp32: onnx.ModelProto | None = None) -> Engine:
         """The engine that judges a pinned set (see the module docstring), on ``fp32`` (default: the
         whole graph; the search passes graphs cut down to one probe)."""
         fp32 = self.fp32 if fp32 is None else fp32
-        copy = onnx.ModelProto.FromString(fp32.SerializeToString())
-        if self.precision == "fp16":
-            model = RoundThroughLowPrecision(copy, sorted({*pinned, *self.always_fp32}), "fp16", subgraphs=True)()
-        else:
-            model = RoundThroughLowPrecision(copy, sorted(pinned), "bf16")()
-        # Optimisations off: the explicit rounding Casts stay where the conversion put them.
-        return onnxruntime_engine(model, fp32, name=f"onnxruntime-{self.precision}-rounded",
-                                  precision=self.precision, optimize=False)
+        model = low_precision_model(onnx.ModelProto.FromString(fp32.SerializeToString()), pinned, self.precision)
+        return onnxruntime_engine(model, fp32, name=f"onnxruntime-{self.precision}", precision=self.precision)
 
     def upstream(self, tensor: str) -> set[str]:
         """Names of the nodes ``tensor`` is computed from (Loop/If bodies' outer-scope reads included)."""
@@ -221,11 +208,10 @@ class PlanSearch:
                                   "plan can fix (non-finite input or already non-finite in fp32)")
         stage_order = list(evaluation.inputs[0].stages)
         failure = min(failures, key=lambda i: (i.verdict != "nonfinite_precision",
-                                               stage_order.index(i.first_divergent_stage)))
+                                               stage_order.index(i.first_nonfinite_stage or i.first_divergent_stage)))
         engine = self.engine(set(self.pins))
-        comparison = NodeComparison(engine, batch=1, max_marked_bytes=self.max_marked_bytes)
         # A non-finite node output is the first suspect even when the outputs stay finite (x / inf = 0).
-        localised = comparison.localise(self.windows[failure.input], self.atol, self.rtol, "precision")
+        localised = NodeLocaliser(engine, lean_onnxruntime_runner).scan(self.windows[failure.input], "precision")
         if localised.first_nonfinite is not None:
             return self._pin_nonfinite(localised.first_nonfinite, failure.input, engine.name)
         if failure.verdict == "nonfinite_precision":

@@ -12,6 +12,7 @@ from brr.calibration.run import PRECISIONS
 from brr.data import RecordingError
 from brr.export.precision_plan import PrecisionPlanError
 from brr.model import CheckpointError
+from brr.resources import return_freed_memory
 
 EXIT_NOT_ACCEPTED = 1
 EXIT_BAD_INPUT = 2
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return_freed_memory()
     args = build_parser().parse_args(argv)
     try:
         result = calibrate(args.source, args.data, args.precision, args.out, args.atol, args.rtol,

@@ -10,8 +10,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from brr.diff import AdversarialWindows, ArtifactError, ChainedWindows, EdfWindows, SyntheticWindows, run_diff
+from brr.diff import (
+    AdversarialWindows,
+    ArtifactError,
+    ChainedWindows,
+    EdfWindows,
+    SyntheticWindows,
+    run_diff,
+    write_report,
+)
+from brr.export.manifest import ManifestError
 from brr.model import CheckpointError, load_checkpoint
+from brr.resources import return_freed_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,8 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-windows", type=int, default=None, help="stop after this many EDF windows")
     parser.add_argument("--adversarial", action="store_true",
                         help="add flat, 1000 uV pops, saturated, all-zero and pure 60 Hz windows")
-    parser.add_argument("--atol", type=float, default=1e-3, help="absolute tolerance (default 1e-3)")
-    parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
+    parser.add_argument("--atol", type=float, default=None,
+                        help="absolute tolerance (default: the engine precision's: fp32 1e-3, fp16 0.1, bf16 0.25, "
+                        "int8 0.5)")
+    parser.add_argument("--rtol", type=float, default=None,
+                        help="relative tolerance (default: the engine precision's: fp32 1e-3, fp16 0.05, bf16 0.05, "
+                        "int8 0.1)")
+    parser.add_argument("--no-node-level", dest="node_level", action="store_false",
+                        help="compare stages only; skip the search for the node where values go wrong")
     parser.add_argument("--report", default="diff-report", metavar="DIR", help="report folder (default diff-report)")
     parser.add_argument("--fail-on", choices=("nonfinite", "divergence", "never"), default="nonfinite",
                         help="what makes the exit status 1 (default nonfinite)")
@@ -37,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.engines:
@@ -48,8 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.adversarial:
             loaders.append(AdversarialWindows(window))
         report = run_diff(args.checkpoint, args.engines, ChainedWindows(loaders), args.atol, args.rtol,
-                          args.report, args.fail_on)
-    except (CheckpointError, ArtifactError, FileNotFoundError, ValueError, ImportError) as error:
+                          fail_on=args.fail_on, node_level=args.node_level,
+                          progress=lambda line: print(f"brr-diff: {line}", file=sys.stderr, flush=True))
+        report.data_arguments = (["--data", *args.inputs] if args.inputs else
+                                 ["--synthetic", str(args.synthetic or 2)])
+        write_report(report, args.report)
+    except (CheckpointError, ArtifactError, ManifestError, FileNotFoundError, ValueError, ImportError) as error:
         print(f"brr-diff: {error}", file=sys.stderr)
         return 2
     print(Path(args.report, "report.md").read_text(), end="")

@@ -7,13 +7,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from brr.diff.verify import verify_engine
 from brr.export.artifact import ExportRequest, export_artifacts
 from brr.export.engines import BACKEND_CHOICES, EngineBuildError, TensorRTUnavailable
 from brr.export.engines.tensorrt import parse_batch_range
 from brr.export.precision_plan import PrecisionPlanError
-from brr.diff.verify import verify_engine
 from brr.model import CheckpointError, load_checkpoint
 from brr.ops.registry import OPS_MODES
+from brr.resources import return_freed_memory
 
 EXIT_DIVERGED = 1
 EXIT_UNAVAILABLE = 2
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return_freed_memory()
     args = build_parser().parse_args(argv)
     request = ExportRequest(
         checkpoint=args.checkpoint, out=args.out, engine=args.engine, ops=args.ops, backend=args.backend,
@@ -60,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     verification = verify_engine(args.checkpoint, result.engine_dir, result.precision,
                                  args.out / "verification" / result.engine_dir.name,
                                  load_checkpoint(args.checkpoint).config.window_samples,
-                                 fp32_artifact=result.reference_dir)
+                                 progress=lambda line: print(f"brr-export: verification: {line}", file=sys.stderr,
+                                                             flush=True))
     print(f"verification {verification.summary()}")
     if not verification.passed:
         print(f"brr-export: engine diverges from PyTorch fp32; report kept in {verification.report_dir}",

@@ -17,6 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from brr.export.manifest import ManifestError
+from brr.model.checkpoint import CheckpointError
+from brr.resources import return_freed_memory
 from brr.runtime.infer import (
     OUTPUT_FORMATS,
     SUMMARY_FILE,
@@ -27,8 +30,6 @@ from brr.runtime.infer import (
     RecordingEntry,
     run_inference,
 )
-from brr.export.manifest import ManifestError
-from brr.model.checkpoint import CheckpointError
 from brr.runtime.postprocess import PostprocessConfig
 from brr.runtime.runners import tuned_postprocess
 
@@ -189,6 +190,7 @@ def print_summary(console: Console, summary: InferenceSummary) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return_freed_memory()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse: 2 on a usage error, 0 for --help

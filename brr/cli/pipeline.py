@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from brr.pipeline import PipelineSettings, run_pipeline
+from brr.resources import return_freed_memory
 
 
 def _fmt(value) -> str:
@@ -21,6 +22,7 @@ def _fmt(value) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return_freed_memory()
     parser = argparse.ArgumentParser(prog="brr-pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workdir", help="folder for the corpus, checkpoint, engines and reports (reused on rerun)")

@@ -6,11 +6,13 @@ Entry point: :func:`run_diff`. See ``brr/cli/diff.py`` for the command and
 
 from brr.diff.engines import ArtifactError, Engine, artifact_engines, onnxruntime_engine
 from brr.diff.inputs import AdversarialWindows, ChainedWindows, EdfWindows, SyntheticWindows
-from brr.diff.report import DiffReport, validate, write_report
-from brr.diff.run import run_diff
+from brr.diff.report import validate, write_report
+from brr.diff.results import DiffReport
+from brr.diff.run import TOLERANCES, run_diff
 from brr.diff.stages import node_stages
 
 __all__ = [
-    "AdversarialWindows", "ArtifactError", "ChainedWindows", "DiffReport", "EdfWindows", "Engine", "SyntheticWindows",
-    "artifact_engines", "node_stages", "onnxruntime_engine", "run_diff", "validate", "write_report",
+    "TOLERANCES", "AdversarialWindows", "ArtifactError", "ChainedWindows", "DiffReport", "EdfWindows", "Engine",
+    "SyntheticWindows", "artifact_engines", "node_stages", "onnxruntime_engine", "run_diff", "validate",
+    "write_report",
 ]

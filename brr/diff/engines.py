@@ -1,8 +1,12 @@
-"""The engines a diff compares, and how to run a marked copy of an ONNX-based engine's graph.
+"""The engines a diff compares, and what node-level localisation needs of each.
 
-An ``Engine`` is a Polygraphy runner plus, when it runs an ONNX graph, that graph, the fp32 graph it
-was derived from and a way to build a runner for an edited copy (outputs marked): that is what
-node-level localisation needs. Artifacts of ``brr-export`` are read from their ``manifest.json``.
+An ``Engine`` is a Polygraphy runner plus, when node level is possible, the engine's ONNX graph, the
+fp32 graph it was built from, and a way to run an edited copy of the engine's graph (outputs
+marked, statistics inserted) on the engine's backend with the engine's settings. When node level is
+not possible, ``node_level_note`` says why, and the report repeats it.
+
+Artifacts of ``brr-export`` are read from their (checked) manifests; an engine's fp32 graph is the
+fp32 artifact given beside it, else the one its manifest names.
 """
 
 from __future__ import annotations
@@ -14,16 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
-from polygraphy.backend.onnxrt import OnnxrtRunner
 
-from brr.export.manifest import read_manifest
-from brr.ops.registry import load_ort_kernels
+from brr.export.manifest import fp32_reference, verify_manifest
+from brr.onnx.statistics import TensorRange
+from brr.runtime.runners import load_runner
+from brr.runtime.runners.onnxruntime import onnxruntime_runner
 
-ONNX_FILE = "model.onnx"
-STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+# Engine-side tensor statistics from the backend itself (e.g. TensorRT debug tensors):
+# (tensor names, feed) -> ({name: TensorRange}, the engine's outputs).
+TensorStatistics = Callable[[list[str], dict], tuple[dict[str, TensorRange], dict[str, np.ndarray]]]
 
 
 class ArtifactError(ValueError):
@@ -37,57 +42,36 @@ class Engine:
     precision: str = "fp32"
     onnx_model: onnx.ModelProto | None = None
     fp32_model: onnx.ModelProto | None = None
-    # A runner on this engine's backend and precision for an edited copy of ``onnx_model``.
+    # A runner on this engine's backend and settings for an edited copy of ``onnx_model``.
     runner_for: Callable[[onnx.ModelProto, str], BaseRunner] | None = None
-    # Marking every tensor changes a TensorRT engine (fusions break): such engines are bisected.
-    mark_all_safe: bool = True
+    tensor_statistics: TensorStatistics | None = None
+    node_level_note: str | None = None
+    path: str | None = None  # the artifact folder, when the engine is one
 
     @property
     def localisable(self) -> bool:
         return self.onnx_model is not None and self.fp32_model is not None and self.runner_for is not None
 
 
-def onnxruntime_runner(model: onnx.ModelProto, name: str, optimize: bool = True) -> OnnxrtRunner:
-    """A CPU ONNX Runtime runner; sessions of graphs with custom nodes load the brr kernels.
-
-    The CPU provider lacks fp16 kernels for most ops: it wraps them in Casts, and its graph
-    optimisations then remove the Cast pairs, so an optimised fp16 graph computes in fp32 almost
-    end to end. ``optimize=False`` keeps every node's output rounded to fp16, as a real fp16
-    engine stores it (the overflows and underflows of fp16, at node granularity).
-    """
-    payload = model.SerializeToString()
-    custom = any(node.domain not in STANDARD_DOMAINS for node in model.graph.node)
-
-    def session() -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        if not optimize:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        if custom:
-            import onnxruntime_extensions
-
-            load_ort_kernels()
-            options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
-        return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
-
-    return OnnxrtRunner(session, name=name)
+lean_onnxruntime_runner = functools.partial(onnxruntime_runner, lean=True)
 
 
 def onnxruntime_engine(model: onnx.ModelProto | str | Path, fp32_model: onnx.ModelProto | str | Path | None = None,
-                       name: str | None = None, precision: str = "fp32", optimize: bool = True) -> Engine:
-    """An ONNX Runtime CPU engine of ``model``; ``fp32_model`` enables node-level localisation."""
+                       name: str | None = None, precision: str = "fp32") -> Engine:
+    """An ONNX Runtime CPU engine of ``model``; ``fp32_model`` (its fp32 source) enables node level."""
     model = _load(model)
     fp32 = _load(fp32_model) if fp32_model is not None else (model if precision == "fp32" else None)
     name = name or f"onnxruntime-{precision}"
-    runner_for = functools.partial(onnxruntime_runner, optimize=optimize)
-    return Engine(name, runner_for(model, name), precision, model, fp32, runner_for)
+    note = None if fp32 is not None else "no fp32 ONNX graph of this engine was given: compared at its probes only"
+    return Engine(name, onnxruntime_runner(model, name), precision, model, fp32, lean_onnxruntime_runner,
+                  node_level_note=note)
 
 
 class OnnxReferenceRunner(BaseRunner):
     """ONNX's numpy reference evaluator behind Polygraphy's runner interface.
 
-    Every node computes in its graph's dtype and rounds its output there, so an fp16 graph shows
-    the overflows and underflows of true fp16 arithmetic on any CPU (ONNX Runtime's CPU provider
-    computes most fp16 nodes in fp32, see ``onnxruntime_runner``). Slow: for small graphs.
+    Every node computes in its graph's dtype and rounds its output there, so an fp16-typed graph shows
+    the overflows and underflows of true fp16 arithmetic on any CPU. Slow: for small graphs.
     """
 
     def __init__(self, model: onnx.ModelProto, name: str | None = None):
@@ -115,8 +99,8 @@ class OnnxReferenceRunner(BaseRunner):
 
 
 def topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose top-level nodes are in dependency order (``convert_float_to_float16`` appends
-    its input Casts at the end; ONNX Runtime sorts by itself, the reference evaluator does not)."""
+    """A copy whose top-level nodes are in dependency order (ONNX Runtime sorts by itself, the reference
+    evaluator does not)."""
     graph = model.graph
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
     pending, ordered = list(graph.node), []
@@ -139,59 +123,36 @@ def onnx_reference_engine(model: onnx.ModelProto, fp32_model: onnx.ModelProto, n
     return Engine(name, OnnxReferenceRunner(model, name), precision, model, fp32_model, OnnxReferenceRunner)
 
 
-def tensorrt_runner_factory(precision: str) -> Callable[[onnx.ModelProto, str], BaseRunner]:
-    """Builds TensorRT engines for marked graphs with the precision flags of the engine under test."""
-
-    def build(model: onnx.ModelProto, name: str) -> BaseRunner:
-        from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxBytes, TrtRunner
-
-        config = CreateConfig(fp16=precision == "fp16", bf16=precision == "bf16", int8=precision == "int8")
-        return TrtRunner(EngineFromNetwork(NetworkFromOnnxBytes(model.SerializeToString()), config=config), name=name)
-
-    return build
-
-
 def artifact_engines(paths: list[str | Path]) -> list[Engine]:
-    """Engines of ``brr-export`` artifacts; a reduced-precision ONNX graph is paired with the fp32
-    artifact of the same ops mode among ``paths`` for node-level localisation."""
-    manifests = {Path(p): read_manifest(p) for p in paths}  # ManifestError names the file
-    fp32_graphs = {m["ops"]: p / ONNX_FILE for p, m in manifests.items()
-                   if m["precision"] == "fp32" and (p / ONNX_FILE).is_file()}
+    """Engines of ``brr-export`` artifact folders, each paired with its fp32 ONNX graph for node level:
+    the fp32 artifact of the same ops mode among ``paths``, else the one the engine's manifest names."""
+    manifests = {Path(p): verify_manifest(p) for p in paths}  # ManifestError names the folder and the problem
+    given_fp32 = {m["ops"]: p for p, m in manifests.items() if m["precision"] == "fp32" and m["backend"] == "onnxruntime"}
     engines = []
     for path, manifest in manifests.items():
         precision, backend = manifest["precision"], manifest["backend"]
-        name = f"{path.name}"
-        graph = path / ONNX_FILE
-        fp32_graph = fp32_graphs.get(manifest["ops"])
+        partner, why_not = (given_fp32[manifest["ops"]], None) if manifest["ops"] in given_fp32 else \
+            fp32_reference(path, manifest)
+        fp32 = _load(partner / manifest_model(partner)) if partner is not None else None
+        runner = load_runner(path, probes=True, name=path.name, lean=True)
         if backend == "onnxruntime":
-            if not graph.is_file():
-                raise ArtifactError(f"{path}: {ONNX_FILE} missing")
-            engine = onnxruntime_engine(graph, fp32_graph, name=name, precision=precision)
-            engine.runner = _load_runner(path) or engine.runner
+            note = None if fp32 is not None else f"node level skipped: {why_not}"
+            engines.append(Engine(path.name, runner, precision, _load(path / manifest["model_file"]), fp32,
+                                  lean_onnxruntime_runner, node_level_note=note))
         elif backend == "tensorrt":
-            engine = Engine(name, _require_runner(path), precision, _load(graph) if graph.is_file() else None,
-                            _load(fp32_graph) if fp32_graph else None, tensorrt_runner_factory(precision),
-                            mark_all_safe=False)
-        else:  # e.g. OpenVINO: compared at the outputs and probes it exposes, not node by node
-            engine = Engine(name, _require_runner(path), precision)
-        engines.append(engine)
+            from brr.export.engines.tensorrt import tensorrt_engine_for_diff
+
+            engines.append(tensorrt_engine_for_diff(path, manifest, runner, fp32, why_not))
+        else:
+            engines.append(Engine(path.name, runner, precision, node_level_note=(
+                f"node level not available for {backend}: it compiles and fuses its own graph from the ONNX, so "
+                "its intermediate tensors are not the ONNX graph's; compared at its probes (export an ONNX "
+                "Runtime engine of the same precision to localise node by node)")))
     return engines
 
 
-def _load_runner(path: Path) -> BaseRunner | None:
-    """``brr.runtime.runners.load_runner`` of the exporter, where that module is installed."""
-    try:
-        from brr.runtime.runners import load_runner
-    except ImportError:
-        return None
-    return load_runner(path, probes=True)
-
-
-def _require_runner(path: Path) -> BaseRunner:
-    runner = _load_runner(path)
-    if runner is None:
-        raise ArtifactError(f"{path}: this backend needs brr.runtime.runners.load_runner (brr-export)")
-    return runner
+def manifest_model(directory: Path) -> str:
+    return verify_manifest(directory)["model_file"]
 
 
 def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:

@@ -1,25 +1,33 @@
-"""Node level: every ONNX node output of a reduced-precision engine against the fp32 ONNX graph.
+"""Node level: where, inside an engine's graph, values first go non-finite or out of tolerance.
 
-Nodes are matched by name (``convert_float_to_float16`` keeps names; the Cast nodes it inserts have
-no fp32 counterpart and are skipped) and outputs by position. Outputs are marked with Polygraphy's
-``ModifyOutputs``, the graph's own outputs always among them, so each marked run also says whether
-the marked engine still reproduces the unmarked verdict (marking can break fusions).
+The engine's graph and the fp32 graph it was built from are aligned by tensor name: the conversions
+keep the name of every tensor they convert (a rounded value takes its original's name), and what
+they add has no fp32 counterpart and is not compared.
 
-Three ways to mark, all reducing each tensor to ``TensorStats`` as it arrives:
-- ``mark_all``: every node output in one run, when the engine tolerates it and the outputs of one
-  input fit in ``max_marked_bytes``;
-- ``bisection`` (non-finite values): binary search over the topological order for the first node
-  whose output goes non-finite. Step m marks only the *cut* at m (tensors made at or before node m
-  and used after it), through which any non-finite value made up to m must pass to reach the
-  outputs; so the set marked stays small. Non-finite values that a later node sanitises are not
-  followed (they do not reach the outputs).
-- ``chunked`` (finite divergence, or counting contamination downstream): consecutive sets of
-  outputs that fit in ``max_marked_bytes`` each.
+Non-finite values (``scan``)
+    One statistics run of each graph (``brr.onnx.statistics``: every tensor reduced in-graph to a sum
+    of squares, max and min, so the memory stays that of a plain run) tells for every tensor whether
+    it is finite in the engine and in fp32. The origin is the first tensor, in the fp32 graph's
+    topological order, non-finite in the engine and finite in fp32, wherever it is consumed: a value
+    sanitised downstream (Clip, Where(IsNaN), Max, Relu of -inf, a normalisation) is still found,
+    and the nodes that take a non-finite input and give finite outputs are named as the ones that
+    hid it. One marked run of the origin node's inputs and output then gives element counts and
+    ranges against the precision's limits: overflow, underflow to zero, 0/0.
+
+Out of tolerance (``first_divergent``)
+    Bisection over the topological order of one stage's tensors: step m marks, in both graphs, the
+    tensors alive across m (made at or before it, used after it), a handful, and compares them
+    elementwise with the diff's tolerance.
+
+Every run is a session on the engine's backend with the engine's settings (``Engine.runner_for``);
+each run also returns the engine's logits, which must equal the engine's own on that input: the
+instrumented engine computes the same tensors as the one under test, or the result says it did not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,254 +39,328 @@ from polygraphy.logger import G_LOGGER
 from brr.diff.compare import TensorStats
 from brr.diff.engines import Engine
 from brr.diff.stages import node_stages
+from brr.model.detector import OUTPUT_NAME
+from brr.onnx.statistics import TensorRange, float_tensors, instrument, read_ranges
 
-DEFAULT_MAX_MARKED_BYTES = 256 * 2**20
-# (largest finite, smallest positive subnormal) of the reduced precisions an engine may run in.
-PRECISION_LIMITS: dict[str, tuple[float, float]] = {
-    "fp16": (65504.0, 2.0**-24),
-    "bf16": (3.3895e38, 2.0**-133),
+# (largest finite, smallest normal, smallest subnormal) of the reduced precisions an engine may store in.
+PRECISION_LIMITS: dict[str, tuple[float, float, float]] = {
+    "fp16": (65504.0, 2.0**-14, 2.0**-24),
+    "bf16": (3.3895e38, 2.0**-126, 2.0**-133),
 }
-FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+# Ops that turn a zero input into inf or NaN.
+ZERO_SENSITIVE_OPS = ("Div", "Reciprocal", "Log", "Pow", "Mod")
+# Ops that turn a negative input into NaN.
+NEGATIVE_SENSITIVE_OPS = ("Sqrt", "Log", "Pow")
+# The engine's logits must match its own unmarked run this closely to count as the same computation.
+REPRODUCTION_RTOL = 1e-5
 
 
-@dataclass
+@dataclass(frozen=True)
 class Tensor:
-    """One compared node output: its fp32 and engine names and where it sits in the fp32 graph."""
+    """One aligned tensor: made by fp32 node ``position`` (topological order), same name in both graphs."""
 
-    position: int  # index of the producing node in the fp32 topological order
+    position: int
+    name: str
     node: str
     op_type: str
     stage: str | None
-    ref_name: str
-    engine_name: str
-    last_use: int  # position of the last consumer; len(nodes) for graph outputs
-    elements: int
-
-
-@dataclass
-class TensorVerdict:
-    stats: TensorStats
-    precision_nonfinite: bool
-    fp32_nonfinite: bool
+    last_use: int  # position of its last consumer; len(nodes) for a graph output
 
 
 @dataclass
 class Localisation:
-    mode: str
+    """What node level found on one input, and what it cost."""
+
+    method: str  # "statistics" (non-finite origin) or "bisection" (first node beyond tolerance)
     runs: int = 0
+    seconds: float = 0.0
     reproduced: bool | None = None
+    reproduction_error: float = 0.0
     first_nonfinite: dict | None = None
-    # node name -> (op_type, stage, stats): statistics only, never tensors.
-    nodes: dict[str, tuple[str, str | None, TensorStats]] = field(default_factory=dict)
+    first_divergent: dict | None = None
+    note: str | None = None
+    # tensor name -> (fp32 range, engine range) of a statistics scan, for the per-node plot.
+    ranges: dict[str, tuple[TensorRange, TensorRange]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "runs": self.runs, "seconds": round(self.seconds, 3),
+                "reproduced": self.reproduced, "reproduction_error": self.reproduction_error,
+                "first_nonfinite": self.first_nonfinite, "first_divergent": self.first_divergent,
+                "note": self.note}
 
 
-class NodeComparison:
-    """The fp32 and engine graphs of one engine, aligned node by node."""
+class NodeLocaliser:
+    """An engine's graph and its fp32 graph, aligned tensor by tensor."""
 
-    def __init__(self, engine: Engine, batch: int, max_marked_bytes: int = DEFAULT_MAX_MARKED_BYTES):
+    def __init__(self, engine: Engine, fp32_runner_for: Callable[[onnx.ModelProto, str], object]):
         if not engine.localisable:
             raise ValueError(f"engine {engine.name!r} has no ONNX graph pair to localise in")
         self.engine = engine
-        self.max_marked_bytes = max_marked_bytes
-        self.fp32 = onnx.shape_inference.infer_shapes(engine.fp32_model)
-        self.graph_outputs = [o.name for o in self.fp32.graph.output]
-        self.engine_outputs = [o.name for o in engine.onnx_model.graph.output]
-        self.tensors = self._align(batch)
+        self.fp32 = engine.fp32_model
+        self.fp32_runner_for = fp32_runner_for
+        self.nodes = list(self.fp32.graph.node)
+        self.initializers = {i.name: i for i in self.fp32.graph.initializer}
+        self.engine_initializers = {i.name: i for i in engine.onnx_model.graph.initializer}
+        self.engine_producers = {out: node for node in engine.onnx_model.graph.node for out in node.output}
+        self.tensors = self._align()
         if not self.tensors:
-            raise ValueError(f"engine {engine.name!r}: no node of its graph matches the fp32 graph by name")
-        self.by_ref_name = {t.ref_name: t for t in self.tensors}
+            raise ValueError(f"engine {engine.name!r}: no tensor of its graph matches the fp32 graph by name")
+        self.by_name = {t.name: t for t in self.tensors}
 
-    def _align(self, batch: int) -> list[Tensor]:
-        engine_nodes = {n.name: n for n in self.engine.onnx_model.graph.node if n.name}
-        nodes = list(self.fp32.graph.node)
+    def _align(self) -> list[Tensor]:
+        engine_floats = set(float_tensors(self.engine.onnx_model))
+        fp32_floats = set(float_tensors(self.fp32))
         stages = node_stages(self.fp32)
-        last_use: dict[str, int] = {name: len(nodes) for name in self.graph_outputs}
-        for position, node in enumerate(nodes):
+        outputs = {o.name for o in self.fp32.graph.output}
+        last_use = {name: len(self.nodes) for name in outputs}
+        for position, node in enumerate(self.nodes):
             for name in node.input:
                 last_use[name] = max(last_use.get(name, -1), position)
-        shapes = {v.name: v.type.tensor_type for v in list(self.fp32.graph.value_info) + list(self.fp32.graph.output)}
-        tensors = []
-        for position, node in enumerate(nodes):
-            twin = engine_nodes.get(node.name)
-            if node.op_type == "Constant" or twin is None or len(twin.output) != len(node.output):
-                continue
-            for ref_name, engine_name in zip(node.output, twin.output):
-                kind = shapes.get(ref_name)
-                if not ref_name or (kind is not None and kind.elem_type not in FLOAT_TYPES):
-                    continue
-                tensors.append(Tensor(position, node.name, node.op_type, stages.get(node.name), ref_name,
-                                      engine_name, last_use.get(ref_name, position), _elements(kind, batch)))
-        return tensors
+        return [Tensor(position, name, node.name, node.op_type, stages.get(node.name), last_use.get(name, position))
+                for position, node in enumerate(self.nodes) for name in node.output
+                if name in fp32_floats and name in engine_floats]
 
-    # -------------------------------------------------------------------------------- running
-    def evaluate(self, tensors: list[Tensor], feed: dict, atol: float, rtol: float, expect_nonfinite: bool,
-                 result: Localisation) -> dict[str, TensorVerdict]:
-        """Mark ``tensors`` (in runs of at most ``max_marked_bytes``) and reduce each to its verdict."""
-        verdicts: dict[str, TensorVerdict] = {}
-        for chunk in self._chunks(tensors):
-            ref_out = self._run(self.fp32, [t.ref_name for t in chunk] + self.graph_outputs, feed, "fp32-marked")
-            eng_out = self._run(self.engine.onnx_model, [t.engine_name for t in chunk] + self.engine_outputs, feed,
-                                f"{self.engine.name}-marked")
-            result.runs += 1
-            reproduces = any(_precision_nonfinite(ref_out[r], eng_out[e])
-                             for r, e in zip(self.graph_outputs, self.engine_outputs)) == expect_nonfinite
-            result.reproduced = reproduces if result.reproduced is None else result.reproduced and reproduces
-            for t in chunk:
-                ref, eng = ref_out[t.ref_name], eng_out[t.engine_name].astype(np.float32)
-                stats = TensorStats()
-                stats.add(ref, eng, atol, rtol)
-                verdicts[t.ref_name] = TensorVerdict(stats, stats.precision_nonfinite > 0, stats.ref_nonfinite > 0)
-                result.nodes.setdefault(t.node, (t.op_type, t.stage, TensorStats()))[2].merge(stats)
-            del ref_out, eng_out  # one chunk's tensors at a time
-        return verdicts
+    # ------------------------------------------------------------------------------------ runs
+    def _run(self, model: onnx.ModelProto, feed: dict, label: str, fp32: bool) -> dict[str, np.ndarray]:
+        factory = self.fp32_runner_for if fp32 else self.engine.runner_for
+        with G_LOGGER.verbosity(G_LOGGER.ERROR), factory(model, label) as runner:
+            return dict(runner.infer(feed))
 
-    def _chunks(self, tensors: list[Tensor]) -> Iterable[list[Tensor]]:
-        chunk, size = [], 0
-        for t in tensors:
-            cost = 2 * 4 * t.elements  # fp32 and engine copies
-            if chunk and size + cost > self.max_marked_bytes:
-                yield chunk
-                chunk, size = [], 0
-            chunk.append(t)
-            size += cost
-        if chunk:
-            yield chunk
+    def _check_reproduced(self, result: Localisation, outputs: dict, engine_logits: np.ndarray | None) -> None:
+        if engine_logits is None or OUTPUT_NAME not in outputs:
+            return
+        ours, theirs = np.asarray(outputs[OUTPUT_NAME], np.float64), np.asarray(engine_logits, np.float64)
+        same_nonfinite = bool((np.isfinite(ours) == np.isfinite(theirs)).all())
+        both = np.isfinite(ours) & np.isfinite(theirs)
+        error = float(np.abs(ours[both] - theirs[both]).max()) if both.any() else 0.0
+        scale = float(np.abs(theirs[both]).max()) if both.any() else 0.0
+        ok = same_nonfinite and error <= REPRODUCTION_RTOL * (1.0 + scale)
+        result.reproduced = ok if result.reproduced is None else result.reproduced and ok
+        result.reproduction_error = max(result.reproduction_error, error if same_nonfinite else float("inf"))
 
-    def _run(self, model: onnx.ModelProto, names: list[str], feed: dict, label: str) -> dict[str, np.ndarray]:
-        unique = list(dict.fromkeys(names))
-        with G_LOGGER.verbosity(G_LOGGER.ERROR):
-            marked = ModifyOutputs(model, outputs=unique, copy=True)()
-            with self.engine.runner_for(marked, label) as runner:
-                return dict(runner.infer(feed))
-
-    # -------------------------------------------------------------------------------- strategies
-    def localise(self, feed: dict, atol: float, rtol: float, kind: str | None) -> Localisation:
-        """Node statistics for one input; with ``kind`` 'precision' or 'fp32', also the first node
-        whose output is non-finite in the engine (fp32 finite), or already in fp32."""
-        total = 2 * 4 * sum(t.elements for t in self.tensors)
-        expect = kind == "precision"
-        if self.engine.mark_all_safe and total <= self.max_marked_bytes:
-            result = Localisation("mark_all")
-            verdicts = self.evaluate(self.tensors, feed, atol, rtol, expect, result)
-        elif kind is None:
-            result = Localisation("chunked")
-            verdicts = self.evaluate(self.tensors, feed, atol, rtol, expect, result)
+    def statistics(self, feed: dict, result: Localisation, engine_logits: np.ndarray | None
+                   ) -> dict[str, tuple[TensorRange, TensorRange]]:
+        """(fp32 range, engine range) of every aligned tensor on ``feed``: two instrumented runs."""
+        names = [t.name for t in self.tensors]
+        ref_out = self._run(instrument(self.fp32, names), feed, "fp32-statistics", fp32=True)
+        if self.engine.tensor_statistics is not None:
+            engine_ranges, eng_out = self.engine.tensor_statistics(names, feed)
         else:
-            result = Localisation("bisection")
-            verdicts = self._bisect(feed, atol, rtol, kind, result)
-        if kind is not None:
-            result.first_nonfinite = self._first_nonfinite(verdicts, feed, atol, rtol, kind, result)
+            eng_out = self._run(instrument(self.engine.onnx_model, names), feed,
+                                f"{self.engine.name}-statistics", fp32=False)
+            engine_ranges = read_ranges(eng_out, names)
+        result.runs += 2
+        self._check_reproduced(result, eng_out, engine_logits)
+        ref_ranges = read_ranges(ref_out, names)
+        return {n: (ref_ranges[n], engine_ranges[n]) for n in names if n in engine_ranges}
+
+    def marked(self, names: list[str], feed: dict, result: Localisation, engine_logits: np.ndarray | None,
+               engine_names: list[str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Values of ``names`` in fp32 and of ``engine_names`` (default the same) in the engine."""
+        engine_names = engine_names or names
+        ref = self._run(_mark(self.fp32, names), feed, "fp32-marked", fp32=True)
+        eng = self._run(_mark(self.engine.onnx_model, [*engine_names, OUTPUT_NAME]), feed,
+                        f"{self.engine.name}-marked", fp32=False)
+        result.runs += 2
+        self._check_reproduced(result, eng, engine_logits)
+        return ref, eng
+
+    # ------------------------------------------------------------------------------------ non-finite
+    def scan(self, feed: dict, kind: str, engine_logits: np.ndarray | None = None) -> Localisation:
+        """The first non-finite tensor of ``kind`` 'precision' (engine only) or 'fp32' (already in fp32)."""
+        start = time.perf_counter()
+        result = Localisation("statistics")
+        result.ranges = self.statistics(feed, result, engine_logits)
+        origin = self._origin(result.ranges, kind)
+        if origin is None:
+            result.note = (f"every tensor compared is finite in the {'engine' if kind == 'precision' else 'fp32 graph'}"
+                           f": the non-finite values arise where the two graphs have no tensor in common")
+        else:
+            result.first_nonfinite = self._describe(origin, result.ranges, feed, kind, result, engine_logits)
+        result.seconds = time.perf_counter() - start
         return result
 
-    def _bad(self, verdict: TensorVerdict, kind: str) -> bool:
-        return verdict.precision_nonfinite if kind == "precision" else verdict.fp32_nonfinite
-
-    def _bisect(self, feed: dict, atol: float, rtol: float, kind: str, result: Localisation) -> dict[str, TensorVerdict]:
-        positions = sorted({t.position for t in self.tensors})
-        verdicts: dict[str, TensorVerdict] = {}
-
-        def cut_is_bad(m: int) -> bool:
-            cut = [t for t in self.tensors if t.position <= m < t.last_use or (t.position == m)]
-            todo = [t for t in cut if t.ref_name not in verdicts]
-            verdicts.update(self.evaluate(todo, feed, atol, rtol, kind == "precision", result))
-            return any(self._bad(verdicts[t.ref_name], kind) for t in cut)
-
-        lo, hi = 0, len(positions) - 1
-        if not cut_is_bad(positions[hi]):
-            return verdicts
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if cut_is_bad(positions[mid]):
-                hi = mid
-            else:
-                lo = mid + 1
-        return verdicts
-
-    def _first_nonfinite(self, verdicts: dict[str, TensorVerdict], feed: dict, atol: float, rtol: float,
-                         kind: str, result: Localisation) -> dict | None:
-        bad = [self.by_ref_name[name] for name, v in verdicts.items() if self._bad(v, kind)]
-        if not bad:
-            return None
-        first = min(bad, key=lambda t: t.position)
-        node = self.fp32.graph.node[first.position]
-        # Contamination: every output downstream of the node, marked in bounded runs where not yet seen.
-        downstream = self._descendants(node)
-        todo = [t for t in self.tensors if t.ref_name in downstream and t.ref_name not in verdicts]
-        verdicts.update(self.evaluate(todo, feed, atol, rtol, kind == "precision", result))
-        contaminated = sum(self._bad(verdicts[t.ref_name], kind) for t in self.tensors if t.ref_name in downstream)
-        input_ranges = self._input_ranges(node, feed)
-        output_stats = verdicts[first.ref_name].stats
-        return {
-            "node": node.name, "op_type": node.op_type, "stage": first.stage, "kind": kind,
-            "input_ranges": input_ranges,
-            "output_range": [output_stats.ref_min, output_stats.ref_max],
-            "contaminated": contaminated,
-            "explanation": self._explain(node, input_ranges, output_stats, kind),
-        }
-
-    def _descendants(self, node: onnx.NodeProto) -> set[str]:
-        reached = set(node.output)
-        for other in self.fp32.graph.node:
-            if reached.intersection(other.input):
-                reached.update(other.output)
-        return reached - set(node.output)
-
-    def _input_ranges(self, node: onnx.NodeProto, feed: dict) -> list[dict]:
-        """fp32 value range of each input: from the feed, an initializer, or a marked fp32 run."""
-        initializers = {i.name: i for i in self.fp32.graph.initializer}
-        computed = [name for name in node.input if name and name not in initializers and name not in feed]
-        values = self._run(self.fp32, computed, feed, "fp32-inputs") if computed else {}
-        ranges = []
-        for name in node.input:
-            if not name:
+    def _origin(self, ranges: dict[str, tuple[TensorRange, TensorRange]], kind: str) -> Tensor | None:
+        for tensor in self.tensors:
+            if tensor.name not in ranges:
                 continue
-            array = feed[name] if name in feed else (
-                numpy_helper.to_array(initializers[name]) if name in initializers else values[name])
-            ranges.append({"name": name} | _value_range(np.asarray(array)))
-        return ranges
+            ref, eng = ranges[tensor.name]
+            if (kind == "precision" and ref.finite and not eng.finite) or (kind == "fp32" and not ref.finite):
+                return tensor
+        return None
 
-    def _explain(self, node: onnx.NodeProto, input_ranges: list[dict], output: TensorStats, kind: str) -> str:
+    def _describe(self, origin: Tensor, ranges, feed: dict, kind: str, result: Localisation,
+                  engine_logits: np.ndarray | None) -> dict:
+        node = self.nodes[origin.position]
+        side = 1 if kind == "precision" else 0
+        bad = {name for name, pair in ranges.items() if not pair[side].finite}
+        hiders = []
+        for tensor in self.tensors:
+            if tensor.position <= origin.position or tensor.name in bad:
+                continue
+            consumer = self.nodes[tensor.position]
+            if bad.intersection(consumer.input) and not any(
+                    out in bad for out in consumer.output if out in self.by_name):
+                if not hiders or hiders[-1]["node"] != tensor.node:
+                    hiders.append({"node": tensor.node, "op_type": tensor.op_type, "stage": tensor.stage})
+        bad_outputs = [o.name for o in self.fp32.graph.output if o.name in bad]
+        inputs = self._input_ranges(node, origin, feed, result, engine_logits)
+        description = {
+            "node": node.name, "op_type": node.op_type, "stage": origin.stage, "tensor": origin.name,
+            "kind": kind, "inputs": inputs["inputs"], "output": inputs["output"],
+            "hidden_by": hiders[:5], "hidden_by_count": len(hiders),
+            "nonfinite_outputs": bad_outputs,
+            "contaminated": len([t for t in self.tensors if t.position > origin.position and t.name in bad]),
+        }
+        description["cause"], description["explanation"] = self._explain(description, kind)
+        return description
+
+    def _engine_inputs(self, origin: Tensor, node: onnx.NodeProto) -> tuple[list[str], str | None]:
+        """What the engine's node computing ``origin`` reads, paired by position with ``node.input``,
+        and the name of its result before it is stored (rounding engines keep both)."""
+        unrounded = f"{origin.name}_unrounded"
+        compute = self.engine_producers.get(unrounded) or self.engine_producers.get(origin.name)
+        if compute is None or len(compute.input) != len(node.input):
+            return list(node.input), None
+        return list(compute.input), unrounded if unrounded in self.engine_producers else None
+
+    def _input_ranges(self, node: onnx.NodeProto, origin: Tensor, feed: dict, result: Localisation,
+                      engine_logits: np.ndarray | None) -> dict:
+        engine_inputs, unrounded = self._engine_inputs(origin, node)
+        pairs = [(ref, eng) for ref, eng in zip(node.input, engine_inputs) if ref]
+        computed = [(r, e) for r, e in pairs if r not in self.initializers and r not in feed
+                    and e not in self.engine_initializers and e not in feed]
+        ref_names = [r for r, _ in computed] + [origin.name]
+        eng_names = [e for _, e in computed] + [origin.name] + ([unrounded] if unrounded else [])
+        ref_values, eng_values = self.marked(ref_names, feed, result, engine_logits, eng_names)
+
+        def value(name: str, values: dict, initializers: dict) -> np.ndarray | None:
+            if name in values:
+                return values[name]
+            if name in feed:
+                return feed[name]
+            if name in initializers:
+                return numpy_helper.to_array(initializers[name])
+            return None
+
+        inputs = []
+        producers = {out: n for n in self.nodes for out in n.output}
+        for ref_name, eng_name in pairs:
+            ref, eng = value(ref_name, ref_values, self.initializers), value(eng_name, eng_values,
+                                                                            self.engine_initializers)
+            producer = producers.get(ref_name)
+            inputs.append({"name": ref_name, "producer": producer.name if producer is not None else None,
+                           "producer_op": producer.op_type if producer is not None else None,
+                           "fp32": value_range(ref), "engine": value_range(eng)})
+        ref_out, eng_out = ref_values[origin.name], eng_values[origin.name]
+        stats = TensorStats()
+        stats.add(np.asarray(ref_out), np.asarray(eng_out, dtype=np.float32), 0.0, 0.0)
+        output = {"name": origin.name, "fp32": value_range(ref_out), "engine": value_range(eng_out),
+                  "precision_nonfinite": stats.precision_nonfinite, "elements": stats.elements}
+        if unrounded:
+            output["engine_before_storing"] = value_range(eng_values[unrounded])
+        return {"inputs": inputs, "output": output}
+
+    def _explain(self, found: dict, kind: str) -> tuple[str, str]:
+        op = found["op_type"]
         if kind == "fp32":
-            return f"{node.op_type} output is already non-finite in fp32: a model defect, not precision"
-        limits = PRECISION_LIMITS.get(self.engine.precision)
+            return "fp32", f"{op} output is already non-finite in fp32: a model defect, not precision"
+        precision = self.engine.precision
+        limits = PRECISION_LIMITS.get(precision)
+        out = found["output"]
+        count = f"{out['engine']['nonfinite']:,} of {out['elements']:,} values"
         if limits is None:
-            return f"{node.op_type} output is non-finite in {self.engine.precision} while finite in fp32"
-        largest, smallest = limits
-        peak = max(abs(output.ref_min or 0.0), abs(output.ref_max or 0.0))
-        if peak > largest:
-            return f"{node.op_type} output {peak:.2g} > {self.engine.precision} max {largest:g}"
-        for r in input_ranges:
-            if r["abs_max"] is not None and r["abs_max"] > largest:
-                return f"{node.op_type} input {r['name']} {r['abs_max']:.2g} > {self.engine.precision} max {largest:g}"
-            if r["abs_min_nonzero"] is not None and r["abs_min_nonzero"] < smallest:
-                return (f"{node.op_type} input {r['name']} {r['abs_min_nonzero']:.2g} < {self.engine.precision} "
-                        f"smallest subnormal {smallest:.2g}: flushed to 0")
-        return f"{node.op_type} output is non-finite in {self.engine.precision} while finite in fp32 (range {peak:.2g})"
+            return "unknown", f"{op} gives {count} non-finite in {precision} where fp32 is finite"
+        largest, normal, subnormal = limits
+        peak = out["fp32"]["abs_max"]
+        if peak is not None and peak > largest:
+            stored = out.get("engine_before_storing")
+            where = (" when its result is stored in " + precision if stored is not None and stored["nonfinite"] == 0
+                     else "")
+            return "overflow", (f"overflow: {op} reaches {peak:.3g} in fp32, beyond {precision}'s largest finite "
+                                f"{largest:g}{where}: {count} become inf/NaN")
+        for entry in found["inputs"]:
+            ref, eng = entry["fp32"], entry["engine"]
+            if ref is None or eng is None:
+                continue
+            if eng["abs_max"] is not None and eng["abs_max"] > largest:
+                return "overflow", (f"overflow: input {entry['name']} reaches {eng['abs_max']:.3g}, beyond "
+                                    f"{precision}'s largest finite {largest:g}")
+            if eng["zeros"] > ref["zeros"] and op in ZERO_SENSITIVE_OPS:
+                made_by = f" (made by {entry['producer']}, {entry['producer_op']})" if entry["producer"] else ""
+                tiny = ref["abs_min_nonzero"]
+                return "underflow", (f"underflow: input {entry['name']}{made_by} is 0 in {precision} at "
+                                     f"{eng['zeros'] - ref['zeros']:,} places where fp32 holds values down to "
+                                     f"{tiny:.2g} (smallest {precision} normal {normal:.2g}, subnormal "
+                                     f"{subnormal:.2g}); {op} of 0 gives {count} inf/NaN")
+            if (op in NEGATIVE_SENSITIVE_OPS and eng["min"] is not None and eng["min"] < 0
+                    and ref["min"] is not None and ref["min"] >= 0):
+                return "cancellation", (f"cancellation: input {entry['name']} goes down to {eng['min']:.3g} in "
+                                        f"{precision} where fp32 stays >= 0; {op} of it gives {count} NaN")
+        return "unknown", (f"{op} gives {count} non-finite in {precision} while fp32 is finite "
+                           f"(fp32 output up to {peak if peak is not None else float('nan'):.3g})")
+
+    # ------------------------------------------------------------------------------------ tolerance
+    def first_divergent(self, feed: dict, stage: str | None, atol: float, rtol: float,
+                        engine_logits: np.ndarray | None = None) -> Localisation:
+        """The first tensor of ``stage`` (all tensors when None) beyond tolerance, by bisection over cuts."""
+        start = time.perf_counter()
+        result = Localisation("bisection")
+        candidates = [t for t in self.tensors if stage is None or t.stage == stage]
+        verdicts: dict[str, TensorStats] = {}
+
+        def cut_is_off(index: int) -> bool:
+            at = candidates[index].position
+            cut = [t for t in candidates if t.position <= at < t.last_use or t.position == at]
+            todo = [t.name for t in cut if t.name not in verdicts]
+            if todo:
+                ref, eng = self.marked(todo, feed, result, engine_logits)
+                for name in todo:
+                    stats = TensorStats()
+                    stats.add(np.asarray(ref[name]), np.asarray(eng[name], dtype=np.float32), atol, rtol)
+                    verdicts[name] = stats
+            return any(not verdicts[t.name].passed for t in cut)
+
+        if candidates and cut_is_off(len(candidates) - 1):
+            lo, hi = 0, len(candidates) - 1
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if cut_is_off(mid):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            at = candidates[lo].position
+            off = [t for t in candidates if t.name in verdicts and not verdicts[t.name].passed and t.position <= at]
+            first = min(off, key=lambda t: t.position)
+            result.first_divergent = {"node": first.node, "op_type": first.op_type, "stage": first.stage,
+                                      "tensor": first.name, "stats": verdicts[first.name].to_dict()}
+        else:
+            where = f"stage {stage}" if stage else "the graph"
+            result.note = (f"no tensor of {where} differs from the fp32 ONNX graph beyond tolerance: the divergence "
+                           "from PyTorch is in the fp32 export itself")
+        result.seconds = time.perf_counter() - start
+        return result
 
 
-def _elements(kind, batch: int) -> int:
-    """Element count from an inferred shape, symbolic dims taken as the batch; unknown -> 1 MiB worth."""
-    if kind is None or not kind.HasField("shape"):
-        return 2**18
-    count = 1
-    for dim in kind.shape.dim:
-        count *= dim.dim_value if dim.HasField("dim_value") else batch
-    return count
+def _mark(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        return ModifyOutputs(model, outputs=list(dict.fromkeys(names)), copy=True)()
 
 
-def _precision_nonfinite(ref: np.ndarray, eng: np.ndarray) -> bool:
-    return bool((np.isfinite(ref) & ~np.isfinite(np.asarray(eng, dtype=np.float32))).any())
-
-
-def _value_range(array: np.ndarray) -> dict:
+def value_range(array) -> dict | None:
+    """Counts and magnitudes of one tensor: what decides overflow and underflow."""
+    if array is None:
+        return None
     values = np.asarray(array, dtype=np.float64)
     finite = values[np.isfinite(values)]
-    nonzero = np.abs(finite[finite != 0])
+    magnitudes = np.abs(finite)
+    nonzero = magnitudes[magnitudes > 0]
     return {
         "min": float(finite.min()) if finite.size else None,
         "max": float(finite.max()) if finite.size else None,
-        "abs_max": float(np.abs(finite).max()) if finite.size else None,
+        "abs_max": float(magnitudes.max()) if finite.size else None,
         "abs_min_nonzero": float(nonzero.min()) if nonzero.size else None,
+        "zeros": int(finite.size - nonzero.size),
         "nonfinite": int(values.size - finite.size),
+        "elements": int(values.size),
     }
-

@@ -2,13 +2,20 @@
 
 1. Polygraphy's ``Comparator.run(streaming=True)`` runs the reference (with probes) and every
    engine on one input at a time; each output pair is reduced to statistics at once (probe level).
-2. Where an input is off (non-finite or divergent) and the engine runs an ONNX graph paired with its
-   fp32 graph, ``brr.diff.localise`` compares node outputs to find where it starts (node level).
+2. Where an input goes non-finite, node level (``brr.diff.localise``) finds the tensor where it
+   starts, on every such input; where it only diverges, the first node of the first stage beyond
+   tolerance, once per engine and stage.
+
+Memory: one input's reference and engine outputs (the probes, a few MB a window) and one run's
+tensors at a time; node-level runs reduce tensors in-graph or mark a handful, sessions give their
+memory back after each run. Nothing is kept per input but statistics, so the peak does not grow with
+the number of inputs, nodes or engines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -17,37 +24,48 @@ from polygraphy.comparator import Comparator
 from polygraphy.logger import G_LOGGER
 
 from brr.diff.compare import EigenspaceStats, SelectionStats, TensorStats, reference_spectrum
-from brr.diff.engines import Engine, artifact_engines
+from brr.diff.engines import Engine, artifact_engines, lean_onnxruntime_runner
 from brr.diff.inputs import WindowLoader
-from brr.diff.localise import DEFAULT_MAX_MARKED_BYTES, NodeComparison
-from brr.diff.report import DiffReport, EngineResult, InputResult, StageResult, write_report
+from brr.diff.localise import NodeLocaliser
+from brr.diff.report import write_report
+from brr.diff.results import DiffReport, EngineResult, InputResult, StageResult
 from brr.model import PROBE_NAMES, V3Detector
+from brr.model.detector import OUTPUT_NAME
+from brr.resources import peak_rss_mb
 from brr.runtime.runners.torch import AUTOCAST_DTYPES, TorchRunner
 
 TORCH_ENGINE_PREFIX = "torch:"  # "torch:fp16", "torch:bf16": the reference under autocast
+# (atol, rtol) per engine precision: what the precision can hold over this network's stages.
+TOLERANCES = {"fp32": (1e-3, 1e-3), "fp16": (0.1, 0.05), "bf16": (0.25, 0.05), "int8": (0.5, 0.1)}
+NONFINITE_KINDS = {"nonfinite_precision": "precision", "nonfinite_fp32": "fp32"}
 
 
 def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[Engine | BaseRunner | str | Path],
-             inputs: WindowLoader | Iterable[dict], atol: float = 1e-3, rtol: float = 1e-3,
-             report_dir: str | Path | None = None, fail_on: str = "nonfinite",
-             max_marked_bytes: int = DEFAULT_MAX_MARKED_BYTES) -> DiffReport:
+             inputs: WindowLoader | Iterable[dict], atol: float | None = None, rtol: float | None = None,
+             report_dir: str | Path | None = None, fail_on: str = "nonfinite", node_level: bool = True,
+             progress: Callable[[str], None] | None = None) -> DiffReport:
     """Compare ``engines`` with ``reference`` on ``inputs``; write the reports to ``report_dir`` if given.
 
     ``reference``: a checkpoint folder or a model (run in fp32 with probes), or any runner.
     ``engines``: ``Engine`` objects, Polygraphy runners, ``brr-export`` artifact folders, or
     ``"torch:fp16"`` / ``"torch:bf16"`` (the reference model under autocast).
+    ``atol``/``rtol``: None follows each engine's precision (``TOLERANCES``).
     ``report.failed`` says whether ``fail_on`` ('nonfinite' | 'divergence' | 'never') is met.
+    ``progress`` receives one line per input and per node-level search.
     """
     if fail_on not in ("nonfinite", "divergence", "never"):
         raise ValueError(f"fail_on must be 'nonfinite', 'divergence' or 'never', got {fail_on!r}")
+    started = time.perf_counter()
+    say = progress or (lambda _: None)
     reference_runner = reference if isinstance(reference, BaseRunner) else TorchRunner(reference, probes=True,
                                                                                       name="fp32-reference")
     engine_list = _engines(reference, list(engines))
     report = DiffReport(str(reference.name if isinstance(reference, BaseRunner) else
-                            getattr(reference, "config", None) and reference.config.name or reference),
-                        atol, rtol, fail_on)
-    results = [EngineResult(e.name, e.precision, _node_level_note(e)) for e in engine_list]
-    comparisons: dict[str, NodeComparison] = {}
+                            getattr(reference, "config", None) and reference.config.name or reference), fail_on)
+    results = [EngineResult(e.name, e.precision, *_tolerance(e.precision, atol, rtol), path=e.path,
+                            node_level_note=e.node_level_note) for e in engine_list]
+    localisers: dict[str, NodeLocaliser] = {}
+    bisected: set[tuple[str, str | None]] = set()
     labels: list[str] = []
     current: dict = {}  # the feed of the iteration being compared: Comparator pulls one per iteration
     loader = inputs.labelled() if isinstance(inputs, WindowLoader) else ((f"input-{i}", f) for i, f in enumerate(inputs))
@@ -68,25 +86,44 @@ def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[
             model = getattr(reference_runner, "model", None)
             top_k = model.config.edge_top_k if isinstance(model, V3Detector) else None
             for engine, result in zip(engine_list, results):
-                outcome = compare_outputs(labels[-1], feed, ref_out, run[engine.runner.name][0], spectrum, atol, rtol,
+                eng_out = run[engine.runner.name][0]
+                outcome = compare_outputs(labels[-1], feed, ref_out, eng_out, spectrum, result.atol, result.rtol,
                                           top_k)
                 for name, stage in outcome.stages.items():
                     result.stages.setdefault(name, TensorStats()).merge(stage.stats)
-                kind = {"nonfinite_precision": "precision", "nonfinite_fp32": "fp32"}.get(outcome.verdict)
-                if _should_localise(engine, outcome.verdict, kind):
-                    comparison = comparisons.get(engine.name) or comparisons.setdefault(
-                        engine.name, NodeComparison(engine, batch=len(next(iter(feed.values()))),
-                                                    max_marked_bytes=max_marked_bytes))
-                    outcome.node_level = comparison.localise(feed, atol, rtol, kind)
-                    for node, (op_type, stage, stats) in outcome.node_level.nodes.items():
-                        result.nodes.setdefault(node, (op_type, stage, TensorStats()))[2].merge(stats)
-                    outcome.node_level.nodes = {}  # merged into the engine's; keep no copy per input
+                kind = NONFINITE_KINDS.get(outcome.verdict)
+                key = (engine.name, outcome.first_divergent_stage)
+                wanted = kind is not None or (outcome.verdict == "divergence" and key not in bisected)
+                if node_level and wanted and _worth_localising(engine, kind):
+                    localiser = localisers.get(engine.name) or localisers.setdefault(
+                        engine.name, NodeLocaliser(engine, lean_onnxruntime_runner))
+                    logits = eng_out[OUTPUT_NAME] if OUTPUT_NAME in eng_out else None
+                    if kind is not None:
+                        outcome.node_level = localiser.scan(feed, kind, logits)
+                        result.merge_ranges(localiser, outcome.node_level.ranges, labels[-1])
+                    else:
+                        bisected.add(key)
+                        outcome.node_level = localiser.first_divergent(feed, outcome.first_divergent_stage,
+                                                                       result.atol, result.rtol, logits)
+                    outcome.node_level.ranges = {}  # merged into the engine's; keep no copy per input
+                    say(f"{engine.name} {labels[-1]}: node level ({outcome.node_level.method}) "
+                        f"{outcome.node_level.runs} runs, {outcome.node_level.seconds:.1f} s")
                 result.inputs.append(outcome)
+            say(f"input {len(labels)} {labels[-1]}: "
+                + ", ".join(f"{r.name} {r.inputs[-1].verdict}" for r in results)
+                + f"; {time.perf_counter() - started:.0f} s, peak RSS {peak_rss_mb():.0f} MB")
     report.inputs = labels
     report.engines = results
+    report.cost = {"seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak_rss_mb()),
+                   "node_level_runs": sum(i.node_level.runs for r in results for i in r.inputs if i.node_level)}
     if report_dir is not None:
         write_report(report, report_dir)
     return report
+
+
+def _tolerance(precision: str, atol: float | None, rtol: float | None) -> tuple[float, float]:
+    default_atol, default_rtol = TOLERANCES.get(precision, TOLERANCES["fp32"])
+    return (default_atol if atol is None else atol), (default_rtol if rtol is None else rtol)
 
 
 def _engines(reference, engines: list) -> list[Engine]:
@@ -97,32 +134,27 @@ def _engines(reference, engines: list) -> list[Engine]:
         if isinstance(e, Engine):
             out.append(e)
         elif isinstance(e, BaseRunner):
-            out.append(Engine(e.name, e))
+            out.append(Engine(e.name, e, node_level_note="a runner without its ONNX graph: compared at its probes"))
         elif str(e).startswith(TORCH_ENGINE_PREFIX):
             precision = str(e)[len(TORCH_ENGINE_PREFIX):]
             if precision not in AUTOCAST_DTYPES or isinstance(reference, BaseRunner):
                 raise ValueError(f"{e}: needs a checkpoint or model reference and one of "
                                  f"{[TORCH_ENGINE_PREFIX + p for p in AUTOCAST_DTYPES]}")
             out.append(Engine(f"torch-{precision}", TorchRunner(reference, probes=True, autocast=precision,
-                                                                name=f"torch-{precision}"), precision))
+                                                                name=f"torch-{precision}"), precision,
+                              node_level_note="PyTorch autocast has no ONNX graph: compared at its probes"))
         else:
-            out.append(by_path[str(e)])
+            engine = by_path[str(e)]
+            engine.path = str(e)
+            out.append(engine)
     names = [e.name for e in out]
     if len(set(names)) != len(names):
         raise ValueError(f"engine names must be unique, got {names}")
     return out
 
 
-def _node_level_note(engine: Engine) -> str | None:
-    if engine.onnx_model is None or engine.runner_for is None:
-        return "no ONNX graph to mark: compared at its outputs only"
-    if engine.fp32_model is None:
-        return "no fp32 ONNX graph of the same ops mode given: compared at its outputs only"
-    return None
-
-
-def _should_localise(engine: Engine, verdict: str, kind: str | None) -> bool:
-    if not engine.localisable or verdict in ("clean", "basis_ambiguous", "nonfinite_input"):
+def _worth_localising(engine: Engine, kind: str | None) -> bool:
+    if not engine.localisable:
         return False
     # An fp32 graph against itself only has fp32 defects to find.
     return kind == "fp32" or engine.onnx_model is not engine.fp32_model
@@ -167,7 +199,8 @@ def compare_outputs(label: str, feed: dict, ref_out, eng_out, spectrum, atol: fl
                             "clean" if stage.selection.passed else "divergence")
         stages[name] = stage
     statuses = [s.status for s in stages.values()]
-    first_off = next((n for n, s in stages.items() if s.status != "clean"), None)
+    first_nonfinite = next((n for n, s in stages.items() if s.status in NONFINITE_KINDS), None)
+    first_off = next((n for n, s in stages.items() if s.status in ("divergence", "basis_ambiguous")), None)
     if not all(np.isfinite(v).all() for v in feed.values()):
         verdict = "nonfinite_input"
     elif "nonfinite_fp32" in statuses:
@@ -179,7 +212,7 @@ def compare_outputs(label: str, feed: dict, ref_out, eng_out, spectrum, atol: fl
     else:
         # Stages after a basis-ambiguous eigendecomposition inherit its (correct) difference.
         verdict = "basis_ambiguous" if stages[first_off].status == "basis_ambiguous" else "divergence"
-    return InputResult(label, verdict, first_off, stages)
+    return InputResult(label, verdict, first_off, stages, first_nonfinite_stage=first_nonfinite)
 
 
 def _status(stats: TensorStats) -> str:

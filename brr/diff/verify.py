@@ -1,22 +1,24 @@
 """Post-export verification: the diff of one engine against PyTorch fp32 on a fixed input suite.
 
 ``brr-export`` (and the main pipeline) call ``verify_engine`` after building an engine: synthetic
-windows plus the adversarial suite, stage by stage, with a tolerance that fits the engine's
-precision. It fails on precision-induced non-finite values and on divergence beyond that tolerance;
-a basis-ambiguous eigendecomposition is reported, never failed. The full report stays on disk.
+windows plus the adversarial suite, stage by stage, at the tolerance of the engine's precision. It
+fails on precision-induced non-finite values and on divergence beyond that tolerance; a
+basis-ambiguous eigendecomposition is reported, never failed. The full report stays on disk, and the
+verdict goes into the artifact's manifest with the sha256 of the model it ran (what ``brr-infer``
+checks before serving).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from brr.diff.inputs import AdversarialWindows, ChainedWindows, SyntheticWindows
-from brr.diff.report import DiffReport
+from brr.diff.report import origin_sentence, write_report
+from brr.diff.results import DiffReport
 from brr.diff.run import run_diff
-
-# (atol, rtol) per engine precision: what the precision can hold over this network's stages.
-TOLERANCES = {"fp32": (1e-3, 1e-3), "fp16": (0.1, 0.05), "bf16": (0.25, 0.05), "int8": (0.5, 0.1)}
+from brr.export.manifest import record_verification
 
 
 @dataclass(frozen=True)
@@ -37,25 +39,41 @@ class Verification:
         engine = self.report.engines[0]
         logits = engine.stages.get("logits")
         error = f"{logits.max_abs_err:.3g}" if logits is not None else "n/a"
-        where = f", first stage off: {engine.first_divergent_stage}" if engine.first_divergent_stage else ""
-        return (f"{'pass' if self.passed else 'FAIL'}: {engine.verdict} on {len(self.report.inputs)} windows "
-                f"(max |logit error| {error}{where}); report {self.report_dir / 'report.md'}")
+        stage = engine.first_nonfinite_stage or engine.first_divergent_stage
+        where = f", first stage off: {stage}" if stage else ""
+        line = (f"{'pass' if self.passed else 'FAIL'}: {engine.verdict} on {len(self.report.inputs)} windows at atol "
+                f"{engine.atol:g}/rtol {engine.rtol:g} (max |logit error| {error}{where}); report "
+                f"{self.report_dir / 'report.md'}")
+        if not self.passed:
+            origin = origin_sentence(engine)
+            node = engine.first_divergent_node
+            if origin:
+                line += f"\n  {origin}"
+            elif node:
+                line += f"\n  first node beyond tolerance: {node['node']} ({node['op_type']}, stage {node['stage']})"
+            steps = self.report.next_steps()
+            if steps:
+                line += "\n  next: " + "\n  then: ".join(steps)
+        return line
 
 
 def verify_engine(reference, engine_path: str | Path, precision: str, report_dir: str | Path,
-                  window_samples: int, synthetic_windows: int = 2, fp32_artifact: str | Path | None = None
-                  ) -> Verification:
-    """Diff ``engine_path`` against the fp32 ``reference`` (checkpoint dir or model); write the report.
-
-    ``fp32_artifact``: the fp32 ONNX export the engine was built from; given, it is diffed too and
-    lets the diff localise a reduced-precision failure node by node.
-    """
-    atol, rtol = TOLERANCES[precision]
+                  window_samples: int, synthetic_windows: int = 2,
+                  progress: Callable[[str], None] | None = None) -> Verification:
+    """Diff ``engine_path`` against the fp32 ``reference`` (checkpoint dir or model), write the report and
+    record the verdict in the artifact's manifest."""
     inputs = ChainedWindows([SyntheticWindows(synthetic_windows, window_samples),
                              AdversarialWindows(window_samples)])
-    engines = [engine_path]
-    if fp32_artifact is not None and Path(fp32_artifact) != Path(engine_path):
-        engines.append(fp32_artifact)
-    report = run_diff(reference, engines, inputs, atol=atol, rtol=rtol, report_dir=report_dir,
-                      fail_on="divergence")
-    return Verification(precision, report, Path(report_dir))
+    report = run_diff(reference, [engine_path], inputs, fail_on="divergence", progress=progress)
+    report.data_arguments = ["--synthetic", str(synthetic_windows)]
+    write_report(report, report_dir)
+    verification = Verification(precision, report, Path(report_dir))
+    engine = report.engines[0]
+    origin = engine.origin
+    record_verification(engine_path, {
+        "passed": verification.passed, "verdict": report.verdict, "report": str(Path(report_dir).resolve()),
+        "atol": engine.atol, "rtol": engine.rtol, "inputs": report.inputs,
+        "first_nonfinite_stage": engine.first_nonfinite_stage, "first_divergent_stage": engine.first_divergent_stage,
+        "origin_node": origin["node"] if origin else None,
+    })
+    return verification

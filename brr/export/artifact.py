@@ -3,8 +3,9 @@
 Layout under ``out``::
 
     onnx-<ops>/                    the fp32 reference (also the ONNX Runtime fp32 engine): model.onnx,
-                                   model.probed.onnx, model.stages.json, manifest.json
-    <backend>-<precision>-<ops>/   the engine and its manifest (absent for onnxruntime fp32)
+                                   model.stages.json, manifest.json
+    <backend>-<precision>-<ops>/   the engine and its manifest (absent for onnxruntime fp32); the
+                                   manifest names the fp32 reference it was built from
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from brr.export.engines import build_engine, resolve_backend
 from brr.export.manifest import write_manifest
-from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, STAGES_FILE, export_onnx
+from brr.export.onnx_export import MODEL_FILE, STAGES_FILE, export_onnx
 from brr.export.precision_plan import PrecisionPlan
 from brr.model import load_checkpoint
 from brr.model.checkpoint import WEIGHTS_FILE, file_sha256, read_checkpoint_meta
@@ -90,7 +91,7 @@ def export_artifacts(request: ExportRequest, say: Callable[[str], None] = print)
     seconds["onnx_export"] = time.perf_counter() - start
     common = {"source": source, "config": config, "ops": request.ops, "opset": reference.opset}
     write_manifest(reference.directory, backend="onnxruntime", precision="fp32", model_file=MODEL_FILE,
-                   probed_model_file=PROBED_MODEL_FILE, pinned_nodes=[], **common)
+                   pinned_nodes=[], **common)
     say(f"fp32 ONNX ({request.ops} ops): {reference.model} in {seconds['onnx_export']:.1f} s")
 
     engine_dir = reference.directory
@@ -104,8 +105,8 @@ def export_artifacts(request: ExportRequest, say: Callable[[str], None] = print)
                              lambda: calibration_windows(request.calibration_data, config.window_samples))
         seconds["engine_build"] = time.perf_counter() - start
         write_manifest(engine_dir, backend=backend, precision=request.engine, model_file=built.model_file,
-                       probed_model_file=built.probed_model_file, pinned_nodes=built.pinned_nodes,
-                       batch=request.batch if backend == "tensorrt" else None, settings=built.settings, **common)
+                       pinned_nodes=built.pinned_nodes, batch=request.batch if backend == "tensorrt" else None,
+                       settings=built.settings, fp32_reference=reference.directory, **common)
         say(f"{backend} {request.engine} engine: {engine_dir} in {seconds['engine_build']:.1f} s")
 
     return ExportResult(reference.directory, engine_dir, backend, request.engine, seconds=seconds)

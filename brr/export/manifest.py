@@ -1,13 +1,18 @@
-"""``manifest.json``: what an artifact directory holds and where it came from; checked before use.
+"""``manifest.json``: what an artifact directory holds, where it came from, how it was verified.
 
 Written beside every artifact by ``write_manifest``; ``verify_manifest`` refuses (``ManifestError``)
-a directory whose files are missing, changed or unlisted-but-named, so that no runtime loads an engine
-other than the one that was verified.
+a directory whose files are missing, changed or unlisted-but-named. An artifact holds one model file,
+which is both served and diffed (every probe is an output of it). Verification against PyTorch fp32
+is recorded by ``record_verification``: the verdict and the sha256 of the model file it ran.
+``served_verification`` is what a runtime checks before serving: a model that failed, was never
+verified, or is not the file that was verified (replaced, and the file hashes rewritten to match)
+is refused, unless the caller allows it explicitly.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -19,7 +24,7 @@ from brr.model.checkpoint import file_sha256
 from brr.model.detector import INPUT_NAME, OUTPUT_NAME
 
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 _VERSIONED_PACKAGES = ("torch", "onnx", "onnxscript", "onnx-ir", "onnxruntime", "onnxruntime-extensions",
@@ -42,17 +47,26 @@ def package_versions() -> dict[str, str]:
 
 def write_manifest(
     directory: str | Path, *, source: dict[str, Any], config: DetectorConfig, backend: str, precision: str,
-    ops: str, opset: int, model_file: str, probed_model_file: str | None, pinned_nodes: list[str],
+    ops: str, opset: int, model_file: str, pinned_nodes: list[str],
     batch: tuple[int, int, int] | None = None, settings: dict[str, Any] | None = None,
+    fp32_reference: str | Path | None = None, precision_plan: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Hash every file of ``directory`` (but the manifest) and write its manifest; returns it."""
+    """Hash every file of ``directory`` (but the manifest) and write its manifest; returns it.
+
+    ``fp32_reference``: the fp32 ONNX artifact directory the engine was built from (stored relative
+    to ``directory``, with the sha256 of its model): the diff's node level compares against it.
+    """
     directory = Path(directory)
     if backend not in BACKENDS or precision not in PRECISIONS:
         raise ValueError(f"backend must be in {BACKENDS} and precision in {PRECISIONS}, got {backend}, {precision}")
     files = {p.name: file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
-    for named in (model_file, probed_model_file):
-        if named is not None and named not in files:
-            raise ValueError(f"{directory}: {named} is not in the artifact")
+    if model_file not in files:
+        raise ValueError(f"{directory}: {model_file} is not in the artifact")
+    reference = None
+    if fp32_reference is not None:
+        partner = read_manifest(fp32_reference)
+        reference = {"path": os.path.relpath(Path(fp32_reference).resolve(), directory.resolve()),
+                     "model_sha256": partner["files"][partner["model_file"]]}
     window = config.window_samples
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -70,9 +84,11 @@ def write_manifest(
         "batch": None if batch is None else {"min": batch[0], "opt": batch[1], "max": batch[2]},
         "fp32_pinned_nodes": pinned_nodes,
         "model_file": model_file,
-        "probed_model_file": probed_model_file,
+        "fp32_reference": reference,
+        "precision_plan": precision_plan,
         "settings": settings or {},
         "files": files,
+        "verification": None,
     }
     atomic_write_text(directory / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
@@ -87,7 +103,8 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path}: invalid JSON: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        raise ManifestError(f"{path}: unsupported manifest format (want format_version {FORMAT_VERSION})")
+        raise ManifestError(f"{path}: unsupported manifest format (want format_version {FORMAT_VERSION}); "
+                            "export the checkpoint again with this brr-export")
     for key in ("backend", "precision", "ops", "model_file", "files", "config"):
         if key not in manifest:
             raise ManifestError(f"{path}: missing key {key!r}")
@@ -105,9 +122,52 @@ def verify_manifest(directory: str | Path) -> dict[str, Any]:
             problems.append(f"{name} is missing")
         elif file_sha256(path) != digest:
             problems.append(f"{name} does not match its sha256 (changed after export)")
-    for key in ("model_file", "probed_model_file"):
-        if manifest.get(key) is not None and manifest[key] not in manifest["files"]:
-            problems.append(f"{key} {manifest[key]} is not among the hashed files")
+    if manifest["model_file"] not in manifest["files"]:
+        problems.append(f"model_file {manifest['model_file']} is not among the hashed files")
     if problems:
         raise ManifestError(f"{directory}: artifact refused: " + "; ".join(problems))
     return manifest
+
+
+def record_verification(directory: str | Path, verification: dict[str, Any]) -> dict[str, Any]:
+    """Write the verification of the artifact's model into its manifest; returns the manifest.
+
+    ``verification`` holds at least ``passed`` (bool) and ``verdict``; the sha256 of the model file
+    it ran is added here from the (checked) file itself.
+    """
+    directory = Path(directory)
+    manifest = verify_manifest(directory)
+    manifest["verification"] = dict(verification) | {"model_sha256": manifest["files"][manifest["model_file"]]}
+    atomic_write_text(directory / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+def served_verification(directory: str | Path, manifest: dict[str, Any]) -> str | None:
+    """Why the artifact's model must not be served unasked (None when its passing verification ran it)."""
+    verification = manifest.get("verification")
+    if not verification:
+        return f"{directory}: never verified against PyTorch fp32 (exported with --no-verify?)"
+    if verification.get("model_sha256") != manifest["files"][manifest["model_file"]]:
+        return (f"{directory}: {manifest['model_file']} is not the model that was verified "
+                f"(verified sha256 {str(verification.get('model_sha256'))[:12]}, now "
+                f"{manifest['files'][manifest['model_file']][:12]})")
+    if not verification.get("passed"):
+        return f"{directory}: its verification failed ({verification.get('verdict')}); see {verification.get('report')}"
+    return None
+
+
+def fp32_reference(directory: str | Path, manifest: dict[str, Any]) -> tuple[Path | None, str | None]:
+    """The fp32 ONNX artifact an engine was built from, checked, or (None, why it cannot be used)."""
+    reference = manifest.get("fp32_reference")
+    if manifest["precision"] == "fp32":
+        return Path(directory), None
+    if not reference:
+        return None, "its manifest names no fp32 ONNX it was built from"
+    path = (Path(directory) / reference["path"]).resolve()
+    try:
+        partner = verify_manifest(path)
+    except ManifestError as error:
+        return None, f"its fp32 ONNX {path} cannot be used: {error}"
+    if partner["files"][partner["model_file"]] != reference["model_sha256"]:
+        return None, f"{path} holds another fp32 model than the one the engine was built from"
+    return path, None

@@ -1,9 +1,9 @@
-"""Export the detector to ONNX: ``model.onnx`` (input ``eeg``, output ``logits``) and its probed twin.
+"""Export the detector to ONNX: ``model.onnx``, input ``eeg``, outputs every probe of ``PROBE_NAMES``.
 
 The exporter is torch's dynamo exporter with the custom ops translated by ``brr.ops.registry``
-(``standard``: only ai.onnx ops; ``plugin``: one custom node per op). The model is exported once, with
-every probe of ``PROBE_NAMES`` as an output (``model.probed.onnx``); ``model.onnx`` is the same graph
-with only ``logits`` kept, so that the stage diff compares exactly the graph that is served.
+(``standard``: only ai.onnx ops; ``plugin``: one custom node per op). Every probe is an output and
+every probe feeds ``logits``, so there is one graph: the diff compares the stages of exactly the
+graph that is served, and serving fetches ``logits`` alone (the other outputs cost a few MB a window).
 
 Every node records the probe stage it computes (metadata prop ``brr.stage``, and the map
 ``model.stages.json``), read from the module path the exporter leaves in each node's name scopes.
@@ -19,17 +19,15 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
-import onnx_ir.passes.common as ir_passes
 import torch
 from torch import nn
 
 from brr.atomic import atomic_write_text
 from brr.model import PROBE_NAMES, V3Detector
+from brr.model.detector import INPUT_NAME
 from brr.ops.registry import ONNX_OPSET, OPS_MODES, translation_table
-from brr.model.detector import INPUT_NAME, OUTPUT_NAME
 
 MODEL_FILE = "model.onnx"
-PROBED_MODEL_FILE = "model.probed.onnx"
 STAGES_FILE = "model.stages.json"
 STAGE_METADATA_KEY = "brr.stage"
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
@@ -59,10 +57,6 @@ class OnnxExport:
     @property
     def model(self) -> Path:
         return self.directory / MODEL_FILE
-
-    @property
-    def probed_model(self) -> Path:
-        return self.directory / PROBED_MODEL_FILE
 
     @property
     def stages(self) -> Path:
@@ -138,19 +132,6 @@ def _annotate(model: ir.Model) -> dict[str, str]:
     return stages
 
 
-def keep_outputs(model: ir.Model, names: tuple[str, ...]) -> ir.Model:
-    """Keep only the graph outputs ``names`` and remove the nodes nothing uses any more (in place)."""
-    missing = set(names) - {v.name for v in model.graph.outputs}
-    if missing:
-        raise ExportError(f"model has no output(s) {sorted(missing)}")
-    kept = [v for v in model.graph.outputs if v.name in names]
-    model.graph.outputs.clear()
-    model.graph.outputs.extend(kept)
-    ir_passes.RemoveUnusedNodesPass()(model)
-    ir_passes.RemoveUnusedOpsetsPass()(model)
-    return model
-
-
 def check_onnx(path: Path) -> None:
     """ONNX checker (full check) and strict shape inference; raises ExportError naming the file."""
     try:
@@ -163,7 +144,7 @@ def check_onnx(path: Path) -> None:
 
 
 def export_onnx(model: V3Detector, directory: str | Path, ops: str = "standard") -> OnnxExport:
-    """Export ``model`` (eval mode, fp32) to ``directory``: model.onnx, model.probed.onnx, model.stages.json."""
+    """Export ``model`` (eval mode, fp32) to ``directory``: model.onnx and model.stages.json."""
     if ops not in OPS_MODES:
         raise ValueError(f"ops mode must be one of {OPS_MODES}, got {ops!r}")
     directory = Path(directory)
@@ -180,9 +161,7 @@ def export_onnx(model: V3Detector, directory: str | Path, ops: str = "standard")
     probed = program.model
     stages = _annotate(probed)
     result = OnnxExport(directory, ops, ONNX_OPSET)
-    ir.save(probed, result.probed_model)
-    ir.save(keep_outputs(ir.load(result.probed_model), (OUTPUT_NAME,)), result.model)
+    ir.save(probed, result.model)
     atomic_write_text(result.stages, json.dumps(stages, indent=1, sort_keys=True))
-    for path in (result.model, result.probed_model):
-        check_onnx(path)
+    check_onnx(result.model)
     return result

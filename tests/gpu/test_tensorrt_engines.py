@@ -33,8 +33,7 @@ def test_tensorrt_engine_builds_and_runs(tmp_path, ops, precision):
     built = build_engine(export, tmp_path / "trt", "tensorrt", precision, [], (1, 2, 3), model.config,
                          lambda: [rng.standard_normal((1, 19, 15360)).astype(np.float32) for _ in range(2)])
     write_manifest(tmp_path / "trt", source={}, config=model.config, backend="tensorrt", precision=precision,
-                   ops=ops, opset=export.opset, model_file=built.model_file,
-                   probed_model_file=built.probed_model_file, pinned_nodes=[], batch=(1, 2, 3),
+                   ops=ops, opset=export.opset, model_file=built.model_file, pinned_nodes=[], batch=(1, 2, 3),
                    settings=built.settings)
     x = torch.randn(2, 19, 15360)
     with torch.no_grad():

@@ -1,6 +1,6 @@
 """Engine builders, one module per backend; ``build_engine`` picks the backend's builder.
 
-Every builder writes a served model file and its probed twin (all probes as outputs) into the engine
+Every builder writes one model file (every probe an output, as in the fp32 export) into the engine
 directory; the caller writes the manifest.
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from brr.export.engines.onnxruntime import FLOAT32_ONLY_OP_TYPES, EngineBuildError
+from brr.export.engines.onnxruntime import EngineBuildError
 from brr.export.engines.tensorrt import TensorRTUnavailable, import_tensorrt
-from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, OnnxExport
+from brr.export.onnx_export import MODEL_FILE, OnnxExport
 from brr.model import DetectorConfig
 
 BACKEND_CHOICES = ("auto", "onnxruntime", "openvino", "tensorrt")
@@ -26,7 +26,6 @@ __all__ = ["BACKEND_CHOICES", "BuiltEngine", "EngineBuildError", "TensorRTUnavai
 @dataclass(frozen=True)
 class BuiltEngine:
     model_file: str
-    probed_model_file: str
     pinned_nodes: list[str]
     settings: dict
 
@@ -46,13 +45,6 @@ def resolve_backend(backend: str) -> str:
     return "tensorrt"
 
 
-def _custom_nodes(model_path: Path) -> list[str]:
-    import onnx
-
-    return [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node
-            if n.op_type in FLOAT32_ONLY_OP_TYPES]
-
-
 def build_engine(reference: OnnxExport, directory: Path, backend: str, precision: str, fp32_nodes: list[str],
                  batch: tuple[int, int, int], config: DetectorConfig,
                  calibration: Callable[[], Iterable[np.ndarray]]) -> BuiltEngine:
@@ -62,18 +54,16 @@ def build_engine(reference: OnnxExport, directory: Path, backend: str, precision
         from brr.export.engines.onnxruntime import build_onnxruntime_engine
 
         settings = build_onnxruntime_engine(reference, directory, precision, fp32_nodes, windows)
-        pinned = sorted(set(fp32_nodes) | set(_custom_nodes(reference.model))) if precision in ("fp16", "bf16") \
-            else fp32_nodes
-        return BuiltEngine(MODEL_FILE, PROBED_MODEL_FILE, pinned, settings)
+        return BuiltEngine(MODEL_FILE, fp32_nodes, settings)
     if backend == "openvino":
         from brr.export.engines import openvino
 
         settings = openvino.build_openvino_engine(reference, directory, precision)
-        return BuiltEngine(openvino.MODEL_FILE, openvino.PROBED_MODEL_FILE, [], settings)
+        return BuiltEngine(openvino.MODEL_FILE, [], settings)
     if backend == "tensorrt":
         from brr.export.engines import tensorrt
 
         settings = tensorrt.build_tensorrt_engine(reference, directory, precision, fp32_nodes, batch,
                                                   config.n_channels, config.window_samples, windows)
-        return BuiltEngine(tensorrt.MODEL_FILE, tensorrt.PROBED_MODEL_FILE, fp32_nodes, settings)
+        return BuiltEngine(tensorrt.MODEL_FILE, fp32_nodes, settings)
     raise EngineBuildError(f"unknown backend {backend!r}")

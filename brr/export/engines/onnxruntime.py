@@ -1,14 +1,16 @@
 """ONNX Runtime engines (CPU execution provider): fp32, fp16, bf16 and int8 ONNX models.
 
-Each engine is a chain of Polygraphy-style loaders over the probed fp32 export; the served
-``model.onnx`` is the converted probed model with only ``logits`` kept (``keep_outputs``).
+Each engine is a chain of Polygraphy-style loaders over the fp32 export (every probe an output),
+saved as the engine's one ``model.onnx``.
 
-* fp16: ``onnxruntime.transformers.float16.convert_float_to_float16`` with fp32 inputs/outputs,
-  the plan's nodes and the custom nodes (float32-only kernels) left in fp32.
-* bf16: ONNX Runtime 1.32's CPU provider has no bfloat16 compute kernels (Conv, MatMul, Add, Exp, ...
-  all refuse bfloat16; measured), so the bf16 engine stores weights as bfloat16 and rounds every
-  activation through bfloat16 (Cast pairs) while the arithmetic runs in fp32 kernels: it reproduces
-  bf16 storage error, not bf16 accumulation. The real bf16 CPU path is OpenVINO.
+* fp16 and bf16: weights stored in the reduced precision and every stored activation rounded through
+  it by explicit Cast pairs, arithmetic in fp32 kernels (``RoundThroughLowPrecision``): what TensorRT
+  stores between its fp16 layers. ONNX Runtime's CPU provider has no fp16 or bf16 kernels for most of
+  this graph's ops (MatMul, Mul, Conv, Where, ...): on a model converted to fp16 it inserts its own
+  casts and then drops the cast pairs between two fp32-computing nodes, but only where the value has
+  no other consumer, so marking an output changed what the engine computed (measured: logits moved
+  by 0.07, and a planted fp16 overflow did not appear at all). The explicit rounding is computed the
+  same whoever consumes a value, at every optimisation level.
 * int8: ``onnxruntime.quantization.quantize_static`` in QDQ format, Conv and constant-weight MatMul
   only, calibrated on the given windows. ORT's calibrator makes its own sessions without the custom-op
   library, so int8 needs the standard-ops export.
@@ -16,6 +18,7 @@ Each engine is a chain of Polygraphy-style loaders over the probed fp32 export; 
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -23,60 +26,20 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import onnx
-from onnx import TensorProto
 import onnx_ir as ir
-import onnx_ir.passes.common as ir_passes
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-from onnxruntime.transformers.float16 import convert_float_to_float16
 from polygraphy import util
 from polygraphy.backend.base import BaseLoader
 from polygraphy.backend.onnx import OnnxFromPath, SaveOnnx
 
-from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, OnnxExport, keep_outputs
-from brr.ops.eigh.onnx import PLUGIN_OP_TYPE as EIGH_OP_TYPE
-from brr.ops.selective_scan.onnx import OP_TYPE as SCAN_OP_TYPE
-from brr.model.detector import INPUT_NAME, OUTPUT_NAME
+from brr.export.onnx_export import MODEL_FILE, OnnxExport
+from brr.model.detector import INPUT_NAME
 
-# The ORT kernels of the custom nodes are declared for float32 only.
-FLOAT32_ONLY_OP_TYPES = (SCAN_OP_TYPE, EIGH_OP_TYPE)
-# Ops the CPU provider has no float16 kernel for (found by loading the converted model), kept fp32.
-NO_CPU_FP16_KERNEL_OP_TYPES = ("IsInf",)
-# What the fp16 conversion keeps in fp32 by op type, whatever the plan. Not the converter's default
-# block list (CumSum, TopK, Min, Max, ... for generic models): the CPU provider runs those of the
-# detector in fp16, and whether one needs fp32 is the precision plan's question.
-FP16_BLOCKED_OP_TYPES = (*FLOAT32_ONLY_OP_TYPES, *NO_CPU_FP16_KERNEL_OP_TYPES)
 QUANTIZED_OP_TYPES = ("Conv", "MatMul")
 
 
 class EngineBuildError(RuntimeError):
     """An engine that cannot be built as asked; the message says why and what to do."""
-
-
-class ConvertToFloat16(BaseLoader):
-    """ONNX model -> the same model in fp16 with fp32 I/O, ``fp32_nodes`` and custom nodes kept fp32."""
-
-    def __init__(self, model, fp32_nodes: Iterable[str]):
-        super().__init__()
-        self._model = model
-        self.fp32_nodes = sorted(fp32_nodes)
-
-    def call_impl(self) -> onnx.ModelProto:
-        model, _ = util.invoke_if_callable(self._model)
-        converted = drop_fp16_round_trips(convert_float_to_float16(
-            model, keep_io_types=True, node_block_list=self.fp32_nodes,
-            op_block_list=list(FP16_BLOCKED_OP_TYPES),
-        ))
-        # The converter retypes every value_info entry to fp16, those naming initializers it keeps in fp32
-        # (weights of blocked nodes) included: strict shape inference then rejects the model (ONNX Runtime
-        # tolerates it). An initializer carries its own type, so such entries go.
-        initializers = {i.name for i in converted.graph.initializer}
-        info = [v for v in converted.graph.value_info if v.name not in initializers]
-        del converted.graph.value_info[:]
-        converted.graph.value_info.extend(info)
-        # It also appends the Casts around blocked nodes after their consumers: ONNX wants them sorted.
-        model_ir = ir.from_proto(converted)
-        ir_passes.TopologicalSortPass()(model_ir)
-        return ir.to_proto(model_ir)
 
 
 class RoundThroughLowPrecision(BaseLoader):
@@ -223,16 +186,19 @@ class QuantizeStaticQDQ(BaseLoader):
             return onnx.load(str(out))
 
 
+def low_precision_model(model: onnx.ModelProto, fp32_nodes: Iterable[str], precision: str) -> onnx.ModelProto:
+    """The fp16/bf16 ONNX Runtime engine's graph of ``model`` with ``fp32_nodes`` computed and stored in fp32."""
+    return RoundThroughLowPrecision(model, fp32_nodes, precision, subgraphs=True)()
+
+
 def build_onnxruntime_engine(
     reference: OnnxExport, directory: Path, precision: str, fp32_nodes: list[str],
     calibration: Iterable[np.ndarray] | None = None,
 ) -> dict:
-    """Write ``model.probed.onnx`` and ``model.onnx`` of ``precision`` into ``directory``; returns settings."""
-    source = OnnxFromPath(str(reference.probed_model))
-    if precision == "fp16":
-        converted = ConvertToFloat16(source, fp32_nodes)
-    elif precision == "bf16":
-        converted = RoundThroughLowPrecision(source, fp32_nodes, "bf16")
+    """Write ``model.onnx`` of ``precision`` into ``directory``; returns settings."""
+    source = OnnxFromPath(str(reference.model))
+    if precision in RoundThroughLowPrecision.DTYPES:
+        converted = functools.partial(low_precision_model, source(), fp32_nodes, precision)
     elif precision == "int8":
         if reference.ops != "standard":
             raise EngineBuildError(
@@ -240,51 +206,12 @@ def build_onnxruntime_engine(
             )
         if calibration is None:
             raise EngineBuildError("int8 needs calibration windows (--calibration-data)")
-        converted = QuantizeStaticQDQ(reference.probed_model, calibration, fp32_nodes)
+        converted = QuantizeStaticQDQ(reference.model, calibration, fp32_nodes)
     else:
         raise EngineBuildError(f"ONNX Runtime engine precision must be fp16, bf16 or int8 here, got {precision!r}")
     directory.mkdir(parents=True, exist_ok=True)
-    SaveOnnx(converted, str(directory / PROBED_MODEL_FILE))()
-    ir.save(keep_outputs(ir.load(directory / PROBED_MODEL_FILE), (OUTPUT_NAME,)), directory / MODEL_FILE)
+    SaveOnnx(converted, str(directory / MODEL_FILE))()
     return {"execution_provider": "CPUExecutionProvider",
-            "computes_in": {"fp16": "fp16 kernels", "bf16": "fp32 kernels on bf16-rounded tensors",
+            "computes_in": {"fp16": "fp32 kernels on fp16-rounded tensors",
+                            "bf16": "fp32 kernels on bf16-rounded tensors",
                             "int8": "int8 QDQ Conv/MatMul"}[precision]}
-
-
-# The converter wraps each blocked node on its own: Casts to fp32 on its inputs, a Cast to fp16 on
-# each output. Two adjacent blocked nodes are therefore joined by Cast(fp16) -> Cast(fp32), which
-# rounds (and overflows) the very value a precision plan keeps in fp32: pinning a chain (a squared
-# norm and its sqrt) would not help. ``drop_fp16_round_trips`` rewires such consumers to the fp32 value.
-
-def _cast_to(node: onnx.NodeProto) -> int | None:
-    if node.op_type != "Cast":
-        return None
-    return next((a.i for a in node.attribute if a.name == "to"), None)
-
-
-def drop_fp16_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with Cast(fp32 -> fp16) -> Cast(fp16 -> fp32) pairs bypassed (in place; returned)."""
-    graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    graph_outputs = {o.name for o in graph.output}
-    rename: dict[str, str] = {}
-    for node in graph.node:
-        if _cast_to(node) != TensorProto.FLOAT:
-            continue
-        down = producers.get(node.input[0])
-        if down is None or _cast_to(down) != TensorProto.FLOAT16 or node.output[0] in graph_outputs:
-            continue
-        source = producers.get(down.input[0])
-        # Only a value that was fp32 before the Cast (a blocked node's output) goes back to being fp32.
-        if source is not None and _cast_to(source) not in (None, TensorProto.FLOAT):
-            continue
-        rename[node.output[0]] = down.input[0]
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name in rename:
-                node.input[i] = rename[name]
-    used = {name for node in graph.node for name in node.input} | graph_outputs
-    kept = [n for n in graph.node if n.op_type != "Cast" or any(out in used for out in n.output)]
-    del graph.node[:]
-    graph.node.extend(kept)
-    return model

@@ -17,19 +17,17 @@ from brr.export.onnx_export import OnnxExport
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 MODEL_FILE = "model.xml"
-PROBED_MODEL_FILE = "model.probed.xml"
 
 
 def build_openvino_engine(reference: OnnxExport, directory: Path, precision: str) -> dict:
-    """Write model.xml/.bin and model.probed.xml/.bin into ``directory``; returns settings."""
+    """Write model.xml/.bin (every probe an output, as in the ONNX) into ``directory``; returns settings."""
     if reference.ops != "standard":
         raise EngineBuildError("OpenVINO runs the standard-ops export only (--ops standard): it has no brr kernels")
     if precision not in PRECISION_HINTS:
         raise EngineBuildError(f"OpenVINO engines are {sorted(PRECISION_HINTS)}, not {precision!r}")
     directory.mkdir(parents=True, exist_ok=True)
     core = ov.Core()
-    for source, target in ((reference.model, MODEL_FILE), (reference.probed_model, PROBED_MODEL_FILE)):
-        ov.save_model(ov.convert_model(str(source)), str(directory / target), compress_to_fp16=False)
+    ov.save_model(ov.convert_model(str(reference.model)), str(directory / MODEL_FILE), compress_to_fp16=False)
     compiled = core.compile_model(str(directory / MODEL_FILE), "CPU",
                                   {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision]})
     return {"device": "CPU", "inference_precision": PRECISION_HINTS[precision],

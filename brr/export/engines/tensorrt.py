@@ -2,8 +2,8 @@
 
 Chain: NetworkFromOnnxPath (plugins of ``brr.ops.*.trt`` registered first) -> SetLayerPrecisions
 (plan nodes -> fp32) -> CreateConfig(precision flags, one profile over the batch, precision
-constraints "obey" when anything is pinned) -> EngineFromNetwork -> SaveEngine, for ``model.onnx``
-and ``model.probed.onnx``. int8 uses Polygraphy's Calibrator over the given windows.
+constraints "obey" when anything is pinned) -> EngineFromNetwork -> SaveEngine of ``model.onnx``
+(every probe an output). int8 uses Polygraphy's Calibrator over the given windows.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from brr.export.engines.onnxruntime import EngineBuildError
+from brr.export.onnx_export import MODEL_FILE as ONNX_FILE
 from brr.export.onnx_export import OnnxExport
-from brr.ops.registry import OP_PACKAGES
 from brr.model.detector import INPUT_NAME
+from brr.ops.registry import OP_PACKAGES
 
 MODEL_FILE = "model.engine"
-PROBED_MODEL_FILE = "model.probed.engine"
 INSTALL_HINT = "install the GPU extras on a CUDA machine: pip install .[gpu]"
 # TensorRT 10 records the ONNX node(s) a layer came from in layer.metadata as "[ONNX Layer: <name>]".
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
@@ -95,7 +95,7 @@ def build_tensorrt_engine(
     batch: tuple[int, int, int], n_channels: int, window: int,
     calibration: Iterable[np.ndarray] | None = None,
 ) -> dict:
-    """Write model.engine and model.probed.engine into ``directory``; returns settings."""
+    """Write model.engine into ``directory``; returns settings."""
     trt = import_tensorrt()
     from polygraphy.backend.trt import (
         Calibrator,
@@ -118,13 +118,39 @@ def build_tensorrt_engine(
         batches = [{INPUT_NAME: np.asarray(b, dtype=np.float32)} for b in calibration]
         calibrator = Calibrator(batches, cache=str(directory / "int8.cache"))
     directory.mkdir(parents=True, exist_ok=True)
-    layer_count = 0
-    for source, target in ((reference.model, MODEL_FILE), (reference.probed_model, PROBED_MODEL_FILE)):
-        network = NetworkFromOnnxPath(str(source), strongly_typed=False)
-        builder, net, parser = network()
-        names = pinned_layers(((layer.name, getattr(layer, "metadata", "")) for layer in net), fp32_nodes)
-        layer_count = max(layer_count, len(names))
-        network = SetLayerPrecisions((builder, net, parser), {n: trt.float32 for n in names})
-        config = CreateConfig(profiles=[profile], calibrator=calibrator, **config_flags(precision, bool(names)))
-        SaveEngine(EngineFromNetwork(network, config=config), str(directory / target))()
-    return {"device": "cuda", "fp32_layers": layer_count, "batch_profile": list(batch)}
+    network = NetworkFromOnnxPath(str(reference.model), strongly_typed=False)
+    builder, net, parser = network()
+    names = pinned_layers(((layer.name, getattr(layer, "metadata", "")) for layer in net), fp32_nodes)
+    network = SetLayerPrecisions((builder, net, parser), {n: trt.float32 for n in names})
+    config = CreateConfig(profiles=[profile], calibrator=calibrator, **config_flags(precision, bool(names)))
+    SaveEngine(EngineFromNetwork(network, config=config), str(directory / MODEL_FILE))()
+    return {"device": "cuda", "fp32_layers": len(names), "batch_profile": list(batch)}
+
+
+def tensorrt_engine_for_diff(path: Path, manifest: dict, runner, fp32_model, why_not: str | None):
+    """The diff's view of a TensorRT artifact: its runner, and edited copies of its fp32 ONNX built with
+    exactly the engine's settings (precision flags, the plan's fp32 layers, the batch profile)."""
+    from brr.diff.engines import Engine
+
+    precision, pinned = manifest["precision"], manifest["fp32_pinned_nodes"]
+    batch = manifest["batch"]
+    shapes = (batch["min"], batch["opt"], batch["max"])
+    config = manifest["config"]
+
+    def build(model, name: str):
+        import tempfile
+
+        import onnx
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+        with tempfile.TemporaryDirectory(prefix="brr-trt-") as tmp:
+            onnx.save(model, str(Path(tmp) / ONNX_FILE))
+            build_tensorrt_engine(OnnxExport(Path(tmp), manifest["ops"], manifest["opset"]), Path(tmp), precision,
+                                  pinned, shapes, config["n_channels"], config["window_samples"])
+            engine = (Path(tmp) / MODEL_FILE).read_bytes()
+        register_plugins()
+        return TrtRunner(EngineFromBytes(engine), name=name)
+
+    note = None if fp32_model is not None else f"node level skipped: {why_not}"
+    return Engine(path.name, runner, precision, fp32_model, fp32_model, build if fp32_model is not None else None,
+                  node_level_note=note)

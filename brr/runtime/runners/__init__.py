@@ -11,7 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from brr.export.manifest import MANIFEST_FILE, ManifestError, read_manifest, verify_manifest
+from brr.export.manifest import (
+    MANIFEST_FILE,
+    ManifestError,
+    read_manifest,
+    served_verification,
+    verify_manifest,
+)
 from brr.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_meta
 from brr.model.detector import INPUT_NAME, OUTPUT_NAME
 from brr.runtime.runners.torch import TorchRunner
@@ -33,8 +39,12 @@ def tuned_postprocess(path: str | Path) -> dict[str, Any] | None:
 
 
 def load_runner(path: str | Path, probes: bool = False, threads: int | None = None, device: str = "cpu",
-                name: str | None = None):
-    """A runner for a checkpoint directory or a verified brr-export artifact (directory or model file)."""
+                name: str | None = None, require_verified: bool = False, lean: bool = False):
+    """A runner for a checkpoint directory or a checked brr-export artifact (directory or model file).
+
+    It returns ``logits``, and every probe too when ``probes``. ``require_verified`` refuses an
+    artifact whose model did not pass its verification (see ``served_verification``).
+    """
     path = Path(path)
     if _is_checkpoint(path):
         return TorchRunner(path, probes=probes, device=device, name=name)
@@ -42,20 +52,21 @@ def load_runner(path: str | Path, probes: bool = False, threads: int | None = No
     if not (directory / MANIFEST_FILE).is_file():
         raise ManifestError(f"{path}: neither a checkpoint directory nor a brr-export artifact (no {MANIFEST_FILE})")
     manifest = verify_manifest(directory)
-    wanted = manifest["probed_model_file"] if probes else manifest["model_file"]
-    if wanted is None:
-        raise ManifestError(f"{directory}: the artifact has no probed model; re-export it to get probes")
-    if path.is_file() and path.name not in (manifest["model_file"], manifest["probed_model_file"]):
-        raise ManifestError(f"{path}: not a model file of the artifact in {directory}")
-    model = directory / wanted
+    if path.is_file() and path.name != manifest["model_file"]:
+        raise ManifestError(f"{path}: not the model file of the artifact in {directory}")
+    if require_verified and (refusal := served_verification(directory, manifest)) is not None:
+        raise ManifestError(refusal)
+    model = directory / manifest["model_file"]
+    outputs = None if probes else [OUTPUT_NAME]
     backend = manifest["backend"]
     if backend == "onnxruntime":
         from brr.runtime.runners.onnxruntime import onnxruntime_runner
-        return onnxruntime_runner(model, device=device, threads=threads, name=name)
+        return onnxruntime_runner(model, name=name, device=device, threads=threads, outputs=outputs, lean=lean)
     if backend == "openvino":
         from brr.runtime.runners.openvino import OpenVINORunner
-        return OpenVINORunner(model, manifest["settings"]["inference_precision"], threads=threads, name=name)
+        return OpenVINORunner(model, manifest["settings"]["inference_precision"], threads=threads, name=name,
+                              outputs=outputs)
     if backend == "tensorrt":
         from brr.runtime.runners.tensorrt import tensorrt_runner
-        return tensorrt_runner(model, name=name)
+        return tensorrt_runner(model, name=name, outputs=outputs)
     raise ManifestError(f"{directory / MANIFEST_FILE}: unknown backend {backend!r}")

@@ -16,7 +16,7 @@ PRECISION_HINTS = ("f32", "bf16", "f16")
 
 class OpenVINORunner(BaseRunner):
     def __init__(self, model_path: str | Path, inference_precision: str = "f32", threads: int | None = None,
-                 device: str = "CPU", name: str | None = None):
+                 device: str = "CPU", name: str | None = None, outputs: list[str] | None = None):
         super().__init__(name=name, prefix="openvino-runner")
         if inference_precision not in PRECISION_HINTS:
             raise ValueError(f"inference_precision must be one of {PRECISION_HINTS}, got {inference_precision!r}")
@@ -25,6 +25,7 @@ class OpenVINORunner(BaseRunner):
         if threads is not None:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
         self.device = device
+        self.outputs = outputs  # the names returned (all when None)
         self.compiled = None
         self.request = None
 
@@ -42,7 +43,8 @@ class OpenVINORunner(BaseRunner):
     def infer_impl(self, feed_dict):
         start = time.perf_counter()
         results = self.request.infer({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feed_dict.items()})
-        outputs = {port.get_any_name(): np.array(results[port], copy=True) for port in self.compiled.outputs}
+        outputs = {port.get_any_name(): np.array(results[port], copy=True) for port in self.compiled.outputs
+                   if self.outputs is None or port.get_any_name() in self.outputs}
         self.inference_time = time.perf_counter() - start
         return outputs
 
