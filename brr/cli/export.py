@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: TensorRT when installed with a GPU, else ONNX Runtime")
     parser.add_argument("--batch", type=parse_batch_range, default=(1, 4, 8), metavar="MIN:OPT:MAX",
                         help="TensorRT optimisation profile over the batch (default 1:4:8)")
-    parser.add_argument("--precision-plan", type=Path, help="JSON plan of nodes kept fp32")
+    parser.add_argument("--precision-plan", metavar="PLAN_JSON|none",
+                        help="JSON plan of the nodes kept in fp32 (brr-calibrate writes one); default for fp16/bf16: "
+                        "brr's plan of the architecture's known fp32 islands (Mamba-2 RMS norms, the edge stream's "
+                        "cosine similarity); 'none' keeps nothing in fp32")
     parser.add_argument("--calibration-data", type=Path, metavar="EDF_OR_DIR",
                         help="EDF/BDF file or directory for int8 calibration (default: synthetic windows)")
     parser.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch fp32")

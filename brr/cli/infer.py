@@ -11,6 +11,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Self
 
 from rich.console import Console
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     post.add_argument("--max-duration", type=float, help="longest event (s)")
     post.add_argument("--merge-gap", type=float, help="merge events closer than this (s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--allow-unverified", action="store_true",
+                        help="serve an exported engine whose verification failed, never ran or ran another model")
     return parser
 
 
@@ -108,6 +111,7 @@ def settings_from_args(args: argparse.Namespace) -> InferenceSettings:
         save_probabilities=args.save_probabilities, reference_dir=args.reference, overwrite=args.overwrite,
         executor=args.executor, ray_address=args.ray_address, postprocess=postprocess,
         mains_hz=None if args.mains == "none" else float(args.mains), min_recording_s=args.min_recording,
+        allow_unverified=args.allow_unverified,
     )
 
 
@@ -189,6 +193,21 @@ def print_summary(console: Console, summary: InferenceSummary) -> None:
     console.print(f"summary: {summary.out_dir}/{SUMMARY_FILE}")
 
 
+def describe_engine(console: Console, engine: str, allow_unverified: bool) -> None:
+    """Say how the engine was verified; refusal itself happens when it is loaded."""
+    from brr.export.manifest import MANIFEST_FILE, ManifestError, verification_line
+
+    if not (Path(engine) / MANIFEST_FILE).is_file():
+        return
+    try:
+        line = verification_line(engine)
+    except ManifestError as error:
+        raise InferenceUsageError(str(error)) from error
+    if line.startswith("UNVERIFIED") and allow_unverified:
+        line = f"WARNING: serving an unverified engine (--allow-unverified): {line}"
+    console.print(f"brr-infer: {engine}: {line}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     return_freed_memory()
     try:
@@ -198,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         settings = settings_from_args(args)
+        describe_engine(console, args.engine, args.allow_unverified)
         if args.quiet:
             summary = run_inference(args.engine, args.inputs, args.out, settings)
         else:

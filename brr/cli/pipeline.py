@@ -28,13 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workdir", help="folder for the corpus, checkpoint, engines and reports (reused on rerun)")
     parser.add_argument("--config", default="v3-small", help="detector preset or config file (default v3-small)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-minutes", type=float, default=PipelineSettings.train_minutes,
-                        help="wall-clock budget of the training stage")
     args = parser.parse_args(argv)
     console = Console()
     say = lambda line: console.print(line, markup=False, highlight=False)  # noqa: E731  (lines carry [stage] tags)
-    result = run_pipeline(PipelineSettings(workdir=args.workdir, config=args.config, seed=args.seed,
-                                           train_minutes=args.train_minutes), say)
+    result = run_pipeline(PipelineSettings(workdir=args.workdir, config=args.config, seed=args.seed), say)
 
     table = Table(title="probe summary (one window through the detector)")
     for column in ("probe", "shape", "finite", "min", "max", "mean"):
@@ -63,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             s = summary.scores[level]
             say(f"[score] {level}: sensitivity {_fmt(s['sensitivity'])}, precision {_fmt(s['precision'])}, "
                           f"F1 {_fmt(s['f1'])}, false alarms/24h {_fmt(s['fp_per_24h'])}")
-    console.print(f"outputs: {summary.out_dir}; exit code {result.exit_code}")
+    console.print(f"outputs: {summary.out_dir}; exit code {result.exit_code}", markup=False, highlight=False)
+    say(result.verdict)
     return result.exit_code
 
 

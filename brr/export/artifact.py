@@ -22,11 +22,12 @@ import numpy as np
 from brr.export.engines import build_engine, resolve_backend
 from brr.export.manifest import write_manifest
 from brr.export.onnx_export import MODEL_FILE, STAGES_FILE, export_onnx
-from brr.export.precision_plan import PrecisionPlan
+from brr.export.precision_plan import PrecisionPlan, default_plan
 from brr.model import load_checkpoint
 from brr.model.checkpoint import WEIGHTS_FILE, file_sha256, read_checkpoint_meta
 
 CALIBRATION_WINDOWS = 8
+NO_PLAN = "none"  # --precision-plan none: no fp32 islands at all
 EDF_SUFFIXES = (".edf", ".bdf")
 
 
@@ -38,7 +39,7 @@ class ExportRequest:
     ops: str = "standard"
     backend: str = "auto"
     batch: tuple[int, int, int] = (1, 4, 8)
-    precision_plan: Path | None = None
+    precision_plan: Path | str | None = None  # None: the default plan of fp16/bf16; "none": no plan
     calibration_data: Path | None = None
 
 
@@ -74,6 +75,16 @@ def calibration_windows(source: Path | None, n_samples: int, count: int = CALIBR
                 return
 
 
+def engine_plan(requested: Path | str | None, precision: str) -> PrecisionPlan:
+    """The plan an engine is built with: the one asked for, none (``"none"``), or for fp16/bf16 the
+    exporter's default fp32 islands."""
+    if requested is not None and str(requested) != NO_PLAN:
+        return PrecisionPlan.load(requested)
+    if requested is None and precision in ("fp16", "bf16"):
+        return default_plan(precision)
+    return PrecisionPlan()
+
+
 def export_artifacts(request: ExportRequest, say: Callable[[str], None] = print) -> ExportResult:
     checkpoint = Path(request.checkpoint)
     model = load_checkpoint(checkpoint)
@@ -97,8 +108,8 @@ def export_artifacts(request: ExportRequest, say: Callable[[str], None] = print)
     engine_dir = reference.directory
     if not (backend == "onnxruntime" and request.engine == "fp32"):
         stages = json.loads((reference.directory / STAGES_FILE).read_text())
-        plan = PrecisionPlan.load(request.precision_plan) if request.precision_plan else PrecisionPlan()
-        pinned = plan.resolve(reference.model, stages)
+        plan = engine_plan(request.precision_plan, request.engine)
+        pinned = plan.resolve(reference.model, stages) if backend != "openvino" else []
         engine_dir = request.out / f"{backend}-{request.engine}-{request.ops}"
         start = time.perf_counter()
         built = build_engine(reference, engine_dir, backend, request.engine, pinned, request.batch, config,
@@ -106,7 +117,9 @@ def export_artifacts(request: ExportRequest, say: Callable[[str], None] = print)
         seconds["engine_build"] = time.perf_counter() - start
         write_manifest(engine_dir, backend=backend, precision=request.engine, model_file=built.model_file,
                        pinned_nodes=built.pinned_nodes, batch=request.batch if backend == "tensorrt" else None,
-                       settings=built.settings, fp32_reference=reference.directory, **common)
+                       settings=built.settings, fp32_reference=reference.directory,
+                       precision_plan=plan.describe(pinned) if plan.metadata or plan.source != "(none)" else None,
+                       **common)
         say(f"{backend} {request.engine} engine: {engine_dir} in {seconds['engine_build']:.1f} s")
 
     return ExportResult(reference.directory, engine_dir, backend, request.engine, seconds=seconds)

@@ -171,3 +171,14 @@ def fp32_reference(directory: str | Path, manifest: dict[str, Any]) -> tuple[Pat
     if partner["files"][partner["model_file"]] != reference["model_sha256"]:
         return None, f"{path} holds another fp32 model than the one the engine was built from"
     return path, None
+
+
+def verification_line(directory: str | Path) -> str:
+    """One line on what verified an artifact's model, or why it is not to be served."""
+    manifest = verify_manifest(directory)
+    refusal = served_verification(directory, manifest)
+    if refusal is not None:
+        return f"UNVERIFIED: {refusal}"
+    v = manifest["verification"]
+    return (f"verified against PyTorch fp32: {v['verdict']} on {len(v.get('inputs', []))} windows at atol "
+            f"{v.get('atol')}/rtol {v.get('rtol')} (report {v.get('report')})")

@@ -39,7 +39,7 @@ MODULE_STAGES = {
     "backprojection": "backprojection", "decoder": "decoder", "head": "logits",
 }
 # The wrapper attribute that holds the detector in the probed export; stripped from module paths.
-_WRAPPED = "detector"
+WRAPPED_MODULE = "detector"
 
 
 class ExportError(RuntimeError):
@@ -75,15 +75,11 @@ class _ProbedDetector(nn.Module):
         return tuple(probes[name] for name in PROBE_NAMES)
 
 
-def _module_path(node: ir.Node) -> list[str]:
-    """The module path of a node, outermost first, without the probe wrapper: e.g. ['tcn', 'tcn.mix']."""
-    raw = node.metadata_props.get(NAME_SCOPES_KEY)
-    scopes = ast.literal_eval(raw) if raw else []
-    paths = []
-    for scope in scopes:
-        if scope.startswith(f"{_WRAPPED}."):
-            paths.append(scope[len(_WRAPPED) + 1:])
-    return paths
+def module_paths(name_scopes: str | None) -> list[str]:
+    """Module paths (outermost first) from a node's name-scopes metadata, relative to the detector:
+    e.g. ['tcn', 'tcn.mix']; empty for nodes traced outside the probe wrapper's detector."""
+    scopes = ast.literal_eval(name_scopes) if name_scopes else []
+    return [s[len(WRAPPED_MODULE) + 1:] for s in scopes if s.startswith(f"{WRAPPED_MODULE}.")]
 
 
 def _assign_stages(graph: ir.Graph) -> dict[str, str]:
@@ -92,7 +88,7 @@ def _assign_stages(graph: ir.Graph) -> dict[str, str]:
     stages: dict[str, str | None] = {}
     edge_lift_seen = False
     for node in nodes:
-        paths = _module_path(node)
+        paths = module_paths(node.metadata_props.get(NAME_SCOPES_KEY))
         top = paths[0].split(".")[0] if paths else None
         stage = MODULE_STAGES.get(top)
         if top == "edge_stream":

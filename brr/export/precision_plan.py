@@ -4,23 +4,29 @@ The file is JSON (``brr-calibrate`` writes it; hand-written ones work too)::
 
     {"fp32_nodes": ["node_Softplus_12", ...],   # ONNX node names of model.onnx
      "fp32_stages": ["laplacian_pe"],           # every node of these probe stages
-     "fp32_op_types": ["Softplus"]}             # every node of these op types
+     "fp32_op_types": ["Softplus"],             # every node of these op types
+     "fp32_modules": ["*_mamba.norm"]}          # every node traced inside a module whose path matches
 
 All keys are optional. ``resolve`` turns a plan into node names of a given export, refusing names
-that are not in it, so a plan made for another model never silently pins nothing.
+that are not in it (and patterns that match nothing), so a plan made for another model never
+silently pins nothing. ``default_plan(precision)`` is the exporter's own plan, versioned in
+``brr/export/plans/``: the fp32 islands the architecture is known to need.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
+from brr.export.onnx_export import NAME_SCOPES_KEY, module_paths
 from brr.model import PROBE_NAMES
 
-PLAN_KEYS = ("fp32_nodes", "fp32_stages", "fp32_op_types")
+PLAN_KEYS = ("fp32_nodes", "fp32_stages", "fp32_op_types", "fp32_modules")
+DEFAULT_PLANS = Path(__file__).with_name("plans")
 
 
 class PrecisionPlanError(ValueError):
@@ -32,7 +38,9 @@ class PrecisionPlan:
     fp32_nodes: tuple[str, ...] = ()
     fp32_stages: tuple[str, ...] = ()
     fp32_op_types: tuple[str, ...] = ()
+    fp32_modules: tuple[str, ...] = ()
     source: str = field(default="(none)", compare=False)
+    metadata: dict = field(default_factory=dict, compare=False)
 
     @classmethod
     def load(cls, path: str | Path) -> PrecisionPlan:
@@ -57,11 +65,17 @@ class PrecisionPlan:
         bad_stages = set(values["fp32_stages"]) - set(PROBE_NAMES)
         if bad_stages:
             raise PrecisionPlanError(f"{path}: unknown stage(s) {sorted(bad_stages)}; stages: {PROBE_NAMES}")
-        return cls(**values, source=str(path))
+        metadata = data.get("metadata", {})
+        return cls(**values, source=str(path), metadata=metadata if isinstance(metadata, dict) else {})
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", self.source))
 
     def resolve(self, model_path: Path, stages: dict[str, str]) -> list[str]:
         """Node names of ``model_path`` (main graph) pinned to fp32 by this plan, sorted."""
-        nodes = {n.name: n.op_type for n in onnx.load(str(model_path), load_external_data=False).graph.node}
+        graph = onnx.load(str(model_path), load_external_data=False).graph
+        nodes = {n.name: n.op_type for n in graph.node}
         missing = sorted(set(self.fp32_nodes) - set(nodes))
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
@@ -69,4 +83,21 @@ class PrecisionPlan:
         pinned = set(self.fp32_nodes)
         pinned |= {name for name, op_type in nodes.items() if op_type in self.fp32_op_types}
         pinned |= {name for name in nodes if stages.get(name) in self.fp32_stages}
+        modules = {n.name: module_paths(next((p.value for p in n.metadata_props if p.key == NAME_SCOPES_KEY), None))
+                   for n in graph.node}
+        for pattern in self.fp32_modules:
+            matched = {name for name, paths in modules.items() if any(fnmatch.fnmatchcase(p, pattern) for p in paths)}
+            if not matched:
+                raise PrecisionPlanError(f"{self.source}: module pattern {pattern!r} matches no node of {model_path}")
+            pinned |= matched
         return sorted(pinned)
+
+    def describe(self, pinned: list[str]) -> dict:
+        """What the manifest records of a plan that was applied."""
+        return {"plan": self.name, "version": self.metadata.get("version"), "source": self.source,
+                "pinned": len(pinned)}
+
+
+def default_plan(precision: str) -> PrecisionPlan:
+    """The exporter's default plan for ``precision`` ('fp16' or 'bf16')."""
+    return PrecisionPlan.load(DEFAULT_PLANS / f"{precision}.json")

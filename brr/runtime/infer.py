@@ -131,6 +131,8 @@ class InferenceSettings:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     mains_hz: float | None = 60.0
     min_recording_s: float = WINDOW_S
+    # Serve an artifact whose verification failed, never ran, or ran another model (said loudly).
+    allow_unverified: bool = False
 
     def __post_init__(self) -> None:
         samples = self.stride_s * TARGET_RATE
@@ -523,15 +525,17 @@ class PerSecondProbabilities:
 # --------------------------------------------------------------------------- engines
 
 
-def load_engine(engine: str | os.PathLike, threads: int | None = None, device: str = "cpu") -> Any:
+def load_engine(engine: str | os.PathLike, threads: int | None = None, device: str = "cpu",
+                allow_unverified: bool = False) -> Any:
     """The runner for ``engine``: :func:`brr.runtime.runners.load_runner` decides from the artifact
     (a checkpoint directory runs on PyTorch; an exported engine's manifest names its backend and is
-    verified, so a mismatched or tampered artifact is refused here)."""
+    checked, so a mismatched, tampered or unverified artifact is refused here)."""
     from brr.runtime.runners import load_runner
     from brr.runtime.runners.torch import TorchRunner
 
     try:
-        runner = load_runner(engine, probes=False, threads=threads, device=device)
+        runner = load_runner(engine, probes=False, threads=threads, device=device,
+                             require_verified=not allow_unverified)
     except Exception as error:  # a refused artifact, whatever the backend's error type
         raise InferenceUsageError(f"cannot load engine {engine}: {error}") from error
     if threads is not None and isinstance(runner, TorchRunner):
@@ -585,7 +589,8 @@ class RecordingWorker:
 
     def _active_runner(self) -> Any:
         if self._runner is None:
-            runner = load_engine(self.engine, self.settings.threads, self.settings.device)
+            runner = load_engine(self.engine, self.settings.threads, self.settings.device,
+                                 self.settings.allow_unverified)
             runner.activate()
             self._runner = runner
         return self._runner
