@@ -96,6 +96,11 @@ class TensorStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     @property
+    def finite_pairs(self) -> int:
+        """Elements finite in both, over which the errors are taken."""
+        return self._finite
+
+    @property
     def mean_abs_err(self) -> float:
         return self._sum_abs / self._finite if self._finite else 0.0
 

@@ -2,21 +2,40 @@
 
 Every rendering leads with what a person must learn first: where non-finite values start (node,
 op, stage, why, and what hid them downstream), then the stages, then the next step as commands.
+The sentences are written here once (``origin_sentence``, ``findings``) and both the Markdown and
+the HTML page (``templates/report.html.j2``, figures from ``brr.diff.plots`` embedded) use them.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
+import re
 from pathlib import Path
 
+import jinja2
 import jsonschema
+from markupsafe import Markup, escape
 
-from brr.diff.results import SCHEMA_VERSION, DiffReport, EngineResult
+from brr.diff.plots import offenders, plot_errors_per_stage, plot_magnitudes_per_tensor
+from brr.diff.results import SCHEMA_VERSION, DiffReport, EngineResult, most_severe
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 PLOT_FILE = "error_per_stage.png"
+NEXT_STEP_INTRO = "Next step: find the nodes to keep in fp32, then export with that plan:"
+# What each verdict means: the page's banner when no engine names an origin.
+VERDICT_MEANINGS = {
+    "clean": "every engine matches fp32 within its tolerance on every input",
+    "basis_ambiguous": "engines differ from fp32 only where two answers are equally correct "
+                       "(repeated eigenvalues, top-k near-ties)",
+    "nonfinite_input": "an input itself holds non-finite values",
+    "divergence": "values stay finite, but an engine is beyond its tolerance",
+    "nonfinite_precision": "an engine's reduced precision makes values non-finite where fp32 stays finite",
+    "nonfinite_fp32": "the fp32 reference itself goes non-finite",
+}
+# The page's colour class per verdict: the banner and the verdict cells.
+VERDICT_TONES = {"clean": "ok", "basis_ambiguous": "ok", "nonfinite_input": "neutral", "divergence": "warn",
+                 "nonfinite_precision": "bad", "nonfinite_fp32": "bad"}
 
 __all__ = ["SCHEMA_VERSION", "findings", "markdown", "origin_sentence", "validate", "write_report"]
 
@@ -27,18 +46,32 @@ def validate(document: dict) -> None:
 
 
 def write_report(report: DiffReport, directory: str | Path) -> dict[str, Path]:
-    """report.json (validated), report.md, report.html and its plot; returns their paths."""
+    """report.json (validated), report.md, report.html and the figures it embeds; returns their paths:
+    "json", "md", "html", "plot" (error per stage) and "magnitudes:ENGINE" (per compared tensor)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     document = report.to_dict()
     validate(document)
-    paths = {"json": directory / "report.json", "md": directory / "report.md",
-             "html": directory / "report.html", "plot": directory / PLOT_FILE}
+    paths = {"json": directory / "report.json", "md": directory / "report.md", "html": directory / "report.html"}
     paths["json"].write_text(json.dumps(document, indent=1))
     paths["md"].write_text(markdown(report))
-    plot_errors(report, paths["plot"])
-    paths["html"].write_text(html_page(report, paths["plot"]))
+    if plot_errors_per_stage(report, directory / PLOT_FILE):
+        paths["plot"] = directory / PLOT_FILE
+    for engine in report.engines:
+        if engine.nodes:
+            path = directory / magnitudes_file(engine)
+            plot_magnitudes_per_tensor(engine, path)
+            paths[f"magnitudes:{engine.name}"] = path
+    paths["html"].write_text(html_page(report, directory))
     return paths
+
+
+def magnitudes_file(engine: EngineResult) -> str:
+    return f"magnitude_per_tensor-{re.sub(r'[^A-Za-z0-9._-]+', '_', engine.name)}.png"
+
+
+def reference_line(report: DiffReport) -> str:
+    return f"Reference `{report.reference}`, {len(report.inputs)} inputs, fail on {report.fail_on}."
 
 
 def origin_sentence(engine: EngineResult) -> str | None:
@@ -98,9 +131,9 @@ def markdown(report: DiffReport) -> str:
     lines = [f"## brr-diff: {report.verdict}", ""]
     origins = [s for s in map(origin_sentence, report.engines) if s]
     lines += [f"**{s}**" for s in origins] + ([""] if origins else [])
-    lines += [f"Reference `{report.reference}`, {len(report.inputs)} inputs, fail on {report.fail_on}.", "",
-              "| engine | tolerance | verdict | first stage non-finite | first stage beyond tolerance | "
-              "logits non-finite | logits max abs err | logits cosine |",
+    lines += [reference_line(report), "",
+              ("| engine | tolerance | verdict | first stage non-finite | first stage beyond tolerance | "
+               "logits non-finite | logits max abs err | logits cosine |"),
               "|---|---|---|---|---|---|---|---|"]
     for e in report.engines:
         logits = e.stages.get("logits")
@@ -114,59 +147,67 @@ def markdown(report: DiffReport) -> str:
         lines += [f"- **{e.name}**: {line}" for line in findings(e)]
     cost = report.cost
     if cost:
-        lines += ["", f"Cost: {cost['seconds']:g} s, peak RSS {cost['peak_rss_mb']} MB, "
-                      f"{cost['node_level_runs']} node-level runs."]
+        lines += ["", (f"Cost: {cost['seconds']:g} s, peak RSS {cost['peak_rss_mb']} MB, "
+                       f"{cost['node_level_runs']} node-level runs.")]
     steps = report.next_steps()
     if steps:
-        lines += ["", "Next step: find the nodes to keep in fp32, then export with that plan:", "", "```bash",
-                  *steps, "```"]
+        lines += ["", NEXT_STEP_INTRO, "", "```bash", *steps, "```"]
     return "\n".join(lines) + "\n"
 
 
-def plot_errors(report: DiffReport, path: Path) -> None:
-    """Max abs error per stage (left) and per compared tensor's magnitude (right), log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with_nodes = any(e.nodes for e in report.engines)
-    fig, axes = plt.subplots(1, 2 if with_nodes else 1, figsize=(13 if with_nodes else 7, 4.2), squeeze=False)
-    ax = axes[0][0]
-    for e in report.engines:
-        names = list(e.stages)
-        ax.plot(names, [max(s.max_abs_err, 1e-12) for s in e.stages.values()], marker="o", label=f"{e.name} ({e.verdict})")
-        bad = [n for n, s in e.stages.items() if s.precision_nonfinite or s.ref_nonfinite]
-        ax.scatter(bad, [1e6] * len(bad), marker="x", color="red")
-    ax.set_yscale("log")
-    ax.set_ylabel("max abs error (x: non-finite)")
-    ax.set_title("error per stage")
-    ax.tick_params(axis="x", rotation=60)
-    ax.legend(fontsize=7)
-    if with_nodes:
-        ax = axes[0][1]
-        for e in report.engines:
-            if e.nodes:
-                nodes = list(e.nodes.values())
-                ax.plot(range(len(nodes)), [max(n.fp32_abs_max, 1e-12) for n in nodes], lw=0.8, label=f"{e.name} fp32")
-                bad = [i for i, n in enumerate(nodes) if n.engine_nonfinite_inputs]
-                ax.scatter(bad, [1e6] * len(bad), marker="x", color="red", s=8)
-        ax.set_yscale("log")
-        ax.set_xlabel("compared tensor (topological order)")
-        ax.set_title("largest magnitude per tensor (x: non-finite in the engine)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+def inline_code(text: str) -> Markup:
+    """The sentences' `code` spans as <code>, the rest escaped."""
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(escape(text))))
 
 
-def html_page(report: DiffReport, plot: Path) -> str:
-    image = base64.b64encode(plot.read_bytes()).decode()
-    summary = html.escape(markdown(report))
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>brr-diff: {report.verdict}</title></head><body>
-<h1>brr-diff: {report.verdict}</h1>
-<p><img alt="error per stage and node" src="data:image/png;base64,{image}"></p>
-<pre>{summary}</pre>
-</body></html>
-"""
+def number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else f"{value:.3g}"
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _engine_view(engine: EngineResult, directory: Path) -> dict:
+    """What the page shows of one engine, in the order the template reads it."""
+    stages = []
+    for name, stats in engine.stages.items():
+        status = most_severe(i.stages[name].status for i in engine.inputs if name in i.stages)
+        stages.append({"name": name, "status": status, "tone": VERDICT_TONES.get(status, "neutral"), "stats": stats,
+                       "first_nonfinite": name == engine.first_nonfinite_stage,
+                       "first_divergent": name == engine.first_divergent_stage})
+    origin = engine.origin
+    marked = []
+    if origin is not None and origin["tensor"] in engine.nodes:
+        marked.append({"range": engine.nodes[origin["tensor"]], "origin": True,
+                       "why": f"first non-finite ({origin['cause'] if origin['kind'] == 'precision' else 'fp32'})"})
+    marked += [{"range": o.node, "origin": False, "why": o.reason} for o in offenders(engine)]
+    figure = directory / magnitudes_file(engine)
+    inputs = []
+    for i in engine.inputs:
+        level = i.node_level
+        named = level and (level.first_nonfinite or level.first_divergent)
+        inputs.append({"input": i.input, "verdict": i.verdict, "tone": VERDICT_TONES[i.verdict],
+                       "first_nonfinite_stage": i.first_nonfinite_stage,
+                       "first_divergent_stage": i.first_divergent_stage,
+                       "node": f"{named['node']} ({named['op_type']})" if named else None})
+    return {"engine": engine, "tone": VERDICT_TONES[engine.verdict], "logits": engine.stages.get("logits"),
+            "findings": findings(engine), "stages": stages, "inputs": inputs, "marked": marked,
+            "figure": _data_uri(figure) if engine.nodes and figure.is_file() else None,
+            "figure_file": figure.name}
+
+
+def html_page(report: DiffReport, directory: Path) -> str:
+    """The report as one self-contained page; the figures written in ``directory`` are embedded."""
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("brr.diff", "templates"), autoescape=True,
+                                     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    environment.filters.update(code=inline_code, number=number)
+    stage_plot = Path(directory) / PLOT_FILE
+    return environment.get_template("report.html.j2").render(
+        report=report, tone=VERDICT_TONES[report.verdict], meaning=VERDICT_MEANINGS[report.verdict],
+        origins=[s for s in map(origin_sentence, report.engines) if s], reference_line=reference_line(report),
+        engines=[_engine_view(e, Path(directory)) for e in report.engines],
+        stage_plot=_data_uri(stage_plot) if any(e.stages for e in report.engines) else None,
+        steps=report.next_steps(), next_step_intro=NEXT_STEP_INTRO)
