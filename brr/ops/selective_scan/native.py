@@ -1,0 +1,75 @@
+"""The native CPU kernels of the selective scan (C++, ``csrc/``), built by ``pip install`` with the package.
+
+``csrc/scan.hpp`` holds the kernels: the recurrence of the spec run step by step in time, one batch row
+per task with every head's (p, n) state in L1, fp32 arithmetic on fp32, fp16 or bf16 storage, and a
+backward that runs the adjoint recurrence from the end on states recomputed from checkpoints. Two hosts
+are compiled from it:
+
+``_native`` (nanobind)
+    ``forward`` / ``backward`` on raw CPU buffers (torch tensors or numpy arrays, no copies, no torch
+    headers or ABI): the CPU kernel of ``brr::selective_scan`` and of the ONNX Runtime Python op.
+``libbrr_openvino.so``
+    An OpenVINO op extension (``SelectiveScan``) with the ONNX frontend conversion of the custom node.
+
+When the package was installed without them (a source tree used without ``pip install``), every caller
+falls back to the pure-PyTorch / numpy reference and ``require()`` says how to build them. Setting
+``BRR_SELECTIVE_SCAN=reference`` makes the PyTorch op use the reference even when they are built.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+try:
+    from brr.ops.selective_scan import _native
+except ImportError as error:  # a source tree that pip has not built
+    _native = None
+    _IMPORT_ERROR: ImportError | None = error
+else:
+    _IMPORT_ERROR = None
+
+OPENVINO_EXTENSION_FILE = "libbrr_openvino.so"
+KERNEL_ENV = "BRR_SELECTIVE_SCAN"
+BUILD_HINT = "build them with the package: pip install -e . (needs g++ and cmake >= 3.18)"
+
+
+class NativeKernelMissing(ImportError):
+    """The compiled kernels are not installed (or do not match the installed openvino)."""
+
+
+def available() -> bool:
+    return _native is not None
+
+
+def enabled() -> bool:
+    """Whether the PyTorch op runs the native kernel on CPU: built, and not switched off by the environment."""
+    return _native is not None and os.environ.get(KERNEL_ENV, "native") != "reference"
+
+
+def require():
+    """The ``_native`` module, or a ``NativeKernelMissing`` that says why it is absent and how to build it."""
+    if _native is None:
+        raise NativeKernelMissing(f"brr's native selective-scan kernels are not built ({_IMPORT_ERROR}); {BUILD_HINT}")
+    return _native
+
+
+def cpu_threads() -> int:
+    """Threads for a host that does not say how many it has (the ONNX Runtime Python op)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def openvino_extension_path() -> Path:
+    """The OpenVINO extension library, checked to match the openvino release this process imports."""
+    module = require()
+    path = Path(module.__file__).with_name(OPENVINO_EXTENSION_FILE)
+    if not path.is_file():
+        raise NativeKernelMissing(f"{path}: the OpenVINO extension of the selective scan is missing; {BUILD_HINT}")
+    import openvino
+
+    built, running = module.OPENVINO_VERSION, openvino.get_version()
+    if built != running:
+        raise NativeKernelMissing(
+            f"{path} was built against openvino {built} but openvino {running} is installed; "
+            f"reinstall brr (pip install -e .) or install the openvino release it was built with")
+    return path
