@@ -8,8 +8,9 @@ are compiled from it:
 ``_native`` (nanobind)
     ``forward`` / ``backward`` on raw CPU buffers (torch tensors or numpy arrays, no copies, no torch
     headers or ABI): the CPU kernel of ``brr::selective_scan`` and of the ONNX Runtime Python op.
-``libbrr_openvino.so``
-    An OpenVINO op extension (``SelectiveScan``) with the ONNX frontend conversion of the custom node.
+``brr/ops/libbrr_openvino.so``
+    The OpenVINO extension (``SelectiveScan`` operation and the ONNX frontend conversion of the custom
+    node, with the other ops'), found by ``brr.ops.registry.openvino_extension()``.
 
 When the package was installed without them (a source tree used without ``pip install``), every caller
 falls back to the pure-PyTorch / numpy reference and ``require()`` says how to build them. Setting
@@ -19,7 +20,6 @@ falls back to the pure-PyTorch / numpy reference and ``require()`` says how to b
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 try:
     from brr.ops.selective_scan import _native
@@ -29,7 +29,6 @@ except ImportError as error:  # a source tree that pip has not built
 else:
     _IMPORT_ERROR = None
 
-OPENVINO_EXTENSION_FILE = "libbrr_openvino.so"
 KERNEL_ENV = "BRR_SELECTIVE_SCAN"
 BUILD_HINT = "build them with the package: pip install -e . (needs g++ and cmake >= 3.18)"
 
@@ -57,19 +56,3 @@ def require():
 def cpu_threads() -> int:
     """Threads for a host that does not say how many it has (the ONNX Runtime Python op)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def openvino_extension_path() -> Path:
-    """The OpenVINO extension library, checked to match the openvino release this process imports."""
-    module = require()
-    path = Path(module.__file__).with_name(OPENVINO_EXTENSION_FILE)
-    if not path.is_file():
-        raise NativeKernelMissing(f"{path}: the OpenVINO extension of the selective scan is missing; {BUILD_HINT}")
-    import openvino
-
-    built, running = module.OPENVINO_VERSION, openvino.get_version()
-    if built != running:
-        raise NativeKernelMissing(
-            f"{path} was built against openvino {built} but openvino {running} is installed; "
-            f"reinstall brr (pip install -e .) or install the openvino release it was built with")
-    return path

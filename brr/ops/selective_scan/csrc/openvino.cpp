@@ -1,8 +1,6 @@
-// OpenVINO extension: the ``SelectiveScan`` operation (brr_opset1) with the CPU kernel of scan.hpp, and the
-// ONNX frontend conversion of the ``ai.onnx.contrib::SelectiveScan`` custom node to it.
-//
-// Loaded with ``ov.Core().add_extension(path)`` (reading an IR that holds the op) or passed to
-// ``ov.convert_model(onnx_path, extension=path)`` (converting a plugin-mode ONNX graph).
+// OpenVINO operation ``SelectiveScan`` (brr_opset1) with the CPU kernel of scan.hpp, and the ONNX frontend
+// conversion of the ``ai.onnx.contrib::SelectiveScan`` custom node to it. Registered by
+// brr/ops/openvino_extension.cpp together with the other ops' extensions.
 #include <memory>
 #include <string>
 #include <vector>
@@ -123,10 +121,10 @@ ov::OutputVector convert_onnx_node(const ov::frontend::NodeContext& node) {
     return std::make_shared<SelectiveScan>(inputs, softplus == 1, chunk_size)->outputs();
 }
 
-}  // namespace brr
+std::vector<ov::Extension::Ptr> selective_scan_openvino_extensions() {
+    return {std::make_shared<ov::OpExtension<SelectiveScan>>(),
+            std::make_shared<ov::frontend::onnx::ConversionExtension>("SelectiveScan", "ai.onnx.contrib",
+                                                                      convert_onnx_node)};
+}
 
-OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
-    std::make_shared<ov::OpExtension<brr::SelectiveScan>>(),
-    std::make_shared<ov::frontend::onnx::ConversionExtension>("SelectiveScan", "ai.onnx.contrib",
-                                                              brr::convert_onnx_node),
-}));
+}  // namespace brr
