@@ -1,4 +1,4 @@
-// The OpenVINO extension library of brr's custom ops (libbrr_openvino.so): every op folder's OpenVINO
+// The OpenVINO extension library of brr's custom ops (libbrr_openvino.so.1): every op folder's OpenVINO
 // operation and ONNX frontend conversion. Loaded with ``ov.Core().add_extension(path)`` before reading an IR
 // that holds the ops, and passed to ``ov.convert_model(onnx_path, extension=path)`` for a plugin-mode graph;
 // ``brr.ops.registry.openvino_extension()`` finds it.

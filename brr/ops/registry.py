@@ -16,7 +16,7 @@ from pathlib import Path
 OP_PACKAGES: tuple[str, ...] = ("brr.ops.selective_scan", "brr.ops.eigh")
 OPS_MODES: tuple[str, ...] = ("standard", "plugin")
 ONNX_OPSET = 18
-OPENVINO_EXTENSION_FILE = "libbrr_openvino.so"
+OPENVINO_EXTENSION_FILE = "libbrr_openvino.so.1"
 
 
 def translation_table(mode: str) -> dict:

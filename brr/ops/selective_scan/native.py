@@ -8,7 +8,7 @@ are compiled from it:
 ``_native`` (nanobind)
     ``forward`` / ``backward`` on raw CPU buffers (torch tensors or numpy arrays, no copies, no torch
     headers or ABI): the CPU kernel of ``brr::selective_scan`` and of the ONNX Runtime Python op.
-``brr/ops/libbrr_openvino.so``
+``brr/ops/libbrr_openvino.so.1``
     The OpenVINO extension (``SelectiveScan`` operation and the ONNX frontend conversion of the custom
     node, with the other ops'), found by ``brr.ops.registry.openvino_extension()``.
 
