@@ -42,12 +42,16 @@ ENGINES: dict[str, tuple[list[str] | None, str, float]] = {
     "ort-int8": (["--backend", "onnxruntime", "--engine", "int8", "--ops", "standard"], "int8", 2.0),
     "openvino-fp32": (["--backend", "openvino", "--engine", "fp32", "--ops", "standard"], "fp32", 1e-3),
     "openvino-bf16": (["--backend", "openvino", "--engine", "bf16", "--ops", "standard"], "bf16", 0.5),
+    # Plugin-mode exports on OpenVINO: the custom nodes run brr's extension (native scan and eigh kernels).
+    "openvino-plugin-fp32": (["--backend", "openvino", "--engine", "fp32", "--ops", "plugin"], "fp32", 1e-3),
+    "openvino-plugin-bf16": (["--backend", "openvino", "--engine", "bf16", "--ops", "plugin"], "bf16", 0.5),
     "tensorrt-fp32": (["--backend", "tensorrt", "--engine", "fp32", "--ops", "plugin"], "fp32", 1e-3),
     "tensorrt-fp16": (["--backend", "tensorrt", "--engine", "fp16", "--ops", "plugin"], "fp16", 0.5),
     "tensorrt-bf16": (["--backend", "tensorrt", "--engine", "bf16", "--ops", "plugin"], "bf16", 0.5),
     "tensorrt-int8": (["--backend", "tensorrt", "--engine", "int8", "--ops", "plugin"], "int8", 2.0),
 }
-DEFAULT_ENGINES = "torch-fp32,torch-bf16,ort-fp32,ort-plugin-fp32,ort-fp16,ort-int8,openvino-fp32,openvino-bf16"
+DEFAULT_ENGINES = ("torch-fp32,torch-compile,torch-bf16,ort-fp32,ort-plugin-fp32,ort-fp16,ort-int8,openvino-fp32,"
+                   "openvino-bf16,openvino-plugin-fp32,openvino-plugin-bf16")
 
 
 def benchmark_windows(n: int, seed: int) -> np.ndarray:
@@ -62,6 +66,34 @@ def benchmark_windows(n: int, seed: int) -> np.ndarray:
         recording = read_recording(next(Path(tmp).glob("*.edf")))
         windows = [w.signals for w in iter_windows(recording, window_s=60, stride_s=60)][:n]
     return np.stack(windows).astype(np.float32)
+
+
+def openvino_stage_profile(engine_dir: Path, feed: dict) -> dict[str, float]:
+    """Seconds per model stage of one OpenVINO inference, from its per-node performance counters.
+
+    Nodes are attributed through the exporter's stage map (``model.stages.json`` of the reference export);
+    nodes OpenVINO created or renamed while compiling are reported as ``unattributed``.
+    """
+    import openvino as ov
+
+    from brr.export.engines.openvino import openvino_extensions
+    from brr.export.manifest import read_manifest
+    from brr.export.onnx_export import STAGES_FILE
+
+    manifest = read_manifest(engine_dir)
+    stages = json.loads((engine_dir.parent / f"onnx-{manifest['ops']}" / STAGES_FILE).read_text())
+    core = ov.Core()
+    for extension in openvino_extensions(manifest["ops"]):
+        core.add_extension(extension)
+    compiled = core.compile_model(str(engine_dir / manifest["model_file"]), "CPU", {
+        "INFERENCE_PRECISION_HINT": manifest["settings"]["inference_precision"], "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    request.infer({0: feed["eeg"]})
+    seconds: dict[str, float] = {}
+    for counter in request.get_profiling_info():
+        stage = stages.get(counter.node_name, "unattributed")
+        seconds[stage] = seconds.get(stage, 0.0) + counter.real_time.total_seconds()
+    return seconds
 
 
 def _measure(engine: str, source: str, inputs_path: str, batch: int, repeats: int, queue) -> None:
@@ -86,8 +118,9 @@ def _measure(engine: str, source: str, inputs_path: str, batch: int, repeats: in
                 runner.infer(feed)
                 times.append(time.perf_counter() - start)
             logits = np.concatenate([runner.infer({"eeg": windows[i : i + 1]})["logits"] for i in range(len(windows))])
-        queue.put({"times": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                   "logits": logits})
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the profiling compile
+        stages = openvino_stage_profile(Path(source), feed) if engine.startswith("openvino") else None
+        queue.put({"times": times, "peak_rss_mb": peak_rss_mb, "logits": logits, "stage_seconds": stages})
     except Exception as exc:  # reported in the results, the other engines still run
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
@@ -180,12 +213,17 @@ def run(configs: list[str], batches: list[int], engines: list[str], repeats: int
                     "max_logit_error": error_max,
                     "diff_clean": finite and error_max is not None and error_max <= ENGINES[engine][2],
                 })
+                if measured.get("stage_seconds"):
+                    total_s = sum(measured["stage_seconds"].values())
+                    entry["stage_profile"] = {k: {"seconds": v, "share": v / total_s}
+                                              for k, v in sorted(measured["stage_seconds"].items(), key=lambda kv: -kv[1])}
                 results.append(entry)
-        eager = {r["batch"]: r["windows_per_s"] for r in results
-                 if r["config"] == config and r["engine"] == "torch-fp32" and "windows_per_s" in r}
-        for r in results:
-            if r["config"] == config and "windows_per_s" in r and r["batch"] in eager:
-                r["speedup_vs_pytorch_eager_fp32"] = r["windows_per_s"] / eager[r["batch"]]
+        for peer, key in (("torch-fp32", "speedup_vs_pytorch_eager_fp32"), ("torch-compile", "speedup_vs_torch_compile")):
+            rates = {r["batch"]: r["windows_per_s"] for r in results
+                     if r["config"] == config and r["engine"] == peer and "windows_per_s" in r}
+            for r in results:
+                if r["config"] == config and "windows_per_s" in r and r["batch"] in rates:
+                    r[key] = r["windows_per_s"] / rates[r["batch"]]
     return {"machine": machine, "results": results, "stage_profile": profiles, "model_flops": model_flops}
 
 
@@ -194,22 +232,34 @@ def markdown(report: dict) -> str:
     lines = [f"CPU: {m['cpu_model']} ({', '.join(m['cpu_flags'])}), {m['threads']} threads; "
              f"GEMM peak fp32 {m['fp32_gemm_gflops']:.0f} GFLOP/s"
              + (f", bf16 {m['bf16_gemm_gflops']:.0f} GFLOP/s" if "bf16_gemm_gflops" in m else ""), "",
-             "| config | engine | batch | windows/s | EEG h/min | p50 s/window | peak RSS MB | fp32 peak | x eager fp32 | max logit err | clean |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| config | engine | batch | windows/s | EEG h/min | p50 s/window | peak RSS MB | fp32 peak | x eager fp32 "
+             "| x torch.compile | max logit err | clean |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         if "error" in r:
-            lines.append(f"| {r['config']} | {r['engine']} | {r['batch']} | unavailable: {r['error'][:80]} |||||||||")
+            lines.append(f"| {r['config']} | {r['engine']} | {r['batch']} | unavailable: {r['error'][:80]} ||||||||||")
             continue
         frac = r["fp32_peak_fraction"]
         lines.append(
             f"| {r['config']} | {r['engine']} | {r['batch']} | {r['windows_per_s']:.3f} | {r['eeg_hours_per_min']:.3f} "
             f"| {r['latency_per_window_p50_s']:.3f} | {r['peak_rss_mb']:.0f} | {'' if frac is None else f'{frac:.0%}'} "
-            f"| {r.get('speedup_vs_pytorch_eager_fp32', float('nan')):.2f} | {r['max_logit_error']:.2e} | {r['diff_clean']} |")
+            f"| {r.get('speedup_vs_pytorch_eager_fp32', float('nan')):.2f} "
+            f"| {r.get('speedup_vs_torch_compile', float('nan')):.2f} | {r['max_logit_error']:.2e} | {r['diff_clean']} |")
     for config, profile in report["stage_profile"].items():
         top = max(profile, key=lambda k: profile[k]["share"])
         lines += ["", f"Stage profile, {config} (PyTorch eager, batch 1): the costliest stage is **{top}**", "",
                   "| stage | s | share |", "|---|---|---|"]
         lines += [f"| {k} | {v['seconds']:.3f} | {v['share']:.0%} |" for k, v in profile.items()]
+    engine_profiles = [r for r in report["results"] if r.get("stage_profile")]
+    if engine_profiles:
+        lines += ["", "Stage profile per OpenVINO engine (per-node performance counters, one inference; "
+                      "share of the summed node time)", "",
+                  "| config | engine | batch | mamba stages (node + edge) | top stages |", "|---|---|---|---|---|"]
+        for r in engine_profiles:
+            profile = r["stage_profile"]
+            mamba = sum(v["share"] for k, v in profile.items() if k in ("node_stream", "edge_weights"))
+            top = ", ".join(f"{k} {v['share']:.0%}" for k, v in list(profile.items())[:5])
+            lines.append(f"| {r['config']} | {r['engine']} | {r['batch']} | {mamba:.0%} | {top} |")
     for config, flops in report["model_flops"].items():
         lines.append(f"\n{config}: {flops / 1e9:.1f} GFLOP per window (MatMul+Gemm+Conv, counted from the ONNX graph)")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from brr.diff.run import compare_outputs
 from brr.diff.stages import node_stages
 from brr.diff.verify import verify_engine
 from brr.model import PROBE_NAMES, build_detector, save_checkpoint
+from brr.ops.selective_scan import native as selective_scan_native
 from brr.runtime.runners import TorchRunner, load_runner
 
 PARITY_ATOL = 1e-4
@@ -217,11 +218,16 @@ def test_verify_engine_runs_the_diff_and_keeps_its_report(exports, guarded, tmp_
 @pytest.mark.parametrize("ops, guards, dynamic_pe", [
     ("standard", True, True), ("plugin", False, True), ("standard", False, False), ("plugin", True, False),
 ])
-def test_v3_ort_fp32_matches_pytorch(tmp_path, ops, guards, dynamic_pe):
+def test_v3_ort_fp32_matches_pytorch(tmp_path, ops, guards, dynamic_pe, monkeypatch):
     """Every probe within PARITY_ATOL, judged by the diff's comparator: a top-k selection that flips
     at a near-tie (fp32 rounding noise decides between two equal edges, the hazard the architecture
     names) is two correct answers, and the stages after it inherit that difference (~1e-2 at the
-    logits when one of the 960 x 19 rows flips). Anything else must match to PARITY_ATOL."""
+    logits when one of the 960 x 19 rows flips). Anything else must match to PARITY_ATOL.
+
+    PyTorch runs the scan's chunked reference here, the computation both ONNX forms spell out: the
+    native kernel's sequential rounding (held to the reference in tests/test_op_selective_scan.py) is
+    as exact, but on this random v3 it moves near-degenerate eigenvectors of the PE past PARITY_ATOL."""
+    monkeypatch.setenv(selective_scan_native.KERNEL_ENV, "reference")
     torch.manual_seed(1)
     model = build_detector("v3", guards=guards).eval() if dynamic_pe else \
         build_detector({"base": "v3", "use_dynamic_pe": False, "guards": guards}).eval()

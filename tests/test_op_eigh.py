@@ -1,5 +1,6 @@
-"""brr::eigh: every implementation (standard-op ONNX, ORT custom kernel, fp16 ONNX, TensorRT plugin)
-held to the reference (LAPACK through torch.linalg.eigh, in float64), plus its gradient."""
+"""brr::eigh: every implementation (standard-op ONNX, ORT custom kernel, fp16 ONNX, the OpenVINO extension's
+Jacobi kernel, TensorRT plugin) held to the reference (LAPACK through torch.linalg.eigh, in float64), plus
+its gradient."""
 
 from __future__ import annotations
 
@@ -149,6 +150,30 @@ def cases():
 def test_fp32_matches_lapack(cases, mode, case):
     a = cases[case].astype(np.float32)
     values, vectors = _run(a, mode)
+    value_error, projector_error, orthonormality_error = _errors(a, values, vectors, cluster_tol=1e-3)
+    assert value_error < 1e-4
+    assert projector_error < 1e-4
+    assert orthonormality_error < 2e-5
+
+
+@pytest.fixture(scope="module")
+def openvino_plugin_model(tmp_path_factory):
+    import openvino as ov
+
+    extension = str(registry.openvino_extension())
+    path = tmp_path_factory.mktemp("eigh") / "plugin.onnx"
+    onnx.save(_model("plugin"), str(path))
+    converted = ov.convert_model(str(path), extension=[extension])
+    assert [op.get_type_name() for op in converted.get_ordered_ops() if op.get_type_name() == "SymmetricEigh"]
+    core = ov.Core()
+    core.add_extension(extension)
+    return core.compile_model(converted, "CPU")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_openvino_extension_matches_lapack(cases, openvino_plugin_model, case):
+    a = cases[case].astype(np.float32)
+    values, vectors = openvino_plugin_model({0: a}).values()
     value_error, projector_error, orthonormality_error = _errors(a, values, vectors, cluster_tol=1e-3)
     assert value_error < 1e-4
     assert projector_error < 1e-4

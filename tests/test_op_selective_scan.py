@@ -1,7 +1,9 @@
 """Every implementation of ``brr::selective_scan`` held to ``reference.ssd_chunked``.
 
-The reference itself is proven against the step recurrence in float64; then the standard ONNX graph
-(float32 and float16-converted), the custom-node graph run by the ONNX Runtime Python kernel, and the
+The reference itself is proven against the step recurrence in float64; then the native CPU kernel behind
+the PyTorch op (forward and every gradient, float32 / float16 / bfloat16 storage, model-like and odd
+shapes), the standard ONNX graph (float32 and float16-converted), the custom-node graph run by the ONNX
+Runtime Python op (native compute), the OpenVINO extension on that graph (f32 and a bf16 hint), and the
 TensorRT plugin (logic always, engine on a GPU with TensorRT) are compared with it.
 """
 
@@ -20,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
+from brr.export.engines.onnxruntime import EngineBuildError
 from brr.ops import registry
-from brr.ops.selective_scan import selective_scan, ssd_chunked, ssd_recurrent
+from brr.ops.selective_scan import native, selective_scan, ssd_chunked, ssd_recurrent
+from brr.ops.selective_scan.onnx import INPUT_NAMES
 
 # ``brr.ops.selective_scan`` the attribute is the op function, so reach the submodules by name.
 scan_onnx = importlib.import_module("brr.ops.selective_scan.onnx")
@@ -71,7 +75,8 @@ def two_scans_reference(module: TwoScans, x, dt, B, C) -> np.ndarray:
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.abs(actual.astype(np.float64) - expected).max() / np.abs(expected).max())
+    """Max error relative to the largest expected entry (absolute where everything expected is 0)."""
+    return float(np.abs(actual.astype(np.float64) - expected).max() / max(np.abs(expected).max(), 1e-30))
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +134,120 @@ def test_numpy_kernel_matches_reference_in_float64(chunk_size):
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-10)
 
 
+# --- native CPU kernel behind the PyTorch op ------------------------------------------------------
+
+# (b, l, h, p, g, n): the node stream's and the edge stream's Mamba blocks (v3-small / v3 heads, head dims
+# and state sizes) at odd lengths, several groups, and sizes with no compiled specialisation.
+NATIVE_SHAPES = {
+    "node": (3, 241, 8, 8, 1, 16),
+    "node-v3": (2, 100, 16, 8, 1, 16),
+    "edge": (5, 101, 8, 4, 1, 8),
+    "groups": (2, 50, 4, 4, 2, 8),
+    "generic": (2, 33, 6, 3, 3, 5),
+    "one-step": (2, 1, 8, 8, 1, 16),
+}
+
+
+def _need_native():
+    if not native.available():
+        pytest.fail(f"the native kernels are not built: {native.BUILD_HINT}")
+
+
+def _native_and_reference(shape, optional, dtype, seed=3):
+    """(native y and grads in float64, reference y and grads in float64) on the same (rounded) inputs."""
+    b, length, h, p, g, n = shape
+    inputs = list(random_scan_inputs(b, length, h, p, g, n, seed=seed, dtype=torch.float64))
+    if not optional:
+        inputs[1], inputs[5], inputs[6] = F.softplus(inputs[1]), None, None
+    # Storage precision: x, dt, B, C in ``dtype``; A, D, dt_bias stay float32 as the model holds them.
+    stored = [None if t is None else t.to(dtype if i in (0, 1, 3, 4) else torch.float32).requires_grad_(True)
+              for i, t in enumerate(inputs)]
+    exact = [None if t is None else t.detach().double().requires_grad_(True) for t in stored]
+    grad_y = torch.randn(b, length, h, p, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    results = []
+    for args, run in ((stored, selective_scan), (exact, ssd_chunked)):
+        y = run(*args, optional, 16)
+        present = [t for t in args if t is not None]
+        grads = torch.autograd.grad(y, present, grad_y.to(y.dtype))
+        results.append((y.detach().double(), [gr.double() for gr in grads]))
+    return results
+
+
+@pytest.mark.parametrize("optional", [True, False], ids=["D-bias-softplus", "plain"])
+@pytest.mark.parametrize("shape", list(NATIVE_SHAPES.values()), ids=list(NATIVE_SHAPES))
+def test_native_float32_forward_and_gradients_match_reference(shape, optional):
+    _need_native()
+    (y, grads), (y_ref, grads_ref) = _native_and_reference(shape, optional, torch.float32)
+    assert relative_error(y.numpy(), y_ref.numpy()) < 1e-5
+    names = [n for n, present in zip(INPUT_NAMES, [True] * 5 + [optional] * 2) if present]
+    assert len(grads) == len(names)
+    for name, grad, expected in zip(names, grads, grads_ref):
+        assert relative_error(grad.numpy(), expected.numpy()) < 1e-5, name
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float16, 3e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("shape", [NATIVE_SHAPES["node"], NATIVE_SHAPES["edge"]], ids=["node", "edge"])
+def test_native_low_precision_storage_matches_reference(shape, dtype, tolerance):
+    # fp32 inside, so the error is the storage rounding of y and of the gradients only.
+    _need_native()
+    (y, grads), (y_ref, grads_ref) = _native_and_reference(shape, True, dtype)
+    assert relative_error(y.numpy(), y_ref.numpy()) < tolerance
+    for name, grad, expected in zip(INPUT_NAMES, grads, grads_ref):
+        assert relative_error(grad.numpy(), expected.numpy()) < tolerance, name
+
+
+def test_native_output_keeps_the_storage_dtype():
+    _need_native()
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        x, dt, A, B, C, D, dt_bias = random_scan_inputs(2, 20)
+        y = selective_scan(x.to(dtype), dt.to(dtype), A, B.to(dtype), C.to(dtype), D, dt_bias)
+        assert y.dtype == dtype and y.shape == x.shape
+
+
+def test_native_propagates_nan_where_the_reference_does():
+    # A NaN step size poisons its head from that step on; no other head, no earlier step.
+    _need_native()
+    x, dt, A, B, C, D, dt_bias = random_scan_inputs(2, 60, h=8, p=8, g=1, n=16)
+    dt[1, 30, 5] = float("nan")
+    y = selective_scan(x, dt, A, B, C, D, dt_bias, True, 16)
+    expected = ssd_recurrent(x.double(), dt.double(), A.double(), B.double(), C.double(), D.double(),
+                             dt_bias.double(), True)
+    assert torch.equal(torch.isnan(y), torch.isnan(expected))
+    assert torch.isnan(y[1, 30:, 5]).all() and not torch.isnan(y[1, :30]).any() and not torch.isnan(y[0]).any()
+
+
+def test_reference_switch_and_missing_native_fall_back_to_the_reference(monkeypatch):
+    args = random_scan_inputs(2, 40, h=8, p=8, g=1, n=16)
+    expected = ssd_chunked(*args, True, 16)
+    monkeypatch.setenv(native.KERNEL_ENV, "reference")
+    assert torch.equal(selective_scan(*args, True, 16), expected)
+    monkeypatch.delenv(native.KERNEL_ENV)
+    monkeypatch.setattr(native, "_native", None)
+    assert not native.enabled()
+    assert torch.equal(selective_scan(*args, True, 16), expected)
+    with pytest.raises(native.NativeKernelMissing, match=r"pip install -e \."):
+        native.require()
+    with pytest.raises(native.NativeKernelMissing, match="not built"):
+        registry.openvino_extension()
+    from brr.export.engines.openvino import openvino_extensions
+
+    with pytest.raises(EngineBuildError, match="plugin-mode export needs brr's extension"):
+        openvino_extensions("plugin")
+    assert openvino_extensions("standard") == []
+
+
+def test_native_rejects_inconsistent_buffers():
+    _need_native()
+    x, dt, A, B, C, D, dt_bias = (t.numpy() for t in random_scan_inputs(2, 20))
+    kernel = native.require()
+    with pytest.raises(ValueError, match="dt must be"):
+        kernel.forward(x, dt[:, :10], A, B, C, D, dt_bias, np.empty_like(x), True, 1)
+    with pytest.raises(TypeError, match="share one dtype"):
+        kernel.forward(x, dt.astype(np.float16), A, B, C, D, dt_bias, np.empty_like(x), True, 1)
+    with pytest.raises(ValueError, match="multiple of groups"):
+        kernel.forward(x[:, :, :3], dt[:, :, :3], A[:3], B, C, D[:3], dt_bias[:3], np.empty_like(x[:, :, :3]), True, 1)
+
+
 # --- ONNX graphs ----------------------------------------------------------------------------------
 
 
@@ -179,6 +298,38 @@ def test_plugin_onnx_fp32_with_ort_kernel_matches_reference(exported, module, b,
     feed, tensors = feeds(exported["plugin"], b, length)
     (y,) = plugin_session(exported["plugin"]).run(None, feed)
     assert y.dtype == np.float32 and y.shape == (b, length, HEADS, HEAD_DIM)
+    assert relative_error(y, two_scans_reference(module, *tensors)) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def openvino_plugin_model(exported, tmp_path_factory):
+    """The plugin graph converted by OpenVINO's ONNX frontend with brr's extension, as brr-export does."""
+    import openvino as ov
+
+    extension = str(registry.openvino_extension())
+    path = tmp_path_factory.mktemp("scan") / "plugin.onnx"
+    onnx.save(exported["plugin"], str(path))
+    converted = ov.convert_model(str(path), extension=[extension])
+    assert [op.get_type_name() for op in converted.get_ordered_ops()].count("SelectiveScan") == 2
+    xml = path.with_suffix(".xml")
+    ov.save_model(converted, str(xml), compress_to_fp16=False)
+    return xml, extension
+
+
+@pytest.mark.parametrize("hint", ["f32", "bf16"])
+@pytest.mark.parametrize(("b", "length"), RUN_SIZES)
+def test_plugin_onnx_with_openvino_extension_matches_reference(exported, module, openvino_plugin_model, hint, b,
+                                                               length):
+    import openvino as ov
+
+    xml, extension = openvino_plugin_model
+    core = ov.Core()
+    core.add_extension(extension)  # the IR names the extension's operation: reading it needs the library
+    compiled = core.compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": hint})
+    feed, tensors = feeds(exported["plugin"], b, length)
+    y = compiled(feed)[0]
+    assert y.shape == (b, length, HEADS, HEAD_DIM)
+    # The extension's operation computes in float32 under a bf16 hint too: the scan keeps fp32 accuracy.
     assert relative_error(y, two_scans_reference(module, *tensors)) < 1e-5
 
 

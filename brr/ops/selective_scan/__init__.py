@@ -11,9 +11,13 @@ Semantics: dt' = softplus(dt + dt_bias) (when dt_softplus), then for each head t
 The chunked SSD evaluation in ``reference.ssd_chunked`` is the reference; chunk_size changes only
 the rounding, never the result.
 
-Implementations: ``reference`` (PyTorch, CPU and CUDA; the mamba-ssm Triton kernel on CUDA when
-installed), ``onnx`` (standard ONNX decomposition and the custom node), ``ort`` (ONNX Runtime
-kernel), ``trt`` (TensorRT plugin).
+Implementations: ``reference`` (PyTorch, CPU and CUDA: the definition), ``native`` (C++ CPU kernels,
+forward and backward, built by ``pip install``: the op's CPU kernel, the ONNX Runtime kernel's compute
+and the OpenVINO extension), ``onnx`` (standard ONNX decomposition and the custom node), ``ort`` (ONNX
+Runtime kernel), ``trt`` (TensorRT plugin). On CUDA the op runs mamba-ssm's Triton kernel when it is
+installed; without the native module (or with ``BRR_SELECTIVE_SCAN=reference``) the CPU kernel is the
+pure-PyTorch reference. The native kernels compute in float32 and store x's dtype (float32, float16 or
+bfloat16); A, D and dt_bias are read as float32.
 
 Custom node (ops mode "plugin"): ``ai.onnx.contrib::SelectiveScan`` with inputs x, dt, A, B, C, D, dt_bias
 (missing D / dt_bias exported as zeros), output y, attributes dt_softplus (int 0/1), chunk_size (int),
@@ -26,9 +30,10 @@ from __future__ import annotations
 
 import torch
 
+from brr.ops.selective_scan import native
 from brr.ops.selective_scan.reference import ssd_chunked, ssd_recurrent
 
-__all__ = ["selective_scan", "ssd_chunked", "ssd_recurrent"]
+__all__ = ["native", "selective_scan", "ssd_chunked", "ssd_recurrent"]
 
 
 @torch.library.custom_op("brr::selective_scan", mutates_args=())
@@ -44,6 +49,32 @@ def _selective_scan_op(
     chunk_size: int,
 ) -> torch.Tensor:
     return ssd_chunked(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size).contiguous()
+
+
+_NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _native_operands(x, dt, A, B, C, D, dt_bias):
+    """Contiguous operands as the native kernel takes them: x, dt, B, C in x's dtype, A, D, dt_bias fp32."""
+    dtype = x.dtype
+    heads = x.shape[2]
+    params = [torch.zeros(heads) if t is None else t.detach().float().contiguous() for t in (A, D, dt_bias)]
+    return (x.contiguous(), dt.to(dtype).contiguous(), params[0], B.to(dtype).contiguous(),
+            C.to(dtype).contiguous(), params[1], params[2])
+
+
+def _use_native(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and native.enabled()
+
+
+@_selective_scan_op.register_kernel("cpu")
+def _selective_scan_cpu(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size):
+    if not _use_native(x):
+        return ssd_chunked(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size).contiguous()
+    x, dt, A, B, C, D, dt_bias = _native_operands(x, dt, A, B, C, D, dt_bias)
+    y = torch.empty_like(x)
+    native.require().forward(x, dt, A, B, C, D, dt_bias, y, dt_softplus, torch.get_num_threads())
+    return y
 
 
 @_selective_scan_op.register_kernel("cuda")
@@ -69,11 +100,26 @@ def _setup_context(ctx, inputs, output):
     ctx.flags = inputs[7:]
 
 
+def _native_backward(tensors, grad_y, dt_softplus):
+    x, dt, A, B, C, D, dt_bias = tensors
+    operands = _native_operands(x, dt, A, B, C, D, dt_bias)
+    grad_y = grad_y.to(x.dtype).contiguous()
+    dx, ddt, dB, dC = (torch.empty_like(operands[i]) for i in (0, 1, 3, 4))
+    rows = [torch.empty(x.shape[0], x.shape[2], dtype=torch.float64) for _ in range(3)]
+    native.require().backward(*operands, grad_y, dx, ddt, dB, dC, *rows, dt_softplus, torch.get_num_threads())
+    dA, dD, ddt_bias = (r.sum(0) for r in rows)
+    grads = (dx, ddt, dA, dB, dC, dD, ddt_bias)
+    return tuple(None if t is None else g.to(t.dtype) for t, g in zip(tensors, grads))
+
+
 def _backward(ctx, grad_y):
-    # Recompute the differentiable reference and take its vector-Jacobian product: exact, and it
-    # keeps the op opaque to tracers while training still works on any device.
     saved = iter(ctx.saved_tensors)
-    tensors = [next(saved).detach().requires_grad_(True) if present else None for present in ctx.present]
+    tensors = [next(saved).detach() if present else None for present in ctx.present]
+    if _use_native(tensors[0]):
+        return (*_native_backward(tensors, grad_y, ctx.flags[0]), None, None)
+    # Elsewhere: recompute the differentiable reference and take its vector-Jacobian product (exact, and
+    # it keeps the op opaque to tracers while training still works on any device).
+    tensors = [t.requires_grad_(True) if t is not None else None for t in tensors]
     with torch.enable_grad():
         y = ssd_chunked(*tensors, *ctx.flags)
         wanted = [t for t in tensors if t is not None]

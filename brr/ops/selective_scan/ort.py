@@ -10,9 +10,11 @@ kernel when it was created with that library loaded::
     session = onnxruntime.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 The kernel is declared for float32 inputs and output: keep the node in float32 when converting a plugin
-graph to float16 (e.g. ``op_block_list=["SelectiveScan"]``). It computes the chunked SSD of
-``reference.ssd_chunked`` vectorised over batch, heads and chunks with numpy (no per-step loop); the
-result crosses back to ONNX Runtime as a Python list, so it is a correctness reference, not a fast path.
+graph to float16 (e.g. ``op_block_list=["SelectiveScan"]``). It is still a Python op: ONNX Runtime calls
+back into Python for every node, and the onnxruntime wheel ships no C API headers to compile a native
+custom-op library against. Inside, the compute is the native C++ kernel (``native.py``) on the numpy
+buffers when it is built, else ``ssd_chunked_numpy``, the chunked SSD of ``reference.ssd_chunked``
+vectorised with numpy. For a compiled CPU path use the OpenVINO engine of the plugin-mode export.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 from onnxruntime_extensions import PyCustomOpDef, onnx_op
 
+from brr.ops.selective_scan import native
 from brr.ops.selective_scan.onnx import INPUT_NAMES, OP_TYPE, parse_attributes
 
 
@@ -79,4 +82,9 @@ def ssd_chunked_numpy(
 )
 def selective_scan_kernel(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size):
     softplus, chunk = parse_attributes(dt_softplus, chunk_size)
-    return ssd_chunked_numpy(x, dt, A, B, C, D, dt_bias, softplus, chunk).astype(np.float32, copy=False)
+    if not native.available():
+        return ssd_chunked_numpy(x, dt, A, B, C, D, dt_bias, softplus, chunk).astype(np.float32, copy=False)
+    operands = [np.ascontiguousarray(v, dtype=np.float32) for v in (x, dt, A, B, C, D, dt_bias)]
+    y = np.empty_like(operands[0])
+    native.require().forward(*operands, y, softplus, native.cpu_threads())
+    return y

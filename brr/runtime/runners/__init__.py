@@ -63,9 +63,10 @@ def load_runner(path: str | Path, probes: bool = False, threads: int | None = No
         from brr.runtime.runners.onnxruntime import onnxruntime_runner
         return onnxruntime_runner(model, name=name, device=device, threads=threads, outputs=outputs, lean=lean)
     if backend == "openvino":
+        from brr.export.engines.openvino import openvino_extensions
         from brr.runtime.runners.openvino import OpenVINORunner
         return OpenVINORunner(model, manifest["settings"]["inference_precision"], threads=threads, name=name,
-                              outputs=outputs)
+                              outputs=outputs, extensions=openvino_extensions(manifest.get("ops", "standard")))
     if backend == "tensorrt":
         from brr.runtime.runners.tensorrt import tensorrt_runner
         return tensorrt_runner(model, name=name, outputs=outputs)

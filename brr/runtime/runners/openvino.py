@@ -1,4 +1,8 @@
-"""OpenVINO runner: a compiled IR model (CPU) behind Polygraphy's runner interface."""
+"""OpenVINO runner: a compiled IR model (CPU) behind Polygraphy's runner interface.
+
+``extensions`` are OpenVINO extension libraries added to the core before the IR is read: brr's
+(``brr.ops.registry.openvino_extension()``) for an engine built from a plugin-mode export.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ PRECISION_HINTS = ("f32", "bf16", "f16")
 
 class OpenVINORunner(BaseRunner):
     def __init__(self, model_path: str | Path, inference_precision: str = "f32", threads: int | None = None,
-                 device: str = "CPU", name: str | None = None, outputs: list[str] | None = None):
+                 device: str = "CPU", name: str | None = None, outputs: list[str] | None = None,
+                 extensions: list[str | Path] = ()):
         super().__init__(name=name, prefix="openvino-runner")
         if inference_precision not in PRECISION_HINTS:
             raise ValueError(f"inference_precision must be one of {PRECISION_HINTS}, got {inference_precision!r}")
@@ -26,11 +31,15 @@ class OpenVINORunner(BaseRunner):
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
         self.device = device
         self.outputs = outputs  # the names returned (all when None)
+        self.extensions = [str(e) for e in extensions]
         self.compiled = None
         self.request = None
 
     def activate_impl(self):
-        self.compiled = ov.Core().compile_model(str(self.model_path), self.device, self.config)
+        core = ov.Core()
+        for extension in self.extensions:
+            core.add_extension(extension)
+        self.compiled = core.compile_model(str(self.model_path), self.device, self.config)
         self.request = self.compiled.create_infer_request()
 
     def get_input_metadata_impl(self):

@@ -1,0 +1,130 @@
+// OpenVINO operation ``SelectiveScan`` (brr_opset1) with the CPU kernel of scan.hpp, and the ONNX frontend
+// conversion of the ``ai.onnx.contrib::SelectiveScan`` custom node to it. Registered by
+// brr/ops/openvino_extension.cpp together with the other ops' extensions.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <openvino/core/extension.hpp>
+#include <openvino/core/op_extension.hpp>
+#include <openvino/core/parallel.hpp>
+#include <openvino/frontend/onnx/extension/conversion.hpp>
+#include <openvino/op/op.hpp>
+
+#include "scan.hpp"
+
+namespace brr {
+
+class SelectiveScan : public ov::op::Op {
+public:
+    OPENVINO_OP("SelectiveScan", "brr_opset1");
+
+    SelectiveScan() = default;
+    SelectiveScan(const ov::OutputVector& inputs, bool dt_softplus, int64_t chunk_size)
+        : Op(inputs), m_dt_softplus(dt_softplus), m_chunk_size(chunk_size) {
+        constructor_validate_and_infer_types();
+    }
+
+    void validate_and_infer_types() override {
+        NODE_VALIDATION_CHECK(this, get_input_size() == 7, "SelectiveScan takes 7 inputs (x, dt, A, B, C, D, dt_bias), got ",
+                              get_input_size());
+        NODE_VALIDATION_CHECK(this, m_chunk_size > 0, "chunk_size must be positive, got ", m_chunk_size);
+        const auto type = get_input_element_type(0);
+        NODE_VALIDATION_CHECK(this, type.is_dynamic() || type == ov::element::f32 || type == ov::element::f16 ||
+                                        type == ov::element::bf16,
+                              "SelectiveScan computes f32, f16 or bf16 tensors, got ", type);
+        const auto& x = get_input_partial_shape(0);
+        NODE_VALIDATION_CHECK(this, x.rank().is_dynamic() || x.rank().get_length() == 4, "x must be (b, l, h, p), got ", x);
+        set_output_type(0, type, x);
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& inputs) const override {
+        return std::make_shared<SelectiveScan>(inputs, m_dt_softplus, m_chunk_size);
+    }
+
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("dt_softplus", m_dt_softplus);
+        visitor.on_attribute("chunk_size", m_chunk_size);
+        return true;
+    }
+
+    bool has_evaluate() const override {
+        const auto type = get_input_element_type(0);
+        return type == ov::element::f32 || type == ov::element::f16 || type == ov::element::bf16;
+    }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        const auto& x = inputs[0].get_shape();
+        const auto& B = inputs[3].get_shape();
+        OPENVINO_ASSERT(x.size() == 4 && B.size() == 4, "SelectiveScan: x and B must be 4-D");
+        scan::Dims d{int64_t(x[0]), int64_t(x[1]), int64_t(x[2]), int64_t(x[3]), int64_t(B[2]), int64_t(B[3])};
+        scan::check_dims(d);
+        OPENVINO_ASSERT(inputs[1].get_shape() == ov::Shape({x[0], x[1], x[2]}), "SelectiveScan: dt must be (b, l, h)");
+        OPENVINO_ASSERT(inputs[4].get_shape() == B && B[0] == x[0] && B[1] == x[1],
+                        "SelectiveScan: B and C must both be (b, l, g, n)");
+        const auto type = inputs[0].get_element_type();
+        for (int i : {1, 3, 4})
+            OPENVINO_ASSERT(inputs[i].get_element_type() == type, "SelectiveScan: x, dt, B and C must share one type");
+        // The per-head parameters in fp32, whatever their stored type.
+        constexpr int kParamInputs[3] = {2, 5, 6};  // A, D, dt_bias
+        std::vector<float> params[3];
+        for (int k = 0; k < 3; ++k) {
+            const auto& t = inputs[kParamInputs[k]];
+            OPENVINO_ASSERT(t.get_size() == size_t(d.heads), "SelectiveScan: A, D and dt_bias must be (h,)");
+            params[k] = to_floats(t);
+        }
+        outputs[0].set_shape(x);
+        if (type == ov::element::f32) run<float>(d, inputs, outputs[0], params);
+        else if (type == ov::element::f16) run<scan::Half>(d, inputs, outputs[0], params);
+        else if (type == ov::element::bf16) run<scan::BFloat16>(d, inputs, outputs[0], params);
+        else return false;
+        return true;
+    }
+
+private:
+    static std::vector<float> to_floats(const ov::Tensor& t) {
+        std::vector<float> out(t.get_size());
+        const auto type = t.get_element_type();
+        for (size_t i = 0; i < out.size(); ++i) {
+            if (type == ov::element::f32) out[i] = t.data<const float>()[i];
+            else if (type == ov::element::f16) out[i] = scan::to_float(scan::Half{t.data<const ov::float16>()[i].to_bits()});
+            else if (type == ov::element::bf16) out[i] = scan::to_float(scan::BFloat16{t.data<const ov::bfloat16>()[i].to_bits()});
+            else OPENVINO_THROW("SelectiveScan: unsupported parameter type ", type);
+        }
+        return out;
+    }
+
+    template <class T>
+    void run(const scan::Dims& d, const ov::TensorVector& in, ov::Tensor& y, const std::vector<float>* params) const {
+        auto data = [](const ov::Tensor& t) { return static_cast<const T*>(t.data()); };
+        scan::ForwardArgs<T> args{d, data(in[0]), data(in[1]), data(in[3]), data(in[4]), params[0].data(),
+                                  params[1].data(), params[2].data(), static_cast<T*>(y.data()), m_dt_softplus};
+        auto kernel = scan::forward_kernel<T>(d);
+        ov::parallel_for(size_t(d.batch), [&](size_t b) {
+            thread_local std::vector<float> scratch;
+            kernel(args, int64_t(b), scratch);
+        });
+    }
+
+    bool m_dt_softplus = true;
+    int64_t m_chunk_size = 64;
+};
+
+ov::OutputVector convert_onnx_node(const ov::frontend::NodeContext& node) {
+    const auto softplus = node.get_attribute<int64_t>("dt_softplus");
+    const auto chunk_size = node.get_attribute<int64_t>("chunk_size");
+    FRONT_END_GENERAL_CHECK(softplus == 0 || softplus == 1, "SelectiveScan: dt_softplus must be 0 or 1, got ", softplus);
+    FRONT_END_GENERAL_CHECK(chunk_size > 0, "SelectiveScan: chunk_size must be positive, got ", chunk_size);
+    FRONT_END_GENERAL_CHECK(node.get_input_size() == 7, "SelectiveScan takes 7 inputs, got ", node.get_input_size());
+    ov::OutputVector inputs;
+    for (int i = 0; i < 7; ++i) inputs.push_back(node.get_input(i));
+    return std::make_shared<SelectiveScan>(inputs, softplus == 1, chunk_size)->outputs();
+}
+
+std::vector<ov::Extension::Ptr> selective_scan_openvino_extensions() {
+    return {std::make_shared<ov::OpExtension<SelectiveScan>>(),
+            std::make_shared<ov::frontend::onnx::ConversionExtension>("SelectiveScan", "ai.onnx.contrib",
+                                                                      convert_onnx_node)};
+}
+
+}  // namespace brr

@@ -1,0 +1,411 @@
+// Selective scan (Mamba-2 SSD recurrence) on the CPU: sequential in time, one batch row per task, the
+// state of every head of that row in L1, fp32 arithmetic whatever the storage type.
+//
+// The W = r * p lanes (head, head dim) of a group's r heads are cut into tiles of 16 lanes; a tile's state
+// is n vectors of 16 floats that stay in registers while the tile walks through time, so a step is 2n FMAs
+// and no horizontal sum. The per-head step sizes and decays of a whole row are computed first
+// (discretise.cpp, vectorised) and spread over the lanes one block of steps at a time.
+//
+// Layouts (all contiguous): x, y (b, l, h, p); dt (b, l, h); B, C (b, l, g, n); A, D, dt_bias (h,) fp32.
+// Forward:  a_t = softplus(dt_t + dt_bias) (or dt_t + dt_bias), S_t = exp(a_t A) S_{t-1} + a_t x_t B_t^T,
+//           y_t = S_t C_t + D x_t, S_{-1} = 0.
+// Backward: the adjoint recurrence G_t = gy_t C_t^T + exp(a_{t+1} A) G_{t+1}, run from the end; the
+//           states it needs are recomputed chunk by chunk from checkpoints kept every kChunk steps.
+// This header has no dependency beyond the standard library: the Python module, the OpenVINO
+// extension and any other host include it and bring their own threading.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace brr::scan {
+
+// In: a = dt + dt_bias, (steps, heads). Out: a = softplus(a) (when softplus), decay = exp(a * A[h]) and,
+// when dadu is given, da/du (the softplus' derivative, 1 without it). Defined in discretise.cpp.
+void discretise(float* a, float* decay, float* dadu, const float* A, int64_t steps, int64_t heads, bool softplus);
+
+// Storage types: fp32, IEEE fp16 and bfloat16 as raw bits.
+struct Half { uint16_t bits; };
+struct BFloat16 { uint16_t bits; };
+
+inline float to_float(float v) { return v; }
+inline float to_float(BFloat16 v) {
+    uint32_t u = uint32_t(v.bits) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline float to_float(Half v) {
+    uint32_t sign = uint32_t(v.bits & 0x8000) << 16, exponent = (v.bits >> 10) & 0x1f, mantissa = v.bits & 0x3ff;
+    uint32_t u;
+    if (exponent == 0x1f) {
+        u = sign | 0x7f800000u | (mantissa << 13);  // inf / NaN
+    } else if (exponent != 0) {
+        u = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    } else if (mantissa == 0) {
+        u = sign;
+    } else {  // subnormal: normalise
+        int shift = 0;
+        while (!(mantissa & 0x400)) { mantissa <<= 1; ++shift; }
+        u = sign | (uint32_t(113 - shift) << 23) | ((mantissa & 0x3ff) << 13);
+    }
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+template <class T> inline T from_float(float f);
+template <> inline float from_float<float>(float f) { return f; }
+template <> inline BFloat16 from_float<BFloat16>(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return {uint16_t((u >> 16) | 0x40)};  // quiet NaN stays NaN
+    u += 0x7fffu + ((u >> 16) & 1);  // round to nearest even
+    return {uint16_t(u >> 16)};
+}
+template <> inline Half from_float<Half>(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000, abs = u & 0x7fffffffu;
+    if (abs > 0x7f800000u) return {uint16_t(sign | 0x7e00)};          // NaN
+    if (abs >= 0x477ff000u) return {uint16_t(sign | 0x7c00)};         // rounds to inf (>= 65520)
+    if (abs < 0x38800000u) {                                          // fp16 subnormal or zero
+        if (abs < 0x33000000u) return {uint16_t(sign)};
+        uint32_t exponent = abs >> 23, mantissa = (abs & 0x7fffff) | 0x800000;
+        uint32_t shift = 126 - exponent, half = mantissa >> shift, rest = mantissa & ((1u << shift) - 1);
+        uint32_t midpoint = 1u << (shift - 1);
+        if (rest > midpoint || (rest == midpoint && (half & 1))) ++half;
+        return {uint16_t(sign | half)};
+    }
+    uint32_t rounded = abs + 0xfffu + ((abs >> 13) & 1) - (112u << 23);
+    return {uint16_t(sign | (rounded >> 13))};
+}
+
+struct Dims {
+    int64_t batch, length, heads, headdim, groups, state;
+};
+
+template <class T>
+struct ForwardArgs {
+    Dims dims;
+    const T *x, *dt, *B, *C;
+    const float *A, *D, *dt_bias;
+    T* y;
+    bool dt_softplus;
+};
+
+template <class T>
+struct BackwardArgs {
+    Dims dims;
+    const T *x, *dt, *B, *C, *dy;
+    const float *A, *D, *dt_bias;
+    T *dx, *ddt, *dB, *dC;
+    // Per batch row partial sums of the parameter gradients, (b, h) each: summed by the caller.
+    double *dA, *dD, *ddt_bias;
+    bool dt_softplus;
+};
+
+inline void check_dims(const Dims& d) {
+    if (d.batch < 0 || d.length < 0 || d.heads <= 0 || d.headdim <= 0 || d.groups <= 0 || d.state <= 0)
+        throw std::invalid_argument("selective scan: every size must be positive");
+    if (d.heads % d.groups)
+        throw std::invalid_argument("selective scan: heads (" + std::to_string(d.heads) +
+                                    ") must be a multiple of groups (" + std::to_string(d.groups) + ")");
+}
+
+// Steps per block (forward) and between two state checkpoints (backward): the lane-spread step sizes of a
+// block and one chunk of recomputed tile states (kChunk x n x 16 floats, 32 KiB for n = 16) stay in L1.
+constexpr int64_t kChunk = 32;
+constexpr int64_t kLanes = 16;
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+
+namespace detail {
+
+inline Vec broadcast(float v) { return Vec{} + v; }
+
+template <class T>
+inline Vec load_lanes(const T* src, int64_t count) {
+    alignas(64) float tmp[kLanes] = {};
+    for (int64_t i = 0; i < count; ++i) tmp[i] = to_float(src[i]);
+    Vec v;
+    std::memcpy(&v, tmp, sizeof v);
+    return v;
+}
+
+template <class T>
+inline void store_lanes(T* dst, Vec v, int64_t count) {
+    alignas(64) float tmp[kLanes];
+    std::memcpy(tmp, &v, sizeof v);
+    for (int64_t i = 0; i < count; ++i) dst[i] = from_float<T>(tmp[i]);
+}
+
+inline float lane_sum(Vec v) {
+    float s = 0.0f;
+    for (int64_t i = 0; i < kLanes; ++i) s += v[i];
+    return s;
+}
+
+// Step sizes of a batch row: a, decay (and da/du) for every (t, h).
+template <class T>
+void row_step_sizes(const T* dt, const float* bias, const float* A, int64_t L, int64_t H, bool softplus,
+                    float* a, float* decay, float* dadu) {
+    for (int64_t t = 0; t < L; ++t)
+        for (int64_t h = 0; h < H; ++h) a[t * H + h] = to_float(dt[t * H + h]) + bias[h];
+    discretise(a, decay, dadu, A, L, H, softplus);
+}
+
+// Group g's per-head values of steps [t0, t1) spread over its lanes: out[(t - t0) * Wp + r * p + i] = v[t, g r + r];
+// the padding lanes (W..Wp) are 0, so padded state lanes stay 0.
+inline void spread(const float* v, int64_t t0, int64_t t1, int64_t H, int64_t g, int64_t R, int64_t p, int64_t Wp,
+                   float* out) {
+    for (int64_t t = t0; t < t1; ++t) {
+        float* row = out + (t - t0) * Wp;
+        for (int64_t r = 0; r < R; ++r)
+            for (int64_t i = 0; i < p; ++i) row[r * p + i] = v[t * H + g * R + r];
+        for (int64_t w = R * p; w < Wp; ++w) row[w] = 0.0f;
+    }
+}
+
+template <class T>
+inline void load_bc(const T* B, const T* C, int64_t base, int64_t stride, int64_t t0, int64_t t1, int64_t n,
+                    float* Bf, float* Cf) {
+    for (int64_t t = t0; t < t1; ++t)
+        for (int64_t j = 0; j < n; ++j) {
+            Bf[(t - t0) * n + j] = to_float(B[base + t * stride + j]);
+            Cf[(t - t0) * n + j] = to_float(C[base + t * stride + j]);
+        }
+}
+
+inline Vec vec_at(const float* p) {
+    Vec v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// The tile's state: N vectors in registers when N is known at compile time, else in `memory`.
+template <int N>
+struct TileState {
+    Vec s[N];
+    TileState(Vec*, int64_t) {}
+    Vec& operator[](int64_t j) { return s[j]; }
+};
+template <>
+struct TileState<0> {
+    Vec* s;
+    TileState(Vec* memory, int64_t) : s(memory) {}
+    Vec& operator[](int64_t j) { return s[j]; }
+};
+
+template <int N, class T>
+void forward_row(const ForwardArgs<T>& args, int64_t b, std::vector<float>& scratch) {
+    const Dims& d = args.dims;
+    const int64_t L = d.length, H = d.heads, p = d.headdim, n = N ? N : d.state, G = d.groups, R = H / G;
+    const int64_t W = R * p, tiles = (W + kLanes - 1) / kLanes, Wp = tiles * kLanes;
+    // a, decay (L x H); spread a, decay (kChunk x Wp); D lanes; B, C of a block; tile states (+1 Vec of slack
+    // for alignment).
+    scratch.resize(2 * L * H + 2 * kChunk * Wp + Wp + 2 * kChunk * n + (tiles * n + 1) * kLanes);
+    float *a = scratch.data(), *decay = a + L * H, *aL = decay + L * H, *decL = aL + kChunk * Wp;
+    float *DL = decL + kChunk * Wp, *Bf = DL + Wp, *Cf = Bf + kChunk * n, *raw = Cf + kChunk * n;
+    Vec* states = reinterpret_cast<Vec*>(raw + (-reinterpret_cast<uintptr_t>(raw) / sizeof(float)) % kLanes);
+    row_step_sizes(args.dt + b * L * H, args.dt_bias, args.A, L, H, args.dt_softplus, a, decay, nullptr);
+    const int64_t x_stride = H * p, bc_stride = G * n;
+    for (int64_t g = 0; g < G; ++g) {
+        spread(args.D, 0, 1, 0, g, R, p, Wp, DL);
+        std::fill(states, states + tiles * n, Vec{});
+        for (int64_t t0 = 0; t0 < L; t0 += kChunk) {
+            const int64_t t1 = std::min(L, t0 + kChunk);
+            spread(a, t0, t1, H, g, R, p, Wp, aL);
+            spread(decay, t0, t1, H, g, R, p, Wp, decL);
+            load_bc(args.B, args.C, b * L * bc_stride + g * n, bc_stride, t0, t1, n, Bf, Cf);
+            for (int64_t k = 0; k < tiles; ++k) {
+                const int64_t lanes = std::min(kLanes, W - k * kLanes);
+                TileState<N> S(states + k * n, n);
+                if (N) for (int64_t j = 0; j < n; ++j) S[j] = states[k * n + j];
+                const Vec Dv = vec_at(DL + k * kLanes);
+                const T* x = args.x + (b * L + t0) * x_stride + g * W + k * kLanes;
+                T* y = args.y + (b * L + t0) * x_stride + g * W + k * kLanes;
+                for (int64_t t = 0; t < t1 - t0; ++t, x += x_stride, y += x_stride) {
+                    const Vec xv = load_lanes(x, lanes), dec = vec_at(decL + t * Wp + k * kLanes);
+                    const Vec ax = vec_at(aL + t * Wp + k * kLanes) * xv;
+                    Vec yv = Dv * xv;
+                    for (int64_t j = 0; j < n; ++j) {
+                        S[j] = dec * S[j] + ax * Bf[t * n + j];
+                        yv += S[j] * Cf[t * n + j];
+                    }
+                    store_lanes(y, yv, lanes);
+                }
+                if (N) for (int64_t j = 0; j < n; ++j) states[k * n + j] = S[j];
+            }
+        }
+    }
+}
+
+// Backward of one batch row, group by group (the row owns its dB and dC, so rows run in parallel).
+// Pass 1 keeps every tile's state at each chunk start; pass 2 walks the chunks from the last: recompute a
+// tile's states in the chunk, then run the adjoint G_t = gy_t C_t^T + exp(a_{t+1} A) G_{t+1} backwards
+// (G carried between chunks per tile). dB and dC are summed over lanes per chunk, the per-head terms
+// (ddt, dA, dD, ddt_bias) from per-lane partial sums once every tile has passed.
+template <int N, class T>
+void backward_row(const BackwardArgs<T>& args, int64_t b, std::vector<float>& scratch) {
+    const Dims& d = args.dims;
+    const int64_t L = d.length, H = d.heads, p = d.headdim, n = N ? N : d.state, G = d.groups, R = H / G;
+    const int64_t W = R * p, tiles = (W + kLanes - 1) / kLanes, Wp = tiles * kLanes;
+    const int64_t chunks = (L + kChunk - 1) / kChunk, K = kChunk;
+    // Floats: a, decay, dadu (L x H); spread a, decay (K x Wp); D lanes; B, C (K x n); per-lane partials
+    // da, ddecay, gy x (K x Wp); then Vecs: checkpoints (chunks x tiles x n), carried tile state / adjoint
+    // (tiles x n), recomputed states (K x n), dB / dC partials (K x n each), plus one of slack for alignment.
+    const int64_t floats = 3 * L * H + 2 * K * Wp + Wp + 2 * K * n + 3 * K * Wp;
+    const int64_t vecs = chunks * tiles * n + tiles * n + K * n + 2 * K * n + 1;
+    scratch.resize(floats + vecs * kLanes);
+    float *a = scratch.data(), *decay = a + L * H, *dadu = decay + L * H, *aL = dadu + L * H, *decL = aL + K * Wp;
+    float *DL = decL + K * Wp, *Bf = DL + Wp, *Cf = Bf + K * n, *daL = Cf + K * n, *dsL = daL + K * Wp;
+    float *gyxL = dsL + K * Wp, *raw = gyxL + K * Wp;
+    Vec* ckpt = reinterpret_cast<Vec*>(raw + (-reinterpret_cast<uintptr_t>(raw) / sizeof(float)) % kLanes);
+    Vec *carry = ckpt + chunks * tiles * n, *buf = carry + tiles * n, *dBv = buf + K * n, *dCv = dBv + K * n;
+    row_step_sizes(args.dt + b * L * H, args.dt_bias, args.A, L, H, args.dt_softplus, a, decay, dadu);
+    std::vector<double> dA_row(H, 0.0), dD_row(H, 0.0), dbias_row(H, 0.0);
+    const int64_t x_stride = H * p, bc_stride = G * n;
+
+    for (int64_t g = 0; g < G; ++g) {
+        const int64_t bc_base = b * L * bc_stride + g * n;
+        spread(args.D, 0, 1, 0, g, R, p, Wp, DL);
+        // Pass 1: checkpoints (carry holds the running tile states).
+        std::fill(carry, carry + tiles * n, Vec{});
+        for (int64_t c = 0; c < chunks; ++c) {
+            const int64_t t0 = c * K, t1 = std::min(L, t0 + K);
+            spread(a, t0, t1, H, g, R, p, Wp, aL);
+            spread(decay, t0, t1, H, g, R, p, Wp, decL);
+            load_bc(args.B, args.C, bc_base, bc_stride, t0, t1, n, Bf, Cf);
+            std::copy(carry, carry + tiles * n, ckpt + c * tiles * n);
+            for (int64_t k = 0; k < tiles; ++k) {
+                const int64_t lanes = std::min(kLanes, W - k * kLanes);
+                TileState<N> S(carry + k * n, n);
+                if (N) for (int64_t j = 0; j < n; ++j) S[j] = carry[k * n + j];
+                const T* x = args.x + (b * L + t0) * x_stride + g * W + k * kLanes;
+                for (int64_t t = 0; t < t1 - t0; ++t, x += x_stride) {
+                    const Vec dec = vec_at(decL + t * Wp + k * kLanes);
+                    const Vec ax = vec_at(aL + t * Wp + k * kLanes) * load_lanes(x, lanes);
+                    for (int64_t j = 0; j < n; ++j) S[j] = dec * S[j] + ax * Bf[t * n + j];
+                }
+                if (N) for (int64_t j = 0; j < n; ++j) carry[k * n + j] = S[j];
+            }
+        }
+        // Pass 2 (carry now holds the adjoint of each tile).
+        std::fill(carry, carry + tiles * n, Vec{});
+        for (int64_t c = chunks - 1; c >= 0; --c) {
+            const int64_t t0 = c * K, t1 = std::min(L, t0 + K), steps = t1 - t0;
+            spread(a, t0, t1, H, g, R, p, Wp, aL);
+            spread(decay, t0, t1, H, g, R, p, Wp, decL);
+            load_bc(args.B, args.C, bc_base, bc_stride, t0, t1, n, Bf, Cf);
+            std::fill(dBv, dBv + 2 * K * n, Vec{});
+            for (int64_t k = 0; k < tiles; ++k) {
+                const int64_t lanes = std::min(kLanes, W - k * kLanes), lane0 = k * kLanes;
+                const int64_t x0 = (b * L + t0) * x_stride + g * W + lane0;
+                // Recompute: buf[t] = state after step t0 + t.
+                {
+                    TileState<N> S(buf, n);  // for N = 0 the states are written in place, step by step
+                    if (N) for (int64_t j = 0; j < n; ++j) S[j] = ckpt[(c * tiles + k) * n + j];
+                    else std::copy(ckpt + (c * tiles + k) * n, ckpt + (c * tiles + k + 1) * n, buf);
+                    for (int64_t t = 0; t < steps; ++t) {
+                        const Vec dec = vec_at(decL + t * Wp + lane0);
+                        const Vec ax = vec_at(aL + t * Wp + lane0) * load_lanes(args.x + x0 + t * x_stride, lanes);
+                        Vec* out = buf + t * n;
+                        if (!N && t > 0) std::copy(out - n, out, out);
+                        for (int64_t j = 0; j < n; ++j) {
+                            Vec& s = N ? S[j] : out[j];
+                            s = dec * s + ax * Bf[t * n + j];
+                            if (N) out[j] = s;
+                        }
+                    }
+                }
+                TileState<N> Gt(carry + k * n, n);
+                if (N) for (int64_t j = 0; j < n; ++j) Gt[j] = carry[k * n + j];
+                const Vec Dv = vec_at(DL + lane0);
+                for (int64_t t = steps - 1; t >= 0; --t) {
+                    const Vec* S_t = buf + t * n;
+                    const Vec* S_prev = t > 0 ? S_t - n : ckpt + (c * tiles + k) * n;
+                    const Vec gy = load_lanes(args.dy + x0 + t * x_stride, lanes);
+                    const Vec xv = load_lanes(args.x + x0 + t * x_stride, lanes);
+                    const Vec av = vec_at(aL + t * Wp + lane0), dec = vec_at(decL + t * Wp + lane0);
+                    const Vec ax = av * xv;
+                    Vec gb{}, gs{};
+                    Vec *dB = dBv + t * n, *dC = dCv + t * n;
+                    for (int64_t j = 0; j < n; ++j) {
+                        const Vec gj = Gt[j] + gy * Cf[t * n + j];  // G_t
+                        dC[j] += S_t[j] * gy;
+                        dB[j] += gj * ax;
+                        gb += gj * Bf[t * n + j];
+                        gs += gj * S_prev[j];
+                        Gt[j] = gj * dec;  // carried to step t - 1
+                    }
+                    store_lanes(args.dx + x0 + t * x_stride, av * gb + Dv * gy, lanes);
+                    std::memcpy(daL + t * Wp + lane0, &(gb *= xv), sizeof(Vec));
+                    std::memcpy(dsL + t * Wp + lane0, &gs, sizeof(Vec));
+                    const Vec gyx = gy * xv;
+                    std::memcpy(gyxL + t * Wp + lane0, &gyx, sizeof(Vec));
+                }
+                if (N) for (int64_t j = 0; j < n; ++j) carry[k * n + j] = Gt[j];
+            }
+            for (int64_t t = 0; t < steps; ++t) {
+                const int64_t step = b * L + t0 + t;
+                for (int64_t j = 0; j < n; ++j) {
+                    args.dB[step * bc_stride + g * n + j] = from_float<T>(lane_sum(dBv[t * n + j]));
+                    args.dC[step * bc_stride + g * n + j] = from_float<T>(lane_sum(dCv[t * n + j]));
+                }
+                for (int64_t r = 0; r < R; ++r) {
+                    const int64_t h = g * R + r, th = (t0 + t) * H + h;
+                    float da = 0.0f, ddecay = 0.0f, dDx = 0.0f;
+                    for (int64_t i = 0; i < p; ++i) {
+                        da += daL[t * Wp + r * p + i];
+                        ddecay += dsL[t * Wp + r * p + i];
+                        dDx += gyxL[t * Wp + r * p + i];
+                    }
+                    const float ddecay_da = ddecay * decay[th];
+                    da += ddecay_da * args.A[h];
+                    dA_row[h] += double(ddecay_da) * a[th];
+                    dD_row[h] += dDx;
+                    const float du = da * dadu[th];
+                    args.ddt[step * H + h] = from_float<T>(du);
+                    dbias_row[h] += du;
+                }
+            }
+        }
+    }
+    for (int64_t h = 0; h < H; ++h) {
+        args.dA[b * H + h] = dA_row[h];
+        args.dD[b * H + h] = dD_row[h];
+        args.ddt_bias[b * H + h] = dbias_row[h];
+    }
+}
+
+}  // namespace detail
+
+// Row kernels chosen once per call: the state size at compile time (tile states in registers) for the
+// model's two Mamba configurations (node stream n = 16, edge stream n = 8), in memory for any other.
+template <class T>
+using ForwardRow = void (*)(const ForwardArgs<T>&, int64_t, std::vector<float>&);
+template <class T>
+using BackwardRow = void (*)(const BackwardArgs<T>&, int64_t, std::vector<float>&);
+
+template <class T>
+ForwardRow<T> forward_kernel(const Dims& d) {
+    check_dims(d);
+    if (d.state == 16) return detail::forward_row<16, T>;
+    if (d.state == 8) return detail::forward_row<8, T>;
+    return detail::forward_row<0, T>;
+}
+
+template <class T>
+BackwardRow<T> backward_kernel(const Dims& d) {
+    check_dims(d);
+    if (d.state == 16) return detail::backward_row<16, T>;
+    if (d.state == 8) return detail::backward_row<8, T>;
+    return detail::backward_row<0, T>;
+}
+
+}  // namespace brr::scan
