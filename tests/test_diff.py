@@ -177,7 +177,9 @@ def test_clean_model_gives_clean_report():
     fp32, fp16 = export_pair(CosineNet(scale=1.0))
     report = diff(fp32, fp16)
     assert report.verdict == "clean" and not report.failed
-    assert report.engines[0].inputs[0].node_level is None and report.next_steps() == []
+    level = report.engines[0].inputs[0].node_level  # every input is scanned for hidden non-finite values
+    assert level.method == "statistics" and level.first_nonfinite is None and level.reproduced is True
+    assert report.next_steps() == [] and report.engines[0].origins == []
 
 
 def test_bisection_names_the_first_node_beyond_tolerance():

@@ -51,6 +51,8 @@ PRECISION_LIMITS: dict[str, tuple[float, float, float]] = {
 ZERO_SENSITIVE_OPS = ("Div", "Reciprocal", "Log", "Pow", "Mod")
 # Ops that turn a negative input into NaN.
 NEGATIVE_SENSITIVE_OPS = ("Sqrt", "Log", "Pow")
+# Independent places where values go non-finite described per input (each costs two marked runs).
+MAX_ORIGINS = 4
 # The engine's logits must match its own unmarked run this closely to count as the same computation.
 REPRODUCTION_RTOL = 1e-5
 
@@ -77,6 +79,8 @@ class Localisation:
     reproduced: bool | None = None
     reproduction_error: float = 0.0
     first_nonfinite: dict | None = None
+    # Further places on the same input where values go non-finite from finite inputs (independent faults).
+    more_nonfinite: list[dict] = field(default_factory=list)
     first_divergent: dict | None = None
     note: str | None = None
     # tensor name -> (fp32 range, engine range) of a statistics scan, for the per-node plot.
@@ -85,7 +89,8 @@ class Localisation:
     def to_dict(self) -> dict:
         return {"method": self.method, "runs": self.runs, "seconds": round(self.seconds, 3),
                 "reproduced": self.reproduced, "reproduction_error": self.reproduction_error,
-                "first_nonfinite": self.first_nonfinite, "first_divergent": self.first_divergent,
+                "first_nonfinite": self.first_nonfinite, "more_nonfinite": self.more_nonfinite,
+                "first_divergent": self.first_divergent,
                 "note": self.note}
 
 
@@ -106,6 +111,27 @@ class NodeLocaliser:
         if not self.tensors:
             raise ValueError(f"engine {engine.name!r}: no tensor of its graph matches the fp32 graph by name")
         self.by_name = {t.name: t for t in self.tensors}
+        self._statistics_runners: dict[bool, object] = {}  # fp32? -> active runner of the instrumented graph
+
+    def close(self) -> None:
+        """Release the sessions kept for statistics runs."""
+        for runner in self._statistics_runners.values():
+            runner.deactivate()
+        self._statistics_runners.clear()
+
+    def _statistics_run(self, feed: dict, fp32: bool) -> dict[str, np.ndarray]:
+        """One run of the instrumented graph; its session is made once and kept for every input."""
+        runner = self._statistics_runners.get(fp32)
+        if runner is None:
+            names = [t.name for t in self.tensors]
+            model = instrument(self.fp32 if fp32 else self.engine.onnx_model, names)
+            factory = self.fp32_runner_for if fp32 else self.engine.runner_for
+            with G_LOGGER.verbosity(G_LOGGER.ERROR):
+                runner = factory(model, "fp32-statistics" if fp32 else f"{self.engine.name}-statistics")
+                runner.activate()
+            self._statistics_runners[fp32] = runner
+        with G_LOGGER.verbosity(G_LOGGER.ERROR):
+            return dict(runner.infer(feed))
 
     def _align(self) -> list[Tensor]:
         engine_floats = set(float_tensors(self.engine.onnx_model))
@@ -142,14 +168,17 @@ class NodeLocaliser:
                    ) -> dict[str, tuple[TensorRange, TensorRange]]:
         """(fp32 range, engine range) of every aligned tensor on ``feed``: two instrumented runs."""
         names = [t.name for t in self.tensors]
-        ref_out = self._run(instrument(self.fp32, names), feed, "fp32-statistics", fp32=True)
+        ref_out = self._statistics_run(feed, fp32=True)
+        result.runs += 1
+        if self.engine.onnx_model is self.fp32 and self.engine.tensor_statistics is None:
+            ranges = read_ranges(ref_out, names)  # an fp32 engine of the same graph: one run tells both
+            return {n: (ranges[n], ranges[n]) for n in names}
         if self.engine.tensor_statistics is not None:
             engine_ranges, eng_out = self.engine.tensor_statistics(names, feed)
         else:
-            eng_out = self._run(instrument(self.engine.onnx_model, names), feed,
-                                f"{self.engine.name}-statistics", fp32=False)
+            eng_out = self._statistics_run(feed, fp32=False)
             engine_ranges = read_ranges(eng_out, names)
-        result.runs += 2
+        result.runs += 1
         self._check_reproduced(result, eng_out, engine_logits)
         ref_ranges = read_ranges(ref_out, names)
         return {n: (ref_ranges[n], engine_ranges[n]) for n in names if n in engine_ranges}
@@ -166,28 +195,36 @@ class NodeLocaliser:
         return ref, eng
 
     # ------------------------------------------------------------------------------------ non-finite
-    def scan(self, feed: dict, kind: str, engine_logits: np.ndarray | None = None) -> Localisation:
-        """The first non-finite tensor of ``kind`` 'precision' (engine only) or 'fp32' (already in fp32)."""
+    def scan(self, feed: dict, engine_logits: np.ndarray | None = None) -> Localisation:
+        """Where values first go non-finite: in the engine only ('precision' origins), else already in
+        fp32 ('fp32' origins); ``first_nonfinite`` is None when every compared tensor is finite."""
         start = time.perf_counter()
         result = Localisation("statistics")
         result.ranges = self.statistics(feed, result, engine_logits)
-        origin = self._origin(result.ranges, kind)
-        if origin is None:
-            result.note = (f"every tensor compared is finite in the {'engine' if kind == 'precision' else 'fp32 graph'}"
-                           f": the non-finite values arise where the two graphs have no tensor in common")
-        else:
-            result.first_nonfinite = self._describe(origin, result.ranges, feed, kind, result, engine_logits)
+        for kind in ("precision", "fp32"):
+            origins = self._origins(result.ranges, kind)
+            if origins:
+                described = [self._describe(o, result.ranges, feed, kind, result, engine_logits)
+                             for o in origins[:MAX_ORIGINS]]
+                result.first_nonfinite, result.more_nonfinite = described[0], described[1:]
+                break
         result.seconds = time.perf_counter() - start
         return result
 
-    def _origin(self, ranges: dict[str, tuple[TensorRange, TensorRange]], kind: str) -> Tensor | None:
+    def _origins(self, ranges: dict[str, tuple[TensorRange, TensorRange]], kind: str) -> list[Tensor]:
+        """Tensors that go non-finite (of ``kind``) from inputs that are all finite, in topological order:
+        the first, and any later fault independent of it."""
+        side = 1 if kind == "precision" else 0
+        bad = {name for name, pair in ranges.items() if not pair[side].finite}
+        found = []
         for tensor in self.tensors:
             if tensor.name not in ranges:
                 continue
             ref, eng = ranges[tensor.name]
-            if (kind == "precision" and ref.finite and not eng.finite) or (kind == "fp32" and not ref.finite):
-                return tensor
-        return None
+            starts = (kind == "precision" and ref.finite and not eng.finite) or (kind == "fp32" and not ref.finite)
+            if starts and not bad.intersection(self.nodes[tensor.position].input):
+                found.append(tensor)
+        return found
 
     def _describe(self, origin: Tensor, ranges, feed: dict, kind: str, result: Localisation,
                   engine_logits: np.ndarray | None) -> dict:

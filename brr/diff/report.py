@@ -2,7 +2,7 @@
 
 Every rendering leads with what a person must learn first: where non-finite values start (node,
 op, stage, why, and what hid them downstream), then the stages, then the next step as commands.
-The sentences are written here once (``origin_sentence``, ``findings``) and both the Markdown and
+The sentences are written here once (``origin_sentences``, ``findings``) and both the Markdown and
 the HTML page (``templates/report.html.j2``, figures from ``brr.diff.plots`` embedded) use them.
 """
 
@@ -37,7 +37,7 @@ VERDICT_MEANINGS = {
 VERDICT_TONES = {"clean": "ok", "basis_ambiguous": "ok", "nonfinite_input": "neutral", "divergence": "warn",
                  "nonfinite_precision": "bad", "nonfinite_fp32": "bad"}
 
-__all__ = ["SCHEMA_VERSION", "findings", "markdown", "origin_sentence", "validate", "write_report"]
+__all__ = ["SCHEMA_VERSION", "findings", "markdown", "origin_sentences", "validate", "write_report"]
 
 
 def validate(document: dict) -> None:
@@ -74,14 +74,17 @@ def reference_line(report: DiffReport) -> str:
     return f"Reference `{report.reference}`, {len(report.inputs)} inputs, fail on {report.fail_on}."
 
 
-def origin_sentence(engine: EngineResult) -> str | None:
-    """One sentence: where the engine's non-finite values start, why, and what hid them."""
-    origin = engine.origin
-    if origin is None:
+def origin_sentences(engine: EngineResult) -> list[str]:
+    """One sentence per place the engine's non-finite values start: where, why, and what hid them."""
+    if not engine.origins:
         if engine.first_nonfinite_stage is None:
-            return None
-        return (f"{engine.name}: non-finite values first reach the `{engine.first_nonfinite_stage}` probe; "
-                f"no node was named ({'; '.join(engine.node_level_notes) or 'node level did not run'})")
+            return []
+        return [f"{engine.name}: non-finite values first reach the `{engine.first_nonfinite_stage}` probe; "
+                f"no node was named ({'; '.join(engine.node_level_notes) or 'node level did not run'})"]
+    return [origin_sentence(engine, origin) for origin in engine.origins]
+
+
+def origin_sentence(engine: EngineResult, origin: dict) -> str:
     where = f"`{origin['node']}` ({origin['op_type']}, stage `{origin['stage']}`)"
     if origin["kind"] == "fp32":
         return f"{engine.name}: non-finite values already in fp32 at {where}: {origin['explanation']}"
@@ -129,7 +132,7 @@ def findings(engine: EngineResult) -> list[str]:
 
 def markdown(report: DiffReport) -> str:
     lines = [f"## brr-diff: {report.verdict}", ""]
-    origins = [s for s in map(origin_sentence, report.engines) if s]
+    origins = [s for e in report.engines for s in origin_sentences(e)]
     lines += [f"**{s}**" for s in origins] + ([""] if origins else [])
     lines += [reference_line(report), "",
               ("| engine | tolerance | verdict | first stage non-finite | first stage beyond tolerance | "
@@ -207,7 +210,7 @@ def html_page(report: DiffReport, directory: Path) -> str:
     stage_plot = Path(directory) / PLOT_FILE
     return environment.get_template("report.html.j2").render(
         report=report, tone=VERDICT_TONES[report.verdict], meaning=VERDICT_MEANINGS[report.verdict],
-        origins=[s for s in map(origin_sentence, report.engines) if s], reference_line=reference_line(report),
+        origins=[s for e in report.engines for s in origin_sentences(e)], reference_line=reference_line(report),
         engines=[_engine_view(e, Path(directory)) for e in report.engines],
         stage_plot=_data_uri(stage_plot) if any(e.stages for e in report.engines) else None,
         steps=report.next_steps(), next_step_intro=NEXT_STEP_INTRO)

@@ -66,9 +66,12 @@ class InputResult:
     stages: dict[str, StageResult]
     node_level: Localisation | None = None
     first_nonfinite_stage: str | None = None
+    # Non-finite values inside the engine that every probe hides (node level found them).
+    nonfinite_hidden: bool = False
 
     def to_dict(self) -> dict:
         return {"input": self.input, "verdict": self.verdict, "first_nonfinite_stage": self.first_nonfinite_stage,
+                "nonfinite_hidden": self.nonfinite_hidden,
                 "first_divergent_stage": self.first_divergent_stage,
                 "stages": {k: v.to_dict() for k, v in self.stages.items()},
                 "node_level": json_floats(self.node_level.to_dict()) if self.node_level is not None else None}
@@ -140,10 +143,20 @@ class EngineResult:
         return None
 
     @property
+    def origins(self) -> list[dict]:
+        """Every distinct node where non-finite values start, each on the first input it was found on."""
+        found: dict[str, dict] = {}
+        for i in self.inputs:
+            level = i.node_level
+            if level is not None and level.first_nonfinite:
+                for origin in [level.first_nonfinite, *level.more_nonfinite]:
+                    found.setdefault(origin["node"], origin | {"input": i.input})
+        return list(found.values())
+
+    @property
     def origin(self) -> dict | None:
-        """Node level's first non-finite tensor, on the first input where it was found."""
-        return next((i.node_level.first_nonfinite | {"input": i.input} for i in self.inputs
-                     if i.node_level is not None and i.node_level.first_nonfinite), None)
+        """The first of ``origins``."""
+        return next(iter(self.origins), None)
 
     @property
     def first_divergent_node(self) -> dict | None:
@@ -170,6 +183,7 @@ class EngineResult:
             "name": self.name, "precision": self.precision, "path": self.path, "atol": self.atol, "rtol": self.rtol,
             "verdict": self.verdict, "first_nonfinite_stage": self.first_nonfinite_stage,
             "first_divergent_stage": self.first_divergent_stage, "origin": json_floats(self.origin),
+            "origins": json_floats(self.origins),
             "first_divergent_node": json_floats(self.first_divergent_node),
             "node_level_notes": self.node_level_notes,
             "stages": {k: json_floats(v.to_dict()) for k, v in self.stages.items()},

@@ -14,6 +14,7 @@ the number of inputs, nodes or engines.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -38,6 +39,7 @@ TORCH_ENGINE_PREFIX = "torch:"  # "torch:fp16", "torch:bf16": the reference unde
 # (atol, rtol) per engine precision: what the precision can hold over this network's stages.
 TOLERANCES = {"fp32": (1e-3, 1e-3), "fp16": (0.1, 0.05), "bf16": (0.25, 0.05), "int8": (0.5, 0.1)}
 NONFINITE_KINDS = {"nonfinite_precision": "precision", "nonfinite_fp32": "fp32"}
+NONFINITE_VERDICTS = {kind: verdict for verdict, kind in NONFINITE_KINDS.items()}
 
 
 def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[Engine | BaseRunner | str | Path],
@@ -65,7 +67,7 @@ def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[
     results = [EngineResult(e.name, e.precision, *_tolerance(e.precision, atol, rtol), path=e.path,
                             node_level_note=e.node_level_note) for e in engine_list]
     localisers: dict[str, NodeLocaliser] = {}
-    bisected: set[tuple[str, str | None]] = set()
+    bisected: set[tuple[str, str | None]] = set()  # (engine, stage) pairs already searched node by node
     labels: list[str] = []
     current: dict = {}  # the feed of the iteration being compared: Comparator pulls one per iteration
     loader = inputs.labelled() if isinstance(inputs, WindowLoader) else ((f"input-{i}", f) for i, f in enumerate(inputs))
@@ -76,7 +78,8 @@ def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[
             current["feed"] = feed
             yield feed
 
-    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+    with G_LOGGER.verbosity(G_LOGGER.ERROR), contextlib.ExitStack() as cleanup:
+        cleanup.callback(lambda: [localiser.close() for localiser in localisers.values()])
         stream = Comparator.run([reference_runner] + [e.runner for e in engine_list], data_loader=feeds(),
                                 streaming=True)
         for run in stream:
@@ -91,21 +94,10 @@ def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[
                                           top_k)
                 for name, stage in outcome.stages.items():
                     result.stages.setdefault(name, TensorStats()).merge(stage.stats)
-                kind = NONFINITE_KINDS.get(outcome.verdict)
-                key = (engine.name, outcome.first_divergent_stage)
-                wanted = kind is not None or (outcome.verdict == "divergence" and key not in bisected)
-                if node_level and wanted and _worth_localising(engine, kind):
+                if node_level and engine.localisable:
                     localiser = localisers.get(engine.name) or localisers.setdefault(
                         engine.name, NodeLocaliser(engine, lean_onnxruntime_runner))
-                    logits = eng_out[OUTPUT_NAME] if OUTPUT_NAME in eng_out else None
-                    if kind is not None:
-                        outcome.node_level = localiser.scan(feed, kind, logits)
-                        result.merge_ranges(localiser, outcome.node_level.ranges, labels[-1])
-                    else:
-                        bisected.add(key)
-                        outcome.node_level = localiser.first_divergent(feed, outcome.first_divergent_stage,
-                                                                       result.atol, result.rtol, logits)
-                    outcome.node_level.ranges = {}  # merged into the engine's; keep no copy per input
+                    _localise(localiser, outcome, feed, eng_out, result, bisected)
                     say(f"{engine.name} {labels[-1]}: node level ({outcome.node_level.method}) "
                         f"{outcome.node_level.runs} runs, {outcome.node_level.seconds:.1f} s")
                 result.inputs.append(outcome)
@@ -119,6 +111,39 @@ def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[
     if report_dir is not None:
         write_report(report, report_dir)
     return report
+
+
+def _localise(localiser: NodeLocaliser, outcome: InputResult, feed: dict, eng_out, result: EngineResult,
+              bisected: set) -> None:
+    """Node level on one input: every input is scanned for non-finite tensors, so a value sanitised
+    before any probe (a guard's clamp or nan_to_num) is still a failure with its origin named; an
+    input that only diverges gets the first node beyond tolerance, once per stage."""
+    logits = eng_out[OUTPUT_NAME] if OUTPUT_NAME in eng_out else None
+    level = localiser.scan(feed, logits)
+    result.merge_ranges(localiser, level.ranges, outcome.input)
+    level.ranges = {}  # merged into the engine's; keep no copy per input
+    found = level.first_nonfinite
+    if found is None and outcome.verdict in NONFINITE_KINDS:
+        level.note = ("every tensor the engine shares with its fp32 graph is finite: the non-finite values arise "
+                      "where the two graphs have no tensor in common")
+    if found is not None and NONFINITE_VERDICTS.get(found["kind"]) != outcome.verdict:
+        if outcome.verdict != "nonfinite_fp32":
+            # Non-finite inside the engine though every probe is finite: hidden, not harmless.
+            outcome.verdict = NONFINITE_VERDICTS[found["kind"]]
+            outcome.nonfinite_hidden = outcome.first_nonfinite_stage is None
+            outcome.first_nonfinite_stage = outcome.first_nonfinite_stage or found["stage"]
+    key = (localiser.engine.name, outcome.first_divergent_stage)
+    if found is None and outcome.verdict == "divergence" and key not in bisected:
+        bisected.add(key)
+        divergent = localiser.first_divergent(feed, outcome.first_divergent_stage, result.atol, result.rtol,
+                                              logits)
+        level.runs += divergent.runs
+        level.seconds += divergent.seconds
+        level.method, level.first_divergent, level.note = "statistics+bisection", divergent.first_divergent, \
+            divergent.note or level.note
+        if divergent.reproduced is False:
+            level.reproduced, level.reproduction_error = False, divergent.reproduction_error
+    outcome.node_level = level
 
 
 def _tolerance(precision: str, atol: float | None, rtol: float | None) -> tuple[float, float]:
@@ -151,13 +176,6 @@ def _engines(reference, engines: list) -> list[Engine]:
     if len(set(names)) != len(names):
         raise ValueError(f"engine names must be unique, got {names}")
     return out
-
-
-def _worth_localising(engine: Engine, kind: str | None) -> bool:
-    if not engine.localisable:
-        return False
-    # An fp32 graph against itself only has fp32 defects to find.
-    return kind == "fp32" or engine.onnx_model is not engine.fp32_model
 
 
 def _spectrum(reference_runner: BaseRunner, ref_out) -> tuple[np.ndarray, np.ndarray, int] | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brr.diff.inputs import AdversarialWindows, ChainedWindows, SyntheticWindows
-from brr.diff.report import origin_sentence, write_report
+from brr.diff.report import origin_sentences, write_report
 from brr.diff.results import DiffReport
 from brr.diff.run import run_diff
 from brr.export.manifest import record_verification
@@ -45,10 +45,10 @@ class Verification:
                 f"{engine.atol:g}/rtol {engine.rtol:g} (max |logit error| {error}{where}); report "
                 f"{self.report_dir / 'report.md'}")
         if not self.passed:
-            origin = origin_sentence(engine)
+            origins = origin_sentences(engine)
             node = engine.first_divergent_node
-            if origin:
-                line += f"\n  {origin}"
+            if origins:
+                line += "".join(f"\n  {sentence}" for sentence in origins)
             elif node:
                 line += f"\n  first node beyond tolerance: {node['node']} ({node['op_type']}, stage {node['stage']})"
             steps = self.report.next_steps()
