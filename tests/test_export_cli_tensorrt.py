@@ -1,20 +1,40 @@
-"""brr-export's TensorRT path without TensorRT: the CLI's exit code and the builder's pure logic."""
+"""brr-export's TensorRT path without TensorRT: the CLI's exit code and the builder's pure logic.
+
+The one build configuration (``TensorRTBuild``: flags, constraints, profile, calibrator, timing
+cache; ``edit_network``: the plan's pins and the debug marks) is checked on Polygraphy's own
+``CreateConfig`` (which builds nothing until called) and on a stand-in for TensorRT's network that
+records what is done to it.
+"""
 
 from __future__ import annotations
 
-import pytest
+from types import SimpleNamespace
 
+import pytest
+from polygraphy.backend.trt import CreateConfig
+
+from brr.calibration.int8 import build_tensorrt_int8
 from brr.cli.export import EXIT_UNAVAILABLE, main
 from brr.export.engines.onnxruntime import EngineBuildError
 from brr.export.engines.tensorrt import (
+    CALIBRATION_CACHE_FILE,
+    TIMING_CACHE_FILE,
+    NetworkEdits,
+    TensorRTBuild,
+    TensorRTRebuild,
     TensorRTUnavailable,
     config_flags,
+    edit_network,
+    engine_loader,
     import_tensorrt,
+    layer_nodes,
     parse_batch_range,
-    pinned_layers,
     profile_shapes,
+    unfused_debug_supported,
 )
-from brr.model import build_detector, save_checkpoint
+from brr.export.engines.tensorrt_debug import TensorRTDebugStatistics
+from brr.export.manifest import write_manifest
+from brr.model import build_detector, resolve_config, save_checkpoint
 
 
 def _tensorrt_usable() -> bool:
@@ -55,8 +75,161 @@ def test_config_flags():
         config_flags("fp8", pinned=False)
 
 
-def test_plan_nodes_map_to_layers_by_name_and_onnx_metadata():
-    layers = [("node_Exp_3", ""), ("node_Exp_30", ""), ("ForeignNode[a...b]", "[ONNX Layer: node_Softplus_1]"),
-              ("Conv_7", "[ONNX Layer: node_conv1d]"), ("other", None)]
-    assert pinned_layers(layers, ["node_Exp_3", "node_Softplus_1"]) == ["node_Exp_3", "ForeignNode[a...b]"]
-    assert pinned_layers(layers, []) == []
+def test_layers_are_mapped_to_onnx_nodes_by_name_and_metadata():
+    assert layer_nodes("node_Exp_3", "") == {"node_Exp_3"}
+    assert layer_nodes("ForeignNode[a...b]", "[ONNX Layer: node_Softplus_1]\x1e[ONNX Layer: node_Exp_30]") == {
+        "ForeignNode[a...b]", "node_Softplus_1", "node_Exp_30"}
+    assert layer_nodes("other", None) == {"other"}
+
+
+FP32, HALF, INT64 = "FLOAT", "HALF", "INT64"  # stand-ins for trt.float32 and the types edit_network leaves alone
+
+
+class FakeTensor:
+    def __init__(self, name: str, dtype: str):
+        self.name, self.dtype = name, dtype
+
+
+class FakeLayer:
+    def __init__(self, name: str, outputs: list[tuple[str, str]], metadata: str | None = None):
+        self.name, self.metadata, self.precision = name, metadata, None
+        self.outputs = [FakeTensor(n, d) for n, d in outputs]
+        self.output_types: dict[int, str] = {}
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.outputs)
+
+    def get_output(self, index: int) -> FakeTensor:
+        return self.outputs[index]
+
+    def set_output_type(self, index: int, dtype: str) -> None:
+        self.output_types[index] = dtype
+
+
+class FakeNetwork:
+    """What edit_network uses of trt.INetworkDefinition, recording the calls."""
+
+    def __init__(self, layers: list[FakeLayer], unfused: bool = True):
+        self.layers, self.debug, self.unfused_marked = layers, [], False
+        if unfused:
+            self.mark_unfused_tensors_as_debug_tensors = self._mark_unfused
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def get_layer(self, index: int) -> FakeLayer:
+        return self.layers[index]
+
+    def mark_debug(self, tensor: FakeTensor) -> bool:
+        self.debug.append(tensor.name)
+        return True
+
+    def _mark_unfused(self) -> bool:
+        self.unfused_marked = True
+        return True
+
+
+def network() -> FakeNetwork:
+    return FakeNetwork([
+        FakeLayer("node_Pow_3", [("pow", FP32)], "[ONNX Layer: node_Pow_3]"),
+        FakeLayer("node_ReduceSum_4", [("sum", FP32)], "[ONNX Layer: node_ReduceSum_4]"),
+        FakeLayer("(Unnamed Layer* 5) [Unary]", [("norm", FP32)], "[ONNX Layer: node_Sqrt_5]"),
+        FakeLayer("node_Shape_6", [("shape", INT64)], "[ONNX Layer: node_Shape_6]"),
+        FakeLayer("node_Div_7", [("cosine", FP32)], "[ONNX Layer: node_Div_7]"),
+    ])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
+def test_build_configuration_for_each_precision(precision, tmp_path):
+    calibrator = object() if precision == "int8" else None  # Polygraphy's Calibrator needs TensorRT to exist
+    plain = TensorRTBuild(precision, (1, 4, 8), 19, 1920)
+    pinned = TensorRTBuild(precision, (1, 4, 8), 19, 1920, ("node_Pow_3",))
+    for build in (plain, pinned):
+        arguments = build.config_arguments(calibrator, timing_cache=tmp_path / TIMING_CACHE_FILE)
+        config = CreateConfig(**arguments)  # Polygraphy accepts every argument; nothing is built yet
+        assert (config.fp16, config.bf16, config.int8) == (precision in ("fp16", "int8"), precision == "bf16",
+                                                            precision == "int8")
+        assert config.precision_constraints == ("obey" if build.fp32_nodes else None)
+        assert config.calibrator is calibrator
+        assert config.timing_cache_path == str(tmp_path / TIMING_CACHE_FILE)
+        (profile,) = config.profiles
+        shapes = profile["eeg"]
+        assert (shapes.min, shapes.opt, shapes.max) == ((1, 19, 1920), (4, 19, 1920), (8, 19, 1920))
+    assert "load_timing_cache" not in plain.config_arguments(calibrator)
+
+
+def test_int8_needs_a_calibrator_and_only_int8_takes_one():
+    with pytest.raises(EngineBuildError, match="calibrator"):
+        TensorRTBuild("int8", (1, 1, 1), 19, 1920).config_arguments()
+    with pytest.raises(EngineBuildError, match="calibrator"):
+        TensorRTBuild("fp16", (1, 1, 1), 19, 1920).config_arguments(calibrator=object())
+    with pytest.raises(EngineBuildError, match="precision"):
+        TensorRTBuild("fp8", (1, 1, 1), 19, 1920)
+
+
+def test_build_is_read_back_from_the_manifest(tmp_path):
+    """The diff rebuilds with what the export recorded: precision, batch profile, window, the plan's pins."""
+    config = resolve_config("v3-small")
+    (tmp_path / "model.engine").write_bytes(b"engine")
+    manifest = write_manifest(tmp_path, source={}, config=config, backend="tensorrt", precision="fp16", ops="plugin",
+                              opset=18, model_file="model.engine", pinned_nodes=["node_Pow_3", "node_Div_7"],
+                              batch=(1, 4, 8))
+    assert TensorRTBuild.from_manifest(manifest) == TensorRTBuild(
+        "fp16", (1, 4, 8), config.n_channels, config.window_samples, ("node_Pow_3", "node_Div_7"))
+
+
+def test_plan_pins_layers_to_fp32_where_they_compute_and_store():
+    net, edits = network(), NetworkEdits()
+    build = TensorRTBuild("fp16", (1, 1, 1), 19, 1920, ("node_Sqrt_5", "node_Shape_6", "node_Constant_1"))
+    edit_network(net, build, FP32, edits)
+    unary, shape = net.layers[2], net.layers[3]
+    # A layer the parser made of a pinned node (named by its metadata) is pinned; so is a shape layer,
+    # whose int output keeps its type.
+    assert edits.fp32_layers == [unary.name, shape.name]
+    assert (unary.precision, unary.output_types) == (FP32, {0: FP32})
+    assert (shape.precision, shape.output_types) == (FP32, {})
+    assert all(layer.precision is None and not layer.output_types for layer in net.layers if layer not in (unary, shape))
+    assert edits.fp32_nodes_without_layer == ["node_Constant_1"]  # folded by the parser: said, not hidden
+    assert net.debug == [] and not net.unfused_marked and not edits.unfused_debug_tensors
+
+
+def test_debug_marks_are_the_wanted_tensors_the_network_holds():
+    net, edits = network(), NetworkEdits()
+    build = TensorRTBuild("fp16", (1, 1, 1), 19, 1920)
+    edit_network(net, build, FP32, edits, debug_tensors=["cosine", "pow", "folded", "pow"], unfused_debug=True)
+    assert net.debug == ["pow", "cosine"] and edits.debug_tensors == ["pow", "cosine"]
+    assert net.unfused_marked and edits.unfused_debug_tensors
+
+
+def test_unfused_debug_tensors_need_tensorrt_10_12():
+    assert unfused_debug_supported(FakeNetwork) is False  # TensorRT before 10.12 has no such method
+    assert unfused_debug_supported(SimpleNamespace(mark_unfused_tensors_as_debug_tensors=lambda: True))
+
+
+def test_rebuild_reuses_the_artifacts_caches(tmp_path):
+    build = TensorRTBuild("int8", (1, 1, 1), 19, 1920)
+    with pytest.raises(EngineBuildError, match=f"without its {CALIBRATION_CACHE_FILE}"):
+        TensorRTRebuild(build, tmp_path)
+    (tmp_path / CALIBRATION_CACHE_FILE).write_bytes(b"TRT-1008-EntropyCalibration2\neeg: 3c010a14\n")
+    rebuild = TensorRTRebuild(build, tmp_path)
+    assert rebuild.calibration_cache == tmp_path / CALIBRATION_CACHE_FILE and rebuild.timing_cache is None
+    (tmp_path / TIMING_CACHE_FILE).write_bytes(b"timings")
+    assert TensorRTRebuild(build, tmp_path).timing_cache == tmp_path / TIMING_CACHE_FILE
+    fp16 = TensorRTRebuild(TensorRTBuild("fp16", (1, 1, 1), 19, 1920), tmp_path)
+    assert fp16.calibration_cache is None  # a cache beside a non-int8 engine is not used
+
+
+@pytest.mark.skipif(_tensorrt_usable(), reason="TensorRT and a GPU are present: the missing-TensorRT path cannot run")
+def test_builds_without_tensorrt_say_what_to_install(tmp_path):
+    build = TensorRTBuild("fp16", (1, 1, 1), 19, 1920)
+    with pytest.raises(TensorRTUnavailable, match=r"pip install \.\[gpu\]"):
+        engine_loader(build, tmp_path / "model.onnx")
+    with pytest.raises(TensorRTUnavailable, match=r"pip install \.\[gpu\]"):
+        TensorRTRebuild(build, tmp_path).runner_for(None, "marked")
+    with pytest.raises(TensorRTUnavailable, match=r"pip install \.\[gpu\]"):
+        TensorRTDebugStatistics(None, TensorRTRebuild(build, tmp_path))(["tensor"], {})
+    with pytest.raises(TensorRTUnavailable, match=r"pip install \.\[gpu\]"):
+        build_tensorrt_int8(tmp_path / "model.onnx", SimpleNamespace(shape=(1, 19, 1920)), tmp_path / "int8")
+    assert not (tmp_path / "int8").exists()  # refused before any work

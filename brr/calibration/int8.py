@@ -3,7 +3,8 @@
 ONNX Runtime: the exporter's own ``QuantizeStaticQDQ`` (``onnxruntime.quantization.quantize_static``,
 QDQ, per-channel, Conv and constant-weight MatMul) fed by ``WindowCalibrationReader`` over
 ``EdfBatches.arrays()``, so windows stream from the recordings. TensorRT: Polygraphy's ``Calibrator``
-over ``EdfBatches`` (feeds ``{"eeg": batch}``) with a calibration cache; needs TensorRT and a GPU.
+over ``EdfBatches`` (feeds ``{"eeg": batch}``) with a calibration cache, built by the exporter's one
+TensorRT build configuration (``TensorRTBuild``, ``engine_loader``); needs TensorRT and a GPU.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import onnx
 
 from brr.calibration.windows import EdfBatches
 from brr.export.engines.onnxruntime import QuantizeStaticQDQ
-from brr.export.engines.tensorrt import import_tensorrt
+from brr.export.engines.tensorrt import CALIBRATION_CACHE_FILE, TensorRTBuild, engine_loader, import_tensorrt
 from brr.export.onnx_export import MODEL_FILE
 
 TENSORRT_ENGINE_FILE = "model.int8.engine"
-TENSORRT_CACHE_FILE = "int8.cache"
 
 
 def quantize_onnxruntime(model: Path, batches: EdfBatches, directory: Path) -> Path:
@@ -38,20 +38,17 @@ def tensorrt_calibrator(batches: EdfBatches, cache: Path):
 
 
 def build_tensorrt_int8(model: Path, batches: EdfBatches, directory: Path) -> Path:
-    """A TensorRT INT8 engine of ``model`` (fp16 fallback), calibrated on ``batches``; writes the cache too."""
-    import_tensorrt()  # TensorRTUnavailable with the one line to print when TensorRT or the GPU is missing
-    from polygraphy.backend.trt import (
-        CreateConfig,
-        EngineFromNetwork,
-        NetworkFromOnnxPath,
-        Profile,
-        SaveEngine,
-    )
+    """A TensorRT INT8 engine of ``model`` (fp16 fallback), calibrated on ``batches``; writes the cache too.
 
+    TensorRTUnavailable, with the one line to print, when TensorRT or the GPU is missing.
+    """
+    import_tensorrt()  # before the calibrator, which needs it
+    from polygraphy.backend.common import SaveBytes
+
+    batch, n_channels, window = batches.shape
+    build = TensorRTBuild("int8", (batch, batch, batch), n_channels, window)
+    loader, _ = engine_loader(build, model, calibrator=tensorrt_calibrator(batches, directory / CALIBRATION_CACHE_FILE))
     directory.mkdir(parents=True, exist_ok=True)
-    profile = Profile().add("eeg", min=batches.shape, opt=batches.shape, max=batches.shape)
-    config = CreateConfig(int8=True, fp16=True, profiles=[profile],
-                          calibrator=tensorrt_calibrator(batches, directory / TENSORRT_CACHE_FILE))
     engine_path = directory / TENSORRT_ENGINE_FILE
-    SaveEngine(EngineFromNetwork(NetworkFromOnnxPath(str(model)), config=config), str(engine_path))()
+    SaveBytes(loader, str(engine_path))()
     return engine_path

@@ -33,6 +33,7 @@ from brr.diff.engines import onnxruntime_engine, onnxruntime_runner
 from brr.diff.inputs import WindowLoader
 from brr.export.engines import TensorRTUnavailable
 from brr.export.engines.onnxruntime import low_precision_model
+from brr.export.engines.tensorrt import CALIBRATION_CACHE_FILE
 from brr.export.onnx_export import MODEL_FILE, export_onnx
 from brr.export.precision_plan import PrecisionPlan
 from brr.model import DetectorConfig, V3Detector, load_checkpoint, resolve_config
@@ -231,7 +232,7 @@ def _tensorrt_int8(model: Path, data: list, samples: int, max_windows: int, dire
         engine = build_tensorrt_int8(model, EdfBatches(data, 1, samples, max_windows=max_windows), directory)
     except TensorRTUnavailable as exc:
         return {"built": False, "reason": str(exc)}
-    return {"built": True, "engine": str(engine), "cache": str(directory / "int8.cache")}
+    return {"built": True, "engine": str(engine), "cache": str(directory / CALIBRATION_CACHE_FILE)}
 
 
 def _source_doc(src: Source) -> dict:

@@ -15,6 +15,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -22,13 +23,21 @@ from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
 
 from brr.export.manifest import fp32_reference, verify_manifest
-from brr.onnx.statistics import TensorRange
+from brr.onnx.statistics import ObservedRanges
 from brr.runtime.runners import load_runner
 from brr.runtime.runners.onnxruntime import onnxruntime_runner
 
-# Engine-side tensor statistics from the backend itself (e.g. TensorRT debug tensors):
-# (tensor names, feed) -> ({name: TensorRange}, the engine's outputs).
-TensorStatistics = Callable[[list[str], dict], tuple[dict[str, TensorRange], dict[str, np.ndarray]]]
+
+class TensorStatistics(Protocol):
+    """Engine-side tensor statistics read by the backend itself (TensorRT debug tensors), for backends
+    whose engine is not the ONNX graph node for node.
+
+    ``materialise=False`` reads the engine as built: a tensor it computes without storing (fused) is
+    absent from the result. ``materialise=True`` makes every named tensor observable, even where that
+    changes what the backend fuses. ``ObservedRanges.method`` says which way was taken.
+    """
+
+    def __call__(self, names: list[str], feed: dict, materialise: bool = False) -> ObservedRanges: ...
 
 
 class ArtifactError(ValueError):
@@ -44,6 +53,7 @@ class Engine:
     fp32_model: onnx.ModelProto | None = None
     # A runner on this engine's backend and settings for an edited copy of ``onnx_model``.
     runner_for: Callable[[onnx.ModelProto, str], BaseRunner] | None = None
+    # When set, node level reads the engine's tensors through it instead of an instrumented copy of onnx_model.
     tensor_statistics: TensorStatistics | None = None
     node_level_note: str | None = None
     path: str | None = None  # the artifact folder, when the engine is one

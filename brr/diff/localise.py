@@ -14,6 +14,13 @@ Non-finite values (``scan``)
     hid it. One marked run of the origin node's inputs and output then gives element counts and
     ranges against the precision's limits: overflow, underflow to zero, 0/0.
 
+    A backend that compiles its own kernels from the graph (TensorRT) reads its tensors itself
+    (``Engine.tensor_statistics``: debug tensors of the engine as built), and a tensor computed inside
+    a fused kernel is not observable there. When the first non-finite tensor seen is made by such a
+    kernel, the tensors fused into it (reached from it through unobserved tensors only) are read once
+    more, each made observable, and the first of them non-finite becomes the origin. What was read
+    how, and what could not be observed, is recorded (``observed_by``, ``unobserved``).
+
 Out of tolerance (``first_divergent``)
     Bisection over the topological order of one stage's tensors: step m marks, in both graphs, the
     tensors alive across m (made at or before it, used after it), a handful, and compares them
@@ -75,6 +82,12 @@ class Localisation:
 
     method: str  # "statistics" (non-finite origin) or "bisection" (first node beyond tolerance)
     runs: int = 0
+    # How the engine's tensors were read, in order: "instrumented_graph" (statistics nodes in a copy of its
+    # graph), "debug_tensors" (TensorRT debug tensors of the engine as built), "marked_debug_tensors"
+    # (debug tensors TensorRT may not fuse across), "marked_outputs" (a copy with the tensors as outputs).
+    observed_by: list[str] = field(default_factory=list)
+    # Compared tensors the engine computed without storing them (fused): no statistics on the engine side.
+    unobserved: list[str] = field(default_factory=list)
     seconds: float = 0.0
     reproduced: bool | None = None
     reproduction_error: float = 0.0
@@ -91,7 +104,11 @@ class Localisation:
                 "reproduced": self.reproduced, "reproduction_error": self.reproduction_error,
                 "first_nonfinite": self.first_nonfinite, "more_nonfinite": self.more_nonfinite,
                 "first_divergent": self.first_divergent,
-                "note": self.note}
+                "note": self.note, "observed_by": self.observed_by, "unobserved": self.unobserved}
+
+    def observed(self, method: str) -> None:
+        if method not in self.observed_by:
+            self.observed_by.append(method)
 
 
 class NodeLocaliser:
@@ -107,6 +124,7 @@ class NodeLocaliser:
         self.initializers = {i.name: i for i in self.fp32.graph.initializer}
         self.engine_initializers = {i.name: i for i in engine.onnx_model.graph.initializer}
         self.engine_producers = {out: node for node in engine.onnx_model.graph.node for out in node.output}
+        self.producers = {out: node for node in self.nodes for out in node.output}
         self.tensors = self._align()
         if not self.tensors:
             raise ValueError(f"engine {engine.name!r}: no tensor of its graph matches the fp32 graph by name")
@@ -166,22 +184,32 @@ class NodeLocaliser:
 
     def statistics(self, feed: dict, result: Localisation, engine_logits: np.ndarray | None
                    ) -> dict[str, tuple[TensorRange, TensorRange]]:
-        """(fp32 range, engine range) of every aligned tensor on ``feed``: two instrumented runs."""
+        """(fp32 range, engine range) of every aligned tensor the engine stores, on ``feed``: two runs."""
+        return self._statistics(feed, result, engine_logits)[0]
+
+    def _statistics(self, feed: dict, result: Localisation, engine_logits: np.ndarray | None
+                    ) -> tuple[dict[str, tuple[TensorRange, TensorRange]], dict[str, TensorRange]]:
+        """``statistics``, and the fp32 ranges of every aligned tensor (the unobserved ones too)."""
         names = [t.name for t in self.tensors]
         ref_out = self._statistics_run(feed, fp32=True)
         result.runs += 1
         if self.engine.onnx_model is self.fp32 and self.engine.tensor_statistics is None:
             ranges = read_ranges(ref_out, names)  # an fp32 engine of the same graph: one run tells both
-            return {n: (ranges[n], ranges[n]) for n in names}
+            result.observed("instrumented_graph")
+            return {n: (ranges[n], ranges[n]) for n in names}, ranges
         if self.engine.tensor_statistics is not None:
-            engine_ranges, eng_out = self.engine.tensor_statistics(names, feed)
+            observed = self.engine.tensor_statistics(names, feed)
+            engine_ranges, eng_out = observed.ranges, observed.outputs
+            result.observed(observed.method)
         else:
             eng_out = self._statistics_run(feed, fp32=False)
             engine_ranges = read_ranges(eng_out, names)
+            result.observed("instrumented_graph")
         result.runs += 1
+        result.unobserved = [n for n in names if n not in engine_ranges]
         self._check_reproduced(result, eng_out, engine_logits)
         ref_ranges = read_ranges(ref_out, names)
-        return {n: (ref_ranges[n], engine_ranges[n]) for n in names if n in engine_ranges}
+        return {n: (ref_ranges[n], engine_ranges[n]) for n in names if n in engine_ranges}, ref_ranges
 
     def marked(self, names: list[str], feed: dict, result: Localisation, engine_logits: np.ndarray | None,
                engine_names: list[str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -191,6 +219,7 @@ class NodeLocaliser:
         eng = self._run(_mark(self.engine.onnx_model, [*engine_names, OUTPUT_NAME]), feed,
                         f"{self.engine.name}-marked", fp32=False)
         result.runs += 2
+        result.observed("marked_outputs")
         self._check_reproduced(result, eng, engine_logits)
         return ref, eng
 
@@ -200,16 +229,57 @@ class NodeLocaliser:
         fp32 ('fp32' origins); ``first_nonfinite`` is None when every compared tensor is finite."""
         start = time.perf_counter()
         result = Localisation("statistics")
-        result.ranges = self.statistics(feed, result, engine_logits)
+        result.ranges, fp32_ranges = self._statistics(feed, result, engine_logits)
         for kind in ("precision", "fp32"):
             origins = self._origins(result.ranges, kind)
-            if origins:
-                described = [self._describe(o, result.ranges, feed, kind, result, engine_logits)
-                             for o in origins[:MAX_ORIGINS]]
-                result.first_nonfinite, result.more_nonfinite = described[0], described[1:]
-                break
+            if not origins:
+                continue
+            described = []
+            for origin in origins[:MAX_ORIGINS]:
+                fused = []
+                if kind == "precision" and result.unobserved and self.engine.tensor_statistics:
+                    fused = self._fused_into(origin, set(result.ranges))
+                if fused:
+                    origin = self._first_within(origin, fused, fp32_ranges, feed, result, engine_logits)
+                found = self._describe(origin, result.ranges, feed, kind, result, engine_logits)
+                if fused:
+                    found["fused_with"] = [t.name for t in fused]
+                described.append(found)
+            result.first_nonfinite, result.more_nonfinite = described[0], described[1:]
+            break
         result.seconds = time.perf_counter() - start
         return result
+
+    def _fused_into(self, seen: Tensor, observed: set[str]) -> list[Tensor]:
+        """The aligned tensors computed inside the kernel that made ``seen``: those reached from its node's
+        inputs through tensors the engine did not store."""
+        found, stack, visited = [], list(self.nodes[seen.position].input), set()
+        while stack:
+            name = stack.pop()
+            if name in visited or name in observed or name not in self.producers:
+                continue
+            visited.add(name)
+            if name in self.by_name:
+                found.append(self.by_name[name])
+            stack.extend(self.producers[name].input)
+        return sorted(found, key=lambda t: t.position)
+
+    def _first_within(self, seen: Tensor, fused: list[Tensor], fp32_ranges: dict[str, TensorRange], feed: dict,
+                      result: Localisation, engine_logits: np.ndarray | None) -> Tensor:
+        """The first of ``fused``, then ``seen``, non-finite in the engine and finite in fp32, with each made
+        observable; ``seen`` when none is (making them observable changed what the engine computes: the
+        reproduction check says so)."""
+        candidates = [*fused, seen]
+        observed = self.engine.tensor_statistics([t.name for t in candidates], feed, materialise=True)
+        result.observed(observed.method)
+        result.runs += 1
+        self._check_reproduced(result, observed.outputs, engine_logits)
+        for tensor in candidates:
+            engine = observed.ranges.get(tensor.name)
+            if engine is not None and fp32_ranges[tensor.name].finite and not engine.finite:
+                result.ranges[tensor.name] = (fp32_ranges[tensor.name], engine)
+                return tensor
+        return seen
 
     def _origins(self, ranges: dict[str, tuple[TensorRange, TensorRange]], kind: str) -> list[Tensor]:
         """Tensors that go non-finite (of ``kind``) from inputs that are all finite, in topological order:
@@ -233,7 +303,8 @@ class NodeLocaliser:
         bad = {name for name, pair in ranges.items() if not pair[side].finite}
         hiders = []
         for tensor in self.tensors:
-            if tensor.position <= origin.position or tensor.name in bad:
+            # A hider gives a finite output seen in the engine; an output it did not store tells nothing.
+            if tensor.position <= origin.position or tensor.name in bad or tensor.name not in ranges:
                 continue
             consumer = self.nodes[tensor.position]
             if bad.intersection(consumer.input) and not any(

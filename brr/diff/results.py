@@ -25,6 +25,13 @@ FAILING = {
     "never": set(),
 }
 REDUCED_PRECISIONS = ("fp16", "bf16")
+# Localisation.observed_by, in words.
+OBSERVATION = {
+    "instrumented_graph": "statistics nodes in a copy of its graph",
+    "debug_tensors": "TensorRT debug tensors of the engine as built (its fusions kept)",
+    "marked_debug_tensors": "TensorRT debug tensors marked one by one (not fused across)",
+    "marked_outputs": "a copy with the tensors marked as outputs (origin details, bisection)",
+}
 
 
 def most_severe(verdicts) -> str:
@@ -176,7 +183,24 @@ class EngineResult:
                            f"(max difference {level.reproduction_error:.3g}): node-level findings there may "
                            "describe another computation")
                 notes.append(message)
+        observation = self.observation_note()
+        if observation:
+            notes.append(observation)
         return notes
+
+    def observation_note(self) -> str | None:
+        """How node level read the engine's tensors, where the backend read them itself (TensorRT debug
+        tensors), and which it could not observe."""
+        levels = [i.node_level for i in self.inputs if i.node_level is not None]
+        methods = list(dict.fromkeys(m for level in levels for m in level.observed_by))
+        if not {"debug_tensors", "marked_debug_tensors"} & set(methods):
+            return None
+        unobserved = next((level.unobserved for level in levels if level.unobserved), [])
+        note = "node level read the engine's tensors by " + ", then ".join(OBSERVATION[m] for m in methods)
+        if unobserved:
+            note += (f"; {len(unobserved)} compared tensors were computed inside fused kernels (or stored quantised) "
+                     f"and could not be observed there, e.g. {', '.join(unobserved[:5])}")
+        return note
 
     def to_dict(self) -> dict:
         return {

@@ -12,6 +12,9 @@ A tensor's sum of squares, accumulated in fp32, is finite exactly when all its e
 (up to magnitudes of ~1e19, where the square itself overflows: the range then says so). Tensors
 stored in fp16 or bf16 are cast to fp32 first, so the reduction cannot overflow where the tensor
 does not.
+
+``tensor_range`` computes the same four statistics of a tensor held in memory (a TensorRT debug
+tensor in the listener that receives it, an engine output), so ranges read either way compare.
 """
 
 from __future__ import annotations
@@ -52,6 +55,15 @@ class TensorRange:
         return {"finite": self.finite, "abs_max": self.abs_max if self.finite else None,
                 "max": self.max if self.finite else None, "min": self.min if self.finite else None,
                 "size": self.size}
+
+
+@dataclass
+class ObservedRanges:
+    """One run of an engine whose backend reduced its intermediate tensors itself (TensorRT debug tensors)."""
+
+    ranges: dict[str, TensorRange]  # the tensors the backend reported; a tensor it fused away is absent
+    outputs: dict[str, np.ndarray]  # the run's own outputs (logits, probes)
+    method: str  # how the tensors were read, as the diff report names it
 
 
 def statistic_name(tensor: str, statistic: str) -> str:
@@ -106,6 +118,18 @@ def instrument(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProt
         shown = ", ".join(sorted(missing)[:5])
         raise ValueError(f"{len(missing)} tensor(s) are not outputs of top-level nodes: {shown}")
     return ir.to_proto(inferred)
+
+
+def tensor_range(values) -> TensorRange:
+    """The ``TensorRange`` of a torch tensor, on its device: fp32 accumulation, as ``instrument``'s."""
+    import torch
+
+    flat = values.detach().reshape(-1).to(torch.float32)
+    if flat.numel() == 0:
+        return TensorRange(0.0, 0.0, 0.0, 0)
+    low, high = torch.aminmax(flat)
+    sum_squares, high, low = torch.stack([torch.dot(flat, flat), high, low]).tolist()
+    return TensorRange(sum_squares, high, low, flat.numel())
 
 
 def read_ranges(outputs: dict[str, np.ndarray], tensors: Iterable[str]) -> dict[str, TensorRange]:

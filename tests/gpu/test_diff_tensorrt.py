@@ -1,10 +1,16 @@
-"""brr-diff on TensorRT fp16: a cosine-similarity norm that overflows fp16, localised by bisection
-(marking every tensor would break TensorRT's fusions, so the marked engine could pass)."""
+"""brr-diff on TensorRT, end to end: the engine's tensors read as debug tensors of the engine as built.
+
+Two engines, each built by the one TensorRT build configuration: a planted fp16 overflow (a cosine
+norm whose squares pass 65504, as in tests/test_diff.py), and a v3-small artifact of brr-export.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 
+import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -12,10 +18,23 @@ pytestmark = pytest.mark.gpu
 if importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available():
     pytest.skip("needs TensorRT and a CUDA GPU (pip install -e '.[gpu]')", allow_module_level=True)
 
+from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 from torch import nn
 
-from brr.diff import Engine, SyntheticWindows, run_diff
-from brr.diff.engines import onnxruntime_runner, tensorrt_runner_factory
+from brr.diff import SyntheticWindows, artifact_engines, run_diff, validate
+from brr.diff.engines import Engine, lean_onnxruntime_runner, onnxruntime_runner
+from brr.diff.localise import NodeLocaliser
+from brr.export.artifact import ExportRequest, export_artifacts
+from brr.export.engines.tensorrt import (
+    TIMING_CACHE_FILE,
+    TensorRTBuild,
+    TensorRTRebuild,
+    engine_loader,
+    import_tensorrt,
+    unfused_debug_supported,
+)
+from brr.export.engines.tensorrt_debug import TensorRTDebugStatistics
+from brr.model import PROBE_NAMES, build_detector, save_checkpoint
 
 WINDOW = 1920
 
@@ -28,6 +47,8 @@ class Edge(nn.Module):
 
 
 class CosineNet(nn.Module):
+    """Module names as V3Detector's, so the stage map tags the norm edge_similarity."""
+
     def __init__(self):
         super().__init__()
         self.tcn, self.edge_stream, self.head = nn.Conv1d(19, 16, 16, stride=16), Edge(), nn.Linear(19, 4)
@@ -36,18 +57,59 @@ class CosineNet(nn.Module):
         return self.head(self.edge_stream(self.tcn(eeg))).flatten(1)
 
 
-def test_tensorrt_fp16_overflow_is_bisected_to_the_edge_stage():
+def expected_method() -> str:
+    trt = import_tensorrt()
+    return "debug_tensors" if unfused_debug_supported(trt.INetworkDefinition) else "marked_debug_tensors"
+
+
+def test_planted_fp16_overflow_is_localised_by_debug_tensors(tmp_path):
     torch.manual_seed(0)
-    model = CosineNet().eval()
-    fp32 = torch.onnx.export(model, (torch.randn(1, 19, WINDOW),), dynamo=True, input_names=["eeg"],
+    fp32 = torch.onnx.export(CosineNet().eval(), (torch.randn(1, 19, WINDOW),), dynamo=True, input_names=["eeg"],
                              output_names=["logits"]).model_proto
-    build = tensorrt_runner_factory("fp16")
-    engine = Engine("tensorrt-fp16", build(fp32, "tensorrt-fp16"), "fp16", fp32, fp32, build, mark_all_safe=False)
-    report = run_diff(onnxruntime_runner(fp32, "fp32-reference"), [engine], SyntheticWindows(1, WINDOW), 1e-2, 1e-2)
+    onnx.save(fp32, str(tmp_path / "model.onnx"))
+    build = TensorRTBuild("fp16", (1, 1, 1), 19, WINDOW)
+    loader, _ = engine_loader(build, tmp_path / "model.onnx", save_timing_cache=tmp_path / TIMING_CACHE_FILE)
+    rebuild = TensorRTRebuild(build, tmp_path)
+    engine = Engine("tensorrt-fp16", TrtRunner(EngineFromBytes(loader()), name="tensorrt-fp16"), "fp16", fp32, fp32,
+                    rebuild.runner_for, tensor_statistics=TensorRTDebugStatistics(fp32, rebuild))
+    report = run_diff(onnxruntime_runner(fp32, "fp32-reference"), [engine], SyntheticWindows(1, WINDOW), 1e-2, 1e-2,
+                      report_dir=tmp_path / "report")
+    validate(json.loads((tmp_path / "report" / "report.json").read_text()))
     result = report.engines[0].inputs[0]
-    if result.verdict == "nonfinite_precision":
-        level = result.node_level
-        assert level.mode == "bisection" and level.reproduced is not None
-        assert level.first_nonfinite["stage"] == "edge_similarity"
-    else:  # TensorRT kept the norm in fp32: then nothing may be reported as non-finite
+    if result.verdict != "nonfinite_precision":  # TensorRT kept the whole norm in fp32: then nothing is non-finite
         assert result.verdict in ("clean", "divergence") and report.engines[0].stages["logits"].engine_nonfinite == 0
+        return
+    level = result.node_level
+    assert level.observed_by[0] == expected_method()
+    assert level.reproduced is True  # the debug-tensor engine computed what the engine under test computed
+    first = level.first_nonfinite
+    assert first["stage"] == "edge_similarity" and first["op_type"] in ("Pow", "ReduceSum", "Sqrt")
+    assert "TensorRT debug tensors" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_exported_artifact_is_read_as_built(tmp_path):
+    torch.manual_seed(1)
+    save_checkpoint(build_detector("v3-small").eval(), tmp_path / "ckpt")
+    exported = export_artifacts(ExportRequest(tmp_path / "ckpt", tmp_path / "out", engine="fp16", backend="tensorrt",
+                                              batch=(1, 1, 1)), say=lambda _: None)
+    assert (exported.engine_dir / TIMING_CACHE_FILE).is_file()
+    (engine,) = artifact_engines([exported.engine_dir])
+    assert engine.localisable and engine.node_level_note is None
+    feed = {"eeg": np.random.default_rng(0).standard_normal((1, 19, 15360)).astype(np.float32)}
+    with engine.runner as runner:
+        served = np.array(runner.infer(feed)["logits"])
+    names = [t.name for t in NodeLocaliser(engine, lean_onnxruntime_runner).tensors]
+
+    observed = engine.tensor_statistics(names, feed)
+    assert observed.method == expected_method()
+    # Rebuilt with the export's settings and timing cache: the same kernels, the same logits.
+    np.testing.assert_allclose(observed.outputs["logits"], served, rtol=1e-5, atol=1e-5)
+    assert set(PROBE_NAMES) <= set(observed.ranges) <= set(names)
+    # Unfused debug tensors are reported under the network's (ONNX) tensor names, not only the probes.
+    assert len(observed.ranges) > 2 * len(PROBE_NAMES)
+    assert all(r.finite and r.size > 0 for r in observed.ranges.values())
+
+    some = names[: len(names) // 2: max(1, len(names) // 16)]
+    materialised = engine.tensor_statistics(some, feed, materialise=True)
+    assert materialised.method == "marked_debug_tensors"
+    assert set(materialised.ranges) <= set(some) and len(materialised.ranges) >= len(some) // 2

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from brr.export.engines import build_engine
-from brr.export.engines.tensorrt import TensorRTUnavailable, import_tensorrt
+from brr.export.engines.tensorrt import (
+    CALIBRATION_CACHE_FILE,
+    TIMING_CACHE_FILE,
+    TensorRTUnavailable,
+    import_tensorrt,
+)
 from brr.export.manifest import write_manifest
 from brr.export.onnx_export import export_onnx
 from brr.model import build_detector
@@ -32,6 +37,9 @@ def test_tensorrt_engine_builds_and_runs(tmp_path, ops, precision):
     rng = np.random.default_rng(0)
     built = build_engine(export, tmp_path / "trt", "tensorrt", precision, [], (1, 2, 3), model.config,
                          lambda: [rng.standard_normal((1, 19, 15360)).astype(np.float32) for _ in range(2)])
+    # What a rebuild for the diff needs to be this engine: its kernels' timings, and int8's scales.
+    assert (tmp_path / "trt" / TIMING_CACHE_FILE).stat().st_size > 0
+    assert (tmp_path / "trt" / CALIBRATION_CACHE_FILE).is_file() == (precision == "int8")
     write_manifest(tmp_path / "trt", source={}, config=model.config, backend="tensorrt", precision=precision,
                    ops=ops, opset=export.opset, model_file=built.model_file, pinned_nodes=[], batch=(1, 2, 3),
                    settings=built.settings)

@@ -1,16 +1,30 @@
-"""TensorRT engines through Polygraphy's loaders; the pure logic is separate and testable without TensorRT.
+"""TensorRT engines through Polygraphy's loaders: one build configuration for export, diff and calibration.
 
-Chain: NetworkFromOnnxPath (plugins of ``brr.ops.*.trt`` registered first) -> SetLayerPrecisions
-(plan nodes -> fp32) -> CreateConfig(precision flags, one profile over the batch, precision
-constraints "obey" when anything is pinned) -> EngineFromNetwork -> SaveEngine of ``model.onnx``
-(every probe an output). int8 uses Polygraphy's Calibrator over the given windows.
+``TensorRTBuild`` holds everything that decides how TensorRT turns the exported ONNX graph into an
+engine: the precision flags, one optimisation profile over the batch, the precision plan's fp32
+nodes (their layers pinned to fp32, with precision constraints "obey"), and, given at build time,
+the int8 calibrator and the timing cache. ``engine_loader`` is the one loader chain made from it:
+
+    NetworkFromOnnxPath (plugins of ``brr.ops.*.trt`` registered first)
+    -> PostprocessNetwork(edit_network: the plan's pins; debug tensors when asked)
+    -> CreateConfig(**TensorRTBuild.config_arguments(...)) -> EngineBytesFromNetwork
+
+``brr-export`` builds the served engine with it and keeps the calibration cache (int8) and the
+timing cache beside it; ``brr-diff`` rebuilds edited copies from the manifest's ``TensorRTBuild``
+and those caches (``TensorRTRebuild``), so a marked or debug-tensor engine is built as the engine
+under test was, down to the kernels TensorRT timed for it; ``brr-calibrate`` builds its int8
+engine with it too. The pure parts (flags, profile, pins, debug marks) are testable without TensorRT.
 """
 
 from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Iterable
+import shutil
+import tempfile
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +36,15 @@ from brr.model.detector import INPUT_NAME
 from brr.ops.registry import OP_PACKAGES
 
 MODEL_FILE = "model.engine"
+CALIBRATION_CACHE_FILE = "int8.cache"
+# Tactic timings of the export's build: a rebuild that loads them picks the same kernels for the same layers.
+TIMING_CACHE_FILE = "timing.cache"
 INSTALL_HINT = "install the GPU extras on a CUDA machine: pip install .[gpu]"
 # TensorRT 10 records the ONNX node(s) a layer came from in layer.metadata as "[ONNX Layer: <name>]".
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
+# CreateConfig flags per precision (fp16 also enabled for int8's fallbacks).
+PRECISION_FLAGS: dict[str, dict[str, bool]] = {
+    "fp32": {}, "fp16": {"fp16": True}, "bf16": {"bf16": True}, "int8": {"int8": True, "fp16": True}}
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -51,22 +71,102 @@ def profile_shapes(batch: tuple[int, int, int], n_channels: int, window: int) ->
 
 
 def config_flags(precision: str, pinned: bool) -> dict[str, object]:
-    """CreateConfig keyword arguments for ``precision`` (fp16 and bf16 also enabled for int8 fallbacks)."""
-    flags = {"fp32": {}, "fp16": {"fp16": True}, "bf16": {"bf16": True},
-             "int8": {"int8": True, "fp16": True}}
-    if precision not in flags:
-        raise EngineBuildError(f"TensorRT engine precision must be one of {sorted(flags)}, got {precision!r}")
-    result = dict(flags[precision])
+    """CreateConfig keyword arguments for ``precision``; "obey" precision constraints when layers are pinned."""
+    if precision not in PRECISION_FLAGS:
+        raise EngineBuildError(f"TensorRT engine precision must be one of {sorted(PRECISION_FLAGS)}, got {precision!r}")
+    result: dict[str, object] = dict(PRECISION_FLAGS[precision])
     if pinned:
         result["precision_constraints"] = "obey"
     return result
 
 
-def pinned_layers(layers: Iterable[tuple[str, str]], fp32_nodes: Iterable[str]) -> list[str]:
-    """Layer names (from (name, metadata) pairs) that implement a pinned ONNX node."""
-    nodes = set(fp32_nodes)
-    return [name for name, meta in layers
-            if name in nodes or nodes.intersection(_ONNX_LAYER.findall(meta or ""))]
+def layer_nodes(name: str, metadata: str | None) -> set[str]:
+    """The ONNX nodes a layer implements: its name, and those its metadata names."""
+    return {name, *_ONNX_LAYER.findall(metadata or "")}
+
+
+@dataclass(frozen=True)
+class TensorRTBuild:
+    """How TensorRT builds an engine of the exported graph (what the manifest records of it)."""
+
+    precision: str
+    batch: tuple[int, int, int]
+    n_channels: int
+    window: int
+    fp32_nodes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        config_flags(self.precision, False)  # EngineBuildError for a precision TensorRT is not built for
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> TensorRTBuild:
+        """The build of a TensorRT artifact, from its manifest."""
+        batch, config = manifest["batch"], manifest["config"]
+        return cls(manifest["precision"], (batch["min"], batch["opt"], batch["max"]), config["n_channels"],
+                   config["window_samples"], tuple(manifest["fp32_pinned_nodes"]))
+
+    def config_arguments(self, calibrator=None, timing_cache: Path | None = None) -> dict[str, object]:
+        """Keyword arguments of Polygraphy's ``CreateConfig``: flags, constraints, profile, calibrator, cache."""
+        from polygraphy.backend.trt import Profile
+
+        if (self.precision == "int8") != (calibrator is not None):
+            raise EngineBuildError("a TensorRT int8 build needs a calibrator (calibration windows, or the calibration "
+                                   "cache of the engine rebuilt), and only int8 takes one")
+        profile = Profile()
+        for name, (lo, opt, hi) in profile_shapes(self.batch, self.n_channels, self.window).items():
+            profile.add(name, min=lo, opt=opt, max=hi)
+        arguments = config_flags(self.precision, pinned=bool(self.fp32_nodes)) | {"profiles": [profile]}
+        if calibrator is not None:
+            arguments["calibrator"] = calibrator
+        if timing_cache is not None:
+            arguments["load_timing_cache"] = str(timing_cache)
+        return arguments
+
+
+@dataclass
+class NetworkEdits:
+    """What ``edit_network`` did to the parsed network (filled in when the engine is built)."""
+
+    fp32_layers: list[str] = field(default_factory=list)
+    fp32_nodes_without_layer: list[str] = field(default_factory=list)  # folded by the parser (constants)
+    debug_tensors: list[str] = field(default_factory=list)  # marked with mark_debug
+    unfused_debug_tensors: bool = False  # mark_unfused_tensors_as_debug_tensors took effect
+
+
+def unfused_debug_supported(network_class) -> bool:
+    """TensorRT >= 10.12: unfused tensors can be debug tensors without changing what is fused."""
+    return hasattr(network_class, "mark_unfused_tensors_as_debug_tensors")
+
+
+def edit_network(network, build: TensorRTBuild, float32, edits: NetworkEdits, debug_tensors: Collection[str] = (),
+                 unfused_debug: bool = False) -> None:
+    """Pin the plan's layers to fp32, then mark the debug tensors asked for; record what was done.
+
+    A pinned layer computes in fp32 and also keeps its float outputs in fp32: a value that needs fp32's
+    range there needs it where it is stored too. ``debug_tensors`` that the network does not hold
+    (folded by the parser) are left out of ``edits.debug_tensors``.
+    """
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    pins, matched = set(build.fp32_nodes), set()
+    for layer in layers:
+        implemented = pins & layer_nodes(layer.name, getattr(layer, "metadata", None))
+        if not implemented:
+            continue
+        matched |= implemented
+        layer.precision = float32
+        for index in range(layer.num_outputs):
+            if layer.get_output(index).dtype == float32:
+                layer.set_output_type(index, float32)
+        edits.fp32_layers.append(layer.name)
+    edits.fp32_nodes_without_layer = [n for n in build.fp32_nodes if n not in matched]
+    wanted = set(debug_tensors)
+    for layer in layers:
+        for index in range(layer.num_outputs):
+            tensor = layer.get_output(index)
+            if tensor.name in wanted and tensor.name not in edits.debug_tensors and network.mark_debug(tensor):
+                edits.debug_tensors.append(tensor.name)
+    if unfused_debug:
+        edits.unfused_debug_tensors = bool(network.mark_unfused_tensors_as_debug_tensors())
 
 
 def import_tensorrt():
@@ -90,67 +190,114 @@ def register_plugins() -> None:
         importlib.import_module(f"{package}.trt").register_plugin()
 
 
+def engine_loader(build: TensorRTBuild, onnx_path: Path, *, calibrator=None, load_timing_cache: Path | None = None,
+                  save_timing_cache: Path | None = None, debug_tensors: Collection[str] = (),
+                  unfused_debug: bool = False):
+    """(Polygraphy loader of the serialized engine, the ``NetworkEdits`` it fills when called)."""
+    trt = import_tensorrt()
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineBytesFromNetwork,
+        NetworkFromOnnxPath,
+        PostprocessNetwork,
+    )
+
+    register_plugins()  # the parser finds brr's plugins in TensorRT's registry
+    edits = NetworkEdits()
+    edit = partial(edit_network, build=build, float32=trt.float32, edits=edits, debug_tensors=tuple(debug_tensors),
+                   unfused_debug=unfused_debug)
+    network = PostprocessNetwork(NetworkFromOnnxPath(str(onnx_path), strongly_typed=False), edit, name="brr-edits")
+    config = CreateConfig(**build.config_arguments(calibrator, load_timing_cache))
+    saved = None if save_timing_cache is None else str(save_timing_cache)
+    return EngineBytesFromNetwork(network, config=config, save_timing_cache=saved), edits
+
+
 def build_tensorrt_engine(
     reference: OnnxExport, directory: Path, precision: str, fp32_nodes: list[str],
     batch: tuple[int, int, int], n_channels: int, window: int,
     calibration: Iterable[np.ndarray] | None = None,
 ) -> dict:
-    """Write model.engine into ``directory``; returns settings."""
-    trt = import_tensorrt()
-    from polygraphy.backend.trt import (
-        Calibrator,
-        CreateConfig,
-        EngineFromNetwork,
-        NetworkFromOnnxPath,
-        Profile,
-        SaveEngine,
-        SetLayerPrecisions,
-    )
+    """Write model.engine (with its timing cache, and the calibration cache for int8) into ``directory``;
+    returns settings."""
+    import_tensorrt()
+    from polygraphy.backend.common import SaveBytes
+    from polygraphy.backend.trt import Calibrator
 
-    register_plugins()
-    profile = Profile()
-    for name, (lo, opt, hi) in profile_shapes(batch, n_channels, window).items():
-        profile.add(name, min=lo, opt=opt, max=hi)
+    build = TensorRTBuild(precision, batch, n_channels, window, tuple(fp32_nodes))
     calibrator = None
     if precision == "int8":
         if calibration is None:
             raise EngineBuildError("int8 needs calibration windows (--calibration-data)")
         batches = [{INPUT_NAME: np.asarray(b, dtype=np.float32)} for b in calibration]
-        calibrator = Calibrator(batches, cache=str(directory / "int8.cache"))
+        calibrator = Calibrator(batches, cache=str(directory / CALIBRATION_CACHE_FILE))
     directory.mkdir(parents=True, exist_ok=True)
-    network = NetworkFromOnnxPath(str(reference.model), strongly_typed=False)
-    builder, net, parser = network()
-    names = pinned_layers(((layer.name, getattr(layer, "metadata", "")) for layer in net), fp32_nodes)
-    network = SetLayerPrecisions((builder, net, parser), {n: trt.float32 for n in names})
-    config = CreateConfig(profiles=[profile], calibrator=calibrator, **config_flags(precision, bool(names)))
-    SaveEngine(EngineFromNetwork(network, config=config), str(directory / MODEL_FILE))()
-    return {"device": "cuda", "fp32_layers": len(names), "batch_profile": list(batch)}
+    for stale in (CALIBRATION_CACHE_FILE, TIMING_CACHE_FILE):  # a cache found there would be read, not made anew
+        (directory / stale).unlink(missing_ok=True)
+    loader, edits = engine_loader(build, reference.model, calibrator=calibrator,
+                                  save_timing_cache=directory / TIMING_CACHE_FILE)
+    SaveBytes(loader, str(directory / MODEL_FILE))()
+    return {"device": "cuda", "fp32_layers": len(edits.fp32_layers),
+            "fp32_nodes_without_layer": edits.fp32_nodes_without_layer, "batch_profile": list(batch),
+            "timing_cache": TIMING_CACHE_FILE}
+
+
+class TensorRTRebuild:
+    """Engines of edited copies of an artifact's ONNX graph, built exactly as the artifact's engine was:
+    the manifest's ``TensorRTBuild``, the artifact's calibration cache (int8: the same scales, no new
+    calibration) and the timing cache its build saved (the same kernels for the same layers)."""
+
+    def __init__(self, build: TensorRTBuild, artifact: Path):
+        self.build = build
+        self.calibration_cache = artifact / CALIBRATION_CACHE_FILE if build.precision == "int8" else None
+        if self.calibration_cache is not None and not self.calibration_cache.is_file():
+            raise EngineBuildError(f"{artifact}: an int8 engine without its {CALIBRATION_CACHE_FILE}: a rebuild "
+                                   "would calibrate anew and not be the engine under test")
+        timing = artifact / TIMING_CACHE_FILE
+        self.timing_cache = timing if timing.is_file() else None
+
+    def engine_bytes(self, model, debug_tensors: Collection[str] = (), unfused_debug: bool = False
+                     ) -> tuple[bytes, NetworkEdits]:
+        """The serialized engine of ``model`` (an ``onnx.ModelProto``), and what was edited in its network."""
+        import onnx
+
+        import_tensorrt()  # before any work
+        with tempfile.TemporaryDirectory(prefix="brr-trt-") as tmp:
+            path = Path(tmp) / ONNX_FILE
+            onnx.save(model, str(path))
+            calibrator = None
+            if self.calibration_cache is not None:
+                from polygraphy.backend.trt import Calibrator
+
+                cache = Path(tmp) / CALIBRATION_CACHE_FILE
+                shutil.copyfile(self.calibration_cache, cache)  # TensorRT may write it back: never into the artifact
+                calibrator = Calibrator([], cache=str(cache))  # read from the cache: no batch is asked for
+            loader, edits = engine_loader(self.build, path, calibrator=calibrator, load_timing_cache=self.timing_cache,
+                                          debug_tensors=debug_tensors, unfused_debug=unfused_debug)
+            return loader(), edits
+
+    def runner_for(self, model, name: str):
+        """Polygraphy's TrtRunner over an engine of ``model`` built with the artifact's settings."""
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+        engine, _ = self.engine_bytes(model)
+        return TrtRunner(EngineFromBytes(engine), name=name)
 
 
 def tensorrt_engine_for_diff(path: Path, manifest: dict, runner, fp32_model, why_not: str | None):
-    """The diff's view of a TensorRT artifact: its runner, and edited copies of its fp32 ONNX built with
-    exactly the engine's settings (precision flags, the plan's fp32 layers, the batch profile)."""
+    """The diff's view of a TensorRT artifact: its runner; engine-side tensor statistics from TensorRT debug
+    tensors; marked copies of its fp32 ONNX built with exactly the engine's settings (``TensorRTRebuild``)."""
     from brr.diff.engines import Engine
+    from brr.export.engines.tensorrt_debug import TensorRTDebugStatistics
 
-    precision, pinned = manifest["precision"], manifest["fp32_pinned_nodes"]
-    batch = manifest["batch"]
-    shapes = (batch["min"], batch["opt"], batch["max"])
-    config = manifest["config"]
-
-    def build(model, name: str):
-        import tempfile
-
-        import onnx
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-
-        with tempfile.TemporaryDirectory(prefix="brr-trt-") as tmp:
-            onnx.save(model, str(Path(tmp) / ONNX_FILE))
-            build_tensorrt_engine(OnnxExport(Path(tmp), manifest["ops"], manifest["opset"]), Path(tmp), precision,
-                                  pinned, shapes, config["n_channels"], config["window_samples"])
-            engine = (Path(tmp) / MODEL_FILE).read_bytes()
-        register_plugins()
-        return TrtRunner(EngineFromBytes(engine), name=name)
-
-    note = None if fp32_model is not None else f"node level skipped: {why_not}"
-    return Engine(path.name, runner, precision, fp32_model, fp32_model, build if fp32_model is not None else None,
-                  node_level_note=note)
+    precision = manifest["precision"]
+    if fp32_model is None:
+        return Engine(path.name, runner, precision, node_level_note=f"node level skipped: {why_not}")
+    try:
+        rebuild = TensorRTRebuild(TensorRTBuild.from_manifest(manifest), path)
+    except EngineBuildError as error:
+        return Engine(path.name, runner, precision, node_level_note=f"node level skipped: {error}")
+    note = None if rebuild.timing_cache is not None else (
+        f"{path.name} has no {TIMING_CACHE_FILE} (exported by an older brr-export): its node-level rebuilds may "
+        "choose other kernels than the engine under test; each run checks that it reproduces the engine's logits")
+    return Engine(path.name, runner, precision, fp32_model, fp32_model, rebuild.runner_for,
+                  tensor_statistics=TensorRTDebugStatistics(fp32_model, rebuild), node_level_note=note)
