@@ -397,10 +397,14 @@ class NodeLocaliser:
             if eng["zeros"] > ref["zeros"] and op in ZERO_SENSITIVE_OPS:
                 made_by = f" (made by {entry['producer']}, {entry['producer_op']})" if entry["producer"] else ""
                 tiny = ref["abs_min_nonzero"]
-                return "underflow", (f"underflow: input {entry['name']}{made_by} is 0 in {precision} at "
-                                     f"{eng['zeros'] - ref['zeros']:,} places where fp32 holds values down to "
-                                     f"{tiny:.2g} (smallest {precision} normal {normal:.2g}, subnormal "
-                                     f"{subnormal:.2g}); {op} of 0 gives {count} inf/NaN")
+                lost = f"{eng['zeros'] - ref['zeros']:,} places where fp32 holds values down to {tiny:.2g}"
+                if tiny is not None and tiny < normal:
+                    return "underflow", (f"underflow: input {entry['name']}{made_by} is 0 in {precision} at {lost} "
+                                         f"(smallest {precision} normal {normal:.2g}, subnormal {subnormal:.2g}); "
+                                         f"{op} of 0 gives {count} inf/NaN")
+                return "cancellation", (f"cancellation: input {entry['name']}{made_by} is 0 in {precision} at {lost}, "
+                                        f"far above {precision}'s smallest normal: its digits were lost to rounding "
+                                        f"upstream; {op} of 0 gives {count} inf/NaN")
             if (op in NEGATIVE_SENSITIVE_OPS and eng["min"] is not None and eng["min"] < 0
                     and ref["min"] is not None and ref["min"] >= 0):
                 return "cancellation", (f"cancellation: input {entry['name']} goes down to {eng['min']:.3g} in "
