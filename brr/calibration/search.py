@@ -52,6 +52,7 @@ from brr.diff.localise import DEFAULT_MAX_MARKED_BYTES, NodeComparison
 from brr.diff.report import InputResult
 from brr.diff.run import compare_outputs
 from brr.diff.stages import node_stages
+from brr.errors import CheckFailed
 from brr.export.engines.onnxruntime import FP16_BLOCKED_OP_TYPES, ConvertToFloat16, RoundThroughLowPrecision
 from brr.model import DetectorConfig
 
@@ -61,7 +62,7 @@ ACCEPTED_VERDICTS = ("clean", "basis_ambiguous")
 ALWAYS_FP32_OP_TYPES = frozenset(FP16_BLOCKED_OP_TYPES)
 
 
-class SearchError(RuntimeError):
+class SearchError(CheckFailed):
     """The search cannot make the model acceptable (budget spent, or a failure no pin can reach)."""
 
 

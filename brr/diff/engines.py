@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
 from polygraphy.backend.onnxrt import OnnxrtRunner
 
+from brr.errors import InputError
 from brr.export.manifest import read_manifest
 from brr.ops.registry import load_ort_kernels
 
@@ -26,7 +27,7 @@ ONNX_FILE = "model.onnx"
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 
 
-class ArtifactError(ValueError):
+class ArtifactError(InputError):
     """An engine artifact that cannot be used, with its path in the message."""
 
 

@@ -21,6 +21,7 @@ from brr.diff.engines import Engine, artifact_engines
 from brr.diff.inputs import WindowLoader
 from brr.diff.localise import DEFAULT_MAX_MARKED_BYTES, NodeComparison
 from brr.diff.report import DiffReport, EngineResult, InputResult, StageResult, write_report
+from brr.errors import UsageError
 from brr.model import PROBE_NAMES, V3Detector
 from brr.runtime.runners.torch import AUTOCAST_DTYPES, TorchRunner
 
@@ -39,7 +40,7 @@ def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[
     ``report.failed`` says whether ``fail_on`` ('nonfinite' | 'divergence' | 'never') is met.
     """
     if fail_on not in ("nonfinite", "divergence", "never"):
-        raise ValueError(f"fail_on must be 'nonfinite', 'divergence' or 'never', got {fail_on!r}")
+        raise UsageError(f"fail_on must be 'nonfinite', 'divergence' or 'never', got {fail_on!r}")
     reference_runner = reference if isinstance(reference, BaseRunner) else TorchRunner(reference, probes=True,
                                                                                       name="fp32-reference")
     engine_list = _engines(reference, list(engines))
@@ -101,7 +102,7 @@ def _engines(reference, engines: list) -> list[Engine]:
         elif str(e).startswith(TORCH_ENGINE_PREFIX):
             precision = str(e)[len(TORCH_ENGINE_PREFIX):]
             if precision not in AUTOCAST_DTYPES or isinstance(reference, BaseRunner):
-                raise ValueError(f"{e}: needs a checkpoint or model reference and one of "
+                raise UsageError(f"{e}: needs a checkpoint or model reference and one of "
                                  f"{[TORCH_ENGINE_PREFIX + p for p in AUTOCAST_DTYPES]}")
             out.append(Engine(f"torch-{precision}", TorchRunner(reference, probes=True, autocast=precision,
                                                                 name=f"torch-{precision}"), precision))
@@ -109,7 +110,7 @@ def _engines(reference, engines: list) -> list[Engine]:
             out.append(by_path[str(e)])
     names = [e.name for e in out]
     if len(set(names)) != len(names):
-        raise ValueError(f"engine names must be unique, got {names}")
+        raise UsageError(f"engine names must be unique, got {names}")
     return out
 
 

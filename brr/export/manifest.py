@@ -14,6 +14,7 @@ from typing import Any
 
 import brr
 from brr.atomic import atomic_write_text
+from brr.errors import InputError
 from brr.model import PROBE_NAMES, PROBE_SHAPES, DetectorConfig
 from brr.model.checkpoint import file_sha256
 from brr.model.detector import INPUT_NAME, OUTPUT_NAME
@@ -26,7 +27,7 @@ _VERSIONED_PACKAGES = ("torch", "onnx", "onnxscript", "onnx-ir", "onnxruntime", 
                        "openvino", "polygraphy", "tensorrt")
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """An artifact that must not be used; the message names the directory and what is wrong."""
 
 

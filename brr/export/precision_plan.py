@@ -18,12 +18,13 @@ from pathlib import Path
 
 import onnx
 
+from brr.errors import InputError
 from brr.model import PROBE_NAMES
 
 PLAN_KEYS = ("fp32_nodes", "fp32_stages", "fp32_op_types")
 
 
-class PrecisionPlanError(ValueError):
+class PrecisionPlanError(InputError):
     """A precision plan that cannot be used; the message names the file and the problem."""
 
 

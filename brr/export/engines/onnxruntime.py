@@ -32,6 +32,7 @@ from polygraphy import util
 from polygraphy.backend.base import BaseLoader
 from polygraphy.backend.onnx import OnnxFromPath, SaveOnnx
 
+from brr.errors import UsageError
 from brr.export.onnx_export import MODEL_FILE, PROBED_MODEL_FILE, OnnxExport, keep_outputs
 from brr.ops.eigh.onnx import PLUGIN_OP_TYPE as EIGH_OP_TYPE
 from brr.ops.selective_scan.onnx import OP_TYPE as SCAN_OP_TYPE
@@ -48,7 +49,7 @@ FP16_BLOCKED_OP_TYPES = (*FLOAT32_ONLY_OP_TYPES, *NO_CPU_FP16_KERNEL_OP_TYPES)
 QUANTIZED_OP_TYPES = ("Conv", "MatMul")
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(UsageError):
     """An engine that cannot be built as asked; the message says why and what to do."""
 
 

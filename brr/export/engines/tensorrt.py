@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brr.errors import DependencyUnavailable
 from brr.export.engines.onnxruntime import EngineBuildError
 from brr.export.onnx_export import OnnxExport
 from brr.ops.registry import OP_PACKAGES
@@ -27,7 +28,7 @@ INSTALL_HINT = "install the GPU extras on a CUDA machine: pip install .[gpu]"
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(DependencyUnavailable):
     """TensorRT or a CUDA GPU is missing; the message is the one line the CLI prints."""
 
 
