@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from brr.cli.export import EXIT_UNAVAILABLE, main
+from brr.cli.export import main
+from brr.errors import EXIT_UNUSABLE
 from brr.export.engines.onnxruntime import EngineBuildError
 from brr.export.engines.tensorrt import (
     TensorRTUnavailable,
@@ -28,7 +29,7 @@ def _tensorrt_usable() -> bool:
 @pytest.mark.skipif(_tensorrt_usable(), reason="TensorRT and a GPU are present: the missing-TensorRT path cannot run")
 def test_cli_without_tensorrt_exits_2_with_one_line(tmp_path, capsys):
     save_checkpoint(build_detector("v3-small"), tmp_path / "ckpt")
-    assert main([str(tmp_path / "ckpt"), "--out", str(tmp_path / "out"), "--backend", "tensorrt"]) == EXIT_UNAVAILABLE
+    assert main([str(tmp_path / "ckpt"), "--out", str(tmp_path / "out"), "--backend", "tensorrt"]) == EXIT_UNUSABLE
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "TensorRT" in err[0] and "pip install .[gpu]" in err[0]
     assert not (tmp_path / "out").exists()  # refused before any work
