@@ -25,16 +25,20 @@ from typing import Any
 
 import numpy as np
 
+from brr.errors import UsageError
+
 __all__ = [
     "DEFAULT_MAX_UNUSABLE_CHANNELS",
     "DEFAULT_QUALITY",
     "EPOCH_S",
     "FLAT_PEAK_TO_PEAK_UV",
     "PROBLEMS",
+    "ChannelRails",
     "DataQuality",
     "QualityPolicy",
     "assess_quality",
     "bad_channels_line",
+    "classify_epoch",
 ]
 
 EPOCH_S = 60
@@ -55,7 +59,7 @@ class QualityPolicy:
 
     def __post_init__(self) -> None:
         if self.max_unusable_channels < 0:
-            raise ValueError(f"max_unusable_channels must be >= 0, got {self.max_unusable_channels}")
+            raise UsageError(f"max_unusable_channels must be >= 0, got {self.max_unusable_channels}")
 
 
 DEFAULT_QUALITY = QualityPolicy()
