@@ -220,7 +220,8 @@ def test_mixed_rates_among_montage_channels(tmp_path):
 
 
 def test_extra_non_eeg_channels_with_other_rates_are_ignored(tmp_path):
-    signals = [np.zeros(65 * 256) for _ in range(19)] + [np.zeros(65 * 100)]
+    rng = np.random.default_rng(0)  # noise: all-zero EEG channels would be refused as flat
+    signals = [20 * rng.standard_normal(65 * 256) for _ in range(19)] + [np.zeros(65 * 100)]
     headers = highlevel.make_signal_headers(list(TUH_LABELS) + ["EKG"], physical_min=-3000, physical_max=3000)
     headers[-1]["sample_frequency"] = 100
     path = str(tmp_path / "ekg.edf")

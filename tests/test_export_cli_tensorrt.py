@@ -14,7 +14,8 @@ import pytest
 from polygraphy.backend.trt import CreateConfig
 
 from brr.calibration.int8 import build_tensorrt_int8
-from brr.cli.export import EXIT_UNAVAILABLE, main
+from brr.cli.export import main
+from brr.errors import EXIT_UNUSABLE
 from brr.export.engines.onnxruntime import EngineBuildError
 from brr.export.engines.tensorrt import (
     CALIBRATION_CACHE_FILE,
@@ -48,7 +49,7 @@ def _tensorrt_usable() -> bool:
 @pytest.mark.skipif(_tensorrt_usable(), reason="TensorRT and a GPU are present: the missing-TensorRT path cannot run")
 def test_cli_without_tensorrt_exits_2_with_one_line(tmp_path, capsys):
     save_checkpoint(build_detector("v3-small"), tmp_path / "ckpt")
-    assert main([str(tmp_path / "ckpt"), "--out", str(tmp_path / "out"), "--backend", "tensorrt"]) == EXIT_UNAVAILABLE
+    assert main([str(tmp_path / "ckpt"), "--out", str(tmp_path / "out"), "--backend", "tensorrt"]) == EXIT_UNUSABLE
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "TensorRT" in err[0] and "pip install .[gpu]" in err[0]
     assert not (tmp_path / "out").exists()  # refused before any work

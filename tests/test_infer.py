@@ -29,7 +29,8 @@ from brr.cli.infer import main as infer_main
 from brr.data import open_recording, read_recording
 from brr.data.annotations import read_csv_bi, read_events_json, read_events_tsv
 from brr.data.synthetic import TUH_LABELS, plan_recording, write_recording
-from brr.model import build_detector, save_checkpoint
+from brr.model import build_detector, load_checkpoint, save_checkpoint
+from brr.output_folder import LOCK_FILE
 from brr.runtime import infer
 from brr.runtime.runners import tuned_postprocess
 from brr.runtime.infer import (
@@ -239,7 +240,7 @@ def test_inputs_from_files_directories_and_globs(corpus):
 
 
 def _output_mtimes(out: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "summary.json"}
+    return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name not in ("summary.json", LOCK_FILE)}
 
 
 def test_resume_skips_finished_recordings_and_overwrite_redoes_them(corpus, tmp_path, channel_runner):
@@ -264,7 +265,7 @@ def test_resume_skips_finished_recordings_and_overwrite_redoes_them(corpus, tmp_
 
 
 def _assert_only_complete_outputs(out: Path, complete: set[str]) -> None:
-    names = {p.name for p in out.iterdir()} - {"summary.json"}
+    names = {p.name for p in out.iterdir()} - {"summary.json", LOCK_FILE}
     assert not [n for n in names if n.startswith(".")], f"temporary files left: {names}"
     expected = {f"{r}{suffix}" for r in complete
                 for suffix in (".csv_bi", "_events.tsv", "_events.json", DONE_SUFFIX)}
@@ -428,11 +429,8 @@ def test_validation_tuned_postprocessing_travels_with_the_model(checkpoint, tmp_
     """brr-train stores the post-processing it chose on validation; brr-export carries it into the
     manifest; brr-infer applies it by default and a flag overrides one setting of it."""
     trained = tmp_path / "trained"
-    shutil.copytree(checkpoint, trained)
-    meta = json.loads((trained / "config.json").read_text())
     tuned = dataclasses.asdict(PostprocessConfig(enter=0.55, leave=0.47))
-    meta["training"] = {"postprocess": tuned}
-    (trained / "config.json").write_text(json.dumps(meta))
+    save_checkpoint(load_checkpoint(checkpoint), trained, extra={"training": {"postprocess": tuned}})
     assert export_main([str(trained), "--out", str(tmp_path / "engine"), "--engine", "fp32",
                         "--backend", "onnxruntime", "--no-verify"]) == 0
     (manifest,) = (tmp_path / "engine").rglob("manifest.json")

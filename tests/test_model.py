@@ -1,12 +1,16 @@
 """The detector: shapes at every probe, finiteness, gradients, config and checkpoints."""
 
+import hashlib
 import json
+import os
 
 import pytest
 import torch
+from safetensors.torch import load_file, save
 
-from brr.model import (PROBE_NAMES, CheckpointError, ConfigError, build_detector, load_checkpoint,
-                       resolve_config, save_checkpoint)
+from brr.model import (PROBE_NAMES, CheckpointError, ConfigError, NonFiniteInputError, build_detector,
+                       load_checkpoint, resolve_config, save_checkpoint)
+from brr.model.checkpoint import meta_digest
 from brr.model.edge_stream import pair_similarity
 from conftest import adversarial_windows
 
@@ -145,14 +149,101 @@ def test_checkpoint_round_trip_and_refusals(tmp_path, small_model):
     meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     meta["config"]["electrode_dim"] = 16
     meta["config"]["node_mamba"]["d_model"] = 16
-    meta.pop("config_digest")
+    meta["config_digest"] = resolve_config(meta["config"]).digest()
+    meta["meta_sha256"] = meta_digest(meta)
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="shape"):
         load_checkpoint(tmp_path / "ckpt")
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         load_checkpoint(tmp_path)
-    (tmp_path / "bad").mkdir()
+    # A file that is not safetensors at all, recorded as such: unreadable, not a crash.
     save_checkpoint(small_model, tmp_path / "bad")
-    (tmp_path / "bad" / "model.safetensors").write_bytes(b"not safetensors")
+    _replace_weights(tmp_path / "bad", b"not safetensors")
     with pytest.raises(CheckpointError, match="unreadable"):
         load_checkpoint(tmp_path / "bad")
+
+
+def _replace_weights(directory, data: bytes) -> None:
+    """Write other weight bytes and record their hash (and the config's digest), as a careful forger would."""
+    (directory / "model.safetensors").write_bytes(data)
+    _edit_meta(directory, lambda meta: meta.update(weights_sha256=hashlib.sha256(data).hexdigest()))
+
+
+def _edit_meta(directory, edit, redigest: bool = True) -> None:
+    """Edit config.json; with ``redigest`` also recompute its meta_sha256, so that the deeper checks answer."""
+    meta = json.loads((directory / "config.json").read_text())
+    edit(meta)
+    if redigest:
+        meta["meta_sha256"] = meta_digest(meta)
+    (directory / "config.json").write_text(json.dumps(meta))
+
+
+def _flip_a_weight_byte(directory) -> None:
+    data = bytearray((directory / "model.safetensors").read_bytes())
+    data[-3] ^= 0x01  # inside the last tensor's data, past the header
+    (directory / "model.safetensors").write_bytes(bytes(data))
+
+
+def _other_seed_weights(directory) -> None:
+    torch.manual_seed(99)
+    other = save_checkpoint(build_detector("v3-small"), directory.parent / "other-seed")
+    (directory / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+
+
+def _nan_bias(directory) -> None:
+    state = load_file(directory / "model.safetensors")
+    state["head.conv.bias"] = torch.full_like(state["head.conv.bias"], float("nan"))
+    _replace_weights(directory, save(state))
+
+
+def _top_k_changed_digest_deleted(meta) -> None:
+    meta["config"]["edge_top_k"] += 1
+    del meta["config_digest"]
+
+
+def _top_k_changed(meta) -> None:
+    meta["config"]["edge_top_k"] += 1
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (_flip_a_weight_byte, "does not match the weights_sha256"),
+    (_other_seed_weights, "does not match the weights_sha256"),
+    (_nan_bias, r"non-finite weights in head\.conv\.bias"),
+    (lambda d: _edit_meta(d, _top_k_changed_digest_deleted), "no config_digest"),
+    (lambda d: _edit_meta(d, _top_k_changed), "config digest does not match"),
+    (lambda d: _edit_meta(d, lambda meta: meta.pop("weights_sha256")), "no weights_sha256"),
+    (lambda d: _edit_meta(d, lambda meta: meta.update(brr_version="0.0.0"), redigest=False),
+     "does not match its meta_sha256"),
+    (lambda d: _edit_meta(d, lambda meta: meta.pop("meta_sha256"), redigest=False), "no meta_sha256"),
+], ids=["byte-flip", "other-seed", "nan-bias-rehashed", "digest-deleted", "config-edited", "hash-deleted",
+        "meta-edited", "meta-digest-deleted"])
+def test_checkpoint_that_does_not_verify_is_refused(tmp_path, small_model, tamper, message):
+    directory = save_checkpoint(small_model, tmp_path / "ckpt")
+    tamper(directory)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(directory)
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path, small_model):
+    previous = os.umask(0o022)
+    try:
+        directory = save_checkpoint(small_model, tmp_path / "ckpt")
+    finally:
+        os.umask(previous)
+    assert {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()} == {
+        "config.json": 0o644, "model.safetensors": 0o644}
+
+
+def test_nonfinite_input_is_refused_naming_where(small_model):
+    x = torch.randn(2, 19, 15360)
+    x[1, 2, 100:103] = float("nan")
+    x[1, 18, 7] = float("-inf")
+    with torch.no_grad(), pytest.raises(NonFiniteInputError) as caught:
+        small_model(x)
+    assert caught.value.count == 4
+    assert caught.value.locations == [(1, "C3", 100, 102), (1, "O2", 7, 7)]
+    assert "window 1 channel C3 samples 100..102" in str(caught.value)
+    with torch.no_grad():  # the same windows without the bad samples run
+        x[1, 2, 100:103] = 0.0
+        x[1, 18, 7] = 0.0
+        assert torch.isfinite(small_model(x)).all()

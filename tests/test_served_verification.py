@@ -7,7 +7,6 @@ another model with file hashes rewritten to match, as a careless or hostile hand
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
@@ -16,7 +15,7 @@ import torch
 from brr.cli.infer import main as infer_main
 from brr.data.synthetic import write_corpus
 from brr.diff.verify import verify_engine
-from brr.export.manifest import MANIFEST_FILE, read_manifest, record_verification, write_manifest
+from brr.export.manifest import MANIFEST_FILE, read_manifest, record_verification, rewrite_manifest, write_manifest
 from brr.export.onnx_export import MODEL_FILE, export_onnx
 from brr.model import build_detector
 from brr.model.checkpoint import file_sha256
@@ -54,9 +53,9 @@ def test_a_verified_engine_is_served_and_its_verdict_printed(verified, tmp_path,
 
 def test_an_engine_never_verified_is_refused_unless_allowed(verified, tmp_path, capsys):
     copy = shutil.copytree(verified / "engine", tmp_path / "engine")
-    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest = read_manifest(copy)
     manifest["verification"] = None
-    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    rewrite_manifest(copy, manifest)
     assert _infer(copy, verified, tmp_path / "out") == 2
     assert "never verified" in capsys.readouterr().err
     assert not (tmp_path / "out" / "summary.json").exists()
@@ -72,11 +71,20 @@ def test_a_failed_verification_is_refused(verified, tmp_path, capsys):
 
 
 def test_a_swapped_model_with_rewritten_hashes_is_refused(verified, tmp_path, capsys):
-    """The manifest's file hashes are rewritten to match the new model; the verified hash is not."""
+    """The manifest's file hashes (and its own digest) are rewritten to match the new model; the hash of
+    the model that was verified is not, and says so."""
     copy = shutil.copytree(verified / "engine", tmp_path / "engine")
     shutil.copy(verified / "other" / MODEL_FILE, copy / MODEL_FILE)
     manifest = read_manifest(copy)
     manifest["files"][MODEL_FILE] = file_sha256(copy / MODEL_FILE)
-    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    rewrite_manifest(copy, manifest)
     assert _infer(copy, verified, tmp_path / "out") == 2
     assert "is not the model that was verified" in capsys.readouterr().err
+
+
+def test_a_hand_edited_manifest_is_refused(verified, tmp_path, capsys):
+    copy = shutil.copytree(verified / "engine", tmp_path / "engine")
+    text = (copy / MANIFEST_FILE).read_text()
+    (copy / MANIFEST_FILE).write_text(text.replace('"passed": true', '"passed": false', 1))
+    assert _infer(copy, verified, tmp_path / "out") == 2
+    assert "changed after brr-export wrote it" in capsys.readouterr().err

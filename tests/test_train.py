@@ -95,9 +95,9 @@ def test_non_finite_step_is_skipped_counted_and_named(corpus, tiny_model, tmp_pa
     messages: list[str] = []
     result = train(tiny_settings(corpus, tiny_model, tmp_path / "ckpt", steps_per_epoch=3), say=messages.append)
     assert result.skipped_steps == 1
-    assert result.skipped == [{"step": 1, "stage": "tcn"}]
+    assert result.skipped == [{"step": 1, "stage": "input"}]
     assert result.losses[1] is None and all(v is not None and np.isfinite(v) for v in (result.losses[0], result.losses[2]))
-    assert any("step 1" in m and "tcn" in m for m in messages)
+    assert any("step 1" in m and "input" in m for m in messages)
     assert any("1 skipped as non-finite" in m for m in messages)
 
 

@@ -31,6 +31,7 @@ from brr.calibration.windows import EdfBatches
 from brr.diff import AdversarialWindows, ChainedWindows, EdfWindows, run_diff
 from brr.diff.engines import onnxruntime_engine, onnxruntime_runner
 from brr.diff.inputs import WindowLoader
+from brr.errors import UsageError
 from brr.export.engines import TensorRTUnavailable
 from brr.export.engines.onnxruntime import low_precision_model
 from brr.export.engines.tensorrt import CALIBRATION_CACHE_FILE
@@ -47,7 +48,7 @@ PLAN_FORMAT = "brr-precision-plan/1"
 MANIFEST_FILE = "manifest.json"
 
 
-class CalibrationError(ValueError):
+class CalibrationError(UsageError):
     """A source, data set or setting calibration cannot use; the message names the file and the problem."""
 
 

@@ -52,6 +52,7 @@ from brr.diff.localise import NodeLocaliser
 from brr.diff.results import InputResult
 from brr.diff.run import compare_outputs
 from brr.diff.stages import node_stages
+from brr.errors import CheckFailed
 from brr.export.engines.onnxruntime import low_precision_model
 from brr.model import DetectorConfig
 
@@ -59,7 +60,7 @@ REDUCED_PRECISIONS = ("fp16", "bf16")
 ACCEPTED_VERDICTS = ("clean", "basis_ambiguous")
 
 
-class SearchError(RuntimeError):
+class SearchError(CheckFailed):
     """The search cannot make the model acceptable (budget spent, or a failure no pin can reach)."""
 
 

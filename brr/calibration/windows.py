@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from brr.data import iter_windows, open_recording
+from brr.errors import UsageError
 from brr.montage import N_CHANNELS
 from brr.model.detector import INPUT_NAME
 
@@ -30,7 +31,7 @@ def edf_files(paths: list[str | Path]) -> list[Path]:
             files += sorted(p for p in path.rglob("*") if p.suffix.lower() in EDF_SUFFIXES)
         elif path.is_file():
             if path.suffix.lower() not in EDF_SUFFIXES:
-                raise ValueError(f"{path}: not an EDF/BDF recording (expected {', '.join(EDF_SUFFIXES)})")
+                raise UsageError(f"{path}: not an EDF/BDF recording (expected {', '.join(EDF_SUFFIXES)})")
             files.append(path)
         else:
             raise FileNotFoundError(f"{path}: no such EDF file or folder")
@@ -45,9 +46,9 @@ class EdfBatches:
     def __init__(self, paths: list[str | Path], batch_size: int = 1, window_samples: int = 15360,
                  stride_s: float | None = None, max_windows: int | None = 16):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         if max_windows is not None and max_windows < 1:
-            raise ValueError(f"max_windows must be >= 1 or None, got {max_windows}")
+            raise UsageError(f"max_windows must be >= 1 or None, got {max_windows}")
         self.files = edf_files(paths)
         self.batch_size = batch_size
         self.window_samples = window_samples

@@ -7,20 +7,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from brr.calibration import CalibrationError, SearchError, calibrate
+from brr.calibration import SearchError, calibrate
 from brr.calibration.run import PRECISIONS
-from brr.data import RecordingError
-from brr.export.precision_plan import PrecisionPlanError
-from brr.model import CheckpointError
-from brr.resources import return_freed_memory
-
-EXIT_NOT_ACCEPTED = 1
-EXIT_BAD_INPUT = 2
+from brr.cli.common import debug_parent, run_main
+from brr.errors import EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="brr-calibrate",
+        prog="brr-calibrate", parents=[debug_parent()],
         description="Find the fewest nodes an fp16/bf16 engine must keep in fp32 (precision_plan.json for "
         "brr-export --precision-plan), or calibrate INT8, on EDF windows; report error, FLOP share and speed.",
     )
@@ -38,19 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return_freed_memory()
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     try:
         result = calibrate(args.source, args.data, args.precision, args.out, args.atol, args.rtol,
                            adversarial=args.adversarial, max_windows=args.max_windows,
                            max_pins=args.max_pins)
-    except (CalibrationError, CheckpointError, PrecisionPlanError, RecordingError, FileNotFoundError,
-            ValueError) as exc:
-        print(f"brr-calibrate: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except SearchError as exc:
-        print(f"brr-calibrate: no acceptable plan: {exc}", file=sys.stderr)
-        return EXIT_NOT_ACCEPTED
+        raise SearchError(f"no acceptable plan: {exc}") from exc
     print(f"brr-calibrate: {result.verdict}; report {result.report_paths['markdown']}")
-    return 0 if result.passed else EXIT_NOT_ACCEPTED
+    return 0 if result.passed else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("brr-calibrate", build_parser(), run, argv, outputs=lambda args: [("--out", args.out)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,23 +10,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from brr.diff import (
-    AdversarialWindows,
-    ArtifactError,
-    ChainedWindows,
-    EdfWindows,
-    SyntheticWindows,
-    run_diff,
-    write_report,
-)
-from brr.export.manifest import ManifestError
-from brr.model import CheckpointError, load_checkpoint
-from brr.resources import return_freed_memory
+from brr.cli.common import debug_parent, run_main
+from brr.diff import AdversarialWindows, ChainedWindows, EdfWindows, SyntheticWindows, run_diff, write_report
+from brr.model import load_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="brr-diff",
+        prog="brr-diff", parents=[debug_parent()],
         description="Compare brr-export engines (and PyTorch under autocast) with the fp32 PyTorch model: "
         "per stage, then per ONNX node where an input goes non-finite or diverges.",
     )
@@ -52,29 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return_freed_memory()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not args.engines:
         parser.error("give at least one engine (an artifact folder, torch:fp16 or torch:bf16)")
-    try:
-        window = load_checkpoint(args.checkpoint).config.window_samples
-        loaders = [EdfWindows(args.inputs, window, max_windows=args.max_windows) if args.inputs
-                   else SyntheticWindows(args.synthetic or 2, window)]
-        if args.adversarial:
-            loaders.append(AdversarialWindows(window))
-        report = run_diff(args.checkpoint, args.engines, ChainedWindows(loaders), args.atol, args.rtol,
-                          fail_on=args.fail_on, node_level=args.node_level,
-                          progress=lambda line: print(f"brr-diff: {line}", file=sys.stderr, flush=True))
-        report.data_arguments = (["--data", *args.inputs] if args.inputs else
-                                 ["--synthetic", str(args.synthetic or 2)])
-        write_report(report, args.report)
-    except (CheckpointError, ArtifactError, ManifestError, FileNotFoundError, ValueError, ImportError) as error:
-        print(f"brr-diff: {error}", file=sys.stderr)
-        return 2
+    window = load_checkpoint(args.checkpoint).config.window_samples
+    loaders = [EdfWindows(args.inputs, window, max_windows=args.max_windows) if args.inputs
+               else SyntheticWindows(args.synthetic or 2, window)]
+    if args.adversarial:
+        loaders.append(AdversarialWindows(window))
+    report = run_diff(args.checkpoint, args.engines, ChainedWindows(loaders), args.atol, args.rtol,
+                      fail_on=args.fail_on, node_level=args.node_level,
+                      progress=lambda line: print(f"brr-diff: {line}", file=sys.stderr, flush=True))
+    report.data_arguments = ["--data", *args.inputs] if args.inputs else ["--synthetic", str(args.synthetic or 2)]
+    write_report(report, args.report)
     print(Path(args.report, "report.md").read_text(), end="")
     return 1 if report.failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    return run_main("brr-diff", parser, lambda args: run(args, parser), argv,
+                    outputs=lambda args: [("--report", args.report)])
 
 
 if __name__ == "__main__":

@@ -7,22 +7,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from brr.cli.common import debug_parent, run_main
 from brr.diff.verify import verify_engine
+from brr.errors import EXIT_FAILED
 from brr.export.artifact import ExportRequest, export_artifacts
-from brr.export.engines import BACKEND_CHOICES, EngineBuildError, TensorRTUnavailable
+from brr.export.engines import BACKEND_CHOICES
 from brr.export.engines.tensorrt import parse_batch_range
-from brr.export.precision_plan import PrecisionPlanError
-from brr.model import CheckpointError, load_checkpoint
+from brr.model import load_checkpoint
 from brr.ops.registry import OPS_MODES
-from brr.resources import return_freed_memory
-
-EXIT_DIVERGED = 1
-EXIT_UNAVAILABLE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="brr-export",
+        prog="brr-export", parents=[debug_parent()],
         description="Export a checkpoint to fp32 ONNX (opset 18, dynamic batch, probe outputs), build an engine "
         "and verify it against PyTorch fp32.",
     )
@@ -45,21 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return_freed_memory()
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     request = ExportRequest(
         checkpoint=args.checkpoint, out=args.out, engine=args.engine, ops=args.ops, backend=args.backend,
         batch=args.batch, precision_plan=args.precision_plan, calibration_data=args.calibration_data,
     )
-    try:
-        result = export_artifacts(request)
-    except TensorRTUnavailable as exc:
-        print(f"brr-export: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except (CheckpointError, PrecisionPlanError, EngineBuildError, FileNotFoundError) as exc:
-        print(f"brr-export: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE if isinstance(exc, EngineBuildError) else 1
+    result = export_artifacts(request)
     if args.no_verify:
         return 0
     verification = verify_engine(args.checkpoint, result.engine_dir, result.precision,
@@ -71,8 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not verification.passed:
         print(f"brr-export: engine diverges from PyTorch fp32; report kept in {verification.report_dir}",
               file=sys.stderr)
-        return EXIT_DIVERGED
+        return EXIT_FAILED
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("brr-export", build_parser(), run, argv, outputs=lambda args: [("--out", args.out)])
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ from typing import Self
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from brr.export.manifest import ManifestError
-from brr.model.checkpoint import CheckpointError
-from brr.resources import return_freed_memory
+from brr.cli.common import EXIT_INTERRUPTED, debug_parent, run_main
+from brr.data.quality import bad_channels_line
 from brr.runtime.infer import (
     OUTPUT_FORMATS,
     SUMMARY_FILE,
@@ -31,6 +31,8 @@ from brr.runtime.infer import (
     RecordingEntry,
     run_inference,
 )
+from brr.export.manifest import ManifestError
+from brr.model.checkpoint import CheckpointError
 from brr.runtime.postprocess import PostprocessConfig
 from brr.runtime.runners import tuned_postprocess
 
@@ -43,7 +45,7 @@ POST_FLAGS = {flag: (field, getattr(POST, field)) for flag, field in (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brr-infer", description=__doc__,
+    parser = argparse.ArgumentParser(prog="brr-infer", description=__doc__, parents=[debug_parent()],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("engine", help="checkpoint directory or exported engine (its manifest decides the backend)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -71,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mains", default="60", choices=("50", "60", "none"), help="notch frequency")
     parser.add_argument("--min-recording", type=float, default=DEFAULTS.min_recording_s,
                         help="shorter recordings are reported as too short (seconds, default one window)")
+    parser.add_argument("--max-unusable-channels", type=int, default=DEFAULTS.max_unusable_channels,
+                        help="a recording with more montage channels non-finite, flat or saturated for most "
+                        f"of its length fails (default {DEFAULTS.max_unusable_channels})")
     post = parser.add_argument_group(
         "post-processing", "Defaults: what brr-train chose on validation data for this model (stored in the "
         "checkpoint and carried by brr-export), else " + ", ".join(f"{k}={v}" for k, v in POST_FLAGS.values())
@@ -111,7 +116,7 @@ def settings_from_args(args: argparse.Namespace) -> InferenceSettings:
         save_probabilities=args.save_probabilities, reference_dir=args.reference, overwrite=args.overwrite,
         executor=args.executor, ray_address=args.ray_address, postprocess=postprocess,
         mains_hz=None if args.mains == "none" else float(args.mains), min_recording_s=args.min_recording,
-        allow_unverified=args.allow_unverified,
+        max_unusable_channels=args.max_unusable_channels, allow_unverified=args.allow_unverified,
     )
 
 
@@ -119,7 +124,8 @@ class RichProgress:
     """Two bars (recordings, windows of the current recording) and hours of EEG per minute."""
 
     def __init__(self, console: Console) -> None:
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        # Descriptions hold file names: shown as they are, never read as rich markup.
+        self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console)
         self.files = self.progress.add_task("recordings", total=0, rate="")
         self.windows = self.progress.add_task("windows", total=0, rate="", visible=False)
@@ -170,68 +176,67 @@ def summary_table(summary: InferenceSummary) -> Table:
     for entry in summary.entries:
         scores = entry.scores or {}
         f1 = _fmt_score(scores["event"]["f1"]) if "event" in scores else "-"
+        quality_note = bad_channels_line(entry.data_quality) if entry.data_quality else ""
         table.add_row(
-            entry.name, entry.status,
+            Text(entry.name), entry.status,
             "-" if entry.duration_s is None else f"{entry.duration_s / 60:.1f} min",
             "-" if entry.n_events is None else str(entry.n_events),
-            f"{entry.time_s:.1f} s", f1, entry.error or scores.get("error", ""),
+            f"{entry.time_s:.1f} s", f1, Text(entry.error or scores.get("error", "") or quality_note),
         )
     return table
+
+
+def say(console: Console, line: str) -> None:
+    """Print ``line`` as it is: paths and messages may hold ``[...]``, which is not markup here."""
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def print_summary(console: Console, summary: InferenceSummary) -> None:
     console.print(summary_table(summary))
     rate = summary.eeg_hours_per_minute
-    console.print(f"{summary.eeg_hours_processed:.2f} h of EEG in {summary.wall_s / 60:.1f} min"
-                  + (f" ({rate:.2f} h EEG/min)" if rate is not None else ""))
+    say(console, f"{summary.eeg_hours_processed:.2f} h of EEG in {summary.wall_s / 60:.1f} min"
+        + (f" ({rate:.2f} h EEG/min)" if rate is not None else ""))
     if summary.scores:
         for view in ("event", "sample"):
             s = summary.scores[view]
-            console.print(f"{view}-based over {summary.scores['n_files']} file(s): sensitivity "
-                          f"{_fmt_score(s['sensitivity'])}, precision {_fmt_score(s['precision'])}, "
-                          f"F1 {_fmt_score(s['f1'])}, false alarms/24h {_fmt_score(s['fp_per_24h'])}")
-    console.print(f"summary: {summary.out_dir}/{SUMMARY_FILE}")
+            say(console, f"{view}-based over {summary.scores['n_files']} file(s): sensitivity "
+                f"{_fmt_score(s['sensitivity'])}, precision {_fmt_score(s['precision'])}, "
+                f"F1 {_fmt_score(s['f1'])}, false alarms/24h {_fmt_score(s['fp_per_24h'])}")
+    say(console, f"summary: {summary.out_dir}/{SUMMARY_FILE}")
 
 
 def describe_engine(console: Console, engine: str, allow_unverified: bool) -> None:
     """Say how the engine was verified; refusal itself happens when it is loaded."""
-    from brr.export.manifest import MANIFEST_FILE, ManifestError, verification_line
+    from brr.export.manifest import MANIFEST_FILE, verification_line
 
     if not (Path(engine) / MANIFEST_FILE).is_file():
         return
-    try:
-        line = verification_line(engine)
-    except ManifestError as error:
-        raise InferenceUsageError(str(error)) from error
+    line = verification_line(engine)
     if line.startswith("UNVERIFIED") and allow_unverified:
         line = f"WARNING: serving an unverified engine (--allow-unverified): {line}"
-    console.print(f"brr-infer: {engine}: {line}", markup=False, highlight=False, soft_wrap=True)
+    say(console, f"brr-infer: {engine}: {line}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return_freed_memory()
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:  # argparse: 2 on a usage error, 0 for --help
-        return int(exit_.code or 0)
+def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
+    settings = settings_from_args(args)
+    describe_engine(console, args.engine, args.allow_unverified)
     try:
-        settings = settings_from_args(args)
-        describe_engine(console, args.engine, args.allow_unverified)
         if args.quiet:
             summary = run_inference(args.engine, args.inputs, args.out, settings)
         else:
             with RichProgress(console) as progress:
                 summary = run_inference(args.engine, args.inputs, args.out, settings, progress)
-    except InferenceUsageError as error:
-        console.print(f"brr-infer: {error}")
-        return 2
     except InferenceInterrupted as interrupted:
         print_summary(console, interrupted.summary)
-        console.print("interrupted: finished recordings are complete, the rest were not written")
-        return 130
+        say(console, "interrupted: finished recordings are complete, the rest were not written")
+        return EXIT_INTERRUPTED
     print_summary(console, summary)
     return summary.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("brr-infer", build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -9,26 +9,30 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from brr.cli.common import debug_parent, run_main
 from brr.pipeline import PipelineSettings, run_pipeline
-from brr.resources import return_freed_memory
 
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    return_freed_memory()
-    parser = argparse.ArgumentParser(prog="brr-pipeline", description=__doc__,
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brr-pipeline", description=__doc__, parents=[debug_parent()],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workdir", help="folder for the corpus, checkpoint, engines and reports (reused on rerun)")
     parser.add_argument("--config", default="v3-small", help="detector preset or config file (default v3-small)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
     console = Console()
     say = lambda line: console.print(line, markup=False, highlight=False)  # noqa: E731  (lines carry [stage] tags)
     result = run_pipeline(PipelineSettings(workdir=args.workdir, config=args.config, seed=args.seed), say)
@@ -50,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         events.add_column(column)
     for entry in summary.entries:
         if entry.status != "ok" or not entry.events:
-            events.add_row(entry.name, entry.status if entry.status != "ok" else "no events", "", "", "")
+            events.add_row(Text(entry.name), entry.status if entry.status != "ok" else "no events", "", "", "")
         for event in entry.events:
-            events.add_row(entry.name, entry.status, f"{event.start_s:.1f}", f"{event.stop_s:.1f}",
+            events.add_row(Text(entry.name), entry.status, f"{event.start_s:.1f}", f"{event.stop_s:.1f}",
                            f"{event.confidence:.2f}")
     console.print(events)
     if summary.scores:
@@ -60,9 +64,13 @@ def main(argv: list[str] | None = None) -> int:
             s = summary.scores[level]
             say(f"[score] {level}: sensitivity {_fmt(s['sensitivity'])}, precision {_fmt(s['precision'])}, "
                           f"F1 {_fmt(s['f1'])}, false alarms/24h {_fmt(s['fp_per_24h'])}")
-    console.print(f"outputs: {summary.out_dir}; exit code {result.exit_code}", markup=False, highlight=False)
+    say(f"outputs: {summary.out_dir}; exit code {result.exit_code}")
     say(result.verdict)
     return result.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("brr-pipeline", build_parser(), run, argv, outputs=lambda args: [("workdir", args.workdir)])
 
 
 if __name__ == "__main__":

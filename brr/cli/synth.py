@@ -6,12 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from brr.cli.common import debug_parent, run_main
 from brr.data.synthetic import write_corpus
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="brr-synth",
+        prog="brr-synth", parents=[debug_parent()],
         description="Write synthetic 19-channel EEG recordings (TUH-style EDF) with csv_bi seizure "
         "annotations and a corpus.json index.",
     )
@@ -30,23 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        index = write_corpus(
-            args.out_dir,
-            args.recordings,
-            args.minutes,
-            seed=args.seed,
-            rate=args.rate,
-            seizures=args.seizures,
-            mains_hz=args.mains,
-        )
-    except ValueError as error:
-        print(f"brr-synth: {error}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    index = write_corpus(
+        args.out_dir,
+        args.recordings,
+        args.minutes,
+        seed=args.seed,
+        rate=args.rate,
+        seizures=args.seizures,
+        mains_hz=args.mains,
+    )
     print(f"wrote {args.recordings} recording(s) and {index}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("brr-synth", build_parser(), run, argv, outputs=lambda args: [("out_dir", args.out_dir)])
 
 
 if __name__ == "__main__":

@@ -6,14 +6,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from brr.data import RecordingError
-from brr.model import CheckpointError, ConfigError
-from brr.train import CorpusError, SettingsError, TrainingError, TrainingStateError, make_settings, train
+from brr.cli.common import debug_parent, run_main
+from brr.output_folder import check_output_folder
+from brr.train import make_settings, train
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="brr-train",
+        prog="brr-train", parents=[debug_parent()],
         description="Train the V3 detector. Settings come from --config (YAML), then the options below; "
         "checkpoints go to OUT/best and OUT/last.",
     )
@@ -35,15 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
-    config_file = args.pop("config")
-    try:
-        result = train(make_settings(config_file, **args))
-    except (SettingsError, ConfigError, CorpusError, RecordingError, CheckpointError, TrainingStateError,
-            TrainingError) as error:
-        print(f"brr-train: {error}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    options = {key: value for key, value in vars(args).items() if key not in ("config", "debug")}
+    settings = make_settings(args.config, **options)
+    # The output folder may come from the config file: checked once the settings are known.
+    check_output_folder(settings.out, "--out")
+    result = train(settings)
     best = result.best_metrics
     if best is not None:
         ev = best["validation"]["event"]
@@ -51,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"FA/24h {ev['fp_per_24h']}, F1 {ev['f1']}")
     print(f"last: {result.last_checkpoint}; {result.skipped_steps} non-finite step(s) skipped of {result.steps}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("brr-train", build_parser(), run, argv)
 
 
 if __name__ == "__main__":

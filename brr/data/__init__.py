@@ -9,8 +9,10 @@ from brr.data.errors import (
     TruncatedRecordingError,
     UnreadableRecordingError,
     UnsupportedSamplingRateError,
+    UnusableRecordingError,
 )
 from brr.data.preprocess import preprocess_signals
+from brr.data.quality import DataQuality, QualityPolicy
 from brr.data.recording import (
     Recording,
     RecordingStream,
@@ -23,7 +25,9 @@ from brr.data.recording import (
 
 __all__ = [
     "AmbiguousChannelsError",
+    "DataQuality",
     "MissingChannelsError",
+    "QualityPolicy",
     "Recording",
     "RecordingError",
     "RecordingStream",
@@ -31,6 +35,7 @@ __all__ = [
     "TruncatedRecordingError",
     "UnreadableRecordingError",
     "UnsupportedSamplingRateError",
+    "UnusableRecordingError",
     "Window",
     "count_windows",
     "iter_windows",

@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from brr.errors import InputError
+
+if TYPE_CHECKING:
+    from brr.data.quality import DataQuality
 
 __all__ = [
     "AmbiguousChannelsError",
@@ -17,10 +23,11 @@ __all__ = [
     "TruncatedRecordingError",
     "UnreadableRecordingError",
     "UnsupportedSamplingRateError",
+    "UnusableRecordingError",
 ]
 
 
-class RecordingError(Exception):
+class RecordingError(InputError):
     """A recording could not be ingested. ``path`` is the file (or None for in-memory data)."""
 
     def __init__(self, path: str | os.PathLike | None, problem: str) -> None:
@@ -89,3 +96,11 @@ class RecordingTooShortError(RecordingError):
 
 class UnsupportedSamplingRateError(RecordingError):
     """The montage channels' sampling rate cannot be brought to 256 Hz faithfully."""
+
+
+class UnusableRecordingError(RecordingError):
+    """Too many montage channels are non-finite, flat or saturated (see :mod:`brr.data.quality`)."""
+
+    def __init__(self, path: str | os.PathLike | None, quality: DataQuality) -> None:
+        self.quality = quality
+        super().__init__(path, quality.reason())

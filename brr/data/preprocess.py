@@ -4,7 +4,10 @@ Order of operations for one stretch of signal (all in float64, result float32):
 
 1. Non-finite samples (NaN, +-inf) are replaced by linear interpolation between the nearest finite
    samples of the same channel (held constant before the first / after the last one); a channel with
-   no finite sample becomes zeros. EDF files cannot hold NaN; this protects in-memory callers.
+   no finite sample becomes zeros. This keeps the model's input finite; it is not silent for a file:
+   an EDF whose scaling overflows decodes to +-inf, and :func:`~brr.data.open_recording` counts such
+   channels (with flat and saturated ones, :mod:`brr.data.quality`) and refuses a recording with too
+   many of them before it gets here. In-memory callers check their own arrays.
 2. ``scipy.signal.resample_poly`` with the exact rational ratio 256 / rate, its default Kaiser FIR
    adjusted so that a constant passes exactly, and odd extension (not zeros) at the ends.
 3. One zero-phase cascade at 256 Hz: Butterworth band-pass 0.5-120 Hz (order 4) and an ``iirnotch``

@@ -6,6 +6,9 @@
 - :func:`iter_windows` cuts either of them into model windows.
 
 Every ingestion failure raises a :class:`~brr.data.errors.RecordingError` subclass naming the file.
+Opening a recording also assesses its data quality (:mod:`brr.data.quality`) on the raw samples:
+the stream's ``quality`` counts the channels that are non-finite, flat or saturated, and a recording
+with too many unusable channels is refused before any preprocessing.
 Physical values are converted to microvolts from the channel's physical dimension (uV, mV, V, nV);
 an unknown or empty dimension is taken to be microvolts.
 """
@@ -26,6 +29,7 @@ from brr.data.errors import (
     TruncatedRecordingError,
     UnreadableRecordingError,
     UnsupportedSamplingRateError,
+    UnusableRecordingError,
 )
 from brr.data.preprocess import (
     TARGET_RATE,
@@ -37,6 +41,7 @@ from brr.data.preprocess import (
     normalise,
     resampling_ratio,
 )
+from brr.data.quality import DEFAULT_QUALITY, ChannelRails, DataQuality, QualityPolicy, assess_quality
 from brr.montage import CHANNELS, N_CHANNELS
 
 __all__ = [
@@ -56,6 +61,7 @@ WINDOW_S = 60
 STRIDE_S = 10
 DEFAULT_BLOCK_S = 600
 
+_FIXED_HEADER_BYTES = 256
 _MICROVOLTS_PER_UNIT = {"uv": 1.0, "µv": 1.0, "μv": 1.0, "mv": 1e3, "v": 1e6, "nv": 1e-3}
 
 
@@ -102,6 +108,7 @@ class RecordingStream:
         microvolts_per_unit: np.ndarray,
         filters: FilterBank,
         block_s: float,
+        quality: DataQuality | None = None,
     ) -> None:
         self._reader: pyedflib.EdfReader | None = reader
         self._indices = mapping.indices
@@ -114,6 +121,7 @@ class RecordingStream:
         self.sampling_rate = TARGET_RATE
         self.channels = CHANNELS
         self.mains_hz = filters.notch_hz
+        self.quality = quality
         up, down = resampling_ratio(source_rate, path)
         self.n_samples = -(-n_source_samples * up // down)
         self.block_samples = max(1, int(round(block_s * TARGET_RATE)))
@@ -183,6 +191,8 @@ def _expected_file_size(path: str) -> int | None:
         # The samples-per-record fields follow the 216 bytes of other per-signal fields.
         fh.seek(256 + 216 * n_signals)
         field = fh.read(8 * n_signals)
+    if len(field) < 8 * n_signals:
+        return 256 * (1 + n_signals)  # the signal headers are cut short
     try:
         samples_per_record = [int(field[8 * i : 8 * i + 8]) for i in range(n_signals)]
     except ValueError:
@@ -192,15 +202,48 @@ def _expected_file_size(path: str) -> int | None:
 
 
 def _open_reader(path: str) -> pyedflib.EdfReader:
+    if os.path.isdir(path):
+        raise UnreadableRecordingError(path, "is a folder, not an EDF/BDF file")
     if not os.path.isfile(path):
+        if os.path.islink(path):
+            raise UnreadableRecordingError(path, f"no such file: a broken link to {os.readlink(path)}")
         raise UnreadableRecordingError(path, "no such file")
-    expected, actual = _expected_file_size(path), os.path.getsize(path)
+    try:
+        expected, actual = _expected_file_size(path), os.path.getsize(path)
+    except OSError as error:  # no permission, an I/O error
+        raise UnreadableRecordingError(path, f"cannot be read ({error.strerror or error})") from error
+    if actual < _FIXED_HEADER_BYTES:
+        raise UnreadableRecordingError(
+            path, f"not an EDF/BDF file: {actual} bytes, shorter than the {_FIXED_HEADER_BYTES}-byte header"
+            if actual else "empty file (0 bytes)")
     if expected is not None and actual < expected:
         raise TruncatedRecordingError(path, expected, actual)
     try:
-        return pyedflib.EdfReader(path)
+        reader = pyedflib.EdfReader(path)
     except OSError as error:
         raise UnreadableRecordingError(path, f"not a readable EDF/BDF file ({error})") from error
+    if not reader.datarecord_duration > 0:
+        reader.close()
+        raise UnreadableRecordingError(
+            path, f"the header's data record duration is {reader.datarecord_duration!r} s; it must be positive")
+    return reader
+
+
+def _channel_rails(reader: pyedflib.EdfReader, indices: tuple[int, ...], labels: tuple[str, ...],
+                   microvolts_per_unit: np.ndarray, path: str) -> list[ChannelRails]:
+    """Each montage channel's rails and digital step; refuses a digital range that cannot be scaled."""
+    rails = []
+    for index, label, scale in zip(indices, labels, microvolts_per_unit, strict=True):
+        digital_min, digital_max = reader.getDigitalMinimum(index), reader.getDigitalMaximum(index)
+        if not digital_min < digital_max:
+            raise UnreadableRecordingError(
+                path, f"signal {label!r}: digital minimum {digital_min} is not below digital maximum "
+                f"{digital_max}, so its samples cannot be scaled to physical values")
+        physical_min, physical_max = reader.getPhysicalMinimum(index), reader.getPhysicalMaximum(index)
+        with np.errstate(over="ignore"):
+            step = abs(np.float64(physical_max) - np.float64(physical_min)) / (digital_max - digital_min)
+        rails.append(ChannelRails(physical_min, physical_max, float(step), float(scale)))
+    return rails
 
 
 def open_recording(
@@ -209,13 +252,16 @@ def open_recording(
     mains_hz: float | None = 60.0,
     min_duration_s: float = WINDOW_S,
     block_s: float = DEFAULT_BLOCK_S,
+    quality: QualityPolicy | None = DEFAULT_QUALITY,
 ) -> RecordingStream:
     """Open and validate an EDF/BDF file; preprocessing happens lazily in :meth:`RecordingStream.iter_blocks`.
 
     ``channel_map``: see :func:`~brr.data.channels.map_channels`. ``mains_hz``: notch frequency
     (60, or 50; None for no notch). ``min_duration_s``: shorter recordings raise
     :class:`RecordingTooShortError` (default one model window; 0 accepts any non-empty file).
-    ``block_s``: preprocessing block length, which bounds memory.
+    ``block_s``: preprocessing block length, which bounds memory. ``quality``: the data-quality
+    policy; a recording it finds unusable raises :class:`UnusableRecordingError`, and the stream's
+    ``quality`` holds the assessment (None: not assessed).
     """
     path = os.fspath(path)
     reader = _open_reader(path)
@@ -242,6 +288,14 @@ def open_recording(
                 for i in mapping.indices
             ]
         )
+        rails = _channel_rails(reader, mapping.indices, mapping.source_labels, microvolts_per_unit, path)
+        assessment = None
+        if quality is not None:
+            assessment = assess_quality(
+                lambda start, stop: np.stack([reader.readSignal(i, start, stop - start) for i in mapping.indices]),
+                n_source_samples, source_rate, rails, CHANNELS, quality)
+            if not assessment.usable:
+                raise UnusableRecordingError(path, assessment)
         return RecordingStream(
             reader,
             path,
@@ -251,6 +305,7 @@ def open_recording(
             microvolts_per_unit,
             design_filters(mains_hz=mains_hz),
             block_s,
+            assessment,
         )
     except BaseException:
         reader.close()
@@ -262,9 +317,10 @@ def read_recording(
     channel_map: Mapping[str, str | None] | None = None,
     mains_hz: float | None = 60.0,
     min_duration_s: float = WINDOW_S,
+    quality: QualityPolicy | None = DEFAULT_QUALITY,
 ) -> Recording:
     """Read and preprocess a whole EDF/BDF recording (see :func:`open_recording` for the arguments)."""
-    with open_recording(path, channel_map, mains_hz, min_duration_s) as stream:
+    with open_recording(path, channel_map, mains_hz, min_duration_s, quality=quality) as stream:
         return stream.read_all()
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from scipy import signal, special
 
 from brr.atomic import atomic_write_text
 from brr.data.annotations import SeizureEvent, write_csv_bi
+from brr.errors import UsageError
 from brr.montage import CHANNELS, N_CHANNELS, NEIGHBOUR_PAIRS
 
 __all__ = [
@@ -251,9 +253,9 @@ def plan_recording(
 ) -> RecordingPlan:
     """Decide one recording's events. ``seizures`` None: about 1-3 per 10 minutes (at least one)."""
     if rate < MIN_RATE or int(rate) != rate:
-        raise ValueError(f"rate must be a whole number of Hz >= {MIN_RATE}, got {rate!r}")
+        raise UsageError(f"rate must be a whole number of Hz >= {MIN_RATE}, got {rate!r}")
     if duration_s < 1 or int(duration_s) != duration_s:
-        raise ValueError(f"duration_s must be a whole number of seconds >= 1, got {duration_s!r}")
+        raise UsageError(f"duration_s must be a whole number of seconds >= 1, got {duration_s!r}")
     duration_s = int(duration_s)
     rng = np.random.default_rng([seed, index, 0])
     fitting = _max_seizures(duration_s)
@@ -262,7 +264,7 @@ def plan_recording(
     elif 0 <= seizures <= fitting:
         count = seizures
     else:
-        raise ValueError(f"{seizures} seizures do not fit in {duration_s} s (at most {fitting})")
+        raise UsageError(f"{seizures} seizures do not fit in {duration_s} s (at most {fitting})")
     flat_length = rng.uniform(0.1, 0.3) * duration_s
     flat_start = rng.uniform(0.0, duration_s - flat_length)
     return RecordingPlan(
@@ -452,7 +454,9 @@ def write_corpus(
 ) -> Path:
     """Write ``recordings`` EDF + csv_bi pairs of ``minutes`` each plus a ``corpus.json`` index (returned)."""
     if recordings < 0:
-        raise ValueError(f"recordings must be >= 0, got {recordings}")
+        raise UsageError(f"recordings must be >= 0, got {recordings}")
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise UsageError(f"minutes must be a positive number, got {minutes!r}")
     duration_s = int(round(minutes * 60))
     out_dir = Path(out_dir)
     entries = []

@@ -22,6 +22,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
 
+from brr.errors import InputError
 from brr.export.manifest import fp32_reference, verify_manifest
 from brr.onnx.statistics import ObservedRanges
 from brr.runtime.runners import load_runner
@@ -40,7 +41,7 @@ class TensorStatistics(Protocol):
     def __call__(self, names: list[str], feed: dict, materialise: bool = False) -> ObservedRanges: ...
 
 
-class ArtifactError(ValueError):
+class ArtifactError(InputError):
     """An engine artifact that cannot be used, with its path in the message."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from brr.data import iter_windows, open_recording, preprocess_signals
+from brr.errors import UsageError
 from brr.montage import N_CHANNELS
 from brr.model.detector import INPUT_NAME
 
@@ -72,7 +73,7 @@ class EdfWindows(WindowLoader):
 class SyntheticWindows(WindowLoader):
     def __init__(self, count: int, window_samples: int = WINDOW_SAMPLES, seed: int = 0):
         if count < 1:
-            raise ValueError(f"synthetic window count must be >= 1, got {count}")
+            raise UsageError(f"synthetic window count must be >= 1, got {count}")
         self.count, self.samples, self.seed = count, window_samples, seed
 
     def labelled(self):

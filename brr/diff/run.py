@@ -30,6 +30,7 @@ from brr.diff.inputs import WindowLoader
 from brr.diff.localise import NodeLocaliser
 from brr.diff.report import write_report
 from brr.diff.results import DiffReport, EngineResult, InputResult, StageResult
+from brr.errors import UsageError
 from brr.model import PROBE_NAMES, V3Detector
 from brr.model.detector import OUTPUT_NAME
 from brr.resources import peak_rss_mb
@@ -56,7 +57,7 @@ def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[
     ``progress`` receives one line per input and per node-level search.
     """
     if fail_on not in ("nonfinite", "divergence", "never"):
-        raise ValueError(f"fail_on must be 'nonfinite', 'divergence' or 'never', got {fail_on!r}")
+        raise UsageError(f"fail_on must be 'nonfinite', 'divergence' or 'never', got {fail_on!r}")
     started = time.perf_counter()
     say = progress or (lambda _: None)
     reference_runner = reference if isinstance(reference, BaseRunner) else TorchRunner(reference, probes=True,
@@ -163,7 +164,7 @@ def _engines(reference, engines: list) -> list[Engine]:
         elif str(e).startswith(TORCH_ENGINE_PREFIX):
             precision = str(e)[len(TORCH_ENGINE_PREFIX):]
             if precision not in AUTOCAST_DTYPES or isinstance(reference, BaseRunner):
-                raise ValueError(f"{e}: needs a checkpoint or model reference and one of "
+                raise UsageError(f"{e}: needs a checkpoint or model reference and one of "
                                  f"{[TORCH_ENGINE_PREFIX + p for p in AUTOCAST_DTYPES]}")
             out.append(Engine(f"torch-{precision}", TorchRunner(reference, probes=True, autocast=precision,
                                                                 name=f"torch-{precision}"), precision,
@@ -174,7 +175,7 @@ def _engines(reference, engines: list) -> list[Engine]:
             out.append(engine)
     names = [e.name for e in out]
     if len(set(names)) != len(names):
-        raise ValueError(f"engine names must be unique, got {names}")
+        raise UsageError(f"engine names must be unique, got {names}")
     return out
 
 

@@ -1,7 +1,8 @@
 """``manifest.json``: what an artifact directory holds, where it came from, how it was verified.
 
 Written beside every artifact by ``write_manifest``; ``verify_manifest`` refuses (``ManifestError``)
-a directory whose files are missing, changed or unlisted-but-named. An artifact holds one model file,
+a directory whose files are missing or changed, or whose manifest was edited (it carries a digest of
+its own content). An artifact holds one model file,
 which is both served and diffed (every probe is an output of it). Verification against PyTorch fp32
 is recorded by ``record_verification``: the verdict and the sha256 of the model file it ran.
 ``served_verification`` is what a runtime checks before serving: a model that failed, was never
@@ -11,6 +12,7 @@ is refused, unless the caller allows it explicitly.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from importlib import metadata
@@ -19,6 +21,7 @@ from typing import Any
 
 import brr
 from brr.atomic import atomic_write_text
+from brr.errors import InputError
 from brr.model import PROBE_NAMES, PROBE_SHAPES, DetectorConfig
 from brr.model.checkpoint import file_sha256
 from brr.model.detector import INPUT_NAME, OUTPUT_NAME
@@ -31,7 +34,7 @@ _VERSIONED_PACKAGES = ("torch", "onnx", "onnxscript", "onnx-ir", "onnxruntime", 
                        "openvino", "polygraphy", "tensorrt")
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """An artifact that must not be used; the message names the directory and what is wrong."""
 
 
@@ -90,8 +93,19 @@ def write_manifest(
         "files": files,
         "verification": None,
     }
-    atomic_write_text(directory / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True))
+    rewrite_manifest(directory, manifest)
     return manifest
+
+
+def _digest(manifest: dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def rewrite_manifest(directory: str | Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` with a digest of its own content, so that an edit by hand is refused on reading."""
+    manifest["manifest_sha256"] = _digest(manifest)
+    atomic_write_text(Path(directory) / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -105,9 +119,11 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         raise ManifestError(f"{path}: unsupported manifest format (want format_version {FORMAT_VERSION}); "
                             "export the checkpoint again with this brr-export")
-    for key in ("backend", "precision", "ops", "model_file", "files", "config"):
+    for key in ("backend", "precision", "ops", "model_file", "files", "config", "manifest_sha256"):
         if key not in manifest:
             raise ManifestError(f"{path}: missing key {key!r}")
+    if manifest["manifest_sha256"] != _digest(manifest):
+        raise ManifestError(f"{path}: changed after brr-export wrote it (its content does not match its digest)")
     return manifest
 
 
@@ -138,7 +154,7 @@ def record_verification(directory: str | Path, verification: dict[str, Any]) -> 
     directory = Path(directory)
     manifest = verify_manifest(directory)
     manifest["verification"] = dict(verification) | {"model_sha256": manifest["files"][manifest["model_file"]]}
-    atomic_write_text(directory / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True))
+    rewrite_manifest(directory, manifest)
     return manifest
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from brr.atomic import atomic_write_text
+from brr.errors import CheckFailed
 from brr.model import PROBE_NAMES, V3Detector
 from brr.model.detector import INPUT_NAME
 from brr.ops.registry import ONNX_OPSET, OPS_MODES, translation_table
@@ -42,7 +43,7 @@ MODULE_STAGES = {
 WRAPPED_MODULE = "detector"
 
 
-class ExportError(RuntimeError):
+class ExportError(CheckFailed):
     """The exported graph failed a check; the message names the file and the check."""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import onnx
 
+from brr.errors import InputError
 from brr.export.onnx_export import NAME_SCOPES_KEY, module_paths
 from brr.model import PROBE_NAMES
 
@@ -29,7 +30,7 @@ PLAN_KEYS = ("fp32_nodes", "fp32_stages", "fp32_op_types", "fp32_modules")
 DEFAULT_PLANS = Path(__file__).with_name("plans")
 
 
-class PrecisionPlanError(ValueError):
+class PrecisionPlanError(InputError):
     """A precision plan that cannot be used; the message names the file and the problem."""
 
 

@@ -16,8 +16,10 @@ from typing import Any
 
 import yaml
 
+from brr.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A detector config that cannot be used, with the offending key in the message."""
 
 

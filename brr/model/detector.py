@@ -3,6 +3,12 @@
 x (B, 19, 15360) -> logits (B, 15360). ``forward(x, return_probes=True)`` also returns the output of
 every stage under the names in ``PROBE_NAMES``; the diff tool, the exporter and the reports are
 keyed by these names, so they never change.
+
+The input must be finite: one NaN sample would otherwise become logits of exactly 0 (p = 0.5) for
+its whole window through the guards' ``nan_to_num``, a confident-looking number. ``forward`` raises
+:class:`NonFiniteInputError` naming the windows, channels and samples instead. The check is skipped
+while the model is being traced or compiled (ONNX export, ``torch.compile``), where the input has no
+values; the runtimes check their own inputs and outputs.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from brr.errors import InputError
 from brr.model.adjacency import AdjacencyAssembly
 from brr.model.config import DetectorConfig
 from brr.model.edge_stream import EdgeStream
@@ -18,6 +25,7 @@ from brr.model.heads import BackProjection, Decoder, DetectionHead, ElectrodePro
 from brr.model.node_stream import NodeStream
 from brr.model.positional_encoding import LaplacianPE
 from brr.model.tcn import TCNEncoder
+from brr.montage import CHANNELS
 
 # Tensor names every exported engine and runner shares.
 INPUT_NAME = "eeg"  # (B, 19, 15360) float32, B dynamic
@@ -40,6 +48,36 @@ PROBE_SHAPES: dict[str, str] = {
 PROBE_NAMES: tuple[str, ...] = tuple(PROBE_SHAPES)
 
 
+class NonFiniteInputError(InputError):
+    """The detector's input holds NaN or +-inf; ``locations`` lists (window, channel, first, last sample)."""
+
+    def __init__(self, count: int, locations: list[tuple[int, str, int, int]]) -> None:
+        self.count = count
+        self.locations = locations
+        shown = "; ".join(f"window {w} channel {c} samples {a}..{b}" for w, c, a, b in locations[:5])
+        more = f"; ... ({len(locations)} channel runs in all)" if len(locations) > 5 else ""
+        super().__init__(f"the input has {count} non-finite value(s) (NaN or inf): {shown}{more}. "
+                         "The detector has no answer for them: repair or drop those samples first "
+                         "(brr.data's preprocessing interpolates short gaps).")
+
+
+def _being_traced() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
+def check_finite_input(x: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteInputError` when ``x`` (B, channels, samples) holds a non-finite value."""
+    bad = ~torch.isfinite(x)
+    if not bad.any():
+        return
+    locations = []
+    for window, channel in (bad.any(dim=-1)).nonzero().tolist():
+        samples = bad[window, channel].nonzero().flatten()
+        name = CHANNELS[channel] if x.shape[1] == len(CHANNELS) else str(channel)
+        locations.append((window, name, int(samples[0]), int(samples[-1])))
+    raise NonFiniteInputError(int(bad.sum()), locations)
+
+
 class V3Detector(nn.Module):
     def __init__(self, cfg: DetectorConfig):
         super().__init__()
@@ -56,6 +94,8 @@ class V3Detector(nn.Module):
         self.head = DetectionHead(cfg)
 
     def forward(self, x: torch.Tensor, return_probes: bool = False):
+        if not _being_traced():
+            check_finite_input(x)
         probes: dict[str, torch.Tensor] = {}
         probes["tcn"] = self.tcn(x)
         probes["electrodes"] = self.electrodes(probes["tcn"])

@@ -19,6 +19,20 @@ One recording, in bounded memory whatever its length:
    ``<name>_probabilities.npz``) are written atomically, then the done-marker ``<name>.done.json``
    (settings fingerprint, events, SHA-256 of each output) last, also atomically.
 
+Failures: anything raised while reading, checking or running one recording (a broken or unreadable
+file, a header pyedflib cannot scale, too many unusable channels, non-finite logits) is that
+recording's failure, reported in the summary with its type and message; the batch goes on. Only the
+engine itself raising (:class:`EngineFailure`: it gets the same well-formed finite batches for every
+recording, so this is no recording's fault) or the output folder failing stops the run.
+
+Data quality: each recording's non-finite, flat and saturated channels (:mod:`brr.data.quality`) are
+counted in its entry of ``summary.json`` and in ``<name>_events.json``; a recording with more than
+``max_unusable_channels`` unusable channels fails.
+
+The output folder is checked writable before anything runs and locked for the run
+(:class:`~brr.output_folder.OutputLock`): a second run on the same folder is refused. Under the lock,
+the temporaries that a killed run's atomic writes left are removed first.
+
 Resume (the default): a recording is skipped when its done-marker exists, was made with the same
 engine files and settings, and every output it lists still has its recorded hash; otherwise it is
 redone. ``overwrite=True`` redoes every recording. An interruption (Ctrl-C, or any exception) while
@@ -44,7 +58,15 @@ import numpy as np
 from scipy.special import expit
 
 from brr.atomic import atomic_write_bytes, atomic_write_text
-from brr.data import RecordingError, RecordingStream, count_windows, iter_windows, open_recording
+from brr.data import (
+    DataQuality,
+    QualityPolicy,
+    RecordingStream,
+    UnusableRecordingError,
+    count_windows,
+    iter_windows,
+    open_recording,
+)
 from brr.data.annotations import (
     SeizureEvent,
     read_csv_bi,
@@ -54,7 +76,10 @@ from brr.data.annotations import (
     write_events_tsv,
 )
 from brr.data.preprocess import TARGET_RATE
+from brr.data.quality import DEFAULT_MAX_UNUSABLE_CHANNELS
 from brr.data.recording import WINDOW_S
+from brr.errors import CheckFailed, UsageError
+from brr.output_folder import OutputLock, check_output_folder, prepare_output_folder, remove_stale_temporaries
 from brr.runtime.executors import make_executor
 from brr.runtime.postprocess import (
     PostprocessConfig,
@@ -70,6 +95,7 @@ __all__ = [
     "DONE_SUFFIX",
     "OUTPUT_FORMATS",
     "SUMMARY_FILE",
+    "EngineFailure",
     "EngineOutputError",
     "InferenceInterrupted",
     "InferenceSettings",
@@ -98,12 +124,16 @@ WINDOW_SAMPLES = WINDOW_S * TARGET_RATE
 EXECUTORS = ("local", "ray")
 
 
-class InferenceUsageError(ValueError):
+class InferenceUsageError(UsageError):
     """Bad settings, inputs or engine: nothing was run (``brr-infer`` exits 2)."""
 
 
-class EngineOutputError(Exception):
+class EngineOutputError(CheckFailed):
     """The engine returned logits of the wrong shape or non-finite values for a recording."""
+
+
+class EngineFailure(CheckFailed):
+    """The engine raised while running a batch: the run stops (see the module docstring)."""
 
 
 class InferenceInterrupted(KeyboardInterrupt):
@@ -131,6 +161,7 @@ class InferenceSettings:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     mains_hz: float | None = 60.0
     min_recording_s: float = WINDOW_S
+    max_unusable_channels: int = DEFAULT_MAX_UNUSABLE_CHANNELS
     # Serve an artifact whose verification failed, never ran, or ran another model (said loudly).
     allow_unverified: bool = False
 
@@ -154,6 +185,8 @@ class InferenceSettings:
             raise InferenceUsageError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
         if self.min_recording_s < 0:
             raise InferenceUsageError(f"min_recording_s must be >= 0, got {self.min_recording_s}")
+        if self.max_unusable_channels < 0:
+            raise InferenceUsageError(f"max_unusable_channels must be >= 0, got {self.max_unusable_channels}")
         if self.postprocess.fs != TARGET_RATE:
             raise InferenceUsageError(f"postprocess.fs must be the model rate {TARGET_RATE}")
 
@@ -186,6 +219,8 @@ class RecordingEntry:
     outputs: list[str] = field(default_factory=list)
     reference: str | None = None
     scores: dict[str, Any] | None = None
+    # Non-finite, flat and saturated channels (DataQuality.to_dict()), when the recording was read.
+    data_quality: dict[str, Any] | None = None
     # Kept for scoring in the main process; summary.json carries n_events only.
     events: list[SeizureEvent] = field(default_factory=list, repr=False)
 
@@ -233,6 +268,8 @@ class InferenceSummary:
                 "ok": self.count("ok"),
                 "failed": self.count("failed"),
                 "skipped": self.count("skipped"),
+                "recordings_with_bad_channels": sum(
+                    bool(e.data_quality and e.data_quality["channels"]) for e in self.entries),
                 "eeg_hours_processed": self.eeg_hours_processed,
                 "wall_s": self.wall_s,
                 "eeg_hours_per_minute": self.eeg_hours_per_minute,
@@ -273,23 +310,29 @@ def find_recordings(inputs: Sequence[str | os.PathLike], reference_dir: str | os
     """Files (any suffix: a bad one is reported, not dropped), directories (recursive .edf/.bdf) and globs.
 
     Recordings found under a directory keep their relative path as output name, so equal file names
-    in different sub-folders do not collide; a remaining collision is a usage error. With
+    in different sub-folders do not collide; a remaining collision is a usage error. A directory entry
+    named like a recording that is not a file (a broken link, a pipe) is a job too, so that it is
+    reported as failed rather than silently left out; a folder named ``x.edf`` is searched. Jobs keep
+    the path as found (links are resolved only to find duplicates). With
     ``reference_dir``, each job gets ``<reference_dir>/<name>.csv_bi`` or ``<name>_events.tsv``
     (relative name first, then the bare file name) when one exists.
     """
-    found: dict[Path, str] = {}
+    found: dict[Path, tuple[str, Path]] = {}  # resolved path -> (output name, path as found)
+
+    def add(path: Path, name: str) -> None:
+        found.setdefault(path.resolve(), (name, path.absolute()))
 
     def add_tree(root: Path) -> None:
         for path in sorted(root.rglob("*")):
-            if path.is_file() and path.suffix.lower() in RECORDING_SUFFIXES:
-                found.setdefault(path.resolve(), path.relative_to(root).with_suffix("").as_posix())
+            if path.suffix.lower() in RECORDING_SUFFIXES and not path.is_dir():
+                add(path, path.relative_to(root).with_suffix("").as_posix())
 
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             add_tree(path)
         elif path.is_file():
-            found.setdefault(path.resolve(), path.stem)
+            add(path, path.stem)
         elif glob.has_magic(str(item)):
             matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
             if not matches:
@@ -298,14 +341,14 @@ def find_recordings(inputs: Sequence[str | os.PathLike], reference_dir: str | os
                 if match.is_dir():
                     add_tree(match)
                 elif match.suffix.lower() in RECORDING_SUFFIXES:
-                    found.setdefault(match.resolve(), match.stem)
+                    add(match, match.stem)
         else:
             raise InferenceUsageError(f"{item}: no such file or directory")
     if not found:
         raise InferenceUsageError(f"no .edf/.bdf recordings found in {[os.fspath(i) for i in inputs]}")
 
     by_name: dict[str, list[Path]] = {}
-    for path, name in found.items():
+    for name, path in found.values():
         by_name.setdefault(name, []).append(path)
     clashes = {name: paths for name, paths in by_name.items() if len(paths) > 1}
     if clashes:
@@ -389,7 +432,13 @@ def predict_probabilities(
     batch: list[ModelWindow] = []
 
     def run_batch() -> Iterator[np.ndarray]:
-        logits = np.asarray(runner.infer({INPUT_NAME: np.stack([w.signals for w in batch])})[OUTPUT_NAME])
+        try:
+            logits = np.asarray(runner.infer({INPUT_NAME: np.stack([w.signals for w in batch])})[OUTPUT_NAME])
+        except Exception as error:
+            raise EngineFailure(
+                f"the engine failed on windows at {[w.start_sample / TARGET_RATE for w in batch]} s of "
+                f"{stream.path}: {type(error).__name__}: {error}"
+            ) from error
         if logits.shape != (len(batch), WINDOW_SAMPLES):
             raise EngineOutputError(
                 f"{stream.path}: engine returned logits of shape {logits.shape}, "
@@ -622,27 +671,35 @@ class RecordingWorker:
                 entry = RecordingEntry(
                     job.path, job.name, "skipped", marker["duration_s"], marker["n_events"],
                     marker["n_windows"], outputs=sorted(marker["outputs"]), reference=job.reference,
+                    data_quality=marker.get("data_quality"),
                     events=[SeizureEvent(**e) for e in marker["events"]],
                 )
                 listener.recording_finished(entry)
                 return entry
         self._discard_previous(job)
+        # An engine that cannot load (here in a Ray task) is no recording's failure: it stops the run.
+        self.open()
         try:
             with open_recording(job.path, mains_hz=self.settings.mains_hz,
-                                min_duration_s=self.settings.min_recording_s) as stream:
+                                min_duration_s=self.settings.min_recording_s,
+                                quality=QualityPolicy(self.settings.max_unusable_channels)) as stream:
                 n_windows = count_windows(stream.n_samples, WINDOW_SAMPLES,
                                           round(self.settings.stride_s * TARGET_RATE))
                 listener.recording_started(job.name, n_windows)
                 events, per_second = self._detect(stream, listener)
-                duration_s = stream.duration_s
-        except (RecordingError, EngineOutputError) as error:
+                duration_s, quality = stream.duration_s, stream.quality
+        except EngineFailure:
+            raise
+        except Exception as error:  # noqa: BLE001  (whatever one file does, it is that file's failure)
+            quality = error.quality.to_dict() if isinstance(error, UnusableRecordingError) else None
             entry = RecordingEntry(job.path, job.name, "failed", time_s=time.perf_counter() - started,
-                                   error=str(error), error_type=type(error).__name__, reference=job.reference)
+                                   error=str(error) or repr(error), error_type=type(error).__name__,
+                                   reference=job.reference, data_quality=quality)
         else:
-            outputs = self._write_outputs(job, events, duration_s, n_windows, per_second)
+            outputs = self._write_outputs(job, events, duration_s, n_windows, per_second, quality)
             entry = RecordingEntry(job.path, job.name, "ok", duration_s, len(events), n_windows,
                                    time.perf_counter() - started, outputs=outputs, reference=job.reference,
-                                   events=events)
+                                   data_quality=quality.to_dict(), events=events)
         listener.recording_finished(entry)
         return entry
 
@@ -672,7 +729,8 @@ class RecordingWorker:
         return detector.finish(), per_second
 
     def _write_outputs(self, job: RecordingJob, events: list[SeizureEvent], duration_s: float,
-                       n_windows: int, per_second: PerSecondProbabilities | None) -> list[str]:
+                       n_windows: int, per_second: PerSecondProbabilities | None, quality: DataQuality
+                       ) -> list[str]:
         base = self.out_dir / job.name
         bname = Path(job.name).name
         written: list[Path] = []
@@ -686,7 +744,8 @@ class RecordingWorker:
                 else:
                     write_events_json(path, events, duration_s, bname, extra={
                         "engine": self.engine, "stride_s": self.settings.stride_s,
-                        "postprocess": dataclasses.asdict(self.settings.postprocess)})
+                        "postprocess": dataclasses.asdict(self.settings.postprocess),
+                        "data_quality": quality.to_dict()})
                 written.append(path)
             if per_second is not None:
                 path = base.with_name(bname + PROBABILITIES_SUFFIX)
@@ -699,6 +758,7 @@ class RecordingWorker:
                 "duration_s": duration_s,
                 "n_windows": n_windows,
                 "n_events": len(events),
+                "data_quality": quality.to_dict(),
                 "events": [dataclasses.asdict(e) for e in events],
                 "outputs": {p.relative_to(self.out_dir).as_posix(): file_sha256(p) for p in written},
             }
@@ -725,6 +785,7 @@ def settings_fingerprint(engine: str | os.PathLike, settings: InferenceSettings)
         "postprocess": dataclasses.asdict(settings.postprocess),
         "mains_hz": settings.mains_hz,
         "min_recording_s": settings.min_recording_s,
+        "max_unusable_channels": settings.max_unusable_channels,
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
@@ -758,9 +819,10 @@ def run_inference(
 ) -> InferenceSummary:
     """Detect seizures in every recording of ``inputs`` with ``engine``; write outputs and ``summary.json``.
 
-    Raises :class:`InferenceUsageError` before running anything when the settings, inputs or engine
-    are unusable; :class:`InferenceInterrupted` on Ctrl-C, after writing the summary of what finished.
-    Any other exception is also preceded by the summary (marked interrupted).
+    Raises :class:`InferenceUsageError` before running anything when the settings, inputs, output
+    folder (not writable, or locked by another run) or engine are unusable; :class:`InferenceInterrupted`
+    on Ctrl-C, after writing the summary of what finished. Any other exception (:class:`EngineFailure`,
+    an output folder that fails mid-run) is also preceded by the summary (marked interrupted).
     """
     settings = settings or InferenceSettings()
     listener = listener or SilentProgress()
@@ -768,16 +830,35 @@ def run_inference(
         raise InferenceUsageError(f"engine {engine} does not exist")
     jobs = find_recordings(inputs, settings.reference_dir)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        check_output_folder(out_dir)
+    except UsageError as error:
+        raise InferenceUsageError(str(error)) from error
     worker = RecordingWorker(engine, out_dir, settings, settings_fingerprint(engine, settings))
     try:
         executor = make_executor(settings)
     except ImportError as error:
         raise InferenceUsageError(str(error)) from error
-    summary = InferenceSummary(str(engine), str(out_dir), settings.to_dict())
-    started = time.perf_counter()
-    # Refuse a mismatched or tampered engine before any recording is touched.
+    # Refuse a mismatched or tampered engine before anything is written.
     worker.open()
+    lock = OutputLock(out_dir, "brr-infer")
+    try:
+        try:
+            prepare_output_folder(out_dir)
+            lock.acquire()
+        except UsageError as error:
+            raise InferenceUsageError(str(error)) from error
+        remove_stale_temporaries(out_dir)
+        return _run_jobs(worker, executor, jobs, settings, listener)
+    finally:
+        worker.close()
+        lock.release()
+
+
+def _run_jobs(worker: RecordingWorker, executor: Any, jobs: list[RecordingJob], settings: InferenceSettings,
+              listener: ProgressListener) -> InferenceSummary:
+    summary = InferenceSummary(worker.engine, str(worker.out_dir), settings.to_dict())
+    started = time.perf_counter()
     listener.run_started(len(jobs))
     try:
         for entry in executor.run(worker, jobs, listener):
@@ -788,8 +869,6 @@ def run_inference(
         if isinstance(error, KeyboardInterrupt) and not isinstance(error, InferenceInterrupted):
             raise InferenceInterrupted(summary) from error
         raise
-    finally:
-        worker.close()
     _finish(summary, started)
     return summary
 

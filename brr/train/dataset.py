@@ -26,13 +26,14 @@ import numpy as np
 from brr.data import Recording, RecordingError, count_windows, read_recording
 from brr.data.annotations import SeizureEvent, events_to_labels, read_csv_bi_with_duration
 from brr.data.preprocess import TARGET_RATE
+from brr.errors import InputError
 from brr.montage import N_CHANNELS
 
 RECORDING_SUFFIXES = (".edf", ".bdf")
 BYTES_PER_SECOND = N_CHANNELS * TARGET_RATE * 4  # float32 preprocessed signals
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """A corpus folder that cannot be trained on; the message names the folder or file."""
 
 

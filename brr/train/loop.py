@@ -1,10 +1,11 @@
 """The training loop: ``train(settings) -> TrainResult``.
 
 One step: forward with probes, focal loss on the valid samples, backward, gradient clipping,
-AdamW. A step is skipped (no update) and counted when any probe, the loss or the gradient norm is
-non-finite; the first non-finite probe in ``PROBE_NAMES`` order is logged with it. Probes are
-checked even when the loss is finite because the guarded network's ``nan_to_num`` turns a NaN
-upstream into finite zeros downstream: training on those is exactly the incident this prevents.
+AdamW. A step is skipped (no update) and counted when the input, any probe, the loss or the
+gradient norm is non-finite; where it went non-finite first (``input``, or the first probe in
+``PROBE_NAMES`` order) is logged with it. Probes are checked even when the loss is finite because
+the guarded network's ``nan_to_num`` turns a NaN upstream into finite zeros downstream: training on
+those is exactly the incident this prevents.
 An epoch in which every step is skipped stops training with :class:`TrainingError`.
 
 The learning rate follows the batch counter (skipped batches included), so a resumed run sees
@@ -30,7 +31,9 @@ import torch
 from tqdm import tqdm
 
 from brr.atomic import atomic_write_text
-from brr.model import PROBE_NAMES, build_detector, load_checkpoint, save_checkpoint
+from brr.errors import CheckFailed
+from brr.model import PROBE_NAMES, NonFiniteInputError, build_detector, load_checkpoint, save_checkpoint
+from brr.output_folder import OutputLock, prepare_output_folder, remove_stale_temporaries
 from brr.train.dataset import WindowDataset, find_corpus, load_recording, split_corpus
 from brr.train.evaluate import predict_corpus, score_probabilities, selection_key, tune_enter_threshold
 from brr.train.losses import focal_loss
@@ -43,7 +46,7 @@ RESUME_FIXED = ("data", "model", "seed", "batch_size", "steps_per_epoch", "crop_
                 "val_fraction", "positive_fraction", "lr", "warmup_steps", "min_lr_ratio")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(CheckFailed):
     """Training that cannot go on (e.g. every step of an epoch was non-finite)."""
 
 
@@ -101,7 +104,10 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
     """(loss, None) after an update, or (None, stage) for a skipped non-finite step."""
     signals, labels, valid = (torch.from_numpy(a).to(device) for a in batch)
     optimizer.zero_grad(set_to_none=True)
-    logits, probes = model(signals, return_probes=True)
+    try:
+        logits, probes = model(signals, return_probes=True)
+    except NonFiniteInputError:
+        return None, "input"
     stage = first_nonfinite_probe(probes)
     if stage is not None:
         return None, stage
@@ -137,6 +143,15 @@ def _check_resumable(saved: dict[str, Any], settings: TrainSettings, where: Path
 
 
 def train(settings: TrainSettings, say: Callable[[str], None] = print) -> TrainResult:
+    """Train as ``settings`` say. ``settings.out`` is locked for the run (a second run on it is refused,
+    :class:`~brr.output_folder.OutputFolderBusy`), and the temporaries a killed run left are removed first."""
+    out = prepare_output_folder(settings.out)
+    with OutputLock(out, "brr-train"):
+        remove_stale_temporaries(out)
+        return _train(settings, say)
+
+
+def _train(settings: TrainSettings, say: Callable[[str], None]) -> TrainResult:
     started = time.monotonic()
     if settings.threads:
         torch.set_num_threads(settings.threads)

@@ -13,12 +13,13 @@ from typing import Any
 
 import yaml
 
+from brr.errors import UsageError
 from brr.runtime.postprocess import PostprocessConfig
 
 SELECTION_METRICS = ("sensitivity_at_fa", "f1")
 
 
-class SettingsError(ValueError):
+class SettingsError(UsageError):
     """Training settings that cannot be used; the message names the key (and the file)."""
 
 

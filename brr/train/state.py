@@ -15,15 +15,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from brr.atomic import atomic_write_text
+from brr.atomic import atomic_write_bytes, atomic_write_text
+from brr.errors import InputError
 
 TENSORS_FILE = "training_state.safetensors"
 JSON_FILE = "training_state.json"
 
 
-class TrainingStateError(ValueError):
+class TrainingStateError(InputError):
     """A training state that cannot be resumed from; the message names the file."""
 
 
@@ -57,9 +58,7 @@ def save_training_state(directory: str | Path, optimizer: torch.optim.Optimizer,
             tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     rng_tensors, rng_meta = capture_rng()
     tensors.update(rng_tensors)
-    tmp = directory / (TENSORS_FILE + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(directory / TENSORS_FILE)
+    atomic_write_bytes(directory / TENSORS_FILE, save(tensors))
     meta = {"param_groups": state["param_groups"], "rng": rng_meta, "loop": loop}
     atomic_write_text(directory / JSON_FILE, json.dumps(meta, indent=2, allow_nan=False) + "\n")
 

@@ -32,13 +32,14 @@ from polygraphy import util
 from polygraphy.backend.base import BaseLoader
 from polygraphy.backend.onnx import OnnxFromPath, SaveOnnx
 
+from brr.errors import UsageError
 from brr.export.onnx_export import MODEL_FILE, OnnxExport
 from brr.model.detector import INPUT_NAME
 
 QUANTIZED_OP_TYPES = ("Conv", "MatMul")
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(UsageError):
     """An engine that cannot be built as asked; the message says why and what to do."""
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brr.errors import DependencyUnavailable
 from brr.export.engines.onnxruntime import EngineBuildError
 from brr.export.onnx_export import MODEL_FILE as ONNX_FILE
 from brr.export.onnx_export import OnnxExport
@@ -47,7 +48,7 @@ PRECISION_FLAGS: dict[str, dict[str, bool]] = {
     "fp32": {}, "fp16": {"fp16": True}, "bf16": {"bf16": True}, "int8": {"int8": True, "fp16": True}}
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(DependencyUnavailable):
     """TensorRT or a CUDA GPU is missing; the message is the one line the CLI prints."""
 
 

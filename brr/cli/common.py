@@ -1,0 +1,90 @@
+"""What every ``brr-*`` command shares: the ``--debug`` flag and one map from errors to exit codes.
+
+:func:`run_main` parses the arguments, checks that the command's output folders can be written
+(before any work), runs it and turns what it raises into an exit status with one line
+``brr-<tool>: message`` on stderr:
+
+- :class:`~brr.errors.BrrError`: its kind's code (2 usage, unusable input, missing dependency;
+  1 a check failed).
+- ``OSError`` (a path that cannot be read or written) and ``ImportError`` (a missing package): 2.
+- Ctrl-C: 130.
+- Anything else is a defect of ``brr``, reported as such: 1.
+
+A Python traceback is printed only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from brr.errors import EXIT_FAILED, EXIT_UNUSABLE, BrrError
+from brr.output_folder import check_output_folder
+from brr.resources import return_freed_memory
+
+__all__ = ["EXIT_INTERRUPTED", "debug_parent", "error_line", "run_main"]
+
+EXIT_INTERRUPTED = 130
+
+
+def debug_parent() -> argparse.ArgumentParser:
+    """The parent parser of every command: ``--debug``."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--debug", action="store_true", help="print the Python traceback of an error")
+    return parent
+
+
+def error_line(error: BaseException) -> tuple[str, int]:
+    """The message and exit code for ``error`` (see the module docstring)."""
+    if isinstance(error, BrrError):
+        return str(error), error.exit_code
+    if isinstance(error, OSError):
+        where = f"{error.filename}: " if error.filename is not None else ""
+        return f"{where}{error.strerror or error}", EXIT_UNUSABLE
+    if isinstance(error, ImportError):
+        return f"missing dependency: {error}", EXIT_UNUSABLE
+    detail = str(error) or "(no message)"
+    return (f"internal error ({type(error).__name__}: {detail}); this is a defect of brr, please report it "
+            "with the output of --debug"), EXIT_FAILED
+
+
+def run_main(
+    tool: str,
+    parser: argparse.ArgumentParser,
+    command: Callable[[argparse.Namespace], int],
+    argv: Sequence[str] | None = None,
+    outputs: Callable[[argparse.Namespace], Iterable[tuple[str, Any]]] = lambda args: (),
+) -> int:
+    """Parse ``argv``, check the output folders ``outputs(args)`` gives (``(option, folder)`` pairs, None
+    folders skipped; see :func:`~brr.output_folder.check_output_folder`), run ``command(args)`` and
+    return its exit status, or the status of what it raised."""
+    return_freed_memory()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: 2 after printing a usage error, 0 after --help
+        return _exit_status(exit_)
+    try:
+        for option, folder in outputs(args):
+            if folder is not None:
+                check_output_folder(folder, option)
+        return command(args)
+    except SystemExit as exit_:  # parser.error() called by the command
+        return _exit_status(exit_)
+    except KeyboardInterrupt:
+        print(f"{tool}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001  (the one place every error becomes an exit status)
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        message, code = error_line(error)
+        print(f"{tool}: {message}", file=sys.stderr)
+        return code
+
+
+def _exit_status(exit_: SystemExit) -> int:
+    if exit_.code is None:
+        return 0
+    return exit_.code if isinstance(exit_.code, int) else EXIT_UNUSABLE
