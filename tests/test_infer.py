@@ -87,7 +87,7 @@ class ChannelRunner(BaseRunner):
 def channel_runner(monkeypatch):
     """Every engine path loads a ChannelRunner; ``ChannelRunner.calls`` counts batches."""
     ChannelRunner.calls = 0
-    monkeypatch.setattr(infer, "load_engine", lambda engine, threads=None, device="cpu": ChannelRunner())
+    monkeypatch.setattr(infer, "load_engine", lambda engine, *settings: ChannelRunner())
     return ChannelRunner
 
 
@@ -199,7 +199,7 @@ def test_saved_probabilities_are_per_second(batch_run):
 
 
 def test_engine_with_nonfinite_output_fails_the_recording(corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(infer, "load_engine", lambda engine, threads=None, device="cpu": ChannelRunner(nonfinite=True))
+    monkeypatch.setattr(infer, "load_engine", lambda engine, *settings: ChannelRunner(nonfinite=True))
     summary = run_inference(corpus["good"], [corpus["good"] / "rec_b.edf"], tmp_path, InferenceSettings(stride_s=60))
     (entry,) = summary.entries
     assert entry.status == "failed" and entry.error_type == "EngineOutputError" and "non-finite" in entry.error
@@ -302,7 +302,7 @@ def test_failure_after_the_first_recording_keeps_its_outputs_and_the_summary(cor
             return super().infer_impl(feed_dict)
 
     FailingSecondRecording.calls = 0
-    monkeypatch.setattr(infer, "load_engine", lambda engine, threads=None, device="cpu": FailingSecondRecording())
+    monkeypatch.setattr(infer, "load_engine", lambda engine, *settings: FailingSecondRecording())
     with pytest.raises(RuntimeError, match="engine crashed"):
         run_inference(corpus["good"], [corpus["good"]], tmp_path, InferenceSettings(stride_s=60))
     _assert_only_complete_outputs(tmp_path, {"rec_a"})
@@ -312,7 +312,7 @@ def test_failure_after_the_first_recording_keeps_its_outputs_and_the_summary(cor
         def infer_impl(self, feed_dict):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(infer, "load_engine", lambda engine, threads=None, device="cpu": InterruptedEngine())
+    monkeypatch.setattr(infer, "load_engine", lambda engine, *settings: InterruptedEngine())
     with pytest.raises(InferenceInterrupted) as caught:  # Ctrl-C in the engine: same guarantee
         run_inference(corpus["good"], [corpus["good"]], tmp_path, InferenceSettings(stride_s=60))
     assert [e.status for e in caught.value.summary.entries] == ["skipped"]

@@ -1,6 +1,9 @@
 """The README's main job, end to end on a tiny corpus: every stage runs and a rerun reuses them."""
 
-from brr.pipeline import PipelineSettings, run_pipeline
+import pytest
+
+from brr.pipeline import PipelineSettings, held_out_verdict, run_pipeline
+from brr.runtime.infer import InferenceSummary, RecordingEntry
 
 
 def test_pipeline_runs_end_to_end_and_reuses_its_work(tmp_path):
@@ -12,10 +15,28 @@ def test_pipeline_runs_end_to_end_and_reuses_its_work(tmp_path):
     assert result.verifications["onnxruntime-fp16"].passed
     assert [e.status for e in result.inference.entries] == ["ok"]
     assert (tmp_path / "events" / "summary.json").is_file()
-    # Two training steps detect nothing: the run says so in one line and fails.
-    assert result.verdict.startswith("[verdict] FAIL: ") and result.exit_code == 1
-    assert lines[-1] == result.verdict
+    # The run ends with its verdict, and the exit code follows it.
+    assert lines[-1] == result.verdict and result.verdict.startswith(("[verdict] PASS: ", "[verdict] FAIL: "))
+    assert result.exit_code == (0 if result.verdict.startswith("[verdict] PASS") else 1)
     again: list[str] = []
     run_pipeline(settings, again.append)
     assert any(line.startswith("[train] reusing") for line in again)
     assert any(line.startswith("[corpus] reusing") for line in again)
+
+
+def _summary(sensitivity, false_alarms, statuses=("ok",)):
+    return InferenceSummary("engine", "out", {}, entries=[RecordingEntry(f"rec{i}.edf", f"rec{i}", s) for i, s in enumerate(statuses)],
+                            scores={"event": {"sensitivity": sensitivity, "fp_per_24h": false_alarms}})
+
+
+@pytest.mark.parametrize("summary, verified, passed, says", [
+    (_summary(1.0, 0.0), True, True, "PASS: the held-out seizures were found"),
+    (_summary(0.8, 0.0), True, False, "event sensitivity 0.80 < 0.9"),
+    (_summary(None, None), True, False, "event sensitivity n/a < 0.9"),
+    (_summary(1.0, 24.0), True, False, "24.00 false alarms/24h > 10"),
+    (_summary(1.0, 0.0), False, False, "the fp16 engine failed its verification"),
+    (_summary(1.0, 0.0, ("ok", "failed")), True, False, "1 recording(s) failed: rec1"),
+])
+def test_held_out_verdict_holds_the_run_to_its_bounds(summary, verified, passed, says):
+    ok, line = held_out_verdict(PipelineSettings(workdir="w"), summary, verified)
+    assert ok is passed and says in line and line.startswith("[verdict] ")

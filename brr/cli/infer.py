@@ -214,7 +214,7 @@ def describe_engine(console: Console, engine: str, allow_unverified: bool) -> No
     line = verification_line(engine)
     if line.startswith("UNVERIFIED") and allow_unverified:
         line = f"WARNING: serving an unverified engine (--allow-unverified): {line}"
-    say(console, f"brr-infer: {engine}: {line}")
+    say(console, f"engine {engine}: {line}")
 
 
 def run(args: argparse.Namespace) -> int:
