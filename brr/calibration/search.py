@@ -212,7 +212,7 @@ class PlanSearch:
                                                stage_order.index(i.first_nonfinite_stage or i.first_divergent_stage)))
         engine = self.engine(set(self.pins))
         # A non-finite node output is the first suspect even when the outputs stay finite (x / inf = 0).
-        localised = NodeLocaliser(engine, lean_onnxruntime_runner).scan(self.windows[failure.input], "precision")
+        localised = NodeLocaliser(engine, lean_onnxruntime_runner).scan(self.windows[failure.input])
         if localised.first_nonfinite is not None:
             return self._pin_nonfinite(localised.first_nonfinite, failure.input, engine.name)
         if failure.verdict == "nonfinite_precision":
