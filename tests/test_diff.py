@@ -2,7 +2,7 @@
 
 Tiny detectors with one planted fp16 hazard each, exported to ONNX and converted to fp16
 (keep_io_types). Module names follow ``V3Detector`` (tcn, edge_stream, positional_encoding, head)
-so that ``brr.diff.stages.node_stages`` maps their nodes to probe stages. The fp16 engine is ONNX's
+so that ``brr.onnx.stages.node_stages`` maps their nodes to probe stages. The fp16 engine is ONNX's
 reference evaluator, which rounds every node's output to fp16 (ONNX Runtime's CPU provider would
 compute most of these nodes in fp32 and hide the hazards).
 """
@@ -22,7 +22,7 @@ from torch import nn
 from brr.diff import SyntheticWindows, run_diff, validate, write_report
 from brr.diff.engines import lean_onnxruntime_runner, onnx_reference_engine, onnxruntime_runner
 from brr.diff.localise import NodeLocaliser
-from brr.diff.stages import node_stages
+from brr.onnx.stages import node_stages
 
 WINDOW = 1920
 

@@ -29,8 +29,9 @@ from brr.cli.diff import main as diff_main
 from brr.diff import SyntheticWindows, run_diff
 from brr.export.engines import build_engine
 from brr.export.manifest import write_manifest
-from brr.export.onnx_export import MODEL_FILE, STAGE_METADATA_KEY, STAGES_FILE, OnnxExport, export_onnx
+from brr.export.onnx_export import MODEL_FILE, STAGES_FILE, OnnxExport, export_onnx
 from brr.model import build_detector, save_checkpoint
+from brr.onnx.stages import STAGE_METADATA_KEY
 from brr.onnx.statistics import float_tensors
 
 PATTERN_NODE = {"overflow": "planted_overflow", "underflow_div": "planted_div", "exp_log": "planted_log",

@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 
 from brr.calibration.windows import EdfBatches
-from brr.export.engines.onnxruntime import QuantizeStaticQDQ
+from brr.onnx.quantize import QuantizeStaticQDQ
 from brr.export.engines.tensorrt import CALIBRATION_CACHE_FILE, TensorRTBuild, engine_loader, import_tensorrt
 from brr.export.onnx_export import MODEL_FILE
 

@@ -33,7 +33,7 @@ from brr.diff.engines import onnxruntime_engine, onnxruntime_runner
 from brr.diff.inputs import WindowLoader
 from brr.errors import UsageError
 from brr.export.engines import TensorRTUnavailable
-from brr.export.engines.onnxruntime import low_precision_model
+from brr.onnx.precision import low_precision_model
 from brr.export.engines.tensorrt import CALIBRATION_CACHE_FILE
 from brr.export.onnx_export import MODEL_FILE, export_onnx
 from brr.export.precision_plan import PrecisionPlan

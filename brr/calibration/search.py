@@ -51,10 +51,10 @@ from brr.diff.engines import Engine, lean_onnxruntime_runner, onnxruntime_engine
 from brr.diff.localise import NodeLocaliser
 from brr.diff.results import InputResult
 from brr.diff.run import compare_outputs
-from brr.diff.stages import node_stages
 from brr.errors import CheckFailed
-from brr.export.engines.onnxruntime import low_precision_model
 from brr.model import DetectorConfig
+from brr.onnx.precision import low_precision_model
+from brr.onnx.stages import node_stages
 
 REDUCED_PRECISIONS = ("fp16", "bf16")
 ACCEPTED_VERDICTS = ("clean", "basis_ambiguous")

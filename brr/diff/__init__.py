@@ -9,10 +9,9 @@ from brr.diff.inputs import AdversarialWindows, ChainedWindows, EdfWindows, Synt
 from brr.diff.report import validate, write_report
 from brr.diff.results import DiffReport
 from brr.diff.run import TOLERANCES, run_diff
-from brr.diff.stages import node_stages
 
 __all__ = [
     "TOLERANCES", "AdversarialWindows", "ArtifactError", "ChainedWindows", "DiffReport", "EdfWindows", "Engine",
-    "SyntheticWindows", "artifact_engines", "node_stages", "onnxruntime_engine", "run_diff", "validate",
+    "SyntheticWindows", "artifact_engines", "onnxruntime_engine", "run_diff", "validate",
     "write_report",
 ]

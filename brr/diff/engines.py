@@ -24,6 +24,7 @@ from polygraphy.backend.base import BaseRunner
 
 from brr.errors import InputError
 from brr.export.manifest import fp32_reference, verify_manifest
+from brr.onnx.edit import topologically_sorted
 from brr.onnx.statistics import ObservedRanges
 from brr.runtime.runners import load_runner
 from brr.runtime.runners.onnxruntime import onnxruntime_runner
@@ -107,26 +108,6 @@ class OnnxReferenceRunner(BaseRunner):
 
     def deactivate_impl(self):
         self.evaluator = None
-
-
-def topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose top-level nodes are in dependency order (ONNX Runtime sorts by itself, the reference
-    evaluator does not)."""
-    graph = model.graph
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(name in available for name in n.input)]
-        if not ready:
-            raise ValueError(f"graph {graph.name!r} has a cycle or an undefined input at {pending[0].name!r}")
-        for node in ready:
-            ordered.append(node)
-            available.update(node.output)
-        pending = [n for n in pending if n not in ready]
-    copy = onnx.ModelProto.FromString(model.SerializeToString())
-    del copy.graph.node[:]
-    copy.graph.node.extend(ordered)
-    return copy
 
 
 def onnx_reference_engine(model: onnx.ModelProto, fp32_model: onnx.ModelProto, name: str, precision: str) -> Engine:

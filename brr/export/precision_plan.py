@@ -23,8 +23,8 @@ from pathlib import Path
 import onnx
 
 from brr.errors import InputError
-from brr.export.onnx_export import NAME_SCOPES_KEY, module_paths
 from brr.model import PROBE_NAMES
+from brr.onnx.stages import NAME_SCOPES_KEY, module_paths
 
 PLAN_KEYS = ("fp32_nodes", "fp32_stages", "fp32_op_types", "fp32_modules")
 DEFAULT_PLANS = Path(__file__).with_name("plans")

@@ -19,177 +19,19 @@ saved as the engine's one ``model.onnx``.
 from __future__ import annotations
 
 import functools
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
-import onnx
-import onnx_ir as ir
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-from polygraphy import util
-from polygraphy.backend.base import BaseLoader
 from polygraphy.backend.onnx import OnnxFromPath, SaveOnnx
 
 from brr.errors import UsageError
 from brr.export.onnx_export import MODEL_FILE, OnnxExport
-from brr.model.detector import INPUT_NAME
-
-QUANTIZED_OP_TYPES = ("Conv", "MatMul")
-
+from brr.onnx.precision import RoundThroughLowPrecision, low_precision_model
+from brr.onnx.quantize import QuantizeStaticQDQ
 
 class EngineBuildError(UsageError):
     """An engine that cannot be built as asked; the message says why and what to do."""
-
-
-class RoundThroughLowPrecision(BaseLoader):
-    """ONNX model -> low-precision weights and activations rounded through ``precision``, fp32 kernels.
-
-    What a mixed-precision conversion stores in ``precision`` is rounded through it (a Cast pair to
-    ``precision`` and back): every float output of a low-precision node, for all its consumers; the
-    graph inputs and the outputs of ``fp32_nodes``, for their low-precision consumers only (the cast
-    at the boundary, where a pinned node's large result still overflows); float weights used only by
-    low-precision nodes are stored in ``precision``. Graph outputs (the probes) are left as computed;
-    the nodes that consume them inside the graph see them rounded.
-    ``subgraphs``: round inside Loop/If bodies too; otherwise a body is one unit rounded at its boundary.
-
-    A rounded node output keeps the node's name on its rounding Cast (the node itself becomes
-    ``<name>_unrounded``), so node-level comparisons, which align nodes by name, see what the
-    consumers see: an fp32 result that overflows only when stored shows up as inf at the node that
-    made it.
-
-    Two uses: the served bf16 engine (see the module docstring), and the calibration search's fp16
-    evaluator: fp16 storage between kernels and fp32 accumulation inside them is how TensorRT runs
-    fp16 layers, and ONNX Runtime's CPU provider runs it ~40x faster than ONNX's reference evaluator.
-    """
-
-    DTYPES = {"bf16": (ir.DataType.BFLOAT16, ml_dtypes.bfloat16), "fp16": (ir.DataType.FLOAT16, np.float16)}
-
-    def __init__(self, model, fp32_nodes: Iterable[str], precision: str = "bf16", subgraphs: bool = False):
-        super().__init__()
-        if precision not in self.DTYPES:
-            raise ValueError(f"precision must be one of {sorted(self.DTYPES)}, got {precision!r}")
-        self._model = model
-        self.fp32_nodes = set(fp32_nodes)
-        self.precision, self.subgraphs = precision, subgraphs
-
-    def call_impl(self) -> onnx.ModelProto:
-        proto, _ = util.invoke_if_callable(self._model)
-        # Element types of the intermediate tensors decide what is rounded; a graph without value_info
-        # would have none.
-        model = ir.from_proto(onnx.shape_inference.infer_shapes(proto))
-        graph = model.graph
-        graph_outputs = {id(v) for v in graph.outputs}
-        low, numpy_low = self.DTYPES[self.precision]
-        tag = self.precision
-
-        def in_scope(node: ir.Node) -> bool:
-            return node.graph is graph or self.subgraphs
-
-        def low_precision(node: ir.Node) -> bool:
-            return node.name not in self.fp32_nodes and node.op_type != "Cast" and in_scope(node)
-
-        def round_trip(value: ir.Value, name: str, after: ir.Node | None, owner: ir.Graph) -> ir.Value:
-            down = ir.node("Cast", [value], {"to": low}, name=f"{name}_to_{tag}")
-            up = ir.node("Cast", [down.outputs[0]], {"to": ir.DataType.FLOAT}, name=f"{name}_from_{tag}")
-            down.outputs[0].name = f"{name}_{tag}"
-            up.outputs[0].dtype, up.outputs[0].shape = ir.DataType.FLOAT, value.shape
-            if after is None:
-                owner.insert_before(next(iter(owner)), [down, up])
-            else:
-                owner.insert_after(after, [down, up])
-            return up.outputs[0]
-
-        for name, init in list(graph.initializers.items()):
-            users = [node for node, _ in init.uses()]
-            if init.dtype != ir.DataType.FLOAT or not users or not all(
-                low_precision(u) and u.graph is graph for u in users
-            ):
-                continue
-            stored = ir.Value(name=f"{name}_{tag}_weight", type=ir.TensorType(low), shape=init.shape,
-                              const_value=ir.tensor(init.const_value.numpy().astype(numpy_low)))
-            graph.register_initializer(stored)
-            up = ir.node("Cast", [stored], {"to": ir.DataType.FLOAT}, name=f"{name}_from_{tag}")
-            up.outputs[0].name, up.outputs[0].dtype, up.outputs[0].shape = f"{name}_fp32", ir.DataType.FLOAT, init.shape
-            graph.insert_before(next(iter(graph)), up)
-            init.replace_all_uses_with(up.outputs[0])
-            graph.initializers.pop(name)
-
-        def stored_low(value: ir.Value) -> bool:
-            return value.dtype == ir.DataType.FLOAT and id(value) not in graph_outputs and bool(value.uses())
-
-        # Fp32 values entering low-precision consumers: the graph inputs and the pinned nodes' outputs.
-        boundary = [(v, None, graph) for v in graph.inputs]
-        nodes = list(ir.traversal.RecursiveGraphIterator(graph) if self.subgraphs else graph)
-        for node in nodes:
-            if low_precision(node):
-                rounded = [v for v in node.outputs if stored_low(v)]
-                for value in rounded:
-                    uses, name = list(value.uses()), value.name
-                    value.name = f"{name}_unrounded"
-                    up = round_trip(value, name, node, node.graph)
-                    up.name = name
-                    for user, index in uses:
-                        user.replace_input_with(index, up)
-                if len(node.outputs) == 1 and rounded:
-                    up.producer().name, node.name = node.name, f"{node.name}_unrounded"
-                # A probe keeps its name and computed value; the nodes consuming it still see it stored.
-                boundary += [(v, node, node.graph) for v in node.outputs if id(v) in graph_outputs]
-            elif node.op_type != "Cast" and in_scope(node):
-                boundary += [(v, node, node.graph) for v in node.outputs]
-        for value, producer, owner in boundary:
-            uses = [(user, index) for user, index in value.uses() if low_precision(user)]
-            if value.dtype != ir.DataType.FLOAT or not uses:
-                continue
-            up = round_trip(value, value.name, producer, owner)
-            up.name = f"{value.name}_{tag}_fp32"
-            for user, index in uses:
-                user.replace_input_with(index, up)
-        return ir.to_proto(model)
-
-
-class WindowCalibrationReader(CalibrationDataReader):
-    """ORT's calibration reader over an iterable of float32 (B, 19, samples) batches."""
-
-    def __init__(self, batches: Iterable[np.ndarray]):
-        self._batches: Iterator[np.ndarray] = iter(batches)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        if batch is None:
-            return None
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 3 or batch.shape[1] != 19:
-            raise EngineBuildError(f"calibration batches must be (B, 19, samples) float32, got {batch.shape}")
-        return {INPUT_NAME: batch}
-
-
-class QuantizeStaticQDQ(BaseLoader):
-    """ONNX path -> int8 QDQ model, calibrated (MinMax) on ``batches``; ``fp32_nodes`` stay unquantised."""
-
-    def __init__(self, model_path: Path, batches: Iterable[np.ndarray], fp32_nodes: Iterable[str]):
-        super().__init__()
-        self.model_path = Path(model_path)
-        self.batches = batches
-        self.fp32_nodes = sorted(fp32_nodes)
-
-    def call_impl(self) -> onnx.ModelProto:
-        with tempfile.TemporaryDirectory(prefix="brr-int8-") as tmp:
-            out = Path(tmp) / "quantized.onnx"
-            quantize_static(
-                str(self.model_path), str(out), WindowCalibrationReader(self.batches),
-                quant_format=QuantFormat.QDQ, per_channel=True, op_types_to_quantize=list(QUANTIZED_OP_TYPES),
-                nodes_to_exclude=self.fp32_nodes,
-                # Only weights are worth int8 here: the scan's activation x activation MatMuls are not.
-                extra_options={"MatMulConstBOnly": True},
-            )
-            return onnx.load(str(out))
-
-
-def low_precision_model(model: onnx.ModelProto, fp32_nodes: Iterable[str], precision: str) -> onnx.ModelProto:
-    """The fp16/bf16 ONNX Runtime engine's graph of ``model`` with ``fp32_nodes`` computed and stored in fp32."""
-    return RoundThroughLowPrecision(model, fp32_nodes, precision, subgraphs=True)()
 
 
 def build_onnxruntime_engine(
