@@ -76,7 +76,7 @@ def openvino_stage_profile(engine_dir: Path, feed: dict) -> dict[str, float]:
     """
     import openvino as ov
 
-    from brr.export.engines.openvino import openvino_extensions
+    from brr.backends.openvino.loader import openvino_extensions
     from brr.export.manifest import read_manifest
     from brr.export.onnx_export import STAGES_FILE
 
@@ -99,7 +99,7 @@ def openvino_stage_profile(engine_dir: Path, feed: dict) -> dict[str, float]:
 def _measure(engine: str, source: str, inputs_path: str, batch: int, repeats: int, queue) -> None:
     """Child process: load the engine, time it, return timings, peak RSS and the logits."""
     try:
-        from brr.runtime.runners.torch import TorchRunner
+        from brr.backends.torch.runner import TorchRunner
 
         windows = np.load(inputs_path)
         if engine.startswith("torch"):

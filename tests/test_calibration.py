@@ -19,7 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 from brr.calibration import EdfBatches, PlanSearch, calibrate, node_flops
 from brr.calibration.run import PLAN_FILE, REPORT_JSON, REPORT_MD
 from brr.diff import SyntheticWindows, run_diff
-from brr.diff.engines import onnx_reference_engine, onnxruntime_runner
+from brr.backends.onnxrt.runner import onnxruntime_runner
+from brr.diff.engines import onnx_reference_engine
 from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError
 
 WINDOW = 64

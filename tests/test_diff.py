@@ -20,7 +20,8 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from torch import nn
 
 from brr.diff import SyntheticWindows, run_diff, validate, write_report
-from brr.diff.engines import lean_onnxruntime_runner, onnx_reference_engine, onnxruntime_runner
+from brr.backends.onnxrt.runner import lean_onnxruntime_runner, onnxruntime_runner
+from brr.diff.engines import onnx_reference_engine
 from brr.diff.localise import NodeLocaliser
 from brr.onnx.stages import node_stages
 

@@ -27,7 +27,7 @@ from onnx import helper, numpy_helper
 
 from brr.cli.diff import main as diff_main
 from brr.diff import SyntheticWindows, run_diff
-from brr.export.engines import build_engine
+from brr.backends import BACKENDS
 from brr.export.manifest import write_manifest
 from brr.export.onnx_export import MODEL_FILE, STAGES_FILE, OnnxExport, export_onnx
 from brr.model import build_detector, save_checkpoint
@@ -125,8 +125,8 @@ def build_planted_engine(directory: Path, model, export: OnnxExport, plants: lis
     write_manifest(reference_dir, backend="onnxruntime", precision="fp32", model_file=MODEL_FILE, pinned_nodes=[],
                    **common)
     engine_dir = directory / f"onnxruntime-{precision}-{export.ops}"
-    reference = OnnxExport(reference_dir, export.ops, export.opset)
-    built = build_engine(reference, engine_dir, "onnxruntime", precision, [], (1, 1, 1), model.config, list)
+    built = BACKENDS["onnxruntime"].build(reference_dir / MODEL_FILE, export.ops, engine_dir, precision, [], (1, 1, 1),
+                                          model.config, None)
     write_manifest(engine_dir, backend="onnxruntime", precision=precision, model_file=built.model_file,
                    pinned_nodes=[], fp32_reference=reference_dir, **common)
     return engine_dir

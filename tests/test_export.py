@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from brr.export.engines import build_engine
+from brr.backends import BACKENDS
 from brr.export.manifest import ManifestError, read_manifest, verify_manifest, write_manifest
 from brr.export.onnx_export import MODEL_FILE, export_onnx
 from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError
@@ -20,7 +20,8 @@ from brr.diff.verify import verify_engine
 from brr.onnx.stages import STAGE_METADATA_KEY, node_stages
 from brr.model import PROBE_NAMES, build_detector, save_checkpoint
 from brr.ops.selective_scan import native as selective_scan_native
-from brr.runtime.runners import TorchRunner, load_runner
+from brr.backends.torch.runner import TorchRunner
+from brr.runtime.runners import load_runner
 
 PARITY_ATOL = 1e-4
 
@@ -150,8 +151,9 @@ def test_export_is_deterministic(guarded, exports, tmp_path):
 def test_engines_run_and_error_is_bounded(exports, guarded, windows, tmp_path, backend, precision, bound):
     x, expected, _ = windows
     rng = np.random.default_rng(0)
-    built = build_engine(exports["standard"], tmp_path, backend, precision, [], (1, 1, 1), guarded.config,
-                         lambda: (rng.standard_normal((1, 19, 15360)).astype(np.float32) for _ in range(2)))
+    built = BACKENDS[backend].build(exports["standard"].model, "standard", tmp_path, precision, [], (1, 1, 1),
+                                    guarded.config, (rng.standard_normal((1, 19, 15360)).astype(np.float32)
+                                                     for _ in range(2)))
     write_manifest(tmp_path, source={}, config=guarded.config, backend=backend, precision=precision,
                    ops="standard", opset=18, model_file=built.model_file, pinned_nodes=built.pinned_nodes,
                    settings=built.settings)
@@ -167,7 +169,8 @@ def test_fp16_keeps_planned_nodes_in_fp32(exports, guarded, tmp_path):
     stages = json.loads(exports["standard"].stages.read_text())
     pinned = PrecisionPlan(fp32_stages=("edge_similarity",)).resolve(exports["standard"].model, stages)
     assert pinned and all(stages[n] == "edge_similarity" for n in pinned)
-    build_engine(exports["standard"], tmp_path, "onnxruntime", "fp16", pinned, (1, 1, 1), guarded.config, list)
+    BACKENDS["onnxruntime"].build(exports["standard"].model, "standard", tmp_path, "fp16", pinned, (1, 1, 1),
+                                  guarded.config, None)
     converted = onnx.load(str(tmp_path / MODEL_FILE))
     onnx.shape_inference.infer_shapes(converted, strict_mode=True)
     names = {n.name for n in converted.graph.node}
@@ -263,7 +266,8 @@ def test_diff_pairs_each_fp16_artifact_with_the_fp32_export_of_its_ops_mode(expo
     paths = []
     for ops, export in exports.items():
         engine_dir = tmp_path / f"fp16-{ops}"
-        built = build_engine(export, engine_dir, "onnxruntime", "fp16", [], (1, 1, 1), guarded.config, list)
+        built = BACKENDS["onnxruntime"].build(export.model, ops, engine_dir, "fp16", [], (1, 1, 1), guarded.config,
+                                              None)
         write_manifest(engine_dir, source={}, config=guarded.config, backend="onnxruntime", precision="fp16",
                        ops=ops, opset=18, model_file=built.model_file, pinned_nodes=built.pinned_nodes,
                        fp32_reference=export.directory)

@@ -16,8 +16,9 @@ from polygraphy.backend.trt import CreateConfig
 from brr.calibration.int8 import build_tensorrt_int8
 from brr.cli.export import main
 from brr.errors import EXIT_UNUSABLE
-from brr.export.engines.onnxruntime import EngineBuildError
-from brr.export.engines.tensorrt import (
+from brr.backends import EngineBuildError
+from brr.backends.trt.debug import TensorRTDebugStatistics
+from brr.backends.trt.loader import (
     CALIBRATION_CACHE_FILE,
     TIMING_CACHE_FILE,
     NetworkEdits,
@@ -33,7 +34,6 @@ from brr.export.engines.tensorrt import (
     profile_shapes,
     unfused_debug_supported,
 )
-from brr.export.engines.tensorrt_debug import TensorRTDebugStatistics
 from brr.export.manifest import write_manifest
 from brr.model import build_detector, resolve_config, save_checkpoint
 

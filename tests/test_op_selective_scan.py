@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from brr.export.engines.onnxruntime import EngineBuildError
+from brr.backends import EngineBuildError
 from brr.ops import registry
 from brr.ops.selective_scan import native, selective_scan, ssd_chunked, ssd_recurrent
 from brr.ops.selective_scan.onnx import INPUT_NAMES
@@ -229,7 +229,7 @@ def test_reference_switch_and_missing_native_fall_back_to_the_reference(monkeypa
         native.require()
     with pytest.raises(native.NativeKernelMissing, match="not built"):
         registry.openvino_extension()
-    from brr.export.engines.openvino import openvino_extensions
+    from brr.backends.openvino.loader import openvino_extensions
 
     with pytest.raises(EngineBuildError, match="plugin-mode export needs brr's extension"):
         openvino_extensions("plugin")

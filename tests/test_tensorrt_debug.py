@@ -22,16 +22,11 @@ from test_diff import WINDOW, CosineNet, export_pair
 from test_export_cli_tensorrt import FakeLayer, FakeNetwork
 
 from brr.diff import SyntheticWindows, run_diff, validate
-from brr.diff.engines import Engine, OnnxReferenceRunner, lean_onnxruntime_runner, onnxruntime_runner
+from brr.backends.onnx_reference import OnnxReferenceRunner
+from brr.backends.onnxrt.runner import lean_onnxruntime_runner, onnxruntime_runner
+from brr.diff.engines import Engine, artifact_engine
 from brr.diff.localise import NodeLocaliser
-from brr.export.engines.tensorrt import (
-    TIMING_CACHE_FILE,
-    NetworkEdits,
-    TensorRTBuild,
-    edit_network,
-    tensorrt_engine_for_diff,
-)
-from brr.export.engines.tensorrt_debug import (
+from brr.backends.trt.debug import (
     CudaBuffer,
     DebugTensorRanges,
     TensorRTDebugStatistics,
@@ -40,6 +35,7 @@ from brr.export.engines.tensorrt_debug import (
     debug_tensor_view,
     output_ranges,
 )
+from brr.backends.trt.loader import TIMING_CACHE_FILE, NetworkEdits, TensorRTBuild, edit_network
 from brr.export.manifest import write_manifest
 from brr.model import resolve_config
 from brr.onnx.statistics import ObservedRanges, TensorRange, instrument, read_ranges, tensor_range
@@ -273,7 +269,7 @@ def test_diff_reads_a_tensorrt_artifact_by_debug_tensors_with_its_own_build(cosi
     fp32, _ = cosine
     path = tmp_path / "tensorrt-fp16-plugin"
     manifest = tensorrt_artifact(path, "fp16", ["node_pow_1", "node_sqrt"], {TIMING_CACHE_FILE: b"timings"})
-    engine = tensorrt_engine_for_diff(path, manifest, "served-runner", fp32, None)
+    engine = artifact_engine(path, manifest, "served-runner", fp32, None)
     assert engine.localisable and engine.node_level_note is None and engine.runner == "served-runner"
     statistics = engine.tensor_statistics
     assert isinstance(statistics, TensorRTDebugStatistics) and statistics.model is fp32
@@ -288,13 +284,13 @@ def test_diff_reads_a_tensorrt_artifact_by_debug_tensors_with_its_own_build(cosi
 def test_diff_says_why_a_tensorrt_artifact_is_not_localised(cosine, tmp_path):
     fp32, _ = cosine
     old = tmp_path / "old"
-    engine = tensorrt_engine_for_diff(old, tensorrt_artifact(old, "fp16", [], {}), None, fp32, None)
+    engine = artifact_engine(old, tensorrt_artifact(old, "fp16", [], {}), None, fp32, None)
     assert engine.localisable and "no timing.cache" in engine.node_level_note
     int8 = tmp_path / "int8"
-    engine = tensorrt_engine_for_diff(int8, tensorrt_artifact(int8, "int8", [], {}), None, fp32, None)
+    engine = artifact_engine(int8, tensorrt_artifact(int8, "int8", [], {}), None, fp32, None)
     assert not engine.localisable and "without its int8.cache" in engine.node_level_note
     alone = tmp_path / "alone"
-    engine = tensorrt_engine_for_diff(alone, tensorrt_artifact(alone, "fp16", [], {}), None, None,
+    engine = artifact_engine(alone, tensorrt_artifact(alone, "fp16", [], {}), None, None,
                                       "its manifest names no fp32 ONNX it was built from")
     assert not engine.localisable and engine.node_level_note.endswith("names no fp32 ONNX it was built from")
 
@@ -321,9 +317,9 @@ def reading(monkeypatch, unfused_supported: bool) -> list:
         runs.append((engine, unfused))
         return {name: TensorRange(1.0, 1.0, 1.0, 1) for name in list(names)[:1]}, {"probe": np.ones(2, np.float32)}
 
-    monkeypatch.setattr("brr.export.engines.tensorrt_debug.import_tensorrt",
+    monkeypatch.setattr("brr.backends.trt.debug.import_tensorrt",
                         lambda: type("tensorrt", (), {"INetworkDefinition": network}))
-    monkeypatch.setattr("brr.export.engines.tensorrt_debug.run_with_listener", run)
+    monkeypatch.setattr("brr.backends.trt.debug.run_with_listener", run)
     return runs
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import onnx
 
+from brr.backends.trt.loader import CALIBRATION_CACHE_FILE, TensorRTBuild, engine_loader, import_tensorrt
 from brr.calibration.windows import EdfBatches
 from brr.onnx.quantize import QuantizeStaticQDQ
-from brr.export.engines.tensorrt import CALIBRATION_CACHE_FILE, TensorRTBuild, engine_loader, import_tensorrt
 from brr.export.onnx_export import MODEL_FILE
 
 TENSORRT_ENGINE_FILE = "model.int8.engine"

@@ -23,18 +23,18 @@ from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
 
 from brr.atomic import atomic_write_text
+from brr.backends.trt.loader import CALIBRATION_CACHE_FILE, TensorRTUnavailable
 from brr.calibration.flops import flop_share, node_flops
 from brr.calibration.int8 import build_tensorrt_int8, quantize_onnxruntime
 from brr.calibration.search import REDUCED_PRECISIONS, PlanSearch
 from brr.calibration.speed import compare_latency
 from brr.calibration.windows import EdfBatches
 from brr.diff import AdversarialWindows, ChainedWindows, EdfWindows, run_diff
-from brr.diff.engines import onnxruntime_engine, onnxruntime_runner
+from brr.backends.onnxrt.runner import onnxruntime_runner
+from brr.diff.engines import onnxruntime_engine
 from brr.diff.inputs import WindowLoader
 from brr.errors import UsageError
-from brr.export.engines import TensorRTUnavailable
 from brr.onnx.precision import low_precision_model
-from brr.export.engines.tensorrt import CALIBRATION_CACHE_FILE
 from brr.export.onnx_export import MODEL_FILE, export_onnx
 from brr.export.precision_plan import PrecisionPlan
 from brr.model import DetectorConfig, V3Detector, load_checkpoint, resolve_config

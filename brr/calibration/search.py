@@ -46,8 +46,9 @@ import numpy as np
 import onnx
 from polygraphy.logger import G_LOGGER
 
+from brr.backends.onnxrt.runner import lean_onnxruntime_runner, onnxruntime_runner
 from brr.diff.compare import TensorStats, reference_spectrum
-from brr.diff.engines import Engine, lean_onnxruntime_runner, onnxruntime_engine, onnxruntime_runner
+from brr.diff.engines import Engine, onnxruntime_engine
 from brr.diff.localise import NodeLocaliser
 from brr.diff.results import InputResult
 from brr.diff.run import compare_outputs

@@ -8,7 +8,7 @@ import time
 import onnx
 from polygraphy.logger import G_LOGGER
 
-from brr.diff.engines import onnxruntime_runner
+from brr.backends.onnxrt.runner import onnxruntime_runner
 
 
 def onnxruntime_latency(model: onnx.ModelProto, feeds: list[dict], repeats: int = 3, name: str = "model") -> dict:

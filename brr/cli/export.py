@@ -7,12 +7,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from brr.backends import BACKEND_CHOICES
+from brr.backends.trt.loader import parse_batch_range
 from brr.cli.common import debug_parent, run_main
 from brr.diff.verify import verify_engine
 from brr.errors import EXIT_FAILED
 from brr.export.artifact import ExportRequest, export_artifacts
-from brr.export.engines import BACKEND_CHOICES
-from brr.export.engines.tensorrt import parse_batch_range
 from brr.model import load_checkpoint
 from brr.ops.registry import OPS_MODES
 

@@ -11,35 +11,20 @@ fp32 artifact given beside it, else the one its manifest names.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
 
+from brr.backends import BACKENDS, EngineBuildError, TensorStatistics
+from brr.backends.onnx_reference import OnnxReferenceRunner
+from brr.backends.onnxrt.runner import lean_onnxruntime_runner, onnxruntime_runner
 from brr.errors import InputError
 from brr.export.manifest import fp32_reference, verify_manifest
-from brr.onnx.edit import topologically_sorted
-from brr.onnx.statistics import ObservedRanges
 from brr.runtime.runners import load_runner
-from brr.runtime.runners.onnxruntime import onnxruntime_runner
-
-
-class TensorStatistics(Protocol):
-    """Engine-side tensor statistics read by the backend itself (TensorRT debug tensors), for backends
-    whose engine is not the ONNX graph node for node.
-
-    ``materialise=False`` reads the engine as built: a tensor it computes without storing (fused) is
-    absent from the result. ``materialise=True`` makes every named tensor observable, even where that
-    changes what the backend fuses. ``ObservedRanges.method`` says which way was taken.
-    """
-
-    def __call__(self, names: list[str], feed: dict, materialise: bool = False) -> ObservedRanges: ...
 
 
 class ArtifactError(InputError):
@@ -65,9 +50,6 @@ class Engine:
         return self.onnx_model is not None and self.fp32_model is not None and self.runner_for is not None
 
 
-lean_onnxruntime_runner = functools.partial(onnxruntime_runner, lean=True)
-
-
 def onnxruntime_engine(model: onnx.ModelProto | str | Path, fp32_model: onnx.ModelProto | str | Path | None = None,
                        name: str | None = None, precision: str = "fp32") -> Engine:
     """An ONNX Runtime CPU engine of ``model``; ``fp32_model`` (its fp32 source) enables node level."""
@@ -77,37 +59,6 @@ def onnxruntime_engine(model: onnx.ModelProto | str | Path, fp32_model: onnx.Mod
     note = None if fp32 is not None else "no fp32 ONNX graph of this engine was given: compared at its probes only"
     return Engine(name, onnxruntime_runner(model, name), precision, model, fp32, lean_onnxruntime_runner,
                   node_level_note=note)
-
-
-class OnnxReferenceRunner(BaseRunner):
-    """ONNX's numpy reference evaluator behind Polygraphy's runner interface.
-
-    Every node computes in its graph's dtype and rounds its output there, so an fp16-typed graph shows
-    the overflows and underflows of true fp16 arithmetic on any CPU. Slow: for small graphs.
-    """
-
-    def __init__(self, model: onnx.ModelProto, name: str | None = None):
-        super().__init__(name=name, prefix="onnx-reference-runner")
-        self.model = model
-        self.evaluator = None
-
-    def activate_impl(self):
-        from onnx.reference import ReferenceEvaluator
-
-        self.evaluator = ReferenceEvaluator(topologically_sorted(self.model))
-
-    def get_input_metadata_impl(self):
-        from polygraphy.backend.onnx.util import get_input_metadata
-
-        return get_input_metadata(self.model.graph)
-
-    def infer_impl(self, feed_dict):
-        names = [o.name for o in self.model.graph.output]
-        with np.errstate(all="ignore"):  # overflow to inf is what this runner is for
-            return dict(zip(names, self.evaluator.run(names, feed_dict)))
-
-    def deactivate_impl(self):
-        self.evaluator = None
 
 
 def onnx_reference_engine(model: onnx.ModelProto, fp32_model: onnx.ModelProto, name: str, precision: str) -> Engine:
@@ -122,25 +73,29 @@ def artifact_engines(paths: list[str | Path]) -> list[Engine]:
     given_fp32 = {m["ops"]: p for p, m in manifests.items() if m["precision"] == "fp32" and m["backend"] == "onnxruntime"}
     engines = []
     for path, manifest in manifests.items():
-        precision, backend = manifest["precision"], manifest["backend"]
         partner, why_not = (given_fp32[manifest["ops"]], None) if manifest["ops"] in given_fp32 else \
             fp32_reference(path, manifest)
         fp32 = _load(partner / manifest_model(partner)) if partner is not None else None
         runner = load_runner(path, probes=True, name=path.name, lean=True)
-        if backend == "onnxruntime":
-            note = None if fp32 is not None else f"node level skipped: {why_not}"
-            engines.append(Engine(path.name, runner, precision, _load(path / manifest["model_file"]), fp32,
-                                  lean_onnxruntime_runner, node_level_note=note))
-        elif backend == "tensorrt":
-            from brr.export.engines.tensorrt import tensorrt_engine_for_diff
-
-            engines.append(tensorrt_engine_for_diff(path, manifest, runner, fp32, why_not))
-        else:
-            engines.append(Engine(path.name, runner, precision, node_level_note=(
-                f"node level not available for {backend}: it compiles and fuses its own graph from the ONNX, so "
-                "its intermediate tensors are not the ONNX graph's; compared at its probes (export an ONNX "
-                "Runtime engine of the same precision to localise node by node)")))
+        engines.append(artifact_engine(path, manifest, runner, fp32, why_not))
     return engines
+
+
+def artifact_engine(path: Path, manifest: dict, runner: BaseRunner, fp32: onnx.ModelProto | None,
+                     why_not: str | None) -> Engine:
+    """The engine of one artifact: node level where its backend can run edited copies of its graph as it was
+    built, and the fp32 graph it was built from is at hand; else why not."""
+    backend, precision = BACKENDS[manifest["backend"]], manifest["precision"]
+    if backend.node_level_unavailable is not None:
+        return Engine(path.name, runner, precision, node_level_note=backend.node_level_unavailable)
+    if fp32 is None:
+        return Engine(path.name, runner, precision, node_level_note=f"node level skipped: {why_not}")
+    try:
+        edited = backend.edited_graphs(path, manifest, fp32)
+    except EngineBuildError as error:
+        return Engine(path.name, runner, precision, node_level_note=f"node level skipped: {error}")
+    return Engine(path.name, runner, precision, edited.graph, fp32, edited.runner_for,
+                  tensor_statistics=edited.tensor_statistics, node_level_note=edited.note)
 
 
 def manifest_model(directory: Path) -> str:

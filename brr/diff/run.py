@@ -24,8 +24,10 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.comparator import Comparator
 from polygraphy.logger import G_LOGGER
 
+from brr.backends.onnxrt.runner import lean_onnxruntime_runner
+from brr.backends.torch.runner import AUTOCAST_DTYPES, TorchRunner
 from brr.diff.compare import EigenspaceStats, SelectionStats, TensorStats, reference_spectrum
-from brr.diff.engines import Engine, artifact_engines, lean_onnxruntime_runner
+from brr.diff.engines import Engine, artifact_engines
 from brr.diff.inputs import WindowLoader
 from brr.diff.localise import NodeLocaliser
 from brr.diff.report import write_report
@@ -34,7 +36,6 @@ from brr.errors import UsageError
 from brr.model import PROBE_NAMES, V3Detector
 from brr.model.detector import OUTPUT_NAME
 from brr.resources import peak_rss_mb
-from brr.runtime.runners.torch import AUTOCAST_DTYPES, TorchRunner
 
 TORCH_ENGINE_PREFIX = "torch:"  # "torch:fp16", "torch:bf16": the reference under autocast
 # (atol, rtol) per engine precision: what the precision can hold over this network's stages.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brr.export.engines import build_engine, resolve_backend
+from brr.backends import resolve_backend
 from brr.export.manifest import write_manifest
 from brr.export.onnx_export import MODEL_FILE, STAGES_FILE, export_onnx
 from brr.export.precision_plan import PrecisionPlan, default_plan
@@ -29,6 +29,8 @@ from brr.model.checkpoint import WEIGHTS_FILE, file_sha256, read_checkpoint_meta
 CALIBRATION_WINDOWS = 8
 NO_PLAN = "none"  # --precision-plan none: no fp32 islands at all
 EDF_SUFFIXES = (".edf", ".bdf")
+# The fp32 reference is also the ONNX Runtime fp32 engine.
+REFERENCE_BACKEND = "onnxruntime"
 
 
 @dataclass(frozen=True)
@@ -101,25 +103,27 @@ def export_artifacts(request: ExportRequest, say: Callable[[str], None] = print)
     reference = export_onnx(model, request.out / f"onnx-{request.ops}", request.ops)
     seconds["onnx_export"] = time.perf_counter() - start
     common = {"source": source, "config": config, "ops": request.ops, "opset": reference.opset}
-    write_manifest(reference.directory, backend="onnxruntime", precision="fp32", model_file=MODEL_FILE,
+    write_manifest(reference.directory, backend=REFERENCE_BACKEND, precision="fp32", model_file=MODEL_FILE,
                    pinned_nodes=[], **common)
     say(f"fp32 ONNX ({request.ops} ops): {reference.model} in {seconds['onnx_export']:.1f} s")
 
     engine_dir = reference.directory
-    if not (backend == "onnxruntime" and request.engine == "fp32"):
+    if not (backend.name == REFERENCE_BACKEND and request.engine == "fp32"):
         stages = json.loads((reference.directory / STAGES_FILE).read_text())
         plan = engine_plan(request.precision_plan, request.engine)
-        pinned = plan.resolve(reference.model, stages) if backend != "openvino" else []
-        engine_dir = request.out / f"{backend}-{request.engine}-{request.ops}"
+        pinned = plan.resolve(reference.model, stages) if backend.applies_precision_plan else []
+        engine_dir = request.out / f"{backend.name}-{request.engine}-{request.ops}"
+        windows = (calibration_windows(request.calibration_data, config.window_samples)
+                   if request.engine == "int8" else None)
         start = time.perf_counter()
-        built = build_engine(reference, engine_dir, backend, request.engine, pinned, request.batch, config,
-                             lambda: calibration_windows(request.calibration_data, config.window_samples))
+        built = backend.build(reference.model, request.ops, engine_dir, request.engine, pinned, request.batch, config,
+                              windows)
         seconds["engine_build"] = time.perf_counter() - start
-        write_manifest(engine_dir, backend=backend, precision=request.engine, model_file=built.model_file,
-                       pinned_nodes=built.pinned_nodes, batch=request.batch if backend == "tensorrt" else None,
+        write_manifest(engine_dir, backend=backend.name, precision=request.engine, model_file=built.model_file,
+                       pinned_nodes=built.pinned_nodes, batch=request.batch if backend.batch_profile else None,
                        settings=built.settings, fp32_reference=reference.directory,
                        precision_plan=plan.describe(pinned) if plan.metadata or plan.source != "(none)" else None,
                        **common)
-        say(f"{backend} {request.engine} engine: {engine_dir} in {seconds['engine_build']:.1f} s")
+        say(f"{backend.name} {request.engine} engine: {engine_dir} in {seconds['engine_build']:.1f} s")
 
-    return ExportResult(reference.directory, engine_dir, backend, request.engine, seconds=seconds)
+    return ExportResult(reference.directory, engine_dir, backend.name, request.engine, seconds=seconds)

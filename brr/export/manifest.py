@@ -21,6 +21,7 @@ from typing import Any
 
 import brr
 from brr.atomic import atomic_write_text
+from brr.backends import BACKENDS
 from brr.errors import InputError
 from brr.model import PROBE_NAMES, PROBE_SHAPES, DetectorConfig
 from brr.model.checkpoint import file_sha256
@@ -28,7 +29,6 @@ from brr.model.detector import INPUT_NAME, OUTPUT_NAME
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 2
-BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 _VERSIONED_PACKAGES = ("torch", "onnx", "onnxscript", "onnx-ir", "onnxruntime", "onnxruntime-extensions",
                        "openvino", "polygraphy", "tensorrt")

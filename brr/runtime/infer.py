@@ -580,7 +580,7 @@ def load_engine(engine: str | os.PathLike, threads: int | None = None, device: s
     (a checkpoint directory runs on PyTorch; an exported engine's manifest names its backend and is
     checked, so a mismatched, tampered or unverified artifact is refused here)."""
     from brr.runtime.runners import load_runner
-    from brr.runtime.runners.torch import TorchRunner
+    from brr.backends.torch.runner import TorchRunner
 
     try:
         runner = load_runner(engine, probes=False, threads=threads, device=device,

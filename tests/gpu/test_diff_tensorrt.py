@@ -22,10 +22,12 @@ from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 from torch import nn
 
 from brr.diff import SyntheticWindows, artifact_engines, run_diff, validate
-from brr.diff.engines import Engine, lean_onnxruntime_runner, onnxruntime_runner
+from brr.backends.onnxrt.runner import lean_onnxruntime_runner, onnxruntime_runner
+from brr.backends.trt.debug import TensorRTDebugStatistics
+from brr.diff.engines import Engine
 from brr.diff.localise import NodeLocaliser
 from brr.export.artifact import ExportRequest, export_artifacts
-from brr.export.engines.tensorrt import (
+from brr.backends.trt.loader import (
     TIMING_CACHE_FILE,
     TensorRTBuild,
     TensorRTRebuild,
@@ -33,7 +35,6 @@ from brr.export.engines.tensorrt import (
     import_tensorrt,
     unfused_debug_supported,
 )
-from brr.export.engines.tensorrt_debug import TensorRTDebugStatistics
 from brr.model import PROBE_NAMES, build_detector, save_checkpoint
 
 WINDOW = 1920

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from brr.export.engines import build_engine
-from brr.export.engines.tensorrt import (
+from brr.backends import BACKENDS
+from brr.backends.trt.loader import (
     CALIBRATION_CACHE_FILE,
     TIMING_CACHE_FILE,
     TensorRTUnavailable,
@@ -35,8 +35,8 @@ def test_tensorrt_engine_builds_and_runs(tmp_path, ops, precision):
     model = build_detector("v3-small").eval()
     export = export_onnx(model, tmp_path / "onnx", ops)
     rng = np.random.default_rng(0)
-    built = build_engine(export, tmp_path / "trt", "tensorrt", precision, [], (1, 2, 3), model.config,
-                         lambda: [rng.standard_normal((1, 19, 15360)).astype(np.float32) for _ in range(2)])
+    built = BACKENDS["tensorrt"].build(export.model, ops, tmp_path / "trt", precision, [], (1, 2, 3), model.config,
+                                       [rng.standard_normal((1, 19, 15360)).astype(np.float32) for _ in range(2)])
     # What a rebuild for the diff needs to be this engine: its kernels' timings, and int8's scales.
     assert (tmp_path / "trt" / TIMING_CACHE_FILE).stat().st_size > 0
     assert (tmp_path / "trt" / CALIBRATION_CACHE_FILE).is_file() == (precision == "int8")

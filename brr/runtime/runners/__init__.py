@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from brr.backends import BACKENDS
+from brr.backends.torch.runner import TorchRunner
 from brr.export.manifest import (
     MANIFEST_FILE,
     ManifestError,
@@ -20,7 +22,6 @@ from brr.export.manifest import (
 )
 from brr.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_meta
 from brr.model.detector import INPUT_NAME, OUTPUT_NAME
-from brr.runtime.runners.torch import TorchRunner
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "ManifestError", "TorchRunner", "load_runner", "tuned_postprocess"]
 
@@ -56,18 +57,8 @@ def load_runner(path: str | Path, probes: bool = False, threads: int | None = No
         raise ManifestError(f"{path}: not the model file of the artifact in {directory}")
     if require_verified and (refusal := served_verification(directory, manifest)) is not None:
         raise ManifestError(refusal)
-    model = directory / manifest["model_file"]
-    outputs = None if probes else [OUTPUT_NAME]
-    backend = manifest["backend"]
-    if backend == "onnxruntime":
-        from brr.runtime.runners.onnxruntime import onnxruntime_runner
-        return onnxruntime_runner(model, name=name, device=device, threads=threads, outputs=outputs, lean=lean)
-    if backend == "openvino":
-        from brr.export.engines.openvino import openvino_extensions
-        from brr.runtime.runners.openvino import OpenVINORunner
-        return OpenVINORunner(model, manifest["settings"]["inference_precision"], threads=threads, name=name,
-                              outputs=outputs, extensions=openvino_extensions(manifest.get("ops", "standard")))
-    if backend == "tensorrt":
-        from brr.runtime.runners.tensorrt import tensorrt_runner
-        return tensorrt_runner(model, name=name, outputs=outputs)
-    raise ManifestError(f"{directory / MANIFEST_FILE}: unknown backend {backend!r}")
+    backend = BACKENDS.get(manifest["backend"])
+    if backend is None:
+        raise ManifestError(f"{directory / MANIFEST_FILE}: unknown backend {manifest['backend']!r}")
+    return backend.runner(directory / manifest["model_file"], manifest, probes=probes, name=name, device=device,
+                          threads=threads, lean=lean)

@@ -16,8 +16,8 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 
-from brr.model import PROBE_NAMES, V3Detector, load_checkpoint
-from brr.model.detector import INPUT_NAME, OUTPUT_NAME
+from brr.backends.torch.loader import DetectorFromCheckpoint
+from brr.model import INPUT_NAME, OUTPUT_NAME, PROBE_NAMES, V3Detector
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -26,7 +26,7 @@ class TorchRunner(BaseRunner):
     def __init__(self, model: V3Detector | str | Path, probes: bool = False, autocast: str | None = None,
                  device: str = "cpu", compile: bool = False, name: str | None = None):
         super().__init__(name=name, prefix="torch-runner")
-        self.source = model
+        self.source = model if isinstance(model, V3Detector) else DetectorFromCheckpoint(model)
         self.probes = probes
         if autocast is not None and autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast must be one of {sorted(AUTOCAST_DTYPES)}, got {autocast!r}")
@@ -37,7 +37,7 @@ class TorchRunner(BaseRunner):
         self.forward = None
 
     def activate_impl(self):
-        model = self.source if isinstance(self.source, V3Detector) else load_checkpoint(self.source)
+        model = self.source if isinstance(self.source, V3Detector) else self.source()
         self.model = model.to(self.device).eval()
         forward = lambda x: self.model(x, return_probes=True)  # noqa: E731
         self.forward = torch.compile(forward, dynamic=True) if self.compile else forward

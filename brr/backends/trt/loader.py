@@ -29,17 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
+from brr.backends.base import EngineBuildError
 from brr.errors import DependencyUnavailable
-from brr.export.engines.onnxruntime import EngineBuildError
-from brr.export.onnx_export import MODEL_FILE as ONNX_FILE
-from brr.export.onnx_export import OnnxExport
-from brr.model.detector import INPUT_NAME
+from brr.model import INPUT_NAME
 from brr.ops.registry import OP_PACKAGES
 
 MODEL_FILE = "model.engine"
 CALIBRATION_CACHE_FILE = "int8.cache"
 # Tactic timings of the export's build: a rebuild that loads them picks the same kernels for the same layers.
 TIMING_CACHE_FILE = "timing.cache"
+# The edited copy of the ONNX graph a rebuild parses (in a temporary folder).
+EDITED_ONNX_FILE = "edited.onnx"
 INSTALL_HINT = "install the GPU extras on a CUDA machine: pip install .[gpu]"
 # TensorRT 10 records the ONNX node(s) a layer came from in layer.metadata as "[ONNX Layer: <name>]".
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
@@ -213,8 +213,8 @@ def engine_loader(build: TensorRTBuild, onnx_path: Path, *, calibrator=None, loa
     return EngineBytesFromNetwork(network, config=config, save_timing_cache=saved), edits
 
 
-def build_tensorrt_engine(
-    reference: OnnxExport, directory: Path, precision: str, fp32_nodes: list[str],
+def build_engine(
+    onnx_path: Path, directory: Path, precision: str, fp32_nodes: list[str],
     batch: tuple[int, int, int], n_channels: int, window: int,
     calibration: Iterable[np.ndarray] | None = None,
 ) -> dict:
@@ -234,7 +234,7 @@ def build_tensorrt_engine(
     directory.mkdir(parents=True, exist_ok=True)
     for stale in (CALIBRATION_CACHE_FILE, TIMING_CACHE_FILE):  # a cache found there would be read, not made anew
         (directory / stale).unlink(missing_ok=True)
-    loader, edits = engine_loader(build, reference.model, calibrator=calibrator,
+    loader, edits = engine_loader(build, onnx_path, calibrator=calibrator,
                                   save_timing_cache=directory / TIMING_CACHE_FILE)
     SaveBytes(loader, str(directory / MODEL_FILE))()
     return {"device": "cuda", "fp32_layers": len(edits.fp32_layers),
@@ -263,7 +263,7 @@ class TensorRTRebuild:
 
         import_tensorrt()  # before any work
         with tempfile.TemporaryDirectory(prefix="brr-trt-") as tmp:
-            path = Path(tmp) / ONNX_FILE
+            path = Path(tmp) / EDITED_ONNX_FILE
             onnx.save(model, str(path))
             calibrator = None
             if self.calibration_cache is not None:
@@ -282,23 +282,3 @@ class TensorRTRebuild:
 
         engine, _ = self.engine_bytes(model)
         return TrtRunner(EngineFromBytes(engine), name=name)
-
-
-def tensorrt_engine_for_diff(path: Path, manifest: dict, runner, fp32_model, why_not: str | None):
-    """The diff's view of a TensorRT artifact: its runner; engine-side tensor statistics from TensorRT debug
-    tensors; marked copies of its fp32 ONNX built with exactly the engine's settings (``TensorRTRebuild``)."""
-    from brr.diff.engines import Engine
-    from brr.export.engines.tensorrt_debug import TensorRTDebugStatistics
-
-    precision = manifest["precision"]
-    if fp32_model is None:
-        return Engine(path.name, runner, precision, node_level_note=f"node level skipped: {why_not}")
-    try:
-        rebuild = TensorRTRebuild(TensorRTBuild.from_manifest(manifest), path)
-    except EngineBuildError as error:
-        return Engine(path.name, runner, precision, node_level_note=f"node level skipped: {error}")
-    note = None if rebuild.timing_cache is not None else (
-        f"{path.name} has no {TIMING_CACHE_FILE} (exported by an older brr-export): its node-level rebuilds may "
-        "choose other kernels than the engine under test; each run checks that it reproduces the engine's logits")
-    return Engine(path.name, runner, precision, fp32_model, fp32_model, rebuild.runner_for,
-                  tensor_statistics=TensorRTDebugStatistics(fp32_model, rebuild), node_level_note=note)

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from brr.export.engines.tensorrt import TensorRTRebuild, import_tensorrt, unfused_debug_supported
+from brr.backends.trt.loader import TensorRTRebuild, import_tensorrt, unfused_debug_supported
 from brr.onnx.statistics import ObservedRanges, TensorRange, tensor_range
 
 # TensorRT DataType names of the types a debug tensor's values can be read in; others (int8, fp8: stored

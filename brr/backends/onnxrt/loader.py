@@ -1,0 +1,101 @@
+"""ONNX Runtime engines (CPU execution provider) and the sessions that run them.
+
+An engine is a chain of Polygraphy loaders over the fp32 export (every probe an output), saved as the
+artifact's one ``model.onnx``:
+
+* fp16 and bf16: ``brr.onnx.precision.RoundThroughLowPrecision``: weights stored in the reduced
+  precision, every stored activation rounded through it by explicit Cast pairs, fp32 kernels.
+* int8: ``brr.onnx.quantize.QuantizeStaticQDQ`` on the given windows; standard-ops exports only.
+
+``SessionWithCustomOps`` makes every session (serving, the diff, calibration): brr's custom-op
+kernels are loaded when the graph has custom nodes. ``lean=True`` is for runs whose memory must stay
+bounded (the diff's marked and instrumented runs): no memory arena, so a session gives its peak back
+after each run, and the priority-based execution order, which keeps the graph's node order, so that
+statistics inserted after a node run as soon as its output exists (see ``brr.onnx.statistics``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from polygraphy.backend.base import BaseLoader
+from polygraphy.backend.onnx import OnnxFromPath, SaveOnnx
+
+from brr.backends.base import EngineBuildError
+from brr.onnx.precision import RoundThroughLowPrecision, low_precision_model
+from brr.onnx.quantize import QuantizeStaticQDQ
+from brr.ops.registry import load_ort_kernels
+
+MODEL_FILE = "model.onnx"
+DEVICE_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+# ONNX Runtime's own warnings (e.g. constant folding it skips) say nothing a user can act on.
+ERROR_SEVERITY = 3
+COMPUTES_IN = {"fp16": "fp32 kernels on fp16-rounded tensors", "bf16": "fp32 kernels on bf16-rounded tensors",
+               "int8": "int8 QDQ Conv/MatMul"}
+
+
+def has_custom_nodes(model: onnx.ModelProto) -> bool:
+    return any(node.domain not in STANDARD_DOMAINS for node in model.graph.node)
+
+
+class SessionWithCustomOps(BaseLoader):
+    """ONNX model (path or ModelProto) -> InferenceSession, brr's custom-op kernels loaded when needed."""
+
+    def __init__(self, model: str | Path | onnx.ModelProto, device: str = "cpu", threads: int | None = None,
+                 lean: bool = False, optimize: bool = True):
+        super().__init__()
+        if device not in DEVICE_PROVIDERS:
+            raise ValueError(f"device must be one of {sorted(DEVICE_PROVIDERS)}, got {device!r}")
+        if isinstance(model, onnx.ModelProto):
+            self.source: str | bytes = model.SerializeToString()
+            self.custom = has_custom_nodes(model)
+        else:
+            self.source = str(model)
+            self.custom = has_custom_nodes(onnx.load(self.source, load_external_data=False))
+        self.device, self.threads, self.lean, self.optimize = device, threads, lean, optimize
+
+    def call_impl(self) -> ort.InferenceSession:
+        providers = DEVICE_PROVIDERS[self.device]
+        if providers[0] not in ort.get_available_providers():
+            raise RuntimeError(f"onnxruntime has no {providers[0]} here; install the GPU extras: pip install .[gpu]")
+        options = ort.SessionOptions()
+        options.log_severity_level = ERROR_SEVERITY
+        if self.custom:
+            import onnxruntime_extensions
+
+            load_ort_kernels()
+            options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+        if self.lean:
+            options.enable_cpu_mem_arena = False
+            options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        if not self.optimize:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(self.source, options, providers=providers)
+
+
+def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str, fp32_nodes: list[str],
+                 calibration: Iterable[np.ndarray] | None = None) -> dict:
+    """Write ``model.onnx`` of ``precision`` into ``directory``; returns the settings the manifest records."""
+    if precision in RoundThroughLowPrecision.DTYPES:
+        converted = functools.partial(low_precision_model, OnnxFromPath(str(onnx_path))(), fp32_nodes, precision)
+    elif precision == "int8":
+        if ops != "standard":
+            raise EngineBuildError(
+                "int8 on ONNX Runtime needs --ops standard: ORT's calibrator cannot load the custom-op library"
+            )
+        if calibration is None:
+            raise EngineBuildError("int8 needs calibration windows (--calibration-data)")
+        converted = QuantizeStaticQDQ(onnx_path, calibration, fp32_nodes)
+    else:
+        raise EngineBuildError(f"ONNX Runtime engine precision must be fp16, bf16 or int8 here, got {precision!r}")
+    directory.mkdir(parents=True, exist_ok=True)
+    SaveOnnx(converted, str(directory / MODEL_FILE))()
+    return {"execution_provider": "CPUExecutionProvider", "computes_in": COMPUTES_IN[precision]}
