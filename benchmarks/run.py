@@ -77,11 +77,11 @@ def openvino_stage_profile(engine_dir: Path, feed: dict) -> dict[str, float]:
     import openvino as ov
 
     from brr.backends.openvino.loader import openvino_extensions
-    from brr.export.manifest import read_manifest
-    from brr.export.onnx_export import STAGES_FILE
+    from brr.artifact.files import STAGES_FILE, reference_folder
+    from brr.artifact.manifest import read_manifest
 
     manifest = read_manifest(engine_dir)
-    stages = json.loads((engine_dir.parent / f"onnx-{manifest['ops']}" / STAGES_FILE).read_text())
+    stages = json.loads((reference_folder(engine_dir.parent, manifest["ops"]) / STAGES_FILE).read_text())
     core = ov.Core()
     for extension in openvino_extensions(manifest["ops"]):
         core.add_extension(extension)
@@ -106,7 +106,7 @@ def _measure(engine: str, source: str, inputs_path: str, batch: int, repeats: in
             runner = TorchRunner(source, autocast="bf16" if engine == "torch-bf16" else None,
                                  compile=engine == "torch-compile")
         else:
-            from brr.runtime.runners import load_runner
+            from brr.artifact.load import load_runner
 
             runner = load_runner(source)
         with runner:

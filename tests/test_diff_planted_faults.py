@@ -28,8 +28,9 @@ from onnx import helper, numpy_helper
 from brr.cli.diff import main as diff_main
 from brr.diff import SyntheticWindows, run_diff
 from brr.backends import BACKENDS
-from brr.export.manifest import write_manifest
-from brr.export.onnx_export import MODEL_FILE, STAGES_FILE, OnnxExport, export_onnx
+from brr.artifact.manifest import write_manifest
+from brr.artifact.files import ONNX_FILE, STAGES_FILE
+from brr.export.onnx_export import OnnxExport, export_onnx
 from brr.model import build_detector, save_checkpoint
 from brr.onnx.stages import STAGE_METADATA_KEY
 from brr.onnx.statistics import float_tensors
@@ -117,15 +118,15 @@ def build_planted_engine(directory: Path, model, export: OnnxExport, plants: lis
         fp32 = plant(fp32, tensor, pattern, stage, f"fault{index}", scale)
     reference_dir = directory / f"onnx-{export.ops}"
     reference_dir.mkdir(parents=True)
-    onnx.save(fp32, str(reference_dir / MODEL_FILE))
+    onnx.save(fp32, str(reference_dir / ONNX_FILE))
     stages = json.loads(export.stages.read_text()) | {n.name: next(p.value for p in n.metadata_props)
                                                         for n in fp32.graph.node if n.name.startswith("fault")}
     (reference_dir / STAGES_FILE).write_text(json.dumps(stages))
     common = {"source": {}, "config": model.config, "ops": export.ops, "opset": export.opset}
-    write_manifest(reference_dir, backend="onnxruntime", precision="fp32", model_file=MODEL_FILE, pinned_nodes=[],
+    write_manifest(reference_dir, backend="onnxruntime", precision="fp32", model_file=ONNX_FILE, pinned_nodes=[],
                    **common)
     engine_dir = directory / f"onnxruntime-{precision}-{export.ops}"
-    built = BACKENDS["onnxruntime"].build(reference_dir / MODEL_FILE, export.ops, engine_dir, precision, [], (1, 1, 1),
+    built = BACKENDS["onnxruntime"].build(reference_dir / ONNX_FILE, export.ops, engine_dir, precision, [], (1, 1, 1),
                                           model.config, None)
     write_manifest(engine_dir, backend="onnxruntime", precision=precision, model_file=built.model_file,
                    pinned_nodes=[], fp32_reference=reference_dir, **common)

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from brr.backends import BACKENDS
-from brr.export.manifest import ManifestError, read_manifest, verify_manifest, write_manifest
-from brr.export.onnx_export import MODEL_FILE, export_onnx
+from brr.artifact.manifest import ManifestError, read_manifest, verify_manifest, write_manifest
+from brr.artifact.files import ONNX_FILE
+from brr.export.onnx_export import export_onnx
 from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError
 from brr.diff.compare import reference_spectrum
 from brr.diff.run import compare_outputs
@@ -21,7 +22,7 @@ from brr.onnx.stages import STAGE_METADATA_KEY, node_stages
 from brr.model import PROBE_NAMES, build_detector, save_checkpoint
 from brr.ops.selective_scan import native as selective_scan_native
 from brr.backends.torch.runner import TorchRunner
-from brr.runtime.runners import load_runner
+from brr.artifact.load import load_runner
 
 PARITY_ATOL = 1e-4
 
@@ -33,7 +34,7 @@ def _model(**overrides):
 
 def _reference_manifest(export, model):
     write_manifest(export.directory, source={"checkpoint": "in-memory"}, config=model.config, backend="onnxruntime",
-                   precision="fp32", ops=export.ops, opset=export.opset, model_file=MODEL_FILE, pinned_nodes=[])
+                   precision="fp32", ops=export.ops, opset=export.opset, model_file=ONNX_FILE, pinned_nodes=[])
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,7 @@ def test_fp16_keeps_planned_nodes_in_fp32(exports, guarded, tmp_path):
     assert pinned and all(stages[n] == "edge_similarity" for n in pinned)
     BACKENDS["onnxruntime"].build(exports["standard"].model, "standard", tmp_path, "fp16", pinned, (1, 1, 1),
                                   guarded.config, None)
-    converted = onnx.load(str(tmp_path / MODEL_FILE))
+    converted = onnx.load(str(tmp_path / ONNX_FILE))
     onnx.shape_inference.infer_shapes(converted, strict_mode=True)
     names = {n.name for n in converted.graph.node}
     # Every other float-producing node computes in fp32 and stores through fp16 (its result is renamed
@@ -194,12 +195,12 @@ def test_precision_plan_refuses_unknown_nodes(exports, tmp_path):
 def test_tampered_artifact_is_refused(exports, tmp_path):
     copy = shutil.copytree(exports["standard"].directory, tmp_path / "artifact")
     verify_manifest(copy)
-    data = bytearray((copy / MODEL_FILE).read_bytes())
+    data = bytearray((copy / ONNX_FILE).read_bytes())
     data[-10] ^= 0xFF
-    (copy / MODEL_FILE).write_bytes(bytes(data))
-    with pytest.raises(ManifestError, match=f"{MODEL_FILE} does not match"):
+    (copy / ONNX_FILE).write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match=f"{ONNX_FILE} does not match"):
         load_runner(copy)
-    (copy / MODEL_FILE).unlink()
+    (copy / ONNX_FILE).unlink()
     with pytest.raises(ManifestError, match="missing"):
         verify_manifest(copy)
     with pytest.raises(ManifestError, match="no manifest.json"):
@@ -219,7 +220,7 @@ def test_verify_engine_runs_the_diff_and_keeps_its_report(exports, guarded, tmp_
     assert "pass" in result.summary()
     recorded = read_manifest(exports["standard"].directory)["verification"]
     assert recorded["passed"] and recorded["model_sha256"] == read_manifest(exports["standard"].directory)["files"][
-        MODEL_FILE]
+        ONNX_FILE]
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ from brr.backends.trt.loader import (
     profile_shapes,
     unfused_debug_supported,
 )
-from brr.export.manifest import write_manifest
+from brr.artifact.manifest import write_manifest
 from brr.model import build_detector, resolve_config, save_checkpoint
 
 

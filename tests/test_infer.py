@@ -32,7 +32,7 @@ from brr.data.synthetic import TUH_LABELS, plan_recording, write_recording
 from brr.model import build_detector, load_checkpoint, save_checkpoint
 from brr.output_folder import LOCK_FILE
 from brr.runtime import infer
-from brr.runtime.runners import tuned_postprocess
+from brr.artifact.load import tuned_postprocess
 from brr.runtime.infer import (
     DONE_SUFFIX,
     InferenceInterrupted,

@@ -15,8 +15,9 @@ import torch
 from brr.cli.infer import main as infer_main
 from brr.data.synthetic import write_corpus
 from brr.diff.verify import verify_engine
-from brr.export.manifest import MANIFEST_FILE, read_manifest, record_verification, rewrite_manifest, write_manifest
-from brr.export.onnx_export import MODEL_FILE, export_onnx
+from brr.artifact.manifest import read_manifest, record_verification, rewrite_manifest, write_manifest
+from brr.artifact.files import MANIFEST_FILE, ONNX_FILE
+from brr.export.onnx_export import export_onnx
 from brr.model import build_detector
 from brr.model.checkpoint import file_sha256
 
@@ -26,7 +27,7 @@ def _export(directory, seed: int):
     model = build_detector("v3-small").eval()
     export = export_onnx(model, directory, "standard")
     write_manifest(directory, source={}, config=model.config, backend="onnxruntime", precision="fp32",
-                   ops="standard", opset=export.opset, model_file=MODEL_FILE, pinned_nodes=[])
+                   ops="standard", opset=export.opset, model_file=ONNX_FILE, pinned_nodes=[])
     return model
 
 
@@ -74,9 +75,9 @@ def test_a_swapped_model_with_rewritten_hashes_is_refused(verified, tmp_path, ca
     """The manifest's file hashes (and its own digest) are rewritten to match the new model; the hash of
     the model that was verified is not, and says so."""
     copy = shutil.copytree(verified / "engine", tmp_path / "engine")
-    shutil.copy(verified / "other" / MODEL_FILE, copy / MODEL_FILE)
+    shutil.copy(verified / "other" / ONNX_FILE, copy / ONNX_FILE)
     manifest = read_manifest(copy)
-    manifest["files"][MODEL_FILE] = file_sha256(copy / MODEL_FILE)
+    manifest["files"][ONNX_FILE] = file_sha256(copy / ONNX_FILE)
     rewrite_manifest(copy, manifest)
     assert _infer(copy, verified, tmp_path / "out") == 2
     assert "is not the model that was verified" in capsys.readouterr().err

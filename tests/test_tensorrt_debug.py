@@ -36,7 +36,7 @@ from brr.backends.trt.debug import (
     output_ranges,
 )
 from brr.backends.trt.loader import TIMING_CACHE_FILE, NetworkEdits, TensorRTBuild, edit_network
-from brr.export.manifest import write_manifest
+from brr.artifact.manifest import write_manifest
 from brr.model import resolve_config
 from brr.onnx.statistics import ObservedRanges, TensorRange, instrument, read_ranges, tensor_range
 

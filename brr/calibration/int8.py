@@ -16,7 +16,7 @@ import onnx
 from brr.backends.trt.loader import CALIBRATION_CACHE_FILE, TensorRTBuild, engine_loader, import_tensorrt
 from brr.calibration.windows import EdfBatches
 from brr.onnx.quantize import QuantizeStaticQDQ
-from brr.export.onnx_export import MODEL_FILE
+from brr.artifact.files import ONNX_FILE as MODEL_FILE
 
 TENSORRT_ENGINE_FILE = "model.int8.engine"
 

@@ -35,7 +35,8 @@ from brr.diff.engines import onnxruntime_engine
 from brr.diff.inputs import WindowLoader
 from brr.errors import UsageError
 from brr.onnx.precision import low_precision_model
-from brr.export.onnx_export import MODEL_FILE, export_onnx
+from brr.artifact.files import ONNX_FILE as MODEL_FILE
+from brr.export.onnx_export import export_onnx
 from brr.export.precision_plan import PrecisionPlan
 from brr.model import DetectorConfig, V3Detector, load_checkpoint, resolve_config
 from brr.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, file_sha256

@@ -1,4 +1,4 @@
-"""``brr-export``: export a checkpoint to ONNX and build one engine (see :mod:`brr.export.artifact`)."""
+"""``brr-export``: export a checkpoint to ONNX and build one engine (see :mod:`brr.export.run`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from brr.backends.trt.loader import parse_batch_range
 from brr.cli.common import debug_parent, run_main
 from brr.diff.verify import verify_engine
 from brr.errors import EXIT_FAILED
-from brr.export.artifact import ExportRequest, export_artifacts
+from brr.export.run import ExportRequest, export_artifacts
 from brr.model import load_checkpoint
 from brr.ops.registry import OPS_MODES
 

@@ -19,6 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from brr.artifact.load import tuned_postprocess
+from brr.artifact.manifest import ManifestError
 from brr.cli.common import EXIT_INTERRUPTED, debug_parent, run_main
 from brr.data.quality import bad_channels_line
 from brr.runtime.infer import (
@@ -31,10 +33,8 @@ from brr.runtime.infer import (
     RecordingEntry,
     run_inference,
 )
-from brr.export.manifest import ManifestError
 from brr.model.checkpoint import CheckpointError
 from brr.runtime.postprocess import PostprocessConfig
-from brr.runtime.runners import tuned_postprocess
 
 DEFAULTS = InferenceSettings()
 POST = PostprocessConfig()
@@ -207,7 +207,8 @@ def print_summary(console: Console, summary: InferenceSummary) -> None:
 
 def describe_engine(console: Console, engine: str, allow_unverified: bool) -> None:
     """Say how the engine was verified; refusal itself happens when it is loaded."""
-    from brr.export.manifest import MANIFEST_FILE, verification_line
+    from brr.artifact.files import MANIFEST_FILE
+    from brr.artifact.manifest import verification_line
 
     if not (Path(engine) / MANIFEST_FILE).is_file():
         return

@@ -19,12 +19,13 @@ import onnx
 from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
 
+from brr.artifact.files import is_reference
+from brr.artifact.load import load_runner
+from brr.artifact.manifest import fp32_reference, verify_manifest
 from brr.backends import BACKENDS, EngineBuildError, TensorStatistics
 from brr.backends.onnx_reference import OnnxReferenceRunner
 from brr.backends.onnxrt.runner import lean_onnxruntime_runner, onnxruntime_runner
 from brr.errors import InputError
-from brr.export.manifest import fp32_reference, verify_manifest
-from brr.runtime.runners import load_runner
 
 
 class ArtifactError(InputError):
@@ -70,7 +71,7 @@ def artifact_engines(paths: list[str | Path]) -> list[Engine]:
     """Engines of ``brr-export`` artifact folders, each paired with its fp32 ONNX graph for node level:
     the fp32 artifact of the same ops mode among ``paths``, else the one the engine's manifest names."""
     manifests = {Path(p): verify_manifest(p) for p in paths}  # ManifestError names the folder and the problem
-    given_fp32 = {m["ops"]: p for p, m in manifests.items() if m["precision"] == "fp32" and m["backend"] == "onnxruntime"}
+    given_fp32 = {m["ops"]: p for p, m in manifests.items() if is_reference(m)}
     engines = []
     for path, manifest in manifests.items():
         partner, why_not = (given_fp32[manifest["ops"]], None) if manifest["ops"] in given_fp32 else \

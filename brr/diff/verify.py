@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from brr.artifact.manifest import record_verification
 from brr.diff.inputs import AdversarialWindows, ChainedWindows, SyntheticWindows
 from brr.diff.report import origin_sentences, write_report
 from brr.diff.results import DiffReport
 from brr.diff.run import run_diff
-from brr.export.manifest import record_verification
 
 
 @dataclass(frozen=True)

@@ -21,16 +21,13 @@ import onnx_ir as ir
 import torch
 from torch import nn
 
+from brr.artifact.files import ONNX_FILE, STAGES_FILE
 from brr.atomic import atomic_write_text
 from brr.errors import CheckFailed
 from brr.model import PROBE_NAMES, V3Detector
 from brr.model.detector import INPUT_NAME
 from brr.onnx.stages import NAME_SCOPES_KEY, WRAPPED_MODULE, tag_stages
 from brr.ops.registry import ONNX_OPSET, OPS_MODES, translation_table
-
-MODEL_FILE = "model.onnx"
-STAGES_FILE = "model.stages.json"
-
 
 class ExportError(CheckFailed):
     """The exported graph failed a check; the message names the file and the check."""
@@ -46,7 +43,7 @@ class OnnxExport:
 
     @property
     def model(self) -> Path:
-        return self.directory / MODEL_FILE
+        return self.directory / ONNX_FILE
 
     @property
     def stages(self) -> Path:

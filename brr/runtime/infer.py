@@ -576,10 +576,10 @@ class PerSecondProbabilities:
 
 def load_engine(engine: str | os.PathLike, threads: int | None = None, device: str = "cpu",
                 allow_unverified: bool = False) -> Any:
-    """The runner for ``engine``: :func:`brr.runtime.runners.load_runner` decides from the artifact
+    """The runner for ``engine``: :func:`brr.artifact.load.load_runner` decides from the artifact
     (a checkpoint directory runs on PyTorch; an exported engine's manifest names its backend and is
     checked, so a mismatched, tampered or unverified artifact is refused here)."""
-    from brr.runtime.runners import load_runner
+    from brr.artifact.load import load_runner
     from brr.backends.torch.runner import TorchRunner
 
     try:

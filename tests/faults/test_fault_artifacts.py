@@ -23,10 +23,11 @@ from brr.cli.calibrate import main as calibrate_main
 from brr.cli.diff import main as diff_main
 from brr.cli.export import main as export_main
 from brr.cli.infer import main as infer_main
-from brr.export.manifest import MANIFEST_FILE, ManifestError
+from brr.artifact.files import MANIFEST_FILE
+from brr.artifact.manifest import ManifestError
 from brr.model import CheckpointError, build_detector, load_checkpoint
 from brr.model.checkpoint import meta_digest
-from brr.runtime.runners import load_runner
+from brr.artifact.load import load_runner
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors")
 FLIPS_PER_FILE = 16

@@ -26,7 +26,7 @@ from brr.backends.onnxrt.runner import lean_onnxruntime_runner, onnxruntime_runn
 from brr.backends.trt.debug import TensorRTDebugStatistics
 from brr.diff.engines import Engine
 from brr.diff.localise import NodeLocaliser
-from brr.export.artifact import ExportRequest, export_artifacts
+from brr.export.run import ExportRequest, export_artifacts
 from brr.backends.trt.loader import (
     TIMING_CACHE_FILE,
     TensorRTBuild,

@@ -13,10 +13,10 @@ from brr.backends.trt.loader import (
     TensorRTUnavailable,
     import_tensorrt,
 )
-from brr.export.manifest import write_manifest
+from brr.artifact.manifest import write_manifest
 from brr.export.onnx_export import export_onnx
 from brr.model import build_detector
-from brr.runtime.runners import load_runner
+from brr.artifact.load import load_runner
 
 try:
     import_tensorrt()

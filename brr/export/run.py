@@ -1,11 +1,7 @@
 """What ``brr-export`` builds: the fp32 reference ONNX, then the requested engine, with manifests.
 
-Layout under ``out``::
-
-    onnx-<ops>/                    the fp32 reference (also the ONNX Runtime fp32 engine): model.onnx,
-                                   model.stages.json, manifest.json
-    <backend>-<precision>-<ops>/   the engine and its manifest (absent for onnxruntime fp32); the
-                                   manifest names the fp32 reference it was built from
+The folders are ``brr.artifact.files``'s: ``onnx-<ops>/`` (the reference), then
+``<backend>-<precision>-<ops>/`` unless the engine asked for is the reference itself (ONNX Runtime fp32).
 """
 
 from __future__ import annotations
@@ -19,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from brr.artifact.files import ONNX_FILE, REFERENCE_BACKEND, STAGES_FILE, engine_folder, reference_folder
+from brr.artifact.manifest import write_manifest
 from brr.backends import resolve_backend
-from brr.export.manifest import write_manifest
-from brr.export.onnx_export import MODEL_FILE, STAGES_FILE, export_onnx
+from brr.export.onnx_export import export_onnx
 from brr.export.precision_plan import PrecisionPlan, default_plan
 from brr.model import load_checkpoint
 from brr.model.checkpoint import WEIGHTS_FILE, file_sha256, read_checkpoint_meta
@@ -29,8 +26,6 @@ from brr.model.checkpoint import WEIGHTS_FILE, file_sha256, read_checkpoint_meta
 CALIBRATION_WINDOWS = 8
 NO_PLAN = "none"  # --precision-plan none: no fp32 islands at all
 EDF_SUFFIXES = (".edf", ".bdf")
-# The fp32 reference is also the ONNX Runtime fp32 engine.
-REFERENCE_BACKEND = "onnxruntime"
 
 
 @dataclass(frozen=True)
@@ -100,10 +95,10 @@ def export_artifacts(request: ExportRequest, say: Callable[[str], None] = print)
     seconds = {}
 
     start = time.perf_counter()
-    reference = export_onnx(model, request.out / f"onnx-{request.ops}", request.ops)
+    reference = export_onnx(model, reference_folder(request.out, request.ops), request.ops)
     seconds["onnx_export"] = time.perf_counter() - start
     common = {"source": source, "config": config, "ops": request.ops, "opset": reference.opset}
-    write_manifest(reference.directory, backend=REFERENCE_BACKEND, precision="fp32", model_file=MODEL_FILE,
+    write_manifest(reference.directory, backend=REFERENCE_BACKEND, precision="fp32", model_file=ONNX_FILE,
                    pinned_nodes=[], **common)
     say(f"fp32 ONNX ({request.ops} ops): {reference.model} in {seconds['onnx_export']:.1f} s")
 
@@ -112,7 +107,7 @@ def export_artifacts(request: ExportRequest, say: Callable[[str], None] = print)
         stages = json.loads((reference.directory / STAGES_FILE).read_text())
         plan = engine_plan(request.precision_plan, request.engine)
         pinned = plan.resolve(reference.model, stages) if backend.applies_precision_plan else []
-        engine_dir = request.out / f"{backend.name}-{request.engine}-{request.ops}"
+        engine_dir = engine_folder(request.out, backend.name, request.engine, request.ops)
         windows = (calibration_windows(request.calibration_data, config.window_samples)
                    if request.engine == "int8" else None)
         start = time.perf_counter()

@@ -1,9 +1,9 @@
-"""Runners: one Polygraphy runner interface over PyTorch checkpoints and every exported engine.
+"""A folder on disk as a runner: ``load_runner(path)`` is the one place that reads one and picks the runner.
 
-``load_runner(path)`` takes a checkpoint directory (PyTorch) or an artifact written by ``brr-export``
-(its directory or its model file); the artifact's manifest is verified first and decides the backend,
-precision and file, so callers never branch on the backend. Every runner takes ``{"eeg": (B, 19, N)}``
-and returns ``{"logits": ...}``, plus every probe of ``brr.model.PROBE_NAMES`` when ``probes=True``.
+``path`` is a checkpoint folder (run by PyTorch) or an artifact written by ``brr-export`` (its folder
+or its model file); the artifact's manifest is verified first and names the backend, precision and
+file, so callers never branch on the backend. Every runner takes ``{"eeg": (B, 19, N)}`` and returns
+``{"logits": ...}``, plus every probe of ``brr.model.PROBE_NAMES`` when ``probes=True``.
 """
 
 from __future__ import annotations
@@ -11,30 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from brr.artifact.files import MANIFEST_FILE, is_checkpoint
+from brr.artifact.manifest import ManifestError, read_manifest, served_verification, verify_manifest
 from brr.backends import BACKENDS
 from brr.backends.torch.runner import TorchRunner
-from brr.export.manifest import (
-    MANIFEST_FILE,
-    ManifestError,
-    read_manifest,
-    served_verification,
-    verify_manifest,
-)
-from brr.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_meta
-from brr.model.detector import INPUT_NAME, OUTPUT_NAME
-
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "ManifestError", "TorchRunner", "load_runner", "tuned_postprocess"]
-
-
-def _is_checkpoint(path: Path) -> bool:
-    return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+from brr.model.checkpoint import read_checkpoint_meta
 
 
 def tuned_postprocess(path: str | Path) -> dict[str, Any] | None:
     """The post-processing brr-train chose on validation data for this model (a checkpoint's
     ``training.postprocess``, carried into an artifact's manifest by brr-export), or None."""
     path = Path(path)
-    if _is_checkpoint(path):
+    if is_checkpoint(path):
         return read_checkpoint_meta(path).get("training", {}).get("postprocess")
     return read_manifest(path if path.is_dir() else path.parent).get("source", {}).get("postprocess")
 
@@ -44,10 +32,11 @@ def load_runner(path: str | Path, probes: bool = False, threads: int | None = No
     """A runner for a checkpoint directory or a checked brr-export artifact (directory or model file).
 
     It returns ``logits``, and every probe too when ``probes``. ``require_verified`` refuses an
-    artifact whose model did not pass its verification (see ``served_verification``).
+    artifact whose model did not pass its verification (see ``served_verification``). ``threads`` and
+    ``device`` go to the engine where its backend takes them; ``lean``: see ``Backend.runner``.
     """
     path = Path(path)
-    if _is_checkpoint(path):
+    if is_checkpoint(path):
         return TorchRunner(path, probes=probes, device=device, name=name)
     directory = path if path.is_dir() else path.parent
     if not (directory / MANIFEST_FILE).is_file():

@@ -2,9 +2,9 @@
 
 Written beside every artifact by ``write_manifest``; ``verify_manifest`` refuses (``ManifestError``)
 a directory whose files are missing or changed, or whose manifest was edited (it carries a digest of
-its own content). An artifact holds one model file,
-which is both served and diffed (every probe is an output of it). Verification against PyTorch fp32
-is recorded by ``record_verification``: the verdict and the sha256 of the model file it ran.
+its own content). An artifact holds one model file, which is both served and diffed (every probe
+is an output of it). Verification against PyTorch fp32 is recorded by ``record_verification``: the
+verdict and the sha256 of the model file it ran.
 ``served_verification`` is what a runtime checks before serving: a model that failed, was never
 verified, or is not the file that was verified (replaced, and the file hashes rewritten to match)
 is refused, unless the caller allows it explicitly.
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import brr
+from brr.artifact.files import MANIFEST_FILE, is_reference
 from brr.atomic import atomic_write_text
 from brr.backends import BACKENDS
 from brr.errors import InputError
@@ -27,7 +28,6 @@ from brr.model import PROBE_NAMES, PROBE_SHAPES, DetectorConfig
 from brr.model.checkpoint import file_sha256
 from brr.model.detector import INPUT_NAME, OUTPUT_NAME
 
-MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 2
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 _VERSIONED_PACKAGES = ("torch", "onnx", "onnxscript", "onnx-ir", "onnxruntime", "onnxruntime-extensions",
@@ -175,7 +175,7 @@ def served_verification(directory: str | Path, manifest: dict[str, Any]) -> str 
 def fp32_reference(directory: str | Path, manifest: dict[str, Any]) -> tuple[Path | None, str | None]:
     """The fp32 ONNX artifact an engine was built from, checked, or (None, why it cannot be used)."""
     reference = manifest.get("fp32_reference")
-    if manifest["precision"] == "fp32":
+    if is_reference(manifest):
         return Path(directory), None
     if not reference:
         return None, "its manifest names no fp32 ONNX it was built from"
