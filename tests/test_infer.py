@@ -38,20 +38,14 @@ from brr.runtime.infer import (
     InferenceInterrupted,
     InferenceSettings,
     InferenceUsageError,
-    PerSecondProbabilities,
-    SegmentedEventDetector,
     find_recordings,
     model_windows,
     predict_probabilities,
     run_inference,
 )
-from brr.runtime.postprocess import (
-    PostprocessConfig,
-    downsample_probabilities,
-    load_probabilities_npz,
-    probabilities_to_events,
-)
-from brr.runtime.scoring import aggregate_scores, score_events
+from brr.events.postprocess import PostprocessConfig, SegmentedEventDetector, probabilities_to_events
+from brr.events.probabilities import PerSecondProbabilities, downsample_probabilities, load_probabilities_npz
+from brr.events.scoring import aggregate_scores, score_events
 
 WINDOW = 15360
 STRIDE = 60  # one window per minute keeps the real-model tests to a few windows per recording

@@ -2,13 +2,11 @@ import numpy as np
 import pytest
 
 from brr.data.annotations import SeizureEvent
-from brr.runtime.postprocess import (
-    PostprocessConfig,
+from brr.events.postprocess import PostprocessConfig, hysteresis, probabilities_to_events
+from brr.events.probabilities import (
     Stitcher,
     downsample_probabilities,
-    hysteresis,
     load_probabilities_npz,
-    probabilities_to_events,
     save_probabilities_npz,
     stitch_windows,
 )

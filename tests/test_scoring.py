@@ -3,7 +3,7 @@ from timescoring.annotations import Annotation
 from timescoring.scoring import EventScoring, SampleScoring
 
 from brr.data.annotations import SeizureEvent as E
-from brr.runtime.scoring import aggregate_scores, score_events
+from brr.events.scoring import aggregate_scores, score_events
 
 REF = [E(100.0, 160.0), E(1000.0, 1100.0)]
 

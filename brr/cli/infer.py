@@ -23,6 +23,7 @@ from brr.artifact.load import tuned_postprocess
 from brr.artifact.manifest import ManifestError
 from brr.cli.common import EXIT_INTERRUPTED, debug_parent, run_main
 from brr.data.quality import bad_channels_line
+from brr.events.postprocess import PostprocessConfig
 from brr.runtime.infer import (
     OUTPUT_FORMATS,
     SUMMARY_FILE,
@@ -34,7 +35,6 @@ from brr.runtime.infer import (
     run_inference,
 )
 from brr.model.checkpoint import CheckpointError
-from brr.runtime.postprocess import PostprocessConfig
 
 DEFAULTS = InferenceSettings()
 POST = PostprocessConfig()

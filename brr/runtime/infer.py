@@ -11,10 +11,10 @@ One recording, in bounded memory whatever its length:
    end of the recording (so the model never sees padding) unless the recording is shorter than a
    window, in which case it is zero-padded and the padding masked out.
 3. Windows are batched across the recording and run on the engine; sigmoid(logits) of overlapping
-   windows are averaged by :class:`~brr.runtime.postprocess.Stitcher`.
-4. :class:`SegmentedEventDetector` runs :func:`~brr.runtime.postprocess.probabilities_to_events` on
-   stretches of the trace cut inside long quiet runs, which gives exactly the events of the whole
-   trace without holding it; :class:`PerSecondProbabilities` bins the trace for ``--save-probabilities``.
+   windows are averaged by :class:`~brr.events.probabilities.Stitcher`.
+4. :class:`~brr.events.postprocess.SegmentedEventDetector` gives the events of the whole trace without
+   holding it; :class:`~brr.events.probabilities.PerSecondProbabilities` bins the trace for
+   ``--save-probabilities``.
 5. Outputs ``<name>.csv_bi``, ``<name>_events.tsv``, ``<name>_events.json`` (and
    ``<name>_probabilities.npz``) are written atomically, then the done-marker ``<name>.done.json``
    (settings fingerprint, events, SHA-256 of each output) last, also atomically.
@@ -81,15 +81,11 @@ from brr.data.recording import WINDOW_S
 from brr.errors import CheckFailed, UsageError
 from brr.output_folder import OutputLock, check_output_folder, prepare_output_folder, remove_stale_temporaries
 from brr.runtime.executors import make_executor
-from brr.runtime.postprocess import (
-    PostprocessConfig,
-    Stitcher,
-    downsample_probabilities,
-    probabilities_to_events,
-)
+from brr.events.postprocess import PostprocessConfig, SegmentedEventDetector
+from brr.events.probabilities import PerSecondProbabilities, Stitcher
+from brr.events.scoring import aggregate_scores, score_events
 from brr.model.detector import INPUT_NAME, OUTPUT_NAME
 from brr.model.checkpoint import file_sha256
-from brr.runtime.scoring import aggregate_scores, score_events
 
 __all__ = [
     "DONE_SUFFIX",
@@ -102,12 +98,10 @@ __all__ = [
     "InferenceSummary",
     "InferenceUsageError",
     "ModelWindow",
-    "PerSecondProbabilities",
     "ProgressListener",
     "RecordingEntry",
     "RecordingJob",
     "RecordingWorker",
-    "SegmentedEventDetector",
     "find_recordings",
     "load_engine",
     "model_windows",
@@ -461,114 +455,6 @@ def predict_probabilities(
     if batch:
         yield from run_batch()
     yield stitcher.finish()
-
-
-class SegmentedEventDetector:
-    """:func:`probabilities_to_events` over a streamed trace, holding only the stretch since the last cut.
-
-    The trace is cut in the middle of a run of at least ``quiet_samples`` samples that are all
-    below ``leave``. Every step of the post-processing is then unaffected by the cut: hysteresis is
-    off there, morphology reaches less than half the run, the gap to any event on the other side is
-    longer than ``merge_gap_s``, and durations and confidences use the same samples. So the events
-    are those of the whole trace; a trace that never goes quiet is simply held whole.
-    """
-
-    def __init__(self, config: PostprocessConfig, min_segment_samples: int = 600 * TARGET_RATE) -> None:
-        self.config = config
-        self.quiet_samples = (int(np.ceil(config.merge_gap_s * config.fs))
-                              + 2 * max(config.opening_samples, config.closing_samples) + 2)
-        self.min_segment_samples = max(min_segment_samples, self.quiet_samples)
-        self.events: list[SeizureEvent] = []
-        self._pending: list[np.ndarray] = []
-        self._pending_samples = 0
-        self._offset = 0  # sample index of the first pending sample
-        self._next_attempt = self.min_segment_samples
-
-    @property
-    def held_samples(self) -> int:
-        """Samples of the trace held now (since the last cut)."""
-        return self._pending_samples
-
-    def add(self, chunk: np.ndarray) -> None:
-        if chunk.size == 0:
-            return
-        self._pending.append(chunk)
-        self._pending_samples += chunk.size
-        if self._pending_samples >= self._next_attempt:
-            self._cut()
-
-    def finish(self) -> list[SeizureEvent]:
-        if self._pending_samples:
-            self._process(np.concatenate(self._pending))
-            self._pending, self._pending_samples = [], 0
-        return self.events
-
-    def _cut(self) -> None:
-        trace = np.concatenate(self._pending)
-        # Same comparison as the hysteresis: the threshold cast to the trace's dtype.
-        quiet = np.concatenate(([False], trace < trace.dtype.type(self.config.leave), [False]))
-        edges = np.flatnonzero(quiet[1:] != quiet[:-1]).reshape(-1, 2)
-        long_runs = edges[edges[:, 1] - edges[:, 0] >= self.quiet_samples]
-        if long_runs.size == 0:
-            self._pending = [trace]
-            self._next_attempt = self._pending_samples + self.min_segment_samples
-            return
-        start, stop = long_runs[-1]
-        cut = int((start + stop) // 2)
-        self._process(trace[:cut])
-        rest = trace[cut:].copy()
-        self._pending, self._pending_samples = [rest], rest.size
-        self._next_attempt = rest.size + self.min_segment_samples
-
-    def _process(self, segment: np.ndarray) -> None:
-        fs = self.config.fs
-        for event in probabilities_to_events(segment, self.config):
-            # Re-derive times from sample indices so they equal the whole-trace result bit for bit.
-            start = (round(event.start_s * fs) + self._offset) / fs
-            stop = (round(event.stop_s * fs) + self._offset) / fs
-            self.events.append(dataclasses.replace(event, start_s=start, stop_s=stop))
-        self._offset += segment.size
-
-
-class PerSecondProbabilities:
-    """Streaming :func:`~brr.runtime.postprocess.downsample_probabilities` (same bins, same values)."""
-
-    def __init__(self, fs: float = TARGET_RATE, resolution_s: float = 1.0) -> None:
-        self.fs, self.resolution_s = fs, resolution_s
-        self.bin_samples = round(fs * resolution_s)
-        self.n_samples = 0
-        self._means: list[np.ndarray] = []
-        self._peaks: list[np.ndarray] = []
-        self._carry = np.zeros(0, dtype=np.float32)
-
-    def add(self, chunk: np.ndarray) -> None:
-        self.n_samples += chunk.size
-        data = np.concatenate([self._carry, chunk.astype(np.float32, copy=False)])
-        whole = data.size - data.size % self.bin_samples
-        if whole:
-            self._append(data[:whole])
-        self._carry = data[whole:].copy()
-
-    def finish(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._carry.size:
-            self._append(self._carry)
-            self._carry = np.zeros(0, dtype=np.float32)
-        empty = np.zeros(0, dtype=np.float16)
-        return (np.concatenate(self._means) if self._means else empty,
-                np.concatenate(self._peaks) if self._peaks else empty)
-
-    def _append(self, data: np.ndarray) -> None:
-        mean, peak = downsample_probabilities(data, self.fs, self.resolution_s)
-        self._means.append(mean)
-        self._peaks.append(peak)
-
-    def npz_bytes(self) -> bytes:
-        """The layout of :func:`~brr.runtime.postprocess.save_probabilities_npz` (read by ``load_probabilities_npz``)."""
-        mean, peak = self.finish()
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, mean=mean, max=peak, fs=np.float64(self.fs),
-                            resolution_s=np.float64(self.resolution_s), n_samples=np.int64(self.n_samples))
-        return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------- engines

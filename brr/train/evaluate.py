@@ -19,8 +19,9 @@ import torch
 from brr.data import Recording, iter_windows
 from brr.model import load_checkpoint
 from brr.model.checkpoint import read_checkpoint_meta
-from brr.runtime.postprocess import PostprocessConfig, probabilities_to_events, stitch_windows
-from brr.runtime.scoring import aggregate_scores, score_events
+from brr.events.postprocess import PostprocessConfig, probabilities_to_events
+from brr.events.probabilities import stitch_windows
+from brr.events.scoring import aggregate_scores, score_events
 from brr.train.dataset import CorpusEntry, find_corpus, load_recording
 
 ENTER_GRID = tuple(round(x, 2) for x in np.arange(0.30, 0.96, 0.05))

@@ -1,7 +1,7 @@
 """Training settings: a YAML file, then command-line overrides, validated with errors naming the key.
 
 Every key of :class:`TrainSettings` may appear in the file; ``postprocess`` is a mapping of
-:class:`brr.runtime.postprocess.PostprocessConfig` fields used for validation events.
+:class:`brr.events.postprocess.PostprocessConfig` fields used for validation events.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from brr.errors import UsageError
-from brr.runtime.postprocess import PostprocessConfig
+from brr.events.postprocess import PostprocessConfig
 
 SELECTION_METRICS = ("sensitivity_at_fa", "f1")
 

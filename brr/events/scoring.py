@@ -21,6 +21,7 @@ from timescoring.annotations import Annotation
 from timescoring.scoring import EventScoring, SampleScoring
 
 from brr.data.annotations import SeizureEvent
+from brr.data.preprocess import TARGET_RATE
 
 __all__ = ["aggregate_scores", "score_events"]
 
@@ -60,7 +61,7 @@ def score_events(
     reference: Sequence[SeizureEvent],
     hypothesis: Sequence[SeizureEvent],
     duration_s: float,
-    fs: float = 256,
+    fs: float = TARGET_RATE,
     event_params: EventScoring.Parameters | None = None,
     sample_fs: int = 1,
 ) -> dict[str, Any]:
