@@ -21,6 +21,7 @@ from brr.data.recording import (
     iter_windows,
     open_recording,
     read_recording,
+    recording_files,
 )
 
 __all__ = [
@@ -43,4 +44,5 @@ __all__ = [
     "open_recording",
     "preprocess_signals",
     "read_recording",
+    "recording_files",
 ]

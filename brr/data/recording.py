@@ -4,6 +4,7 @@
   preprocessed blocks lazily (bounded memory: one block plus filter padding), for 24-hour files.
 - :func:`read_recording` loads a whole recording into a :class:`Recording` (built on the stream).
 - :func:`iter_windows` cuts either of them into model windows.
+- :func:`recording_files` finds the recordings of a folder.
 
 Every ingestion failure raises a :class:`~brr.data.errors.RecordingError` subclass naming the file.
 Opening a recording also assesses its data quality (:mod:`brr.data.quality`) on the raw samples:
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -57,6 +59,7 @@ __all__ = [
     "read_recording",
 ]
 
+RECORDING_SUFFIXES = (".edf", ".bdf")
 WINDOW_S = 60
 STRIDE_S = 10
 DEFAULT_BLOCK_S = 600
@@ -310,6 +313,12 @@ def open_recording(
     except BaseException:
         reader.close()
         raise
+
+
+def recording_files(folder: str | os.PathLike) -> list[Path]:
+    """Every entry under ``folder`` (recursively) named like a recording (.edf/.bdf, any case) that is not a
+    folder, sorted; a broken link or a pipe so named is listed, so that it is reported, not left out."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in RECORDING_SUFFIXES and not p.is_dir())
 
 
 def read_recording(

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from brr.data import iter_windows, open_recording, preprocess_signals
+from brr.data import iter_windows, open_recording, preprocess_signals, recording_files
+from brr.data.preprocess import TARGET_RATE
+from brr.data.recording import WINDOW_S
 from brr.errors import UsageError
 from brr.montage import N_CHANNELS
 from brr.model.detector import INPUT_NAME
 
-SAMPLING_RATE = 256
-WINDOW_SAMPLES = 15360
-EDF_SUFFIXES = (".edf", ".bdf")
+WINDOW_SAMPLES = WINDOW_S * TARGET_RATE
 
 
 class WindowLoader:
@@ -48,14 +48,14 @@ class EdfWindows(WindowLoader):
         self.files = []
         for path in map(Path, paths):
             if path.is_dir():
-                self.files += sorted(p for p in path.rglob("*") if p.suffix.lower() in EDF_SUFFIXES)
+                self.files += recording_files(path)
             elif path.is_file():
                 self.files.append(path)
             else:
                 raise FileNotFoundError(f"{path}: no such EDF file or folder")
         if not self.files:
             raise FileNotFoundError(f"no .edf/.bdf files in {', '.join(map(str, paths))}")
-        self.window_s = window_samples / SAMPLING_RATE
+        self.window_s = window_samples / TARGET_RATE
         self.stride_s = stride_s
         self.max_windows = max_windows
 
@@ -78,7 +78,7 @@ class SyntheticWindows(WindowLoader):
 
     def labelled(self):
         rng = np.random.default_rng(self.seed)
-        t = np.arange(self.samples) / SAMPLING_RATE
+        t = np.arange(self.samples) / TARGET_RATE
         for i in range(self.count):
             rhythm = np.sin(2 * np.pi * rng.uniform(1, 30, (N_CHANNELS, 1)) * t + rng.uniform(0, 2 * np.pi, (N_CHANNELS, 1)))
             window = rhythm + rng.standard_normal((N_CHANNELS, self.samples))
@@ -95,7 +95,7 @@ class AdversarialWindows(WindowLoader):
     def raw_microvolts(self) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(self.seed)
         n = self.samples
-        t = np.arange(n) / SAMPLING_RATE
+        t = np.arange(n) / TARGET_RATE
         eeg = 30.0 * rng.standard_normal((N_CHANNELS, n))
         flat = eeg.copy()
         flat[3:9] = 0.0
@@ -111,7 +111,7 @@ class AdversarialWindows(WindowLoader):
 
     def labelled(self):
         for name, raw in self.raw_microvolts().items():
-            yield name, feed(preprocess_signals(raw, SAMPLING_RATE))
+            yield name, feed(preprocess_signals(raw, TARGET_RATE))
 
 
 class ChainedWindows(WindowLoader):

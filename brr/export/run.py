@@ -18,6 +18,8 @@ import numpy as np
 from brr.artifact.files import ONNX_FILE, REFERENCE_BACKEND, STAGES_FILE, engine_folder, reference_folder
 from brr.artifact.manifest import write_manifest
 from brr.backends import resolve_backend
+from brr.data import iter_windows, read_recording, recording_files
+from brr.data.preprocess import TARGET_RATE
 from brr.export.onnx_export import export_onnx
 from brr.export.precision_plan import PrecisionPlan, default_plan
 from brr.model import load_checkpoint
@@ -25,7 +27,6 @@ from brr.model.checkpoint import WEIGHTS_FILE, file_sha256, read_checkpoint_meta
 
 CALIBRATION_WINDOWS = 8
 NO_PLAN = "none"  # --precision-plan none: no fp32 islands at all
-EDF_SUFFIXES = (".edf", ".bdf")
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,12 @@ def calibration_windows(source: Path | None, n_samples: int, count: int = CALIBR
         for _ in range(count):
             yield rng.standard_normal((1, 19, n_samples)).astype(np.float32)
         return
-    from brr.data import iter_windows, read_recording
-
-    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in EDF_SUFFIXES) if source.is_dir() else [source]
+    files = recording_files(source) if source.is_dir() else [source]
     if not files:
         raise FileNotFoundError(f"{source}: no .edf/.bdf recordings for calibration")
-    given = 0
+    given, window_s = 0, n_samples / TARGET_RATE
     for path in files:
-        for window in iter_windows(read_recording(path), window_s=n_samples / 256, stride_s=n_samples / 256):
+        for window in iter_windows(read_recording(path), window_s=window_s, stride_s=window_s):
             yield window.signals[None]
             given += 1
             if given >= count:

@@ -66,6 +66,7 @@ from brr.data import (
     count_windows,
     iter_windows,
     open_recording,
+    recording_files,
 )
 from brr.data.annotations import (
     SeizureEvent,
@@ -77,7 +78,7 @@ from brr.data.annotations import (
 )
 from brr.data.preprocess import TARGET_RATE
 from brr.data.quality import DEFAULT_MAX_UNUSABLE_CHANNELS
-from brr.data.recording import WINDOW_S
+from brr.data.recording import RECORDING_SUFFIXES, WINDOW_S
 from brr.errors import CheckFailed, UsageError
 from brr.output_folder import OutputLock, check_output_folder, prepare_output_folder, remove_stale_temporaries
 from brr.runtime.executors import make_executor
@@ -109,7 +110,6 @@ __all__ = [
     "run_inference",
 ]
 
-RECORDING_SUFFIXES = (".edf", ".bdf")
 OUTPUT_FORMATS = {"csv_bi": ".csv_bi", "tsv": "_events.tsv", "json": "_events.json"}
 PROBABILITIES_SUFFIX = "_probabilities.npz"
 DONE_SUFFIX = ".done.json"
@@ -317,9 +317,8 @@ def find_recordings(inputs: Sequence[str | os.PathLike], reference_dir: str | os
         found.setdefault(path.resolve(), (name, path.absolute()))
 
     def add_tree(root: Path) -> None:
-        for path in sorted(root.rglob("*")):
-            if path.suffix.lower() in RECORDING_SUFFIXES and not path.is_dir():
-                add(path, path.relative_to(root).with_suffix("").as_posix())
+        for path in recording_files(root):
+            add(path, path.relative_to(root).with_suffix("").as_posix())
 
     for item in inputs:
         path = Path(item)
