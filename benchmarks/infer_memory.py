@@ -3,7 +3,7 @@
     python benchmarks/infer_memory.py --hours 1 24 --stride 60 --workdir /tmp/brr-bench
 
 Each length runs in its own fresh process (so peak RSS is that run's alone) on a randomly
-initialised checkpoint of ``--config`` through :class:`brr.runtime.infer.RecordingWorker`.
+initialised checkpoint of ``--config`` through :class:`brr.runtime.worker.RecordingWorker`.
 Recordings and the checkpoint are written once into the workdir and reused. The target is peak
 RSS for the longest recording within 1.2x of the shortest.
 """
@@ -37,11 +37,11 @@ def prepare(workdir: Path, hours: float, config: str) -> tuple[Path, Path]:
 
 def measure(workdir: Path, hours: float, config: str, stride_s: float, batch: int, threads: int | None) -> dict:
     """Run one recording in this process; return its figures (call in a fresh process)."""
-    from brr.runtime.infer import InferenceSettings, RecordingJob, RecordingWorker
+    from brr.runtime import InferenceSettings, RecordingJob, RecordingWorker
 
     checkpoint, edf = prepare(workdir, hours, config)
     settings = InferenceSettings(stride_s=stride_s, batch_size=batch, threads=threads, overwrite=True)
-    worker = RecordingWorker(checkpoint, workdir / f"out-{hours:g}h", settings, fingerprint="benchmark")
+    worker = RecordingWorker(checkpoint, workdir / f"out-{hours:g}h", settings)
     worker.open()
     rss_before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()

@@ -26,7 +26,7 @@ from brr.diff.verify import Verification, verify_engine
 from brr.events.postprocess import PostprocessConfig
 from brr.export.run import ExportRequest, export_artifacts
 from brr.model import load_checkpoint, summarize_probes
-from brr.runtime.infer import InferenceSettings, InferenceSummary, run_inference
+from brr.runtime import InferenceSettings, InferenceSummary, run_inference
 from brr.train import make_settings, train
 
 TRAIN_CONFIG = Path(__file__).with_name("train") / "configs" / "v3-small-synthetic.yaml"

@@ -31,9 +31,9 @@ from brr.data.annotations import read_csv_bi, read_events_json, read_events_tsv
 from brr.data.synthetic import TUH_LABELS, plan_recording, write_recording
 from brr.model import build_detector, load_checkpoint, save_checkpoint
 from brr.output_folder import LOCK_FILE
-from brr.runtime import infer
+from brr.runtime import outputs, worker
 from brr.artifact.load import tuned_postprocess
-from brr.runtime.infer import (
+from brr.runtime import (
     DONE_SUFFIX,
     InferenceInterrupted,
     InferenceSettings,
@@ -81,7 +81,7 @@ class ChannelRunner(BaseRunner):
 def channel_runner(monkeypatch):
     """Every engine path loads a ChannelRunner; ``ChannelRunner.calls`` counts batches."""
     ChannelRunner.calls = 0
-    monkeypatch.setattr(infer, "load_engine", lambda engine, *settings: ChannelRunner())
+    monkeypatch.setattr(worker, "load_engine", lambda engine, *settings: ChannelRunner())
     return ChannelRunner
 
 
@@ -193,7 +193,7 @@ def test_saved_probabilities_are_per_second(batch_run):
 
 
 def test_engine_with_nonfinite_output_fails_the_recording(corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(infer, "load_engine", lambda engine, *settings: ChannelRunner(nonfinite=True))
+    monkeypatch.setattr(worker, "load_engine", lambda engine, *settings: ChannelRunner(nonfinite=True))
     summary = run_inference(corpus["good"], [corpus["good"] / "rec_b.edf"], tmp_path, InferenceSettings(stride_s=60))
     (entry,) = summary.entries
     assert entry.status == "failed" and entry.error_type == "EngineOutputError" and "non-finite" in entry.error
@@ -267,7 +267,7 @@ def _assert_only_complete_outputs(out: Path, complete: set[str]) -> None:
 
 
 def test_ctrl_c_while_writing_leaves_only_complete_outputs(corpus, tmp_path, channel_runner, monkeypatch):
-    real_write = infer.write_events_tsv
+    real_write = outputs.write_events_tsv
     calls = []
 
     def interrupted_second_time(*args, **kwargs):
@@ -276,14 +276,14 @@ def test_ctrl_c_while_writing_leaves_only_complete_outputs(corpus, tmp_path, cha
             raise KeyboardInterrupt
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(infer, "write_events_tsv", interrupted_second_time)
+    monkeypatch.setattr(outputs, "write_events_tsv", interrupted_second_time)
     args = [str(corpus["good"]), str(corpus["good"]), "--out", str(tmp_path), "--stride", "60", "--quiet"]
     assert infer_main(args) == 130
     _assert_only_complete_outputs(tmp_path, {"rec_a"})
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["interrupted"] and [r["name"] for r in summary["recordings"]] == ["rec_a"]
 
-    monkeypatch.setattr(infer, "write_events_tsv", real_write)
+    monkeypatch.setattr(outputs, "write_events_tsv", real_write)
     assert infer_main(args) == 0 and channel_runner.calls == 3  # only rec_b ran again
     _assert_only_complete_outputs(tmp_path, {"rec_a", "rec_b"})
 
@@ -296,7 +296,7 @@ def test_failure_after_the_first_recording_keeps_its_outputs_and_the_summary(cor
             return super().infer_impl(feed_dict)
 
     FailingSecondRecording.calls = 0
-    monkeypatch.setattr(infer, "load_engine", lambda engine, *settings: FailingSecondRecording())
+    monkeypatch.setattr(worker, "load_engine", lambda engine, *settings: FailingSecondRecording())
     with pytest.raises(RuntimeError, match="engine crashed"):
         run_inference(corpus["good"], [corpus["good"]], tmp_path, InferenceSettings(stride_s=60))
     _assert_only_complete_outputs(tmp_path, {"rec_a"})
@@ -306,7 +306,7 @@ def test_failure_after_the_first_recording_keeps_its_outputs_and_the_summary(cor
         def infer_impl(self, feed_dict):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(infer, "load_engine", lambda engine, *settings: InterruptedEngine())
+    monkeypatch.setattr(worker, "load_engine", lambda engine, *settings: InterruptedEngine())
     with pytest.raises(InferenceInterrupted) as caught:  # Ctrl-C in the engine: same guarantee
         run_inference(corpus["good"], [corpus["good"]], tmp_path, InferenceSettings(stride_s=60))
     assert [e.status for e in caught.value.summary.entries] == ["skipped"]

@@ -3,7 +3,7 @@
 import pytest
 
 from brr.pipeline import PipelineSettings, held_out_verdict, run_pipeline
-from brr.runtime.infer import InferenceSummary, RecordingEntry
+from brr.runtime import InferenceSummary, RecordingEntry
 
 
 def test_pipeline_runs_end_to_end_and_reuses_its_work(tmp_path):

@@ -24,7 +24,7 @@ from brr.artifact.manifest import ManifestError
 from brr.cli.common import EXIT_INTERRUPTED, debug_parent, run_main
 from brr.data.quality import bad_channels_line
 from brr.events.postprocess import PostprocessConfig
-from brr.runtime.infer import (
+from brr.runtime import (
     OUTPUT_FORMATS,
     SUMMARY_FILE,
     InferenceInterrupted,

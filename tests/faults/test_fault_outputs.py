@@ -18,7 +18,7 @@ import pytest
 from faultkit import RUNS_AS_ROOT, good_edf, run_cli
 
 from brr.cli import calibrate, diff, export, infer, pipeline, synth, train
-from brr.runtime.infer import RecordingWorker
+from brr.runtime import RecordingWorker
 
 
 def _proc(tmp_path):

@@ -100,7 +100,7 @@ def test_kill_during_a_write_then_resume(fault_checkpoint, tmp_path):
 @pytest.mark.parametrize("stale", [".rec.csv_bi.a1b2c3d4.tmp", ".summary.json.k_9xq2zz.tmp"])
 def test_a_rerun_removes_what_a_killed_write_left(fault_checkpoint, tmp_path, monkeypatch, stale):
     """Temporaries of both naming schemes (this one, and tempfile.mkstemp's of earlier versions)."""
-    from brr.runtime import infer
+    from brr.runtime import worker
 
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)
@@ -108,7 +108,7 @@ def test_a_rerun_removes_what_a_killed_write_left(fault_checkpoint, tmp_path, mo
     (out / "sub" / stale).write_text("half")
     (out / "notes.tmp").write_text("the user's own file")  # not a temporary of ours: kept
     edf = good_edf(tmp_path / "in" / "rec.edf")
-    monkeypatch.setattr(infer, "predict_probabilities", lambda *args, **kwargs: iter([]))
+    monkeypatch.setattr(worker, "predict_probabilities", lambda *args, **kwargs: iter([]))
     run = run_cli(infer_main, [fault_checkpoint, edf, "--out", out, "--quiet"])
     assert "Traceback" not in run.stderr
     assert not (out / stale).exists() and not (out / "sub" / stale).exists()

@@ -1,0 +1,193 @@
+"""One recording, start to finish: the function every executor runs (``RecordingWorker``).
+
+The recording is streamed (:func:`~brr.data.open_recording`), run through the engine
+(:mod:`brr.runtime.windows`), turned into events without holding its trace
+(:class:`~brr.events.postprocess.SegmentedEventDetector`), and written (:mod:`brr.runtime.outputs`).
+Anything raised while reading, checking or running one recording (a broken or unreadable file, a
+header pyedflib cannot scale, too many unusable channels, non-finite logits) is that recording's
+failure, returned in its entry with its type and message. Only the engine itself raising
+(:class:`~brr.runtime.windows.EngineFailure`: it gets the same well-formed finite batches for every
+recording, so this is no recording's fault) stops the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from brr.artifact.load import load_runner
+from brr.backends.torch.runner import TorchRunner
+from brr.data import QualityPolicy, RecordingStream, UnusableRecordingError, count_windows, open_recording
+from brr.data.annotations import SeizureEvent
+from brr.data.preprocess import TARGET_RATE
+from brr.events.postprocess import SegmentedEventDetector
+from brr.events.probabilities import PerSecondProbabilities
+from brr.runtime.discovery import RecordingJob
+from brr.runtime.outputs import RecordingOutputs, settings_fingerprint
+from brr.runtime.settings import InferenceSettings, InferenceUsageError
+from brr.runtime.windows import WINDOW_SAMPLES, EngineFailure, predict_probabilities
+
+
+@dataclass
+class RecordingEntry:
+    """One line of the run summary. ``status`` is ``ok``, ``failed`` or ``skipped`` (already done)."""
+
+    input: str
+    name: str
+    status: str
+    duration_s: float | None = None
+    n_events: int | None = None
+    n_windows: int | None = None
+    time_s: float = 0.0
+    error: str | None = None
+    error_type: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    reference: str | None = None
+    scores: dict[str, Any] | None = None
+    # Non-finite, flat and saturated channels (DataQuality.to_dict()), when the recording was read.
+    data_quality: dict[str, Any] | None = None
+    # Kept for scoring in the main process; summary.json carries n_events only.
+    events: list[SeizureEvent] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = dataclasses.asdict(self)
+        del doc["events"]
+        return doc
+
+
+class ProgressListener(Protocol):
+    """What a progress display is told; :func:`run_inference` calls it from the main process."""
+
+    def run_started(self, n_recordings: int) -> None: ...
+    def recording_started(self, name: str, n_windows: int) -> None: ...
+    def windows_done(self, n_windows: int, eeg_seconds: float) -> None: ...
+    def recording_finished(self, entry: RecordingEntry) -> None: ...
+
+
+class SilentProgress:
+    def run_started(self, n_recordings: int) -> None:
+        pass
+
+    def recording_started(self, name: str, n_windows: int) -> None:
+        pass
+
+    def windows_done(self, n_windows: int, eeg_seconds: float) -> None:
+        pass
+
+    def recording_finished(self, entry: RecordingEntry) -> None:
+        pass
+
+
+def load_engine(engine: str | os.PathLike, threads: int | None = None, device: str = "cpu",
+                allow_unverified: bool = False) -> Any:
+    """The runner for ``engine``: :func:`brr.artifact.load.load_runner` decides from the artifact
+    (a checkpoint directory runs on PyTorch; an exported engine's manifest names its backend and is
+    checked, so a mismatched, tampered or unverified artifact is refused here)."""
+    try:
+        runner = load_runner(engine, probes=False, threads=threads, device=device,
+                             require_verified=not allow_unverified)
+    except Exception as error:  # a refused artifact, whatever the backend's error type
+        raise InferenceUsageError(f"cannot load engine {engine}: {error}") from error
+    if threads is not None and isinstance(runner, TorchRunner):
+        # load_runner gives threads to exported engines; PyTorch's thread pool is per process.
+        import torch
+
+        torch.set_num_threads(threads)
+    return runner
+
+
+class RecordingWorker:
+    """The per-recording function every executor runs: ``worker(job) -> RecordingEntry``.
+
+    Picklable (for Ray): the runner is loaded on first use in the process that calls it.
+    """
+
+    def __init__(self, engine: str | os.PathLike, out_dir: str | os.PathLike, settings: InferenceSettings) -> None:
+        self.engine = str(engine)
+        self.out_dir = Path(out_dir)
+        self.settings = settings
+        self.outputs = RecordingOutputs(out_dir, settings_fingerprint(engine, settings))
+        self._runner: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_runner": None}
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.deactivate()
+            self._runner = None
+
+    def open(self) -> None:
+        """Load and activate the engine in this process (raises :class:`InferenceUsageError` if refused)."""
+        try:
+            self._active_runner()
+        except InferenceUsageError:
+            raise
+        except Exception as error:  # e.g. a checkpoint whose config or weights do not check out
+            raise InferenceUsageError(f"cannot load engine {self.engine}: {error}") from error
+
+    def _active_runner(self) -> Any:
+        if self._runner is None:
+            runner = load_engine(self.engine, self.settings.threads, self.settings.device,
+                                 self.settings.allow_unverified)
+            runner.activate()
+            self._runner = runner
+        return self._runner
+
+    def __call__(self, job: RecordingJob, listener: ProgressListener | None = None) -> RecordingEntry:
+        listener = listener or SilentProgress()
+        started = time.perf_counter()
+        if not self.settings.overwrite:
+            marker = self.outputs.completed(job)
+            if marker is not None:
+                entry = RecordingEntry(
+                    job.path, job.name, "skipped", marker["duration_s"], marker["n_events"],
+                    marker["n_windows"], outputs=sorted(marker["outputs"]), reference=job.reference,
+                    data_quality=marker.get("data_quality"),
+                    events=[SeizureEvent(**e) for e in marker["events"]],
+                )
+                listener.recording_finished(entry)
+                return entry
+        self.outputs.discard_previous(job)
+        # An engine that cannot load (here in a Ray task) is no recording's failure: it stops the run.
+        self.open()
+        try:
+            with open_recording(job.path, mains_hz=self.settings.mains_hz,
+                                min_duration_s=self.settings.min_recording_s,
+                                quality=QualityPolicy(self.settings.max_unusable_channels)) as stream:
+                n_windows = count_windows(stream.n_samples, WINDOW_SAMPLES,
+                                          round(self.settings.stride_s * TARGET_RATE))
+                listener.recording_started(job.name, n_windows)
+                events, per_second = self._detect(stream, listener)
+                duration_s, quality = stream.duration_s, stream.quality
+        except EngineFailure:
+            raise
+        except Exception as error:  # noqa: BLE001  (whatever one file does, it is that file's failure)
+            quality = error.quality.to_dict() if isinstance(error, UnusableRecordingError) else None
+            entry = RecordingEntry(job.path, job.name, "failed", time_s=time.perf_counter() - started,
+                                   error=str(error) or repr(error), error_type=type(error).__name__,
+                                   reference=job.reference, data_quality=quality)
+        else:
+            outputs = self.outputs.write(job, self.settings.formats, events, duration_s, n_windows, per_second, quality,
+                                         {"engine": self.engine, "stride_s": self.settings.stride_s,
+                                          "postprocess": dataclasses.asdict(self.settings.postprocess)})
+            entry = RecordingEntry(job.path, job.name, "ok", duration_s, len(events), n_windows,
+                                   time.perf_counter() - started, outputs=outputs, reference=job.reference,
+                                   data_quality=quality.to_dict(), events=events)
+        listener.recording_finished(entry)
+        return entry
+
+    def _detect(self, stream: RecordingStream, listener: ProgressListener
+                ) -> tuple[list[SeizureEvent], PerSecondProbabilities | None]:
+        detector = SegmentedEventDetector(self.settings.postprocess)
+        per_second = PerSecondProbabilities() if self.settings.save_probabilities else None
+        for chunk in predict_probabilities(self._active_runner(), stream, self.settings.stride_s,
+                                           self.settings.batch_size, listener.windows_done):
+            detector.add(chunk)
+            if per_second is not None:
+                per_second.add(chunk)
+        return detector.finish(), per_second
