@@ -18,10 +18,9 @@ from PIL import Image
 from test_diff import PLANTED, CosineNet, diff, export_pair
 
 from brr.diff import write_report
-from brr.diff.localise import PRECISION_LIMITS
 from brr.diff.plots import FP32_COLOUR, offenders
 from brr.diff.report import PLOT_FILE, VERDICT_MEANINGS, VERDICT_TONES, magnitudes_file, origin_sentences
-from brr.diff.results import VERDICTS
+from brr.diff.results import PRECISION_LIMITS, VERDICTS
 
 CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed "

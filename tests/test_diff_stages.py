@@ -8,7 +8,7 @@ import torch
 
 from brr.diff.compare import eigenspace_error, eigenvalue_clusters, reference_spectrum
 from brr.diff.inputs import AdversarialWindows, SyntheticWindows
-from brr.diff.run import compare_outputs
+from brr.diff.probes import compare_outputs
 from brr.model.positional_encoding import fix_signs
 
 N, K, INTERVAL, CLAMP, SHIFT = 19, 16, 1, 1e-6, 1e-4

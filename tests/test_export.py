@@ -16,7 +16,7 @@ from brr.artifact.files import ONNX_FILE
 from brr.export.onnx_export import export_onnx
 from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError
 from brr.diff.compare import reference_spectrum
-from brr.diff.run import compare_outputs
+from brr.diff.probes import compare_outputs
 from brr.diff.verify import verify_engine
 from brr.onnx.stages import STAGE_METADATA_KEY, node_stages
 from brr.model import PROBE_NAMES, build_detector, save_checkpoint

@@ -51,7 +51,7 @@ from brr.diff.compare import TensorStats, reference_spectrum
 from brr.diff.engines import Engine, onnxruntime_engine
 from brr.diff.localise import NodeLocaliser
 from brr.diff.results import InputResult
-from brr.diff.run import compare_outputs
+from brr.diff.probes import compare_outputs
 from brr.errors import CheckFailed
 from brr.model import DetectorConfig
 from brr.onnx.precision import low_precision_model

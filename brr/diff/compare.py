@@ -29,6 +29,7 @@ from polygraphy.comparator.compare import SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 
 from brr.model.positional_encoding import normalised_laplacian
+from brr.ops.eigh.compare import eigenspace_projectors
 
 # Eigenvalues closer than this (normalised Laplacian spectra lie in [0, 2]) span one eigenspace:
 # fp32 eigensolvers resolve gaps of ~1e-6 only, and vectors across smaller gaps are not comparable.
@@ -145,11 +146,6 @@ def eigenvalue_clusters(values: np.ndarray, gap: float = EIGEN_CLUSTER_GAP) -> l
     return clusters
 
 
-def eigenspace_projectors(vectors: np.ndarray, clusters: list[tuple[int, int]]) -> list[np.ndarray]:
-    """V_c V_c^T for each cluster of columns: invariant to sign and to rotations inside the cluster."""
-    return [vectors[:, a:b] @ vectors[:, a:b].T for a, b in clusters]
-
-
 def eigenspace_error(ref_values: np.ndarray, ref_vectors: np.ndarray, engine_vectors: np.ndarray,
                      gap: float = EIGEN_CLUSTER_GAP) -> tuple[float, bool]:
     """Largest eigenspace disagreement of the k returned columns, and whether a cluster has > 1 vector.
@@ -159,14 +155,16 @@ def eigenspace_error(ref_values: np.ndarray, ref_vectors: np.ndarray, engine_vec
     column is only defined as a whole, so the engine's columns from it must lie inside its span.
     """
     k = engine_vectors.shape[-1]
+    # Projectors of the clusters inside the k returned columns, both sides clustered by the reference values.
+    p_ref = eigenspace_projectors(ref_values[:k], ref_vectors[:, :k], gap)
+    p_eng = eigenspace_projectors(ref_values[:k], engine_vectors, gap)
     worst, degenerate = 0.0, False
     for a, b in eigenvalue_clusters(ref_values, gap):
         if a >= k:
             break
         degenerate = degenerate or b - a > 1
         if b <= k:
-            p_ref, p_eng = eigenspace_projectors(ref_vectors, [(a, b)])[0], eigenspace_projectors(engine_vectors, [(a, b)])[0]
-            worst = max(worst, float(np.linalg.norm(p_ref - p_eng)))
+            worst = max(worst, float(np.linalg.norm(p_ref[a] - p_eng[a])))
         else:
             span = ref_vectors[:, a:b]
             part = engine_vectors[:, a:k]

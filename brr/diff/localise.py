@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -44,16 +44,12 @@ from polygraphy.logger import G_LOGGER
 
 from brr.diff.compare import TensorStats
 from brr.diff.engines import Engine
+from brr.diff.results import PRECISION_LIMITS, Localisation
 from brr.model.detector import OUTPUT_NAME
 from brr.onnx.edit import mark_outputs
 from brr.onnx.stages import node_stages
 from brr.onnx.statistics import TensorRange, float_tensors, instrument, read_ranges
 
-# (largest finite, smallest normal, smallest subnormal) of the reduced precisions an engine may store in.
-PRECISION_LIMITS: dict[str, tuple[float, float, float]] = {
-    "fp16": (65504.0, 2.0**-14, 2.0**-24),
-    "bf16": (3.3895e38, 2.0**-126, 2.0**-133),
-}
 # Ops that turn a zero input into inf or NaN.
 ZERO_SENSITIVE_OPS = ("Div", "Reciprocal", "Log", "Pow", "Mod")
 # Ops that turn a negative input into NaN.
@@ -74,41 +70,6 @@ class Tensor:
     op_type: str
     stage: str | None
     last_use: int  # position of its last consumer; len(nodes) for a graph output
-
-
-@dataclass
-class Localisation:
-    """What node level found on one input, and what it cost."""
-
-    method: str  # "statistics" (non-finite origin) or "bisection" (first node beyond tolerance)
-    runs: int = 0
-    # How the engine's tensors were read, in order: "instrumented_graph" (statistics nodes in a copy of its
-    # graph), "debug_tensors" (TensorRT debug tensors of the engine as built), "marked_debug_tensors"
-    # (debug tensors TensorRT may not fuse across), "marked_outputs" (a copy with the tensors as outputs).
-    observed_by: list[str] = field(default_factory=list)
-    # Compared tensors the engine computed without storing them (fused): no statistics on the engine side.
-    unobserved: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    reproduced: bool | None = None
-    reproduction_error: float = 0.0
-    first_nonfinite: dict | None = None
-    # Further places on the same input where values go non-finite from finite inputs (independent faults).
-    more_nonfinite: list[dict] = field(default_factory=list)
-    first_divergent: dict | None = None
-    note: str | None = None
-    # tensor name -> (fp32 range, engine range) of a statistics scan, for the per-node plot.
-    ranges: dict[str, tuple[TensorRange, TensorRange]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"method": self.method, "runs": self.runs, "seconds": round(self.seconds, 3),
-                "reproduced": self.reproduced, "reproduction_error": self.reproduction_error,
-                "first_nonfinite": self.first_nonfinite, "more_nonfinite": self.more_nonfinite,
-                "first_divergent": self.first_divergent,
-                "note": self.note, "observed_by": self.observed_by, "unobserved": self.unobserved}
-
-    def observed(self, method: str) -> None:
-        if method not in self.observed_by:
-            self.observed_by.append(method)
 
 
 class NodeLocaliser:

@@ -13,8 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from brr.diff.localise import PRECISION_LIMITS
-from brr.diff.results import DiffReport, EngineResult, NodeRange
+from brr.diff.results import PRECISION_LIMITS, DiffReport, EngineResult, NodeRange
 
 # Tensors named on the per-tensor figure besides the origin; more would not stay legible.
 OFFENDERS_SHOWN = 5

@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from brr.diff.compare import EigenspaceStats, SelectionStats, TensorStats
-from brr.diff.localise import Localisation, NodeLocaliser
 from brr.onnx.statistics import TensorRange
 
 # Least to most severe; an engine's (and the report's) verdict is the most severe of its inputs'.
@@ -25,6 +25,13 @@ FAILING = {
     "never": set(),
 }
 REDUCED_PRECISIONS = ("fp16", "bf16")
+# (largest finite, smallest normal, smallest subnormal) of the reduced precisions an engine may store in.
+PRECISION_LIMITS: dict[str, tuple[float, float, float]] = {
+    "fp16": (65504.0, 2.0**-14, 2.0**-24),
+    "bf16": (3.3895e38, 2.0**-126, 2.0**-133),
+}
+# Verdicts of values non-finite in the engine only ("precision") or already in fp32.
+NONFINITE_KINDS = {"nonfinite_precision": "precision", "nonfinite_fp32": "fp32"}
 # Localisation.observed_by, in words.
 OBSERVATION = {
     "instrumented_graph": "statistics nodes in a copy of its graph",
@@ -47,6 +54,41 @@ def json_floats(value):
     if isinstance(value, list):
         return [json_floats(v) for v in value]
     return value
+
+
+@dataclass
+class Localisation:
+    """What node level found on one input, and what it cost."""
+
+    method: str  # "statistics" (non-finite origin) or "bisection" (first node beyond tolerance)
+    runs: int = 0
+    # How the engine's tensors were read, in order: "instrumented_graph" (statistics nodes in a copy of its
+    # graph), "debug_tensors" (TensorRT debug tensors of the engine as built), "marked_debug_tensors"
+    # (debug tensors TensorRT may not fuse across), "marked_outputs" (a copy with the tensors as outputs).
+    observed_by: list[str] = field(default_factory=list)
+    # Compared tensors the engine computed without storing them (fused): no statistics on the engine side.
+    unobserved: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    reproduced: bool | None = None
+    reproduction_error: float = 0.0
+    first_nonfinite: dict | None = None
+    # Further places on the same input where values go non-finite from finite inputs (independent faults).
+    more_nonfinite: list[dict] = field(default_factory=list)
+    first_divergent: dict | None = None
+    note: str | None = None
+    # tensor name -> (fp32 range, engine range) of a statistics scan, for the per-node plot.
+    ranges: dict[str, tuple[TensorRange, TensorRange]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "runs": self.runs, "seconds": round(self.seconds, 3),
+                "reproduced": self.reproduced, "reproduction_error": self.reproduction_error,
+                "first_nonfinite": self.first_nonfinite, "more_nonfinite": self.more_nonfinite,
+                "first_divergent": self.first_divergent,
+                "note": self.note, "observed_by": self.observed_by, "unobserved": self.unobserved}
+
+    def observed(self, method: str) -> None:
+        if method not in self.observed_by:
+            self.observed_by.append(method)
 
 
 @dataclass
@@ -124,9 +166,10 @@ class EngineResult:
     # tensor -> its ranges, in the fp32 graph's topological order
     nodes: dict[str, NodeRange] = field(default_factory=dict)
 
-    def merge_ranges(self, localiser: NodeLocaliser, ranges: dict[str, tuple[TensorRange, TensorRange]],
-                     label: str) -> None:
-        for tensor in localiser.tensors:
+    def merge_ranges(self, tensors: Iterable, ranges: dict[str, tuple[TensorRange, TensorRange]], label: str
+                     ) -> None:
+        """Fold one input's ranges of ``tensors`` (node level's aligned tensors, in topological order) in."""
+        for tensor in tensors:
             if tensor.name in ranges:
                 entry = self.nodes.setdefault(tensor.name, NodeRange(tensor.name, tensor.node, tensor.op_type,
                                                                      tensor.stage))

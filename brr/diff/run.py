@@ -26,21 +26,21 @@ from polygraphy.logger import G_LOGGER
 
 from brr.backends.onnxrt.runner import lean_onnxruntime_runner
 from brr.backends.torch.runner import AUTOCAST_DTYPES, TorchRunner
-from brr.diff.compare import EigenspaceStats, SelectionStats, TensorStats, reference_spectrum
+from brr.diff.compare import TensorStats, reference_spectrum
 from brr.diff.engines import Engine, artifact_engines
 from brr.diff.inputs import WindowLoader
 from brr.diff.localise import NodeLocaliser
 from brr.diff.report import write_report
-from brr.diff.results import DiffReport, EngineResult, InputResult, StageResult
+from brr.diff.probes import compare_outputs
+from brr.diff.results import NONFINITE_KINDS, DiffReport, EngineResult, InputResult
 from brr.errors import UsageError
-from brr.model import PROBE_NAMES, V3Detector
+from brr.model import V3Detector
 from brr.model.detector import OUTPUT_NAME
 from brr.resources import peak_rss_mb
 
 TORCH_ENGINE_PREFIX = "torch:"  # "torch:fp16", "torch:bf16": the reference under autocast
 # (atol, rtol) per engine precision: what the precision can hold over this network's stages.
 TOLERANCES = {"fp32": (1e-3, 1e-3), "fp16": (0.1, 0.05), "bf16": (0.25, 0.05), "int8": (0.5, 0.1)}
-NONFINITE_KINDS = {"nonfinite_precision": "precision", "nonfinite_fp32": "fp32"}
 NONFINITE_VERDICTS = {kind: verdict for verdict, kind in NONFINITE_KINDS.items()}
 
 
@@ -122,7 +122,7 @@ def _localise(localiser: NodeLocaliser, outcome: InputResult, feed: dict, eng_ou
     input that only diverges gets the first node beyond tolerance, once per stage."""
     logits = eng_out[OUTPUT_NAME] if OUTPUT_NAME in eng_out else None
     level = localiser.scan(feed, logits)
-    result.merge_ranges(localiser, level.ranges, outcome.input)
+    result.merge_ranges(localiser.tensors, level.ranges, outcome.input)
     level.ranges = {}  # merged into the engine's; keep no copy per input
     found = level.first_nonfinite
     if found is None and outcome.verdict in NONFINITE_KINDS:
@@ -189,55 +189,3 @@ def _spectrum(reference_runner: BaseRunner, ref_out) -> tuple[np.ndarray, np.nda
     values, vectors = reference_spectrum(ref_out["adjacency"], cfg.semi_dynamic_interval, cfg.degree_clamp,
                                          cfg.laplacian_shift)
     return values, vectors, cfg.semi_dynamic_interval
-
-
-def compare_outputs(label: str, feed: dict, ref_out, eng_out, spectrum, atol: float, rtol: float,
-                    top_k: int | None = None) -> InputResult:
-    """Probe level for one input: each stage's statistics and status, and the input's verdict.
-
-    ``spectrum`` = (eigenvalues, eigenvectors, interval) of the reference Laplacians, or None;
-    ``top_k`` = the adjacency's k, to recognise selections that differ only at near-ties.
-    """
-    names = [n for n in PROBE_NAMES if n in ref_out and n in eng_out] or [n for n in ref_out if n in eng_out]
-    stages: dict[str, StageResult] = {}
-    for name in names:
-        ref, eng = np.asarray(ref_out[name]), np.asarray(eng_out[name], dtype=np.float32)
-        stats = TensorStats()
-        stats.add(ref, eng, atol, rtol)
-        stage = StageResult(_status(stats), stats)
-        if name == "laplacian_pe" and spectrum is not None and stage.status == "divergence":
-            values, vectors, interval = spectrum
-            stage.eigenspace = EigenspaceStats()
-            stage.eigenspace.add(values, vectors, eng[:, ::interval].reshape(len(values), *eng.shape[-2:]), atol, rtol)
-            stage.status = "basis_ambiguous" if stage.eigenspace.passed else "divergence"
-        elif name == "adjacency" and stage.status == "divergence":
-            stage.selection = SelectionStats()
-            stage.selection.add(ref, eng, atol, rtol,
-                                ref_out["edge_weights"] if "edge_weights" in ref_out else None, top_k)
-            # Flips at near-ties are as correct as a rotated eigenbasis: ambiguous, not divergent.
-            stage.status = ("basis_ambiguous" if stage.selection.tie_ambiguous else
-                            "clean" if stage.selection.passed else "divergence")
-        stages[name] = stage
-    statuses = [s.status for s in stages.values()]
-    first_nonfinite = next((n for n, s in stages.items() if s.status in NONFINITE_KINDS), None)
-    first_off = next((n for n, s in stages.items() if s.status in ("divergence", "basis_ambiguous")), None)
-    if not all(np.isfinite(v).all() for v in feed.values()):
-        verdict = "nonfinite_input"
-    elif "nonfinite_fp32" in statuses:
-        verdict = "nonfinite_fp32"
-    elif "nonfinite_precision" in statuses:
-        verdict = "nonfinite_precision"
-    elif first_off is None:
-        verdict = "clean"
-    else:
-        # Stages after a basis-ambiguous eigendecomposition inherit its (correct) difference.
-        verdict = "basis_ambiguous" if stages[first_off].status == "basis_ambiguous" else "divergence"
-    return InputResult(label, verdict, first_off, stages, first_nonfinite_stage=first_nonfinite)
-
-
-def _status(stats: TensorStats) -> str:
-    if stats.ref_nonfinite:
-        return "nonfinite_fp32"
-    if stats.precision_nonfinite:
-        return "nonfinite_precision"
-    return "clean" if stats.passed else "divergence"
