@@ -13,9 +13,9 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -28,6 +28,8 @@ from brr.export.run import ExportRequest, export_artifacts
 from brr.model import load_checkpoint, summarize_probes
 from brr.runtime import InferenceSettings, InferenceSummary, run_inference
 from brr.train import make_settings, train
+
+log = logging.getLogger(__name__)
 
 TRAIN_CONFIG = Path(__file__).with_name("train") / "configs" / "v3-small-synthetic.yaml"
 
@@ -61,36 +63,36 @@ class PipelineResult:
     exit_code: int = 0
 
 
-def _corpus(path: Path, recordings: int, minutes: float, seed: int, say) -> Path:
+def _corpus(path: Path, recordings: int, minutes: float, seed: int) -> Path:
     if not any(path.glob("*.edf")):
         write_corpus(path, recordings=recordings, minutes=minutes, seed=seed)
-        say(f"[corpus] {recordings} x {minutes:g} min synthetic recordings -> {path}")
+        log.info(f"[corpus] {recordings} x {minutes:g} min synthetic recordings -> {path}")
     else:
-        say(f"[corpus] reusing {path}")
+        log.info(f"[corpus] reusing {path}")
     return path
 
 
-def _checkpoint(settings: PipelineSettings, train_dir: Path, say) -> Path:
+def _checkpoint(settings: PipelineSettings, train_dir: Path) -> Path:
     out = Path(settings.workdir) / "checkpoint"
     for candidate in (out / "best", out / "last"):
         if (candidate / "config.json").is_file():
-            say(f"[train] reusing {candidate}")
+            log.info(f"[train] reusing {candidate}")
             return candidate
     steps = settings.train_epochs * settings.train_steps_per_epoch
-    say(f"[train] {settings.config} on {train_dir}: {steps} steps from seed {settings.seed}")
+    log.info(f"[train] {settings.config} on {train_dir}: {steps} steps from seed {settings.seed}")
     result = train(make_settings(TRAIN_CONFIG, data=str(train_dir), out=str(out), model=settings.config,
                                  seed=settings.seed, epochs=settings.train_epochs,
-                                 steps_per_epoch=settings.train_steps_per_epoch, max_minutes=0.0), say)
+                                 steps_per_epoch=settings.train_steps_per_epoch, max_minutes=0.0))
     return result.best_checkpoint or result.last_checkpoint
 
 
-def _engine(checkpoint: Path, out: Path, backend: str, precision: str, say) -> tuple[Path, Verification]:
+def _engine(checkpoint: Path, out: Path, backend: str, precision: str) -> tuple[Path, Verification]:
     built = export_artifacts(ExportRequest(checkpoint=checkpoint, out=out, engine=precision, backend=backend,
-                                           ops="standard"), say)
+                                           ops="standard"))
     verification = verify_engine(checkpoint, built.engine_dir, precision,
                                  out / "verification" / built.engine_dir.name,
                                  load_checkpoint(checkpoint).config.window_samples)
-    say(f"[export] {backend} {precision} verification {verification.summary()}")
+    log.info(f"[export] {backend} {precision} verification {verification.summary()}")
     return built.engine_dir, verification
 
 
@@ -100,17 +102,17 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def run_pipeline(settings: PipelineSettings, say: Callable[[str], None] = print) -> PipelineResult:
+def run_pipeline(settings: PipelineSettings) -> PipelineResult:
     workdir = Path(settings.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     result = PipelineResult()
     torch.manual_seed(settings.seed)
 
     minutes = settings.recording_minutes
-    train_dir = _corpus(workdir / "corpus" / "train", settings.train_recordings, minutes, settings.seed + 1, say)
+    train_dir = _corpus(workdir / "corpus" / "train", settings.train_recordings, minutes, settings.seed + 1)
     holdout_dir = _corpus(workdir / "corpus" / "holdout", settings.holdout_recordings, minutes,
-                          settings.seed + 2, say)
-    checkpoint = _checkpoint(settings, train_dir, say)
+                          settings.seed + 2)
+    checkpoint = _checkpoint(settings, train_dir)
 
     model = load_checkpoint(checkpoint)
     first_recording = sorted(holdout_dir.glob("*.edf"))[0]
@@ -118,16 +120,16 @@ def run_pipeline(settings: PipelineSettings, say: Callable[[str], None] = print)
     with torch.no_grad():
         logits, probes = model(torch.as_tensor(window.signals)[None], return_probes=True)
     result.probe_rows = summarize_probes(probes)
-    say(f"[model] {model.config.name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"one window of {first_recording.name}")
+    log.info(f"[model] {model.config.name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+             f"one window of {first_recording.name}")
 
     engines = workdir / "engines"
-    fp16_engine, result.verifications["onnxruntime-fp16"] = _engine(checkpoint, engines, "onnxruntime", "fp16", say)
+    fp16_engine, result.verifications["onnxruntime-fp16"] = _engine(checkpoint, engines, "onnxruntime", "fp16")
     if cpu_has_bf16():
-        _, result.verifications["openvino-bf16"] = _engine(checkpoint, engines, "openvino", "bf16", say)
+        _, result.verifications["openvino-bf16"] = _engine(checkpoint, engines, "openvino", "bf16")
 
     postprocess = PostprocessConfig(**(tuned_postprocess(fp16_engine) or {}))
-    say(f"[infer] post-processing chosen on validation: enter {postprocess.enter:.2f}, leave {postprocess.leave:.2f}")
+    log.info(f"[infer] post-processing chosen on validation: enter {postprocess.enter:.2f}, leave {postprocess.leave:.2f}")
     result.inference = run_inference(fp16_engine, [holdout_dir], workdir / "events",
                                      InferenceSettings(stride_s=settings.infer_stride_s, batch_size=settings.infer_batch,
                                                        reference_dir=str(holdout_dir), postprocess=postprocess))
@@ -138,7 +140,7 @@ def run_pipeline(settings: PipelineSettings, say: Callable[[str], None] = print)
                                               result.verifications["onnxruntime-fp16"].passed)
     if not torch.isfinite(logits).all() or not passed or result.inference.exit_code:
         result.exit_code = 1
-    say(result.verdict)
+    log.info(result.verdict)
     return result
 
 

@@ -1,16 +1,19 @@
 """The README's main job, end to end on a tiny corpus: every stage runs and a rerun reuses them."""
 
+import logging
+
 import pytest
 
 from brr.pipeline import PipelineSettings, held_out_verdict, run_pipeline
 from brr.runtime import InferenceSummary, RecordingEntry
 
 
-def test_pipeline_runs_end_to_end_and_reuses_its_work(tmp_path):
+def test_pipeline_runs_end_to_end_and_reuses_its_work(tmp_path, caplog):
     settings = PipelineSettings(workdir=tmp_path, train_recordings=3, holdout_recordings=1,
                                 recording_minutes=2, train_epochs=1, train_steps_per_epoch=2, infer_stride_s=60)
-    lines: list[str] = []
-    result = run_pipeline(settings, lines.append)
+    caplog.set_level(logging.INFO, logger="brr.pipeline")
+    result = run_pipeline(settings)
+    lines = [r.getMessage() for r in caplog.records if r.name == "brr.pipeline"]
     assert [row["probe"] for row in result.probe_rows][-1] == "logits"
     assert result.verifications["onnxruntime-fp16"].passed
     assert [e.status for e in result.inference.entries] == ["ok"]
@@ -18,8 +21,9 @@ def test_pipeline_runs_end_to_end_and_reuses_its_work(tmp_path):
     # The run ends with its verdict, and the exit code follows it.
     assert lines[-1] == result.verdict and result.verdict.startswith(("[verdict] PASS: ", "[verdict] FAIL: "))
     assert result.exit_code == (0 if result.verdict.startswith("[verdict] PASS") else 1)
-    again: list[str] = []
-    run_pipeline(settings, again.append)
+    caplog.clear()
+    run_pipeline(settings)
+    again = [r.getMessage() for r in caplog.records if r.name == "brr.pipeline"]
     assert any(line.startswith("[train] reusing") for line in again)
     assert any(line.startswith("[corpus] reusing") for line in again)
 

@@ -3,6 +3,7 @@ exact resume, settings validation. A tiny detector config (5 s windows) keeps ea
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ def test_short_run_lowers_loss_and_writes_checkpoints(corpus, tiny_model, tmp_pa
     seed_everything(settings.seed)
     initial = build_detector(tiny_model, guards=False)  # the same draw train() makes first
     before = fixed_batch_loss(initial, corpus, settings)
-    result = train(settings, say=lambda _: None)
+    result = train(settings)
     after = fixed_batch_loss(load_checkpoint(result.last_checkpoint), corpus, settings)
     assert after < 0.8 * before, (before, after)
     assert result.skipped_steps == 0 and result.steps == 10 and len(result.history) == 1
@@ -79,7 +80,7 @@ def test_short_run_lowers_loss_and_writes_checkpoints(corpus, tiny_model, tmp_pa
     assert state.is_file() and not list(result.last_checkpoint.glob("*.pt"))
 
 
-def test_non_finite_step_is_skipped_counted_and_named(corpus, tiny_model, tmp_path, monkeypatch):
+def test_non_finite_step_is_skipped_counted_and_named(corpus, tiny_model, tmp_path, monkeypatch, caplog):
     original = WindowDataset.window_arrays
     calls = []
 
@@ -92,8 +93,9 @@ def test_non_finite_step_is_skipped_counted_and_named(corpus, tiny_model, tmp_pa
         return signals, labels, valid
 
     monkeypatch.setattr(WindowDataset, "window_arrays", planted)
-    messages: list[str] = []
-    result = train(tiny_settings(corpus, tiny_model, tmp_path / "ckpt", steps_per_epoch=3), say=messages.append)
+    with caplog.at_level(logging.INFO, logger="brr.train"):
+        result = train(tiny_settings(corpus, tiny_model, tmp_path / "ckpt", steps_per_epoch=3))
+    messages = caplog.messages
     assert result.skipped_steps == 1
     assert result.skipped == [{"step": 1, "stage": "input"}]
     assert result.losses[1] is None and all(v is not None and np.isfinite(v) for v in (result.losses[0], result.losses[2]))
@@ -110,7 +112,7 @@ def test_epoch_of_only_non_finite_steps_stops_training(corpus, tiny_model, tmp_p
 
     monkeypatch.setattr(WindowDataset, "window_arrays", poisoned)
     with pytest.raises(TrainingError, match="every step of epoch 1 was non-finite"):
-        train(tiny_settings(corpus, tiny_model, tmp_path / "ckpt", steps_per_epoch=2), say=lambda _: None)
+        train(tiny_settings(corpus, tiny_model, tmp_path / "ckpt", steps_per_epoch=2))
 
 
 def test_weight_decay_only_on_weights():
@@ -130,32 +132,29 @@ def test_weight_decay_only_on_weights():
 
 
 def test_resume_continues_with_identical_losses(corpus, tiny_model, tmp_path):
-    def say(_: str) -> None:
-        pass
-
-    uninterrupted = train(tiny_settings(corpus, tiny_model, tmp_path / "a"), say=say)
+    uninterrupted = train(tiny_settings(corpus, tiny_model, tmp_path / "a"))
     # A budget that has already run out stops after the first step and saves OUT/last mid-epoch.
-    first = train(tiny_settings(corpus, tiny_model, tmp_path / "b", max_minutes=1e-9), say=say)
+    first = train(tiny_settings(corpus, tiny_model, tmp_path / "b", max_minutes=1e-9))
     assert first.stopped_by_budget and first.steps == 1 and first.history == []
-    resumed = train(tiny_settings(corpus, tiny_model, tmp_path / "b", resume=True), say=say)
+    resumed = train(tiny_settings(corpus, tiny_model, tmp_path / "b", resume=True))
     assert resumed.steps == 4
     assert first.losses + resumed.losses == uninterrupted.losses
     assert resumed.history[0]["train_loss"] == pytest.approx(uninterrupted.history[0]["train_loss"], rel=1e-6)
     with pytest.raises(SettingsError, match="batch_size"):
-        train(tiny_settings(corpus, tiny_model, tmp_path / "b", resume=True, batch_size=2), say=say)
+        train(tiny_settings(corpus, tiny_model, tmp_path / "b", resume=True, batch_size=2))
 
 
 def test_training_on_crops_validates_on_full_windows(corpus, tiny_model, tmp_path):
     # Tiny model: 5 s windows; crops of 2.5 s = 640 samples, a multiple of downsample x interval (80).
     settings = tiny_settings(corpus, tiny_model, tmp_path / "crops", crop_s=2.5, stride_s=2.5)
-    result = train(settings, say=lambda _: None)
+    result = train(settings)
     assert result.steps == 4 and result.skipped_steps == 0 and all(loss is not None for loss in result.losses)
     assert result.history[0]["validation"]["event"]["duration_s"] > 0
     for bad in (2.6, 7.5):  # not a multiple of 80 samples; longer than the model's window
         with pytest.raises(SettingsError, match=f"crop_s={bad} must be at most the model's 5.0 s window"):
-            train(tiny_settings(corpus, tiny_model, tmp_path / "bad", crop_s=bad), say=lambda _: None)
+            train(tiny_settings(corpus, tiny_model, tmp_path / "bad", crop_s=bad))
     with pytest.raises(SettingsError, match="stride_s=5.0 exceeds the 2.5 s window"):
-        train(tiny_settings(corpus, tiny_model, tmp_path / "bad", crop_s=2.5), say=lambda _: None)
+        train(tiny_settings(corpus, tiny_model, tmp_path / "bad", crop_s=2.5))
 
 
 def test_settings_errors_name_the_key(tmp_path, capsys):

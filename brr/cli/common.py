@@ -1,7 +1,8 @@
-"""What every ``brr-*`` command shares: the ``--debug`` flag and one map from errors to exit codes.
+"""What every ``brr-*`` command shares: the ``--debug`` flag, logging, and one map from errors to exit codes.
 
-:func:`run_main` parses the arguments, checks that the command's output folders can be written
-(before any work), runs it and turns what it raises into an exit status with one line
+:func:`run_main` configures logging (:func:`configure_logging`: brr's messages to stderr as
+``brr-<tool>: message`` lines), parses the arguments, checks that the command's output folders can
+be written (before any work), runs it and turns what it raises into an exit status with one line
 ``brr-<tool>: message`` on stderr:
 
 - :class:`~brr.errors.BrrError`: its kind's code (2 usage, unusable input, missing dependency;
@@ -16,18 +17,48 @@ A Python traceback is printed only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from polygraphy.logger import G_LOGGER
+from rich.console import Console
+from rich.highlighter import NullHighlighter
+from rich.logging import RichHandler
+
 from brr.errors import EXIT_FAILED, EXIT_UNUSABLE, BrrError
 from brr.output_folder import check_output_folder
 from brr.resources import return_freed_memory
 
-__all__ = ["EXIT_INTERRUPTED", "debug_parent", "error_line", "run_main"]
+__all__ = ["EXIT_INTERRUPTED", "configure_logging", "debug_parent", "error_line", "run_main"]
 
 EXIT_INTERRUPTED = 130
+
+
+class MessageHandler(RichHandler):
+    """Each record printed as its formatted message alone, never wrapped: no time or level columns, no
+    markup read into paths. A rich console, so that messages print above a live progress display."""
+
+    def __init__(self, tool: str):
+        super().__init__(console=Console(stderr=True, soft_wrap=True), show_time=False, show_level=False,
+                         show_path=False, markup=False, highlighter=NullHighlighter())
+        self.setFormatter(logging.Formatter(f"{tool}: %(message)s"))
+
+    def render(self, *, record, traceback, message_renderable):
+        return message_renderable
+
+
+def configure_logging(tool: str, level: int = logging.INFO) -> None:
+    """brr's log records from ``level`` up to stderr as ``<tool>: message`` lines (replacing what an earlier
+    call set up), and Polygraphy's own logger kept to errors unless ``level`` is DEBUG."""
+    logger = logging.getLogger("brr")
+    for handler in [h for h in logger.handlers if isinstance(h, MessageHandler)]:
+        logger.removeHandler(handler)
+    logger.addHandler(MessageHandler(tool))
+    logger.setLevel(level)
+    G_LOGGER.module_severity = G_LOGGER.INFO if level <= logging.DEBUG else G_LOGGER.ERROR
 
 
 def debug_parent() -> argparse.ArgumentParser:
@@ -57,11 +88,13 @@ def run_main(
     command: Callable[[argparse.Namespace], int],
     argv: Sequence[str] | None = None,
     outputs: Callable[[argparse.Namespace], Iterable[tuple[str, Any]]] = lambda args: (),
+    log_level: int = logging.INFO,
 ) -> int:
     """Parse ``argv``, check the output folders ``outputs(args)`` gives (``(option, folder)`` pairs, None
     folders skipped; see :func:`~brr.output_folder.check_output_folder`), run ``command(args)`` and
-    return its exit status, or the status of what it raised."""
+    return its exit status, or the status of what it raised. Messages from ``log_level`` up are shown."""
     return_freed_memory()
+    configure_logging(tool, log_level)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse: 2 after printing a usage error, 0 after --help

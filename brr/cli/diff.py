@@ -52,8 +52,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.adversarial:
         loaders.append(AdversarialWindows(window))
     report = run_diff(args.checkpoint, args.engines, ChainedWindows(loaders), args.atol, args.rtol,
-                      fail_on=args.fail_on, node_level=args.node_level,
-                      progress=lambda line: print(f"brr-diff: {line}", file=sys.stderr, flush=True))
+                      fail_on=args.fail_on, node_level=args.node_level)
     report.data_arguments = ["--data", *args.inputs] if args.inputs else ["--synthetic", str(args.synthetic or 2)]
     write_report(report, args.report)
     print(Path(args.report, "report.md").read_text(), end="")

@@ -52,9 +52,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     verification = verify_engine(args.checkpoint, result.engine_dir, result.precision,
                                  args.out / "verification" / result.engine_dir.name,
-                                 load_checkpoint(args.checkpoint).config.window_samples,
-                                 progress=lambda line: print(f"brr-export: verification: {line}", file=sys.stderr,
-                                                             flush=True))
+                                 load_checkpoint(args.checkpoint).config.window_samples)
     print(f"verification {verification.summary()}")
     if not verification.passed:
         print(f"brr-export: engine diverges from PyTorch fp32; report kept in {verification.report_dir}",

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     console = Console()
     say = lambda line: console.print(line, markup=False, highlight=False)  # noqa: E731  (lines carry [stage] tags)
-    result = run_pipeline(PipelineSettings(workdir=args.workdir, config=args.config, seed=args.seed), say)
+    result = run_pipeline(PipelineSettings(workdir=args.workdir, config=args.config, seed=args.seed))
 
     table = Table(title="probe summary (one window through the detector)")
     for column in ("probe", "shape", "finite", "min", "max", "mean"):

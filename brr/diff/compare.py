@@ -129,6 +129,7 @@ def within_tolerance(reference: np.ndarray, engine: np.ndarray, atol: float, rto
     if reference.size == 0:
         return True
     compare = SimpleCompareFunc(atol=atol, rtol=rtol, check_error_stat="elemwise", check_shapes=True)
+    # Used as a function: its own report of a failed comparison is the caller's to make, not Polygraphy's.
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
         results = compare(IterationResult({"t": engine}, runner_name="engine"),
                           IterationResult({"t": reference}, runner_name="reference"))

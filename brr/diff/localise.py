@@ -40,7 +40,6 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from onnx import numpy_helper
-from polygraphy.logger import G_LOGGER
 
 from brr.diff.compare import TensorStats
 from brr.diff.engines import Engine
@@ -105,12 +104,10 @@ class NodeLocaliser:
             names = [t.name for t in self.tensors]
             model = instrument(self.fp32 if fp32 else self.engine.onnx_model, names)
             factory = self.fp32_runner_for if fp32 else self.engine.runner_for
-            with G_LOGGER.verbosity(G_LOGGER.ERROR):
-                runner = factory(model, "fp32-statistics" if fp32 else f"{self.engine.name}-statistics")
-                runner.activate()
+            runner = factory(model, "fp32-statistics" if fp32 else f"{self.engine.name}-statistics")
+            runner.activate()
             self._statistics_runners[fp32] = runner
-        with G_LOGGER.verbosity(G_LOGGER.ERROR):
-            return dict(runner.infer(feed))
+        return dict(runner.infer(feed))
 
     def _align(self) -> list[Tensor]:
         engine_floats = set(float_tensors(self.engine.onnx_model))
@@ -128,7 +125,7 @@ class NodeLocaliser:
     # ------------------------------------------------------------------------------------ runs
     def _run(self, model: onnx.ModelProto, feed: dict, label: str, fp32: bool) -> dict[str, np.ndarray]:
         factory = self.fp32_runner_for if fp32 else self.engine.runner_for
-        with G_LOGGER.verbosity(G_LOGGER.ERROR), factory(model, label) as runner:
+        with factory(model, label) as runner:
             return dict(runner.infer(feed))
 
     def _check_reproduced(self, result: Localisation, outputs: dict, engine_logits: np.ndarray | None) -> None:

@@ -15,14 +15,14 @@ the number of inputs, nodes or engines.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from polygraphy.backend.base import BaseRunner
 from polygraphy.comparator import Comparator
-from polygraphy.logger import G_LOGGER
 
 from brr.backends.onnxrt.runner import lean_onnxruntime_runner
 from brr.backends.torch.runner import AUTOCAST_DTYPES, TorchRunner
@@ -38,6 +38,8 @@ from brr.model import V3Detector
 from brr.model.detector import OUTPUT_NAME
 from brr.resources import peak_rss_mb
 
+log = logging.getLogger(__name__)
+
 TORCH_ENGINE_PREFIX = "torch:"  # "torch:fp16", "torch:bf16": the reference under autocast
 # (atol, rtol) per engine precision: what the precision can hold over this network's stages.
 TOLERANCES = {"fp32": (1e-3, 1e-3), "fp16": (0.1, 0.05), "bf16": (0.25, 0.05), "int8": (0.5, 0.1)}
@@ -46,8 +48,8 @@ NONFINITE_VERDICTS = {kind: verdict for verdict, kind in NONFINITE_KINDS.items()
 
 def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[Engine | BaseRunner | str | Path],
              inputs: WindowLoader | Iterable[dict], atol: float | None = None, rtol: float | None = None,
-             report_dir: str | Path | None = None, fail_on: str = "nonfinite", node_level: bool = True,
-             progress: Callable[[str], None] | None = None) -> DiffReport:
+             report_dir: str | Path | None = None, fail_on: str = "nonfinite", node_level: bool = True
+             ) -> DiffReport:
     """Compare ``engines`` with ``reference`` on ``inputs``; write the reports to ``report_dir`` if given.
 
     ``reference``: a checkpoint folder or a model (run in fp32 with probes), or any runner.
@@ -55,12 +57,11 @@ def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[
     ``"torch:fp16"`` / ``"torch:bf16"`` (the reference model under autocast).
     ``atol``/``rtol``: None follows each engine's precision (``TOLERANCES``).
     ``report.failed`` says whether ``fail_on`` ('nonfinite' | 'divergence' | 'never') is met.
-    ``progress`` receives one line per input and per node-level search.
+    One line per input and per node-level search is logged.
     """
     if fail_on not in ("nonfinite", "divergence", "never"):
         raise UsageError(f"fail_on must be 'nonfinite', 'divergence' or 'never', got {fail_on!r}")
     started = time.perf_counter()
-    say = progress or (lambda _: None)
     reference_runner = reference if isinstance(reference, BaseRunner) else TorchRunner(reference, probes=True,
                                                                                       name="fp32-reference")
     engine_list = _engines(reference, list(engines))
@@ -80,7 +81,7 @@ def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[
             current["feed"] = feed
             yield feed
 
-    with G_LOGGER.verbosity(G_LOGGER.ERROR), contextlib.ExitStack() as cleanup:
+    with contextlib.ExitStack() as cleanup:
         cleanup.callback(lambda: [localiser.close() for localiser in localisers.values()])
         stream = Comparator.run([reference_runner] + [e.runner for e in engine_list], data_loader=feeds(),
                                 streaming=True)
@@ -100,12 +101,12 @@ def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[
                     localiser = localisers.get(engine.name) or localisers.setdefault(
                         engine.name, NodeLocaliser(engine, lean_onnxruntime_runner))
                     _localise(localiser, outcome, feed, eng_out, result, bisected)
-                    say(f"{engine.name} {labels[-1]}: node level ({outcome.node_level.method}) "
-                        f"{outcome.node_level.runs} runs, {outcome.node_level.seconds:.1f} s")
+                    log.info(f"{engine.name} {labels[-1]}: node level ({outcome.node_level.method}) "
+                             f"{outcome.node_level.runs} runs, {outcome.node_level.seconds:.1f} s")
                 result.inputs.append(outcome)
-            say(f"input {len(labels)} {labels[-1]}: "
-                + ", ".join(f"{r.name} {r.inputs[-1].verdict}" for r in results)
-                + f"; {time.perf_counter() - started:.0f} s, peak RSS {peak_rss_mb():.0f} MB")
+            log.info(f"input {len(labels)} {labels[-1]}: "
+                     + ", ".join(f"{r.name} {r.inputs[-1].verdict}" for r in results)
+                     + f"; {time.perf_counter() - started:.0f} s, peak RSS {peak_rss_mb():.0f} MB")
     report.inputs = labels
     report.engines = results
     report.cost = {"seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak_rss_mb()),

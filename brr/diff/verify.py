@@ -10,7 +10,6 @@ checks before serving).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,13 +57,12 @@ class Verification:
 
 
 def verify_engine(reference, engine_path: str | Path, precision: str, report_dir: str | Path,
-                  window_samples: int, synthetic_windows: int = 2,
-                  progress: Callable[[str], None] | None = None) -> Verification:
+                  window_samples: int, synthetic_windows: int = 2) -> Verification:
     """Diff ``engine_path`` against the fp32 ``reference`` (checkpoint dir or model), write the report and
     record the verdict in the artifact's manifest."""
     inputs = ChainedWindows([SyntheticWindows(synthetic_windows, window_samples),
                              AdversarialWindows(window_samples)])
-    report = run_diff(reference, [engine_path], inputs, fail_on="divergence", progress=progress)
+    report = run_diff(reference, [engine_path], inputs, fail_on="divergence")
     report.data_arguments = ["--synthetic", str(synthetic_windows)]
     write_report(report, report_dir)
     verification = Verification(precision, report, Path(report_dir))

@@ -7,9 +7,10 @@ The folders are ``brr.artifact.files``'s: ``onnx-<ops>/`` (the reference), then
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from brr.export.onnx_export import export_onnx
 from brr.export.precision_plan import PrecisionPlan, default_plan
 from brr.model import load_checkpoint
 from brr.model.checkpoint import WEIGHTS_FILE, file_sha256, read_checkpoint_meta
+
+log = logging.getLogger(__name__)
 
 CALIBRATION_WINDOWS = 8
 NO_PLAN = "none"  # --precision-plan none: no fp32 islands at all
@@ -81,7 +84,7 @@ def engine_plan(requested: Path | str | None, precision: str) -> PrecisionPlan:
     return PrecisionPlan()
 
 
-def export_artifacts(request: ExportRequest, say: Callable[[str], None] = print) -> ExportResult:
+def export_artifacts(request: ExportRequest) -> ExportResult:
     checkpoint = Path(request.checkpoint)
     model = load_checkpoint(checkpoint)
     meta = read_checkpoint_meta(checkpoint)
@@ -99,7 +102,7 @@ def export_artifacts(request: ExportRequest, say: Callable[[str], None] = print)
     common = {"source": source, "config": config, "ops": request.ops, "opset": reference.opset}
     write_manifest(reference.directory, backend=REFERENCE_BACKEND, precision="fp32", model_file=ONNX_FILE,
                    pinned_nodes=[], **common)
-    say(f"fp32 ONNX ({request.ops} ops): {reference.model} in {seconds['onnx_export']:.1f} s")
+    log.info(f"fp32 ONNX ({request.ops} ops): {reference.model} in {seconds['onnx_export']:.1f} s")
 
     engine_dir = reference.directory
     if not (backend.name == REFERENCE_BACKEND and request.engine == "fp32"):
@@ -118,6 +121,6 @@ def export_artifacts(request: ExportRequest, say: Callable[[str], None] = print)
                        settings=built.settings, fp32_reference=reference.directory,
                        precision_plan=plan.describe(pinned) if plan.metadata or plan.source != "(none)" else None,
                        **common)
-        say(f"{backend.name} {request.engine} engine: {engine_dir} in {seconds['engine_build']:.1f} s")
+        log.info(f"{backend.name} {request.engine} engine: {engine_dir} in {seconds['engine_build']:.1f} s")
 
     return ExportResult(reference.directory, engine_dir, backend.name, request.engine, seconds=seconds)

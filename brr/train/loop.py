@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ from brr.train.losses import focal_loss
 from brr.train.optim import build_optimizer, learning_rate
 from brr.train.settings import SettingsError, TrainSettings
 from brr.train.state import load_training_state, save_training_state
+
+log = logging.getLogger(__name__)
 
 # Settings that fix the data order and the schedule: a resumed run must keep them.
 RESUME_FIXED = ("data", "model", "seed", "batch_size", "steps_per_epoch", "crop_s", "stride_s",
@@ -142,16 +144,16 @@ def _check_resumable(saved: dict[str, Any], settings: TrainSettings, where: Path
             )
 
 
-def train(settings: TrainSettings, say: Callable[[str], None] = print) -> TrainResult:
+def train(settings: TrainSettings) -> TrainResult:
     """Train as ``settings`` say. ``settings.out`` is locked for the run (a second run on it is refused,
     :class:`~brr.output_folder.OutputFolderBusy`), and the temporaries a killed run left are removed first."""
     out = prepare_output_folder(settings.out)
     with OutputLock(out, "brr-train"):
         remove_stale_temporaries(out)
-        return _train(settings, say)
+        return _train(settings)
 
 
-def _train(settings: TrainSettings, say: Callable[[str], None]) -> TrainResult:
+def _train(settings: TrainSettings) -> TrainResult:
     started = time.monotonic()
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -172,14 +174,14 @@ def _train(settings: TrainSettings, say: Callable[[str], None]) -> TrainResult:
     val_cache = None
     if not train_set.streaming:
         val_cache = {e.recording_path: load_recording(e, settings.mains_hz)[0] for e in val_entries}
-    say(f"[train] {len(train_entries)} training recordings ({len(train_set)} windows, "
-        f"{len(train_set.positives)} with seizure), {len(val_entries)} validation recordings; "
-        f"{'streaming' if train_set.streaming else 'in memory'}")
+    log.info(f"[train] {len(train_entries)} training recordings ({len(train_set)} windows, "
+             f"{len(train_set.positives)} with seizure), {len(val_entries)} validation recordings; "
+             f"{'streaming' if train_set.streaming else 'in memory'}")
 
     optimizer = build_optimizer(model, settings.lr, settings.weight_decay)
     loop = _fresh_loop_state(settings)
     if settings.resume:
-        loop = _resume(model, optimizer, settings, last_dir, say)
+        loop = _resume(model, optimizer, settings, last_dir)
     model.to(device).train()
 
     batch_size = settings.batch_size
@@ -210,7 +212,7 @@ def _train(settings: TrainSettings, say: Callable[[str], None]) -> TrainResult:
                 loop["skipped"].append({"step": loop["step"], "stage": stage})
                 loop["epoch_skipped"] += 1
                 message = f"[train] step {loop['step']}: skipped, non-finite values first at {stage}"
-                bar.write(message) if settings.progress else say(message)
+                bar.write(message) if settings.progress else log.info(message)
             loop["batch"] += 1
             loop["step"] += 1
             now = time.monotonic()
@@ -223,22 +225,22 @@ def _train(settings: TrainSettings, say: Callable[[str], None]) -> TrainResult:
                 break
         bar.close()
         if stopped_by_budget:
-            say(f"[train] time budget of {settings.max_minutes} min reached at step {loop['step']}; "
-                f"resume with --resume")
+            log.info(f"[train] time budget of {settings.max_minutes} min reached at step {loop['step']}; "
+                     f"resume with --resume")
             break
         if loop["epoch_applied"] == 0:
             stages = sorted({s["stage"] for s in loop["skipped"][-loop["epoch_skipped"]:]})
             raise TrainingError(f"every step of epoch {epoch + 1} was non-finite (stages: {stages}); "
                                 "refusing to go on training on nothing")
-        _finish_epoch(model, settings, val_entries, val_cache, loop, best_dir, device, say)
+        _finish_epoch(model, settings, val_entries, val_cache, loop, best_dir, device)
         loop.update(epoch=epoch + 1, batch=0, epoch_loss_sum=0.0, epoch_applied=0, epoch_skipped=0)
         _save_last(model, optimizer, loop, last_dir)
     if stopped_by_budget:
         _save_last(model, optimizer, loop, last_dir)
 
     skipped = loop["skipped"]
-    say(f"[train] {loop['step']} steps, {len(skipped)} skipped as non-finite"
-        + (f" (first stages: {sorted({s['stage'] for s in skipped})})" if skipped else ""))
+    log.info(f"[train] {loop['step']} steps, {len(skipped)} skipped as non-finite"
+             + (f" (first stages: {sorted({s['stage'] for s in skipped})})" if skipped else ""))
     result = TrainResult(
         history=loop["history"], best_metrics=loop["best_metrics"],
         best_checkpoint=best_dir if loop["best_metrics"] is not None else None,
@@ -250,7 +252,7 @@ def _train(settings: TrainSettings, say: Callable[[str], None]) -> TrainResult:
     return result
 
 
-def _resume(model, optimizer, settings: TrainSettings, last_dir: Path, say) -> dict[str, Any]:
+def _resume(model, optimizer, settings: TrainSettings, last_dir: Path) -> dict[str, Any]:
     """Load the last checkpoint's weights into ``model`` and its optimizer/RNG state; return the loop state."""
     saved = load_checkpoint(last_dir)
     if saved.config.digest() != model.config.digest():
@@ -260,11 +262,11 @@ def _resume(model, optimizer, settings: TrainSettings, last_dir: Path, say) -> d
     loop = load_training_state(last_dir, optimizer)
     _check_resumable(loop["settings"], settings, last_dir)
     loop["settings"] = settings.to_dict()
-    say(f"[train] resumed from {last_dir} at epoch {loop['epoch'] + 1}, step {loop['step']}")
+    log.info(f"[train] resumed from {last_dir} at epoch {loop['epoch'] + 1}, step {loop['step']}")
     return loop
 
 
-def _finish_epoch(model, settings: TrainSettings, val_entries, val_cache, loop, best_dir: Path, device, say):
+def _finish_epoch(model, settings: TrainSettings, val_entries, val_cache, loop, best_dir: Path, device):
     base = settings.postprocess_config()
     window_s = model.config.window_samples / model.config.sampling_rate
     predictions = predict_corpus(model, val_entries, window_s, settings.val_stride_s,
@@ -281,9 +283,9 @@ def _finish_epoch(model, settings: TrainSettings, val_entries, val_cache, loop, 
     }
     loop["history"].append(row)
     ev = scores["event"]
-    say(f"[train] epoch {row['epoch']}: loss {row['train_loss']:.4f}, validation event sensitivity "
-        f"{_fmt(ev['sensitivity'])}, precision {_fmt(ev['precision'])}, F1 {_fmt(ev['f1'])}, "
-        f"FA/24h {_fmt(ev['fp_per_24h'])} (enter {postprocess.enter:.2f})")
+    log.info(f"[train] epoch {row['epoch']}: loss {row['train_loss']:.4f}, validation event sensitivity "
+             f"{_fmt(ev['sensitivity'])}, precision {_fmt(ev['precision'])}, F1 {_fmt(ev['f1'])}, "
+             f"FA/24h {_fmt(ev['fp_per_24h'])} (enter {postprocess.enter:.2f})")
     key = list(selection_key(scores, settings.selection, settings.max_fa_per_24h))
     # On a tie the later epoch wins: it has trained longer on the same evidence.
     if loop["best_key"] is None or key >= loop["best_key"]:
@@ -292,7 +294,7 @@ def _finish_epoch(model, settings: TrainSettings, val_entries, val_cache, loop, 
             "epoch": row["epoch"], "step": row["step"], "selection": settings.selection,
             "max_fa_per_24h": settings.max_fa_per_24h, "postprocess": row["postprocess"], "validation": scores,
         }})
-        say(f"[train] new best checkpoint: {best_dir}")
+        log.info(f"[train] new best checkpoint: {best_dir}")
 
 
 def _save_last(model, optimizer, loop, last_dir: Path) -> None:

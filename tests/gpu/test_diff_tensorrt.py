@@ -92,7 +92,7 @@ def test_exported_artifact_is_read_as_built(tmp_path):
     torch.manual_seed(1)
     save_checkpoint(build_detector("v3-small").eval(), tmp_path / "ckpt")
     exported = export_artifacts(ExportRequest(tmp_path / "ckpt", tmp_path / "out", engine="fp16", backend="tensorrt",
-                                              batch=(1, 1, 1)), say=lambda _: None)
+                                              batch=(1, 1, 1)))
     assert (exported.engine_dir / TIMING_CACHE_FILE).is_file()
     (engine,) = artifact_engines([exported.engine_dir])
     assert engine.localisable and engine.node_level_note is None

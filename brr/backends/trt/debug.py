@@ -168,12 +168,10 @@ def run_with_listener(trt, engine: bytes, feed: dict, names: Iterable[str], unfu
                       ) -> tuple[dict[str, TensorRange], dict[str, np.ndarray]]:
     """One run of the serialized ``engine`` with its debug tensors on: (ranges of ``names``, outputs)."""
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-    from polygraphy.logger import G_LOGGER
 
     collector = DebugTensorRanges(names)
     listener = debug_listener(trt, collector)
-    with G_LOGGER.verbosity(G_LOGGER.ERROR), TrtRunner(EngineFromBytes(engine), name="brr-debug-tensors",
-                                                       debug_listener=listener) as runner:
+    with TrtRunner(EngineFromBytes(engine), name="brr-debug-tensors", debug_listener=listener) as runner:
         runner.context.set_all_tensors_debug_state(True)
         if unfused:
             runner.context.unfused_tensors_debug_state = True
