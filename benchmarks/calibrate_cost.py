@@ -2,7 +2,8 @@
 
     python benchmarks/calibrate_cost.py --config v3-small --workdir /tmp/brr-cal
     python benchmarks/calibrate_cost.py --config v3-small --memory        # peak RSS, 2 vs 8 windows
-    python benchmarks/calibrate_cost.py --config v3 --max-windows 2 --budget 25
+    python benchmarks/calibrate_cost.py --config v3 --max-windows 2
+    python benchmarks/calibrate_cost.py --config v3-small --budget 1         # the best verified plan at 1 min
 
 The checkpoint is the initialised detector with one TCN layer's overflow planted: the weights and
 bias of ``tcn.to_width`` times ``--factor`` and those of ``tcn.mix`` divided by it, so ``to_width``'s
@@ -13,7 +14,8 @@ is recorded before and after, since the machine may be shared. ``--memory`` cali
 export folder (``brr-export --engine fp32``) instead of the checkpoint, so that the peak is the
 search's, not that of exporting to ONNX inside the same process. Writes
 ``benchmarks/results/calibration-<config>/cost.json`` and ``cost.md`` with the run's
-``precision_plan.json`` and ``calibration_report.{json,md}``.
+``precision_plan.json`` and ``calibration_report.{json,md}`` (a budgeted run: ``budget-<N>min.*`` and
+a ``budget-<N>min/`` folder; ``--memory``: ``memory.json``, ``memory.md``).
 
 Targets (issue 14): v3-small, defaults, <= 5 min; v3, two EDF windows, <= 30 min; peak RSS for 8
 windows within 10 % of 2 windows.
@@ -118,12 +120,16 @@ def main() -> int:
         report = json.loads((out / "calibration_report.json").read_text()) if (out / "calibration_report.json").is_file() \
             else {}
         run |= {"accepted": report.get("accepted"), "pinned": report.get("pinned_count"),
-                "evaluations": report.get("search", {}).get("evaluations"), "stopped": report.get("stopped")}
+                "evaluations": report.get("search", {}).get("evaluations"), "stopped": report.get("stopped"),
+                "not_accepted_on": report.get("not_accepted_on")}
         doc["runs"].append(run)
+        # A budgeted run's files go beside the default run's, in their own folder.
+        name = "cost" if args.budget is None else f"budget-{args.budget:g}min"
+        kept = results if args.budget is None else results / name
+        kept.mkdir(exist_ok=True)
         for file in ("precision_plan.json", "calibration_report.json", "calibration_report.md"):
             if (out / file).is_file():
-                shutil.copy(out / file, results / file)
-        name = "cost"
+                shutil.copy(out / file, kept / file)
     (results / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
     lines = [f"# brr-calibrate cost: {args.config} ({stamp})", "", f"planted: {doc['planted']}", "",
              "| command | exit | wall s | peak RSS MB | load avg before/after |", "|---|---|---|---|---|"]
