@@ -40,13 +40,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 from onnx import numpy_helper
-from polygraphy.backend.onnx import ModifyOutputs
 from polygraphy.logger import G_LOGGER
 
 from brr.diff.compare import TensorStats
 from brr.diff.engines import Engine
 from brr.diff.stages import node_stages
 from brr.model.detector import OUTPUT_NAME
+from brr.onnx.marking import mark_outputs, read_marked
 from brr.onnx.statistics import TensorRange, float_tensors, instrument, read_ranges
 
 # (largest finite, smallest normal, smallest subnormal) of the reduced precisions an engine may store in.
@@ -215,9 +215,9 @@ class NodeLocaliser:
                engine_names: list[str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Values of ``names`` in fp32 and of ``engine_names`` (default the same) in the engine."""
         engine_names = engine_names or names
-        ref = self._run(_mark(self.fp32, names), feed, "fp32-marked", fp32=True)
-        eng = self._run(_mark(self.engine.onnx_model, [*engine_names, OUTPUT_NAME]), feed,
-                        f"{self.engine.name}-marked", fp32=False)
+        ref = read_marked(self._run(mark_outputs(self.fp32, names), feed, "fp32-marked", fp32=True))
+        eng = read_marked(self._run(mark_outputs(self.engine.onnx_model, [*engine_names, OUTPUT_NAME]), feed,
+                                    f"{self.engine.name}-marked", fp32=False))
         result.runs += 2
         result.observed("marked_outputs")
         self._check_reproduced(result, eng, engine_logits)
@@ -452,11 +452,6 @@ class NodeLocaliser:
                            "from PyTorch is in the fp32 export itself")
         result.seconds = time.perf_counter() - start
         return result
-
-
-def _mark(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    with G_LOGGER.verbosity(G_LOGGER.ERROR):
-        return ModifyOutputs(model, outputs=list(dict.fromkeys(names)), copy=True)()
 
 
 def value_range(array) -> dict | None:
