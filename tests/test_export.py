@@ -182,6 +182,18 @@ def test_fp16_keeps_planned_nodes_in_fp32(exports, guarded, tmp_path):
     assert rounded and any(n.op_type == "Cast" and n.name in rounded for n in converted.graph.node)
 
 
+def test_a_pinned_loop_keeps_its_body_in_fp32(exports, guarded, tmp_path):
+    """The standard-ops eigendecomposition is a Loop: pinning it pins the Jacobi sweeps inside it."""
+    stages = json.loads(exports["standard"].stages.read_text())
+    pinned = PrecisionPlan(fp32_stages=("laplacian_pe",)).resolve(exports["standard"].model, stages)
+    BACKENDS["onnxruntime"].build(exports["standard"].model, "standard", tmp_path, "fp16", pinned, (1, 1, 1),
+                                  guarded.config, None)
+    (loop,) = [n for n in onnx.load(str(tmp_path / ONNX_FILE)).graph.node if n.op_type == "Loop"]
+    body = next(a.g for a in loop.attribute if a.name == "body")
+    casts = [n for n in body.node if n.op_type == "Cast" and n.name.endswith("_to_fp16")]
+    assert loop.name in pinned and casts == []
+
+
 def test_precision_plan_refuses_unknown_nodes(exports, tmp_path):
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps({"fp32_nodes": ["no_such_node"]}))

@@ -1,7 +1,9 @@
 """Calibration: fp16/bf16 precision plans (the fewest fp32 nodes, proved on windows) and INT8 calibration.
 
-Entry point: :func:`calibrate` (``brr-calibrate``). The search is :class:`PlanSearch`; INT8 lives in
-``brr.calibration.int8``; EDF calibration batches in ``brr.calibration.windows``.
+Entry point: :func:`calibrate` (``brr-calibrate``). The search is :class:`PlanSearch`, starting from
+what one fp32 run tells (``brr.calibration.ranges``), with its sessions reused (``brr.calibration.sessions``)
+and its windows on disk (``brr.calibration.windows.WindowStore``); INT8 lives in ``brr.calibration.int8``;
+EDF calibration batches in ``brr.calibration.windows``.
 """
 
 from brr.calibration.flops import count_flops, flop_share, node_flops

@@ -2,18 +2,25 @@
 
 Outputs in ``out``:
 
-    precision_plan.json        fp16/bf16: the plan ``brr-export --precision-plan`` loads (PrecisionPlan)
+    precision_plan.json        fp16/bf16: the plan ``brr-export --precision-plan`` loads (PrecisionPlan): the
+                               best verified plan, its evidence per pin, the windows it is not accepted on
     int8/model.onnx            int8: ONNX Runtime QDQ model calibrated on the EDF windows
-    diff/                      the diff of the final engine against fp32 (report.json/.md/.html)
-    calibration_report.json    final error per stage, pinned nodes and FLOP share, ORT CPU latency
+    diff/                      int8: the diff of the quantised engine against fp32 (report.json/.md/.html)
+    calibration_report.json    final error per stage, pinned nodes and FLOP share, the default plan compared,
+                               ORT CPU latency, the run's time and peak RSS
     calibration_report.md
     onnx-standard/             the fp32 export, when the source is a checkpoint
+
+fp16/bf16 plans are judged by the search itself on the engine ``brr-export`` serves on ONNX Runtime,
+against the fp32 ONNX graph (every probe, every tensor's finiteness, every window); ``brr-export
+--precision-plan`` then verifies the engine it builds against PyTorch.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,24 +29,26 @@ import onnx
 from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
 
+from brr.artifact.files import ONNX_FILE as MODEL_FILE
 from brr.atomic import atomic_write_text
+from brr.backends.onnxrt.runner import onnxruntime_runner
 from brr.backends.trt.loader import CALIBRATION_CACHE_FILE, TensorRTUnavailable
 from brr.calibration.flops import flop_share, node_flops
 from brr.calibration.int8 import build_tensorrt_int8, quantize_onnxruntime
-from brr.calibration.search import REDUCED_PRECISIONS, PlanSearch
+from brr.calibration.ranges import FOUND_BY
+from brr.calibration.search import ACCEPTED_VERDICTS, REDUCED_PRECISIONS, PlanSearch, SearchError
 from brr.calibration.speed import compare_latency
 from brr.calibration.windows import EdfBatches
-from brr.diff import AdversarialWindows, ChainedWindows, EdfWindows, run_diff
-from brr.backends.onnxrt.runner import onnxruntime_runner
+from brr.diff import TOLERANCES, AdversarialWindows, ChainedWindows, EdfWindows, SyntheticWindows, run_diff
 from brr.diff.engines import onnxruntime_engine
 from brr.diff.inputs import WindowLoader
 from brr.errors import UsageError
-from brr.onnx.precision import low_precision_model
-from brr.artifact.files import ONNX_FILE as MODEL_FILE
 from brr.export.onnx_export import export_onnx
-from brr.export.precision_plan import PrecisionPlan
+from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError, default_plan
 from brr.model import DetectorConfig, V3Detector, load_checkpoint, resolve_config
 from brr.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, file_sha256
+from brr.onnx.stages import node_stages
+from brr.resources import peak_rss_mb
 
 PRECISIONS = (*REDUCED_PRECISIONS, "int8")
 PLAN_FILE = "precision_plan.json"
@@ -79,16 +88,6 @@ class CalibrationResult:
     @property
     def passed(self) -> bool:
         return self.verdict in ("clean", "basis_ambiguous")
-
-
-class ListedWindows(WindowLoader):
-    """Windows already read (the search holds them anyway), labelled as they were."""
-
-    def __init__(self, windows: list[tuple[str, dict]]):
-        self.windows = windows
-
-    def labelled(self):
-        return iter(self.windows)
 
 
 def resolve_source(source: str | Path, out: Path, say: Callable[[str], None]) -> Source:
@@ -131,86 +130,159 @@ def window_samples(model: onnx.ModelProto) -> int:
     return dims[2].dim_value
 
 
-def calibrate(source: str | Path, data: list[str | Path] | WindowLoader, precision: str = "fp16",
-              out: str | Path = "calibration", atol: float = 1e-2, rtol: float = 1e-2, adversarial: bool = True,
-              max_windows: int = 8, max_pins: int = 64, speed_repeats: int = 3,
-              say: Callable[[str], None] = print) -> CalibrationResult:
-    """Calibrate ``source`` for ``precision`` on ``data`` (EDF/BDF files or folders, or a window loader).
+def calibration_windows(data: list[str | Path] | WindowLoader | None, synthetic: int | None, samples: int,
+                        max_windows: int, adversarial: bool) -> WindowLoader:
+    """EDF/BDF windows (``data``), or ``synthetic`` seeded windows, then the adversarial suite if asked."""
+    if (data is None) == (synthetic is None):
+        raise CalibrationError("calibration needs windows: EDF/BDF recordings (--data) or a number of synthetic "
+                               "windows (--synthetic), one of the two")
+    if synthetic is not None:
+        loader: WindowLoader = SyntheticWindows(synthetic, samples)
+    elif isinstance(data, WindowLoader):
+        loader = data
+    else:
+        loader = EdfWindows(list(data), samples, stride_s=samples / 256, max_windows=max_windows)
+    return ChainedWindows([loader, AdversarialWindows(samples)]) if adversarial else loader
 
-    fp16/bf16: search the plan (``brr.calibration.search``), write ``precision_plan.json``, diff the
-    planned engine. int8: quantise for ONNX Runtime (and TensorRT when available), diff it.
+
+def calibrate(source: str | Path, data: list[str | Path] | WindowLoader | None = None, precision: str = "fp16",
+              out: str | Path = "calibration", atol: float | None = None, rtol: float | None = None,
+              adversarial: bool = True, max_windows: int = 8, max_pins: int = 64, speed_repeats: int = 3,
+              budget_minutes: float | None = None, synthetic: int | None = None,
+              say: Callable[[str], None] = print) -> CalibrationResult:
+    """Calibrate ``source`` for ``precision`` on ``data`` (EDF/BDF files or folders, or a window loader) or
+    on ``synthetic`` seeded windows; ``atol``/``rtol`` default to the precision's (``brr.diff.TOLERANCES``),
+    the ones ``brr-export`` verifies with.
+
+    fp16/bf16: search the plan (``brr.calibration.search``) within ``budget_minutes``, write
+    ``precision_plan.json`` (the best verified plan, marked not accepted where it is not) and compare it
+    with the exporter's default plan. int8: quantise for ONNX Runtime (and TensorRT when available), diff it.
     """
+    started = time.monotonic()
     if precision not in PRECISIONS:
         raise CalibrationError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if budget_minutes is not None and budget_minutes <= 0:
+        raise CalibrationError(f"the budget must be a positive number of minutes, got {budget_minutes:g}")
+    default_atol, default_rtol = TOLERANCES[precision]
+    atol, rtol = (default_atol if atol is None else atol), (default_rtol if rtol is None else rtol)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     src = resolve_source(source, out, say)
-    fp32_probed = onnx.load(str(src.onnx))
-    samples = window_samples(fp32_probed)
-    loaders: list[WindowLoader] = [data if isinstance(data, WindowLoader) else
-                                   EdfWindows(list(data), samples, stride_s=samples / 256, max_windows=max_windows)]
-    if adversarial:
-        loaders.append(AdversarialWindows(samples))
-    windows = list(ChainedWindows(loaders).labelled())
-    say(f"{len(windows)} calibration windows ({', '.join(label for label, _ in windows[:4])}"
-        f"{' ...' if len(windows) > 4 else ''})")
-    reference: V3Detector | BaseRunner = src.model or onnxruntime_runner(fp32_probed, "fp32-onnx")
-    served_fp32 = onnx.load(str(src.onnx))
-    feeds = [feed for _, feed in windows]
-    report: dict = {"precision": precision, "source": _source_doc(src), "tolerance": {"atol": atol, "rtol": rtol},
-                    "windows": [label for label, _ in windows]}
+    fp32 = onnx.load(str(src.onnx))
+    samples = window_samples(fp32)
+    windows = calibration_windows(data, synthetic, samples, max_windows, adversarial)
+    report: dict = {"precision": precision, "source": _source_doc(src, precision),
+                    "tolerance": {"atol": atol, "rtol": rtol}}
 
     if precision in REDUCED_PRECISIONS:
-        search = PlanSearch(fp32_probed, precision, windows, atol, rtol, src.config,
-                            pinnable={n.name for n in served_fp32.graph.node}, max_pins=max_pins,
-                            say=say)
-        say(f"searching the {precision} plan ({len(search.pinnable)} pinnable nodes)")
-        pins, final = search.run()
-        plan_path = out / PLAN_FILE
-        plan_doc = plan_document(src, served_fp32, precision, pins, final, search, atol, rtol)
-        atomic_write_text(plan_path, json.dumps(_json_safe(plan_doc), indent=1))
-        plan = PrecisionPlan.load(plan_path)
-        plan.resolve(src.onnx, {})  # the plan must name nodes of the served model only
-        engine = search.engine(pins)
-        planned_served = low_precision_model(served_fp32, pins, precision)
-        report |= {"plan": str(plan_path), "pinned": plan_doc["metadata"]["pinned"],
-                   "pinned_count": len(pins), "flops": plan_doc["metadata"]["flops"],
-                   "search": {"engine": engine.name, "evaluations": search.evaluations}}
+        plan, plan_path = _search_plan(src, fp32, precision, windows, atol, rtol, max_pins, speed_repeats,
+                                       budget_minutes, report, out, say)
         model_path = None
     else:
-        batches = EdfBatches(list(data), batch_size=1, window_samples=samples, max_windows=max_windows) \
-            if not isinstance(data, WindowLoader) else None
-        if batches is None:
-            raise CalibrationError("int8 calibration needs EDF/BDF recordings (--data), not a window loader")
+        if isinstance(data, WindowLoader) or data is None:
+            raise CalibrationError("int8 calibration needs EDF/BDF recordings (--data), not generated windows")
+        batches = EdfBatches(list(data), batch_size=1, window_samples=samples, max_windows=max_windows)
         say(f"int8: ONNX Runtime static QDQ on {len(batches.files)} recording(s), up to {max_windows} windows")
         model_path = quantize_onnxruntime(src.onnx, batches, out / "int8")
-        engine = onnxruntime_engine(model_path, fp32_probed, name="onnxruntime-int8", precision="int8")
-        planned_served = onnx.load(str(model_path))
+        engine = onnxruntime_engine(model_path, fp32, name="onnxruntime-int8", precision="int8")
         plan, plan_path = None, None
         report |= {"int8_model": str(model_path), "tensorrt": _tensorrt_int8(src.onnx, list(data), samples,
                                                                               max_windows, out / "tensorrt-int8")}
-
-    say(f"diff of {engine.name} against fp32 on {len(windows)} windows")
-    diff = run_diff(reference, [engine], ListedWindows(windows), atol, rtol, report_dir=out / "diff",
-                    fail_on="never")
-    result_engine = diff.engines[0]
-    report["final"] = {"engine": engine.name, "verdict": result_engine.verdict,
-                       "nonfinite_outputs": sum(s.precision_nonfinite for s in result_engine.stages.values()),
-                       "stages": {name: _stage_doc(stats) for name, stats in result_engine.stages.items()},
-                       "diff_report": str(out / "diff" / "report.json")}
-    say("timing ONNX Runtime CPU: fp32 vs the planned model")
-    report["speed_onnxruntime_cpu"] = compare_latency({"fp32": served_fp32, precision: planned_served}, feeds,
-                                                      speed_repeats)
+        reference: V3Detector | BaseRunner = src.model or onnxruntime_runner(fp32, "fp32-onnx")
+        say(f"diff of {engine.name} against fp32")
+        diff = run_diff(reference, [engine], windows, atol, rtol, report_dir=out / "diff", fail_on="never")
+        result_engine = diff.engines[0]
+        report["windows"] = diff.inputs
+        report["final"] = {"engine": engine.name, "verdict": result_engine.verdict,
+                           "accepted": result_engine.verdict in ACCEPTED_VERDICTS,
+                           "nonfinite_outputs": sum(s.precision_nonfinite for s in result_engine.stages.values()),
+                           "stages": {name: _stage_doc(stats) for name, stats in result_engine.stages.items()},
+                           "diff_report": str(out / "diff" / "report.json")}
+        say("timing ONNX Runtime CPU: fp32 vs the int8 model (one window, lean sessions)")
+        first_feed = next(iter(windows))
+        report["speed_onnxruntime_cpu"] = compare_latency({"fp32": fp32, precision: onnx.load(str(model_path))},
+                                                          [first_feed], speed_repeats, lean=True)
+    report["cost"] = {"seconds": round(time.monotonic() - started, 1), "peak_rss_mb": round(peak_rss_mb())}
     paths = write_report(_json_safe(report), out)
     return CalibrationResult(precision, out, plan_path, plan, model_path, report, paths)
 
 
+def _search_plan(src: Source, fp32: onnx.ModelProto, precision: str, windows: WindowLoader, atol: float,
+                 rtol: float, max_pins: int, speed_repeats: int, budget_minutes: float | None, report: dict,
+                 out: Path, say: Callable[[str], None]) -> tuple[PrecisionPlan, Path]:
+    """The fp16/bf16 plan search, its plan file, and what the report says of it."""
+    budget_s = None if budget_minutes is None else 60 * budget_minutes
+    with PlanSearch(fp32, precision, windows, atol, rtol, src.config, max_pins=max_pins, budget_s=budget_s,
+                    say=say) as search:
+        say(f"{len(search.windows)} calibration windows; searching the {precision} plan "
+            f"({len(search.pinnable)} pinnable nodes)")
+        error = None
+        try:
+            pins, final = search.run()
+        except SearchError as exc:
+            pins, final, error = search.best_pins(), search.best, str(exc)
+            if final is None:
+                raise
+            say(f"search stopped: {error}")
+        stopped = "error" if error else search.stopped
+        plan_path = out / PLAN_FILE
+        plan_doc = plan_document(src, fp32, precision, pins, final, search, atol, rtol, stopped, error)
+        atomic_write_text(plan_path, json.dumps(_json_safe(plan_doc), indent=1))
+        plan = PrecisionPlan.load(plan_path)
+        plan.resolve(src.onnx, {})  # the plan must name nodes of the served model only
+        planned = search.reduced_model(pins)
+        report |= {"windows": search.windows, "plan": str(plan_path), "accepted": final.accepted,
+                   "stopped": stopped, "error": error, "not_accepted_on": final.not_accepted(),
+                   "pinned": plan_doc["metadata"]["pinned"], "pinned_count": len(pins),
+                   "flops": plan_doc["metadata"]["flops"],
+                   "default_plan": plan_doc["metadata"]["default_plan"],
+                   "search": {"engine": final.engine, "evaluations": search.evaluations,
+                              "seconds": round(search.elapsed, 1), "sessions_created": search.sessions.created,
+                              "budget_minutes": budget_minutes},
+                   "final": {"engine": final.engine, "verdict": plan_doc["metadata"]["verdict"],
+                             "accepted": final.accepted,
+                             "evaluated_by": ("the served ONNX Runtime engine of the plan against the fp32 ONNX "
+                                              "graph, every probe and every tensor's finiteness, on every window"),
+                             "nonfinite_outputs": sum(s.precision_nonfinite for s in final.stages.values()),
+                             "stages": {name: _stage_doc(stats) for name, stats in final.stages.items()}}}
+        say(f"timing ONNX Runtime CPU: fp32 vs the planned {precision} model (one window, lean sessions)")
+        report["speed_onnxruntime_cpu"] = compare_latency({"fp32": fp32, precision: planned},
+                                                          [search.store.feed(search.windows[0])], speed_repeats,
+                                                          lean=True)
+    return plan, plan_path
+
+
+def final_verdict(evaluation) -> str:
+    """'clean', 'basis_ambiguous' (accepted, some eigenbasis only rotated), or the first failure's verdict."""
+    if evaluation.failure is not None:
+        return evaluation.failure.verdict
+    return "basis_ambiguous" if any(i.verdict == "basis_ambiguous" for i in evaluation.inputs) else "clean"
+
+
+def compare_with_default_plan(precision: str, model_path: Path, model: onnx.ModelProto, pins: set[str]) -> dict:
+    """How the calibrated plan differs from the exporter's default plan on this graph (nodes in one only)."""
+    plan = default_plan(precision)
+    doc = {"plan": plan.name, "version": plan.metadata.get("version")}
+    try:
+        default = set(plan.resolve(model_path, node_stages(model)))
+    except PrecisionPlanError as exc:
+        return doc | {"applies": False, "reason": str(exc)}
+    return doc | {"applies": True, "default_count": len(default), "in_both": sorted(default & pins),
+                  "only_in_default": sorted(default - pins), "only_in_calibrated": sorted(pins - default)}
+
+
 def plan_document(src: Source, served: onnx.ModelProto, precision: str, pins: dict, final, search: PlanSearch,
-                  atol: float, rtol: float) -> dict:
+                  atol: float, rtol: float, stopped: str | None = None, error: str | None = None) -> dict:
     """The ``PrecisionPlan`` file: ``fp32_nodes`` plus the evidence under ``metadata``."""
     flops = node_flops(served)
+    accepted = final.accepted
+    status = "accepted on every window" if accepted else (
+        f"NOT ACCEPTED on {len(final.failures)} of {len(final.inputs)} windows "
+        f"({', '.join(f['window'] for f in final.not_accepted())}): the best verified plan when the search "
+        + ("ran out of budget" if stopped == "budget" else f"stopped ({error})"))
     return {
-        "comment": f"written by brr-calibrate: nodes of {src.onnx.name} that {precision} engines keep in fp32",
+        "comment": f"written by brr-calibrate: nodes of {src.onnx.name} that {precision} engines keep in fp32; "
+                   f"{status}",
         "fp32_nodes": sorted(pins),
         "metadata": {
             "format": PLAN_FORMAT,
@@ -219,10 +291,15 @@ def plan_document(src: Source, served: onnx.ModelProto, precision: str, pins: di
                             "probed_path": str(src.onnx), "probed_sha256": file_sha256(src.onnx)},
             "tolerance": {"atol": atol, "rtol": rtol},
             "windows": list(search.windows),
+            "accepted": accepted,
+            "not_accepted_on": final.not_accepted(),
+            "stopped": stopped,
             "pinned_count": len(pins),
+            "pinned_by_fp32_ranges": sum(p.engine == FOUND_BY for p in pins.values()),
             "pinned": [pin.to_dict() | {"flops": flops.get(pin.node)} for pin in pins.values()],
             "flops": flop_share(served, set(pins)),
-            "verdict": "clean" if final.accepted else final.failure.verdict,
+            "default_plan": compare_with_default_plan(precision, src.onnx, served, set(pins)),
+            "verdict": final_verdict(final),
             "error_per_stage": {name: _stage_doc(stats) for name, stats in final.stages.items()},
             "evaluated_by": final.engine,
         },
@@ -237,10 +314,11 @@ def _tensorrt_int8(model: Path, data: list, samples: int, max_windows: int, dire
     return {"built": True, "engine": str(engine), "cache": str(directory / CALIBRATION_CACHE_FILE)}
 
 
-def _source_doc(src: Source) -> dict:
+def _source_doc(src: Source, precision: str) -> dict:
+    reference = "pytorch fp32 checkpoint" if src.model is not None and precision == "int8" else \
+        "onnxruntime fp32 of the source graph"
     return {"served_onnx": str(src.onnx), "served_sha256": file_sha256(src.onnx), "probed_onnx": str(src.onnx),
-            "config": None if src.config is None else src.config.name,
-            "reference": "pytorch fp32 checkpoint" if src.model is not None else "onnxruntime fp32 of the source"}
+            "config": None if src.config is None else src.config.name, "reference": reference}
 
 
 def _stage_doc(stats) -> dict:
@@ -268,32 +346,63 @@ def write_report(report: dict, out: Path) -> dict[str, Path]:
 
 def markdown(report: dict) -> str:
     final = report["final"]
-    lines = [f"# brr-calibrate: {report['precision']}", "",
-             f"- source: `{report['source']['served_onnx']}` (sha256 {report['source']['served_sha256'][:12]})",
-             (f"- windows: {len(report['windows'])}; tolerance atol {report['tolerance']['atol']:g}, "
-             f"rtol {report['tolerance']['rtol']:g}"),
-             (f"- final engine `{final['engine']}`: **{final['verdict']}**, non-finite outputs "
-             f"{final['nonfinite_outputs']}")]
+    lines = [f"# brr-calibrate: {report['precision']}", ""]
+    if not final["accepted"]:
+        failing = report.get("not_accepted_on") or []
+        why = {"budget": "the budget ran out", "error": f"the search stopped: {report.get('error')}"}.get(
+            report.get("stopped"), final["verdict"])
+        lines += [f"**NOT ACCEPTED**: {why}. The plan written is the best verified one; it fails on "
+                  + (", ".join(f"{f['window']} ({f['verdict']} at {f['stage']})" for f in failing)
+                     or f"the windows ({final['verdict']})") + ".", ""]
+    lines += [f"- source: `{report['source']['served_onnx']}` (sha256 {report['source']['served_sha256'][:12]})",
+              (f"- windows: {len(report['windows'])}; tolerance atol {report['tolerance']['atol']:g}, "
+               f"rtol {report['tolerance']['rtol']:g}"),
+              (f"- final engine `{final['engine']}`: **{final['verdict']}**, non-finite outputs "
+               f"{final['nonfinite_outputs']}")]
     if "pinned_count" in report:
         flops = report["flops"]
-        lines.append(f"- pinned fp32 nodes: **{report['pinned_count']}**, {100 * flops['share']:.2f} % of "
-                     f"{flops['total_flops']:.3g} MatMul/Gemm/Conv FLOPs per window")
+        by_ranges = sum(p["found_by"] == FOUND_BY for p in report["pinned"])
+        lines.append(f"- pinned fp32 nodes: **{report['pinned_count']}** ({by_ranges} from the fp32 ranges alone), "
+                     f"{100 * flops['share']:.2f} % of {flops['total_flops']:.3g} MatMul/Gemm/Conv FLOPs per window")
+        search = report["search"]
+        lines.append(f"- search: {search['evaluations']} evaluations in {search['seconds']:.0f} s"
+                     + (f" (budget {search['budget_minutes']:g} min)" if search["budget_minutes"] else ""))
+        default = report["default_plan"]
+        if default["applies"]:
+            lines.append(f"- against the default plan `{default['plan']}` (v{default['version']}, "
+                         f"{default['default_count']} nodes): {len(default['in_both'])} in both; only in the default "
+                         f"{_names(default['only_in_default'])}; only here {_names(default['only_in_calibrated'])}")
+        else:
+            lines.append(f"- the default plan `{default['plan']}` does not apply to this graph: {default['reason']}")
     if "tensorrt" in report:
         trt = report["tensorrt"]
         lines.append(f"- TensorRT int8: {'built, cache ' + trt['cache'] if trt['built'] else trt['reason']}")
+    if "cost" in report:
+        lines.append(f"- run: {report['cost']['seconds']:.0f} s, peak RSS {report['cost']['peak_rss_mb']} MB")
     lines += ["", "| stage | max abs err | rel err | non-finite | within tol |", "|---|---|---|---|---|"]
     for name, s in final["stages"].items():
         lines.append(f"| {name} | {_fmt(s['max_abs_err'])} | {_fmt(s['rel_err'])} | {s['precision_nonfinite']} | "
                      f"{'yes' if s['passed'] else 'no'} |")
     if report.get("pinned"):
-        lines += ["", "| pinned node | op | stage | reason | evidence |", "|---|---|---|---|---|"]
+        lines += ["", "| pinned node | op | stage | reason | found by | evidence |", "|---|---|---|---|---|---|"]
         for pin in report["pinned"]:
             why = pin["evidence"].get("explanation") or f"rel err {_fmt(pin['evidence'].get('rel_err'))}"
-            lines.append(f"| {pin['node']} | {pin['op_type']} | {pin['stage']} | {pin['reason']} | {why} |")
-    lines += ["", "| ORT CPU model | median s/window | vs fp32 |", "|---|---|---|"]
+            lines.append(f"| {pin['node']} | {pin['op_type']} | {pin['stage']} | {pin['reason']} | {pin['found_by']} | "
+                         f"{why} |")
+    lines += ["", "| ORT CPU model (lean sessions) | median s/window | vs fp32 |", "|---|---|---|"]
     for name, t in report["speed_onnxruntime_cpu"].items():
         lines.append(f"| {name} | {t['median_s']:.4f} | {t['relative_to_fp32']:.2f}x |")
+    if report.get("plan"):
+        lines += ["", "Next: `brr-export CHECKPOINT --out DIR --engine " + report["precision"]
+                  + f" --ops standard --backend onnxruntime --precision-plan {report['plan']}`"]
     return "\n".join(lines) + "\n"
+
+
+def _names(names: list[str], shown: int = 12) -> str:
+    """A count and the first names (the JSON report has them all)."""
+    if not names:
+        return "none"
+    return f"{len(names)}: {', '.join(names[:shown])}{' ...' if len(names) > shown else ''}"
 
 
 def _fmt(value) -> str:

@@ -1,68 +1,92 @@
 """The search for the fewest nodes an fp16/bf16 engine must keep in fp32.
 
-Acceptance, per window of the calibration set (EDF windows, plus the adversarial suite): every probe
-stage (every graph output) of the reduced-precision model is finite wherever the fp32 model is, and
-within tolerance by the diff's own probe-level comparator (``brr.diff.run.compare_outputs``:
-eigenspaces for ``laplacian_pe``, kept edges for ``adjacency``).
+The engine judged is the one ``brr-export`` serves on ONNX Runtime
+(``brr.onnx.precision.low_precision_model``): weights stored in the precision, every
+stored activation rounded through it by explicit Cast pairs, fp32 kernels. Overflow to inf,
+underflow to zero and the rounding between nodes all appear; rounding inside one node's reduction
+does not (nor bf16 arithmetic: no CPU provider computes it).
 
-Search, one failure at a time (windows failing non-finite first, then by their first divergent stage
-in pipeline order), until every window is accepted:
+Acceptance, per window (EDF or synthetic windows, plus the adversarial suite): every probe stage (every
+graph output) finite wherever fp32 is and within tolerance by the diff's probe-level comparator
+(``brr.diff.run.compare_outputs``: eigenspaces for ``laplacian_pe``, kept edges for ``adjacency``),
+and every float tensor of the engine finite wherever it is in fp32: a value that goes inf/NaN and is
+sanitised downstream (a guard's clamp, x / inf = 0) fails the window as it fails ``brr-diff``.
 
-- Non-finite: the diff's node-level comparison (``brr.diff.localise.NodeComparison``) names the first
-  node whose output is non-finite in reduced precision (checked even when the outputs stay finite:
-  x / inf = 0). Pin it; if it is pinned already (or fp32 anyway), the value reaching it was already
-  ruined: pin its nearest unpinned producers instead (walking up through pinned ones).
-- Out of tolerance at stage S: rounding errors that are each small accumulate over many nodes (the
-  SSD's chunk states), so no single "first bad node" explains them. Instead, on the windows failing at
-  S and on the graph cut down to what S's probe needs: pin every candidate (S's own unpinned nodes,
-  or every unpinned node upstream of S's probe if that is not enough), then bisect over the
-  topological order for the necessary ones: the largest prefix of the candidates that can go back to
-  reduced precision ends just before a necessary node; keep it, repeat on the rest. Each kept node
-  costs ~log2(candidates) evaluations. Finally each kept node is unpinned alone once more: kept only
-  if its stage then fails again, which is the evidence the plan records.
+Steps:
 
-fp16 is evaluated as TensorRT runs fp16 layers: fp16 weights and fp16 storage of every node output
-(Loop bodies included), fp32 accumulation inside each kernel (``RoundThroughLowPrecision``: Cast
-pairs to fp16 and back after every node, executed by ONNX Runtime with graph optimisations off so the
-Casts stay). Overflow to inf, underflow to zero and the rounding between nodes all appear; what
-differs from an all-fp16 evaluator is only rounding inside one node's reduction. ONNX Runtime's CPU
-provider on the fp16 model itself cannot stand in: it runs chains of nodes lacking fp16 kernels
-(Mul -> ReduceSumSquare -> Sqrt -> Div) in fp32 between its own casts, and the planted fp16 overflow
-of the tests never appears there. ONNX's reference evaluator on the fp16 model does compute
-everything in fp16 but is ~40x slower (87 s per v3-small window on two cores): tests use it to
-confirm the plans found here.
+1. The fp32 pass (``brr.calibration.ranges``): one instrumented fp32 run per window. The windows and
+   their fp32 outputs go to disk (``WindowStore``); the overflows and underflows the fp32 ranges make
+   certain are pinned at once (``pin_from_ranges``), with that evidence, before any reduced-precision run.
+2. The plan is evaluated on every window, the engine instrumented (probes and every tensor's range
+   in one run). Each such evaluation is a *verified* plan: which windows accept it is known. The
+   best so far is kept (most windows accepted, then fewest non-finite).
+3. One kind of failure is fixed, then back to 2:
 
-bf16 is evaluated on the exporter's bf16 engine (explicit bf16 rounding of every main-graph
-activation, fp32 arithmetic) in ONNX Runtime: neither ONNX Runtime's CPU provider nor ONNX's
-reference evaluator computes bfloat16 arithmetic, so bf16 accumulation error is not modelled here.
+   - Non-finite: the diff's node level (``NodeLocaliser.scan``) names the first node whose output is
+     non-finite in the engine and finite in fp32, and any independent origin after it. Each is
+     pinned; one pinned already means the value reaching it was already ruined: its nearest unpinned
+     producers are pinned instead (walking up through pinned ones). Each failing window with its own
+     first non-finite tensor is scanned, so independent faults are fixed in one round.
+   - Out of tolerance at stage S: rounding errors that are each small accumulate over many nodes,
+     so no single "first bad node" explains them. On the windows failing at S and the graph cut
+     down to what S's probe needs: pin every candidate (S's own unpinned nodes, or every unpinned
+     node upstream of S's probe if that is not enough), then find the necessary ones in topological
+     order: from the last one found, gallop (1, 2, 4, ... more candidates back in reduced precision)
+     until the stage fails, then bisect; the candidate whose return makes it fail is necessary.
+     Necessary nodes come in runs (the four nodes of a norm), and galloping finds the next of a run
+     in one evaluation. Finally each kept node alone goes back to reduced precision once more: kept
+     only if its stage then fails again, which is the evidence the plan records.
+
+``budget_s``: when spent, the search stops between two evaluations and returns the best verified
+plan (the fp32 pass and one evaluation of its plan always run). ``say`` gets one line per window of a
+full evaluation, per evaluation of the tolerance search and per pin, with the elapsed time and peak RSS.
+
+Memory: one window's feed, fp32 outputs and engine outputs at a time (the windows live on disk); the
+sessions of at most three graphs (``SessionCache``: the instrumented fp32 graph and the two most
+recent others; lean sessions hold their graph and weights, not a run's tensors); per window only its
+label and the names of tensors non-finite in fp32 (none in a sound model); per tensor two range
+records (``Fp32Ranges``); per evaluation its per-stage statistics. The peak is one run of the
+largest graph (the instrumented engine) plus the sessions' weights, whatever the number of windows,
+pins or evaluations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Self
 
-import numpy as np
 import onnx
 from polygraphy.logger import G_LOGGER
 
-from brr.backends.onnxrt.runner import lean_onnxruntime_runner, onnxruntime_runner
+from brr.calibration.ranges import FOUND_BY, Fp32Ranges, RangePin, range_pins, reads
+from brr.calibration.sessions import SessionCache
+from brr.calibration.windows import WindowStore
 from brr.diff.compare import TensorStats, reference_spectrum
-from brr.diff.engines import Engine, onnxruntime_engine
+from brr.diff.engines import Engine
+from brr.diff.inputs import WindowLoader
 from brr.diff.localise import NodeLocaliser
-from brr.diff.results import InputResult
 from brr.diff.probes import compare_outputs
+from brr.diff.results import PRECISION_LIMITS, InputResult
 from brr.errors import CheckFailed
 from brr.model import DetectorConfig
 from brr.onnx.precision import low_precision_model
 from brr.onnx.stages import node_stages
+from brr.onnx.statistics import float_tensors, instrument, read_ranges
+from brr.resources import peak_rss_mb
 
 REDUCED_PRECISIONS = ("fp16", "bf16")
 ACCEPTED_VERDICTS = ("clean", "basis_ambiguous")
+FIXABLE_VERDICTS = ("nonfinite_precision", "divergence")
 
 
 class SearchError(CheckFailed):
-    """The search cannot make the model acceptable (budget spent, or a failure no pin can reach)."""
+    """The search cannot make the model acceptable (too many pins, or a failure no pin can reach)."""
+
+
+class BudgetSpent(Exception):
+    """The time budget ran out between two evaluations."""
 
 
 @dataclass
@@ -70,7 +94,9 @@ class Pin:
     node: str
     op_type: str
     stage: str | None
-    reason: str  # "nonfinite", "nonfinite_input" (a producer of a ruined value), "tolerance"
+    # "overflow", "overflow_consumer", "underflow", "underflow_producer" (fp32 pass); "nonfinite",
+    # "nonfinite_input" (a producer of a ruined value); "tolerance"
+    reason: str
     window: str
     engine: str
     evidence: dict
@@ -87,53 +113,137 @@ class Evaluation:
     engine: str
     inputs: list[InputResult] = field(default_factory=list)
     stages: dict[str, TensorStats] = field(default_factory=dict)
+    # window -> the first tensor non-finite in the engine and finite in fp32 (evaluations of the whole graph)
+    first_nonfinite: dict[str, str] = field(default_factory=dict)
+    pins: frozenset[str] | None = None  # set on verified evaluations: the plan evaluated
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> list[InputResult]:
+        return [i for i in self.inputs if i.verdict not in ACCEPTED_VERDICTS]
 
     @property
     def failure(self) -> InputResult | None:
-        return next((i for i in self.inputs if i.verdict not in ACCEPTED_VERDICTS), None)
+        return next(iter(self.failures), None)
 
     @property
     def accepted(self) -> bool:
         return self.failure is None
 
+    def rank(self) -> tuple[int, int]:
+        """Better plans rank higher: more windows accepted, then fewer non-finite windows."""
+        return (len(self.inputs) - len(self.failures),
+                -sum(i.verdict.startswith("nonfinite") for i in self.failures))
+
+    def not_accepted(self) -> list[dict]:
+        """Each window the plan fails, how, and at which stage."""
+        return [{"window": i.input, "verdict": i.verdict, "stage": i.first_nonfinite_stage or i.first_divergent_stage,
+                 "nonfinite_hidden": i.nonfinite_hidden} for i in self.failures]
+
 
 class PlanSearch:
-    """fp32 ONNX graph (all probes as outputs) + windows -> the pinned node set of an accepted plan."""
+    """fp32 ONNX graph (all probes as outputs) + windows -> the pinned node set of an accepted plan.
 
-    def __init__(self, fp32_model: onnx.ModelProto, precision: str, windows: list[tuple[str, dict]],
-                 atol: float, rtol: float, config: DetectorConfig | None = None,
-                 pinnable: set[str] | None = None, max_pins: int = 64, say: Callable[[str], None] = lambda _: None):
+    ``windows``: a ``WindowLoader`` or (label, feed) pairs, read once, by the fp32 pass in the constructor.
+    """
+
+    def __init__(self, fp32_model: onnx.ModelProto, precision: str,
+                 windows: WindowLoader | Iterable[tuple[str, dict]], atol: float, rtol: float,
+                 config: DetectorConfig | None = None, pinnable: set[str] | None = None, max_pins: int = 64,
+                 budget_s: float | None = None, say: Callable[[str], None] = lambda _: None):
         if precision not in REDUCED_PRECISIONS:
             raise ValueError(f"precision must be one of {REDUCED_PRECISIONS}, got {precision!r}")
-        if not windows:
-            raise ValueError("no calibration windows")
         self.fp32 = fp32_model
         self.precision, self.atol, self.rtol = precision, atol, rtol
-        self.windows = dict(windows)
         self.config = config
         self.nodes = {n.name: n for n in fp32_model.graph.node}
         self.stages = node_stages(fp32_model)
         self.producer = {out: n.name for n in fp32_model.graph.node for out in n.output}
         self.pinnable = {name for name, n in self.nodes.items()
-                         if n.op_type != "Constant"
-                         and (pinnable is None or name in pinnable)}
-        self.max_pins, self.say = max_pins, say
+                         if n.op_type != "Constant" and (pinnable is None or name in pinnable)}
+        self.max_pins, self.budget_s, self.say = max_pins, budget_s, say
+        self.started = time.monotonic()
         self.pins: dict[str, Pin] = {}
-        self.order = list(self.windows)  # windows that failed last are evaluated first
-        self.reference = self._reference_outputs()
         self.evaluations = 0
+        self.best: Evaluation | None = None
+        self.stopped: str | None = None  # why the search ended: "accepted", "budget"
+        self.sessions = SessionCache()
+        self.store = WindowStore()
+        try:
+            self.ranges = self._fp32_pass(windows.labelled() if isinstance(windows, WindowLoader) else windows)
+        except BaseException:
+            self.close()
+            raise
+        self.order = list(self.store.labels)  # windows that failed last are evaluated first
+        self.ranges_pinned = False
+
+    def close(self) -> None:
+        """Remove the windows from disk and give the sessions back."""
+        self.sessions.close()
+        self.store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    @property
+    def windows(self) -> list[str]:
+        return list(self.store.labels)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def _say(self, message: str) -> None:
+        self.say(f"{message} [{self.elapsed:.0f} s, peak RSS {peak_rss_mb():.0f} MB]")
+
+    # ------------------------------------------------------------------------------ the fp32 pass
+    def _fp32_pass(self, windows: Iterable[tuple[str, dict]]) -> Fp32Ranges:
+        """One instrumented fp32 run per window: the windows and their outputs to disk, the ranges kept."""
+        names = float_tensors(self.fp32)
+        outputs = [o.name for o in self.fp32.graph.output]
+        ranges = Fp32Ranges(PRECISION_LIMITS[self.precision][1])
+        with G_LOGGER.verbosity(G_LOGGER.ERROR), self.sessions.runner(
+                instrument(self.fp32, names), "fp32-statistics", keep=True) as runner:
+            for label, feed in windows:
+                values = runner.infer(feed)
+                tensor_ranges = read_ranges(values, names)
+                self.store.add(label, feed, {o: values[o] for o in outputs},
+                               {n for n, r in tensor_ranges.items() if not r.finite})
+                ranges.add(label, tensor_ranges)
+                del values
+                self._say(f"fp32 pass: window {len(self.store)} {label}")
+        if not len(self.store):
+            raise ValueError("no calibration windows")
+        return ranges
+
+    def pin_from_ranges(self) -> list[Pin]:
+        """Pin what the fp32 ranges make certain (``brr.calibration.ranges``); no reduced-precision run."""
+        self.ranges_pinned = True
+        found: list[RangePin] = range_pins(self.fp32, self.ranges, self.precision, self.pinnable)
+        new = [Pin(p.node, p.op_type, self.stages.get(p.node), p.reason, p.window, FOUND_BY, p.evidence)
+               for p in found if p.node not in self.pins]
+        self._check_pin_limit(len(new), "the fp32 ranges")
+        self.pins.update((pin.node, pin) for pin in new)
+        for pin in new:
+            self._say(f"pin {pin.node} ({pin.op_type}, {pin.stage}): {pin.evidence['explanation']}")
+        return new
 
     # ------------------------------------------------------------------------------ engines
-    def reduced_model(self, pinned: set[str] | list[str]) -> onnx.ModelProto:
-        """The exporter's conversion of the fp32 graph with ``pinned`` kept fp32."""
-        return low_precision_model(onnx.ModelProto.FromString(self.fp32.SerializeToString()), pinned, self.precision)
+    def reduced_model(self, pinned: set[str] | list[str], fp32: onnx.ModelProto | None = None) -> onnx.ModelProto:
+        """The exporter's conversion of ``fp32`` (default: the whole graph) with ``pinned`` kept fp32."""
+        fp32 = self.fp32 if fp32 is None else fp32
+        return low_precision_model(onnx.ModelProto.FromString(fp32.SerializeToString()), pinned, self.precision)
 
     def engine(self, pinned: set[str] | list[str], fp32: onnx.ModelProto | None = None) -> Engine:
-        """The engine that judges a pinned set (see the module docstring), on ``fp32`` (default: the
-        whole graph; the search passes graphs cut down to one probe)."""
+        """The engine that judges a pinned set, on ``fp32`` (default: the whole graph; the tolerance
+        search passes graphs cut down to one probe). Its sessions come from the search's cache."""
         fp32 = self.fp32 if fp32 is None else fp32
-        model = low_precision_model(onnx.ModelProto.FromString(fp32.SerializeToString()), pinned, self.precision)
-        return onnxruntime_engine(model, fp32, name=f"onnxruntime-{self.precision}", precision=self.precision)
+        model = self.reduced_model(pinned, fp32)
+        name = f"onnxruntime-{self.precision}"
+        return Engine(name, self.sessions.runner(model, name), self.precision, model, fp32, self.sessions.runner)
 
     def upstream(self, tensor: str) -> set[str]:
         """Names of the nodes ``tensor`` is computed from (Loop/If bodies' outer-scope reads included)."""
@@ -143,7 +253,7 @@ class PlanSearch:
             node = self.producer.get(stack.pop())
             if node is not None and node not in needed:
                 needed.add(node)
-                stack.extend(_reads(self.nodes[node]))
+                stack.extend(reads(self.nodes[node]))
         return needed
 
     def cut_to(self, probe: str) -> onnx.ModelProto:
@@ -157,20 +267,13 @@ class PlanSearch:
         del cut.graph.output[:]
         cut.graph.output.extend(outputs)
         produced = {out for n in kept for out in n.output}
-        read = {name for n in kept for name in _reads(n)}
+        read = {name for n in kept for name in reads(n)}
         for field_name, keep in (("value_info", produced), ("initializer", read)):
             entries = getattr(cut.graph, field_name)
             still = [e for e in entries if e.name in keep]
             del entries[:]
             entries.extend(still)
         return cut
-
-    def _reference_outputs(self) -> dict[str, dict[str, np.ndarray]]:
-        outputs = {}
-        with G_LOGGER.verbosity(G_LOGGER.ERROR), onnxruntime_runner(self.fp32, "fp32-onnx") as runner:
-            for label, feed in self.windows.items():
-                outputs[label] = {k: np.asarray(v) for k, v in runner.infer(feed).items()}
-        return outputs
 
     def _spectrum(self, ref_out: dict) -> tuple | None:
         cfg = self.config
@@ -181,59 +284,126 @@ class PlanSearch:
         return values, vectors, cfg.semi_dynamic_interval
 
     # ------------------------------------------------------------------------------ evaluation
-    def evaluate(self, engine: Engine, stop_at_failure: bool = True, labels: list[str] | None = None) -> Evaluation:
-        """Judge ``engine`` on the windows (or those ``labels``), the last to fail first."""
+    def _check_time(self) -> None:
+        if self.budget_s is not None and self.best is not None and self.elapsed > self.budget_s:
+            raise BudgetSpent
+
+    def evaluate(self, engine: Engine, stop_at_failure: bool = True, labels: list[str] | None = None,
+                 progress: str | None = None) -> Evaluation:
+        """Judge ``engine`` on the windows (or those ``labels``), the last to fail first. An engine of the
+        whole graph is run instrumented, so non-finite values every probe hides fail the window too.
+        ``progress``: say one line per window, starting with it."""
+        self._check_time()
         self.evaluations += 1
+        start = time.monotonic()
         result = Evaluation(engine.name)
-        with G_LOGGER.verbosity(G_LOGGER.ERROR), engine.runner as runner:
-            for label in [w for w in self.order if labels is None or w in labels]:
-                feed, ref_out = self.windows[label], self.reference[label]
-                outcome = compare_outputs(label, feed, ref_out, runner.infer(feed), self._spectrum(ref_out),
-                                          self.atol, self.rtol, self.config.edge_top_k if self.config else None)
+        localiser = NodeLocaliser(engine, self.sessions.runner) if (
+            engine.localisable and engine.fp32_model is self.fp32) else None
+        names = [t.name for t in localiser.tensors] if localiser else []
+        runner = engine.runner_for(instrument(engine.onnx_model, names), f"{engine.name}-statistics") \
+            if localiser else engine.runner
+        chosen = [w for w in self.order if labels is None or w in labels]
+        with G_LOGGER.verbosity(G_LOGGER.ERROR), runner:
+            for count, label in enumerate(chosen, 1):
+                feed, reference = self.store.feed(label), self.store.reference(label)
+                values = runner.infer(feed)
+                outcome = compare_outputs(label, feed, reference, values, self._spectrum(reference), self.atol,
+                                          self.rtol, self.config.edge_top_k if self.config else None)
+                if localiser is not None:
+                    self._judge_tensors(localiser, read_ranges(values, names), outcome, result)
+                del values, feed, reference
                 result.inputs.append(outcome)
                 for name, stage in outcome.stages.items():
                     result.stages.setdefault(name, TensorStats()).merge(stage.stats)
+                if progress:
+                    where = outcome.first_nonfinite_stage or outcome.first_divergent_stage
+                    self._say(f"{progress}: window {count}/{len(chosen)} {label}: {outcome.verdict}"
+                              + (f" at {where}" if where and outcome.verdict not in ACCEPTED_VERDICTS else "")
+                              + (" (hidden inside the engine)" if outcome.nonfinite_hidden else ""))
                 if outcome.verdict not in ACCEPTED_VERDICTS:
                     self.order.remove(label)
                     self.order.insert(0, label)
                     if stop_at_failure:
                         break
+        result.seconds = time.monotonic() - start
         return result
+
+    def _judge_tensors(self, localiser: NodeLocaliser, ranges: dict, outcome: InputResult,
+                       result: Evaluation) -> None:
+        """A tensor non-finite in the engine where fp32 is finite fails the window, wherever it is consumed."""
+        fp32_nonfinite = self.store.fp32_nonfinite(outcome.input)
+        bad = [t for t in localiser.tensors if not ranges[t.name].finite and t.name not in fp32_nonfinite]
+        if not bad:
+            return
+        result.first_nonfinite[outcome.input] = bad[0].name
+        if outcome.verdict in (*ACCEPTED_VERDICTS, "divergence"):
+            outcome.verdict = "nonfinite_precision"
+            outcome.nonfinite_hidden = outcome.first_nonfinite_stage is None
+            outcome.first_nonfinite_stage = outcome.first_nonfinite_stage or bad[0].stage
 
     # ------------------------------------------------------------------------------ one failure
     def fix(self, evaluation: Evaluation) -> list[Pin]:
-        """Pin what makes the first failure of ``evaluation`` fail (see the module docstring)."""
-        failures = [i for i in evaluation.inputs if i.verdict not in ACCEPTED_VERDICTS]
+        """Pin what makes the failures of ``evaluation`` fail (see the module docstring)."""
+        failures = evaluation.failures
         for failure in failures:
-            if failure.verdict not in ("nonfinite_precision", "divergence"):
+            if failure.verdict not in FIXABLE_VERDICTS:
                 raise SearchError(f"window {failure.input}: verdict {failure.verdict}: not a precision problem a "
                                   "plan can fix (non-finite input or already non-finite in fp32)")
         stage_order = list(evaluation.inputs[0].stages)
-        failure = min(failures, key=lambda i: (i.verdict != "nonfinite_precision",
-                                               stage_order.index(i.first_nonfinite_stage or i.first_divergent_stage)))
-        engine = self.engine(set(self.pins))
-        # A non-finite node output is the first suspect even when the outputs stay finite (x / inf = 0).
-        localised = NodeLocaliser(engine, lean_onnxruntime_runner).scan(self.windows[failure.input])
-        if localised.first_nonfinite is not None:
-            return self._pin_nonfinite(localised.first_nonfinite, failure.input, engine.name)
-        if failure.verdict == "nonfinite_precision":
-            raise SearchError(f"window {failure.input}: {engine.name} output is non-finite but no node output "
-                              "is (marking the outputs hides it); cannot localise")
+
+        def position(stage: str | None) -> int:
+            return stage_order.index(stage) if stage in stage_order else len(stage_order)
+
+        nonfinite = sorted((i for i in failures if i.verdict == "nonfinite_precision"),
+                           key=lambda i: position(i.first_nonfinite_stage))
+        if nonfinite:
+            return self._fix_nonfinite(nonfinite, evaluation)
+        failure = min(failures, key=lambda i: position(i.first_divergent_stage))
         stage = failure.first_divergent_stage
         return self._settle(stage, [i.input for i in failures if i.first_divergent_stage == stage])
 
-    def _pin_nonfinite(self, evidence: dict, window: str, engine: str) -> list[Pin]:
+    def _fix_nonfinite(self, failures: list[InputResult], evaluation: Evaluation) -> list[Pin]:
+        """Scan each failing window whose first non-finite tensor is new this round; pin every origin."""
+        engine = self.engine(set(self.pins))
+        localiser = NodeLocaliser(engine, self.sessions.runner)
+        new: list[Pin] = []
+        scanned_firsts: set[str | None] = set()
+        try:
+            for failure in failures:
+                first = evaluation.first_nonfinite.get(failure.input)
+                if first is not None and first in scanned_firsts:
+                    continue
+                self._check_time()
+                localised = localiser.scan(self.store.feed(failure.input))
+                origins = [o for o in (localised.first_nonfinite, *localised.more_nonfinite)
+                           if o is not None and o["kind"] == "precision"]
+                if not origins:
+                    raise SearchError(f"window {failure.input}: {engine.name} output is non-finite but no node output "
+                                      "is: cannot localise")
+                for origin in origins:
+                    if origin["node"] not in {p.node for p in new}:
+                        new += self._pin_nonfinite(origin, failure.input, engine.name, {p.node for p in new})
+                scanned_firsts.add(first)
+        finally:
+            localiser.close()
+        return new
+
+    def _pin_nonfinite(self, evidence: dict, window: str, engine: str, this_round: set[str]) -> list[Pin]:
         offender = evidence["node"]
-        targets = [offender] if offender in self.pinnable and offender not in self.pins else self._producers(offender)
+        targets = [offender] if offender in self.pinnable and offender not in self.pins else \
+            [p for p in self._producers(offender) if p not in this_round]
         if not targets:
+            if this_round:
+                return []  # its producers were pinned this round: the next evaluation tells
             raise SearchError(f"window {window}: non-finite at {offender} and every producer of its inputs is "
                               f"already fp32: {self.precision} cannot be made acceptable by pinning")
-        self._check_budget(len(targets), f"non-finite at {offender} on {window}")
+        self._check_pin_limit(len(targets), f"non-finite at {offender} on {window}")
         new = [Pin(name, self.nodes[name].op_type, self.stages.get(name),
                    "nonfinite" if name == offender else "nonfinite_input", window, engine,
                    evidence if name == offender else {"consumer": offender} | evidence) for name in targets]
         self.pins.update((pin.node, pin) for pin in new)
-        self.say(f"  pin {', '.join(targets)} (non-finite at {offender}, window {window})")
+        self._say(f"pin {', '.join(targets)}: non-finite at {offender} ({evidence['op_type']}, {evidence['stage']}) "
+                  f"on {window}: {evidence.get('explanation', '')}")
         return new
 
     def _settle(self, stage: str, labels: list[str]) -> list[Pin]:
@@ -241,52 +411,68 @@ class PlanSearch:
         cut = self.cut_to(stage)
         in_cut = {n.name for n in cut.graph.node}
         pinned = set(self.pins)
+        windows = f"{stage} on {len(labels)} window(s)"
 
-        def accepted(extra) -> bool:
-            return self.evaluate(self.engine(pinned | set(extra), cut), labels=labels).accepted
+        def accepted(extra: list[str], what: str) -> bool:
+            evaluation = self.evaluate(self.engine(pinned | set(extra), cut), labels=labels)
+            self._say(f"tolerance search, {windows}, {what}: "
+                      f"{'within' if evaluation.accepted else 'beyond'} tolerance")
+            return evaluation.accepted
 
         upstream = [n for n in self.nodes if n in in_cut and n in self.pinnable and n not in pinned]
         own = [n for n in upstream if self.stages.get(n) == stage]
-        candidates = next((c for c in (own, upstream) if c and accepted(c)), None)
+        candidates = next((c for c, what in ((own, f"its {len(own)} own nodes in fp32"),
+                                             (upstream, f"all {len(upstream)} nodes it needs in fp32"))
+                           if c and accepted(c, what)), None)
         if candidates is None:
             raise SearchError(f"{stage} stays out of tolerance on {', '.join(labels)} even with every node it is "
                               f"computed from in fp32: raise the tolerance")
-        self.say(f"  {stage} out of tolerance on {len(labels)} window(s): bisecting {len(candidates)} candidates")
         kept: list[str] = []
         rest = candidates
-        while rest and not accepted(kept):
-            lo, hi = 0, len(rest) - 1  # with rest[lo:] pinned it is accepted; with none of rest, not
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                lo, hi = (mid, hi) if accepted(kept + rest[mid:]) else (lo, mid - 1)
-            kept.append(rest[lo])
-            rest = rest[lo + 1:]
-            self._check_budget(len(kept), f"{stage} out of tolerance on {', '.join(labels)}")
+        while rest and not accepted(kept, f"{len(kept)} kept in fp32, {len(rest)} left in {self.precision}"):
+            # f(j): accepted with rest[:j] back in reduced precision. f(good) holds, f(bad) does not.
+            good, bad, step = 0, len(rest), 1
+            while good + step < bad:
+                if accepted(kept + rest[good + step:], f"the next {good + step} of {len(rest)} back in {self.precision}"):
+                    good, step = good + step, step * 2
+                else:
+                    bad = good + step
+            while bad - good > 1:
+                mid = (good + bad) // 2
+                if accepted(kept + rest[mid:], f"the next {mid} of {len(rest)} back in {self.precision}"):
+                    good = mid
+                else:
+                    bad = mid
+            kept.append(rest[good])
+            rest = rest[good + 1:]
+            self._check_pin_limit(len(kept), f"{stage} out of tolerance on {', '.join(labels)}")
         new = []
         for name in reversed(kept):  # each kept node alone back in reduced precision: the evidence
             others = [k for k in kept if k != name]
             without = self.evaluate(self.engine(pinned | set(others), cut), labels=labels)
             if without.accepted:
                 kept.remove(name)
+                self._say(f"tolerance search, {windows}: {name} is not needed once the others are fp32")
                 continue
             failing = without.failure
-            stats = failing.stages[failing.first_divergent_stage].stats
+            failed_stage = failing.first_divergent_stage or failing.first_nonfinite_stage
+            stats = failing.stages[failed_stage].stats
             new.append(Pin(name, self.nodes[name].op_type, self.stages.get(name), "tolerance", failing.input,
                            without.engine, {
-                               "stage_failing_without_it": failing.first_divergent_stage,
+                               "stage_failing_without_it": failed_stage,
                                "max_abs_err_without_it": stats.max_abs_err, "rel_err_without_it": stats.rel_err,
                                "atol": self.atol, "rtol": self.rtol,
-                               "explanation": (f"unpinned alone, {failing.first_divergent_stage} leaves the "
-                                               f"tolerance on {failing.input} (max abs err {stats.max_abs_err:.3g})"),
+                               "explanation": (f"unpinned alone, {failed_stage} leaves the tolerance on "
+                                               f"{failing.input} (max abs err {stats.max_abs_err:.3g})"),
                            }))
         if not new:
             raise SearchError(f"{stage} fails on {', '.join(labels)} on the whole graph but not on the graph cut "
                               "down to it: the search cannot make progress")
         self.pins.update((pin.node, pin) for pin in reversed(new))
-        self.say(f"  pin {', '.join(p.node for p in reversed(new))} ({stage} out of tolerance)")
+        self._say(f"pin {', '.join(p.node for p in reversed(new))}: {stage} out of tolerance")
         return new
 
-    def _check_budget(self, adding: int, why: str) -> None:
+    def _check_pin_limit(self, adding: int, why: str) -> None:
         if len(self.pins) + adding > self.max_pins:
             raise SearchError(f"more than {self.max_pins} nodes would be pinned ({why}); raise max_pins or the "
                               "tolerance")
@@ -309,18 +495,32 @@ class PlanSearch:
 
     # ------------------------------------------------------------------------------ the search
     def run(self) -> tuple[dict[str, Pin], Evaluation]:
-        """Pin until every window is accepted; returns the pins and the evaluation of every window."""
-        while not (evaluation := self.evaluate(self.engine(set(self.pins)), stop_at_failure=False)).accepted:
-            self.fix(evaluation)
-        return dict(self.pins), evaluation
+        """Pin until every window is accepted, or until the budget is spent; returns the pins of the best
+        verified plan and its evaluation on every window (``stopped`` says which way it ended)."""
+        if not self.ranges_pinned:
+            self.pin_from_ranges()
+        try:
+            while True:
+                number = self.evaluations + 1
+                evaluation = self.evaluate(self.engine(set(self.pins)), stop_at_failure=False,
+                                           progress=f"evaluation {number} ({len(self.pins)} pinned)")
+                evaluation.pins = frozenset(self.pins)
+                if self.best is None or evaluation.rank() >= self.best.rank():
+                    self.best = evaluation
+                accepted = len(evaluation.inputs) - len(evaluation.failures)
+                self._say(f"evaluation {number}: {len(self.pins)} pinned, accepted on {accepted} of "
+                          f"{len(evaluation.inputs)} windows in {evaluation.seconds:.0f} s")
+                if evaluation.accepted:
+                    self.stopped = "accepted"
+                    break
+                self.fix(evaluation)
+        except BudgetSpent:
+            self.stopped = "budget"
+            self._say(f"budget of {self.budget_s / 60:g} min spent: keeping the best verified plan "
+                      f"({len(self.best.pins)} pinned, accepted on "
+                      f"{len(self.best.inputs) - len(self.best.failures)} of {len(self.best.inputs)} windows)")
+        return self.best_pins(), self.best
 
-
-def _reads(node: onnx.NodeProto) -> list[str]:
-    """Every tensor name ``node`` reads, including those its subgraphs read from the enclosing scope
-    (names inside a subgraph cannot shadow outer ones, so anything produced outside counts)."""
-    names = [i for i in node.input if i]
-    for attribute in node.attribute:
-        for graph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-            for inner in graph.node:
-                names.extend(_reads(inner))
-    return names
+    def best_pins(self) -> dict[str, Pin]:
+        """The pins of the best verified plan (empty before any)."""
+        return {} if self.best is None else {name: pin for name, pin in self.pins.items() if name in self.best.pins}

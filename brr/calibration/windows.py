@@ -5,10 +5,13 @@ and groups windows into (B, 19, samples) float32 batches; at most one batch and 
 block are held at once. It is re-iterable (each pass re-opens the files), which is what Polygraphy's
 TensorRT ``Calibrator`` needs (it restarts the loader on ``reset``), and iterating it yields feeds
 ``{"eeg": batch}``; ``arrays()`` yields the bare batches for ONNX Runtime's calibration reader.
+
+``WindowStore`` holds the fp16/bf16 search's windows on disk, with their fp32 reference outputs.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +19,8 @@ import numpy as np
 
 from brr.data import iter_windows, open_recording
 from brr.errors import UsageError
-from brr.montage import N_CHANNELS
 from brr.model.detector import INPUT_NAME
+from brr.montage import N_CHANNELS
 
 SAMPLING_RATE = 256
 EDF_SUFFIXES = (".edf", ".bdf")
@@ -84,3 +87,54 @@ class EdfBatches:
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return ({INPUT_NAME: batch} for batch in self.arrays())
+
+
+class WindowStore:
+    """Calibration windows spilled to disk as the fp32 pass reads them: each window's feed, its fp32
+    reference outputs (the probes) and the names of the tensors already non-finite in fp32.
+
+    The search judges every pinned set on these windows many times; holding them in memory would make
+    its peak grow with the number of windows (v3-small: 13 MB of probes per window). Here one window
+    is loaded at a time. The folder is temporary and removed by ``close``.
+    """
+
+    def __init__(self, parent: str | Path | None = None):
+        self._directory = tempfile.TemporaryDirectory(prefix="brr-calibration-windows-", dir=parent)
+        self.path = Path(self._directory.name)
+        self.labels: list[str] = []
+        self._feed_names: list[str] = []
+        self._output_names: list[str] = []
+        self._fp32_nonfinite: list[frozenset[str]] = []
+
+    def add(self, label: str, feed: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+            fp32_nonfinite: set[str]) -> None:
+        if label in self.labels:
+            raise ValueError(f"two calibration windows are labelled {label!r}")
+        self._feed_names = self._feed_names or list(feed)
+        self._output_names = self._output_names or list(reference)
+        index = len(self.labels)
+        np.savez(self.path / f"{index}-feed.npz", *(np.asarray(feed[n]) for n in self._feed_names))
+        np.savez(self.path / f"{index}-reference.npz", *(np.asarray(reference[n]) for n in self._output_names))
+        self.labels.append(label)
+        self._fp32_nonfinite.append(frozenset(fp32_nonfinite))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _load(self, label: str, kind: str, names: list[str]) -> dict[str, np.ndarray]:
+        with np.load(self.path / f"{self.labels.index(label)}-{kind}.npz") as arrays:
+            return {name: arrays[f"arr_{i}"] for i, name in enumerate(names)}
+
+    def feed(self, label: str) -> dict[str, np.ndarray]:
+        return self._load(label, "feed", self._feed_names)
+
+    def reference(self, label: str) -> dict[str, np.ndarray]:
+        """The fp32 graph's outputs on the window."""
+        return self._load(label, "reference", self._output_names)
+
+    def fp32_nonfinite(self, label: str) -> frozenset[str]:
+        """Tensors non-finite already in fp32 on the window (a model defect, not precision)."""
+        return self._fp32_nonfinite[self.labels.index(label)]
+
+    def close(self) -> None:
+        self._directory.cleanup()

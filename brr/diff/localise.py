@@ -45,7 +45,7 @@ from brr.diff.compare import TensorStats
 from brr.diff.engines import Engine
 from brr.diff.results import PRECISION_LIMITS, Localisation
 from brr.model.detector import OUTPUT_NAME
-from brr.onnx.edit import mark_outputs
+from brr.onnx.marking import mark_outputs, read_marked
 from brr.onnx.stages import node_stages
 from brr.onnx.statistics import TensorRange, float_tensors, instrument, read_ranges
 
@@ -173,9 +173,9 @@ class NodeLocaliser:
                engine_names: list[str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Values of ``names`` in fp32 and of ``engine_names`` (default the same) in the engine."""
         engine_names = engine_names or names
-        ref = self._run(mark_outputs(self.fp32, names), feed, "fp32-marked", fp32=True)
-        eng = self._run(mark_outputs(self.engine.onnx_model, [*engine_names, OUTPUT_NAME]), feed,
-                        f"{self.engine.name}-marked", fp32=False)
+        ref = read_marked(self._run(mark_outputs(self.fp32, names), feed, "fp32-marked", fp32=True))
+        eng = read_marked(self._run(mark_outputs(self.engine.onnx_model, [*engine_names, OUTPUT_NAME]), feed,
+                                    f"{self.engine.name}-marked", fp32=False))
         result.runs += 2
         result.observed("marked_outputs")
         self._check_reproduced(result, eng, engine_logits)

@@ -1,14 +1,8 @@
-"""Copies of a graph edited without changing what it computes: outputs marked, nodes put in order."""
+"""A copy of a graph with its nodes put in dependency order, computing the same."""
 
 from __future__ import annotations
 
 import onnx
-from polygraphy.backend.onnx import ModifyOutputs
-
-
-def mark_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are ``names`` (in that order, each once)."""
-    return ModifyOutputs(model, outputs=list(dict.fromkeys(names)), copy=True)()
 
 
 def topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto:

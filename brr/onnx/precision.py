@@ -30,10 +30,11 @@ class RoundThroughLowPrecision(BaseLoader):
     the nodes that consume them inside the graph see them rounded.
     ``subgraphs``: round inside Loop/If bodies too; otherwise a body is one unit rounded at its boundary.
 
-    A rounded node output keeps the node's name on its rounding Cast (the node itself becomes
-    ``<name>_unrounded``), so node-level comparisons, which align nodes by name, see what the
-    consumers see: an fp32 result that overflows only when stored shows up as inf at the node that
-    made it.
+    A rounded node output is stored under the original tensor's name (in the low precision) by a Cast
+    that also takes the node's name (the node itself becomes ``<name>_unrounded``), and each consumer
+    casts it back to fp32 just before it runs: node-level comparisons, which align tensors by name,
+    see what the consumers see (an fp32 result that overflows only when stored shows up as inf where
+    it was made), and between nodes only low-precision tensors live.
 
     """
 
@@ -60,19 +61,34 @@ class RoundThroughLowPrecision(BaseLoader):
         def in_scope(node: ir.Node) -> bool:
             return node.graph is graph or self.subgraphs
 
-        def low_precision(node: ir.Node) -> bool:
-            return node.name not in self.fp32_nodes and node.op_type != "Cast" and in_scope(node)
+        # A pinned Loop or If computes its body in fp32 too: the body is part of the node.
+        pinned_bodies = {id(inner) for node in graph if node.name in self.fp32_nodes
+                         for attribute in node.attributes.values() if attribute.type == ir.AttributeType.GRAPH
+                         for inner in ir.traversal.RecursiveGraphIterator(attribute.value)}
 
-        def round_trip(value: ir.Value, name: str, after: ir.Node | None, owner: ir.Graph) -> ir.Value:
-            down = ir.node("Cast", [value], {"to": low}, name=f"{name}_to_{tag}")
-            up = ir.node("Cast", [down.outputs[0]], {"to": ir.DataType.FLOAT}, name=f"{name}_from_{tag}")
-            down.outputs[0].name = f"{name}_{tag}"
-            up.outputs[0].dtype, up.outputs[0].shape = ir.DataType.FLOAT, value.shape
+        def low_precision(node: ir.Node) -> bool:
+            return (node.name not in self.fp32_nodes and id(node) not in pinned_bodies and node.op_type != "Cast"
+                    and in_scope(node))
+
+        def store(value: ir.Value, stored_name: str, after: ir.Node | None, owner: ir.Graph,
+                  uses: list[tuple[ir.Node, int]]) -> ir.Node:
+            """Store ``value`` in the low precision (a Cast after ``after``) and give each of ``uses`` its own
+            fp32 copy (a Cast right before the user): between nodes only the low-precision tensor lives,
+            as in a real fp16 engine, so rounding costs no memory beyond one consumer's input."""
+            down = ir.node("Cast", [value], {"to": low}, name=f"{stored_name}_to_{tag}")
+            down.outputs[0].name, down.outputs[0].dtype, down.outputs[0].shape = stored_name, low, value.shape
             if after is None:
-                owner.insert_before(next(iter(owner)), [down, up])
+                owner.insert_before(next(iter(owner)), down)
             else:
-                owner.insert_after(after, [down, up])
-            return up.outputs[0]
+                owner.insert_after(after, down)
+            for user, index in uses:
+                up = ir.node("Cast", [down.outputs[0]], {"to": ir.DataType.FLOAT},
+                             name=f"{stored_name}_for_{user.name}_{index}")
+                up.outputs[0].name = up.name
+                up.outputs[0].dtype, up.outputs[0].shape = ir.DataType.FLOAT, value.shape
+                user.graph.insert_before(user, up)
+                user.replace_input_with(index, up.outputs[0])
+            return down
 
         for name, init in list(graph.initializers.items()):
             users = [node for node, _ in init.uses()]
@@ -101,12 +117,9 @@ class RoundThroughLowPrecision(BaseLoader):
                 for value in rounded:
                     uses, name = list(value.uses()), value.name
                     value.name = f"{name}_unrounded"
-                    up = round_trip(value, name, node, node.graph)
-                    up.name = name
-                    for user, index in uses:
-                        user.replace_input_with(index, up)
+                    down = store(value, name, node, node.graph, uses)
                 if len(node.outputs) == 1 and rounded:
-                    up.producer().name, node.name = node.name, f"{node.name}_unrounded"
+                    down.name, node.name = node.name, f"{node.name}_unrounded"
                 # A probe keeps its name and computed value; the nodes consuming it still see it stored.
                 boundary += [(v, node, node.graph) for v in node.outputs if id(v) in graph_outputs]
             elif node.op_type != "Cast" and in_scope(node):
@@ -115,10 +128,7 @@ class RoundThroughLowPrecision(BaseLoader):
             uses = [(user, index) for user, index in value.uses() if low_precision(user)]
             if value.dtype != ir.DataType.FLOAT or not uses:
                 continue
-            up = round_trip(value, value.name, producer, owner)
-            up.name = f"{value.name}_{tag}_fp32"
-            for user, index in uses:
-                user.replace_input_with(index, up)
+            store(value, f"{value.name}_{tag}", producer, owner, uses)
         return ir.to_proto(model)
 
 
