@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from brr.data import iter_windows, open_recording
+from brr.data import recording_files, windows_of_files
+from brr.data.preprocess import TARGET_RATE
+from brr.data.recording import RECORDING_SUFFIXES
 from brr.errors import UsageError
 from brr.model.detector import INPUT_NAME
 from brr.montage import N_CHANNELS
-
-SAMPLING_RATE = 256
-EDF_SUFFIXES = (".edf", ".bdf")
 
 
 def edf_files(paths: list[str | Path]) -> list[Path]:
@@ -31,10 +30,10 @@ def edf_files(paths: list[str | Path]) -> list[Path]:
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in EDF_SUFFIXES)
+            files += recording_files(path)
         elif path.is_file():
-            if path.suffix.lower() not in EDF_SUFFIXES:
-                raise UsageError(f"{path}: not an EDF/BDF recording (expected {', '.join(EDF_SUFFIXES)})")
+            if path.suffix.lower() not in RECORDING_SUFFIXES:
+                raise UsageError(f"{path}: not an EDF/BDF recording (expected {', '.join(RECORDING_SUFFIXES)})")
             files.append(path)
         else:
             raise FileNotFoundError(f"{path}: no such EDF file or folder")
@@ -55,7 +54,7 @@ class EdfBatches:
         self.files = edf_files(paths)
         self.batch_size = batch_size
         self.window_samples = window_samples
-        self.window_s = window_samples / SAMPLING_RATE
+        self.window_s = window_samples / TARGET_RATE
         self.stride_s = self.window_s if stride_s is None else stride_s
         self.max_windows = max_windows
         # Set by Polygraphy (CreateConfig / EngineFromNetwork) to the network's input metadata.
@@ -67,14 +66,8 @@ class EdfBatches:
 
     def windows(self) -> Iterator[np.ndarray]:
         """(19, window_samples) windows, one recording open at a time."""
-        given = 0
-        for path in self.files:
-            with open_recording(path, min_duration_s=0) as stream:
-                for window in iter_windows(stream, self.window_s, min(self.stride_s, self.window_s)):
-                    if self.max_windows is not None and given >= self.max_windows:
-                        return
-                    given += 1
-                    yield window.signals
+        for _, window in windows_of_files(self.files, self.window_s, self.stride_s, self.max_windows):
+            yield window.signals
 
     def arrays(self) -> Iterator[np.ndarray]:
         """Full batches only: a calibrator is given the one shape the engine is built for."""

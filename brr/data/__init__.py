@@ -22,6 +22,7 @@ from brr.data.recording import (
     open_recording,
     read_recording,
     recording_files,
+    windows_of_files,
 )
 
 __all__ = [
@@ -45,4 +46,5 @@ __all__ = [
     "preprocess_signals",
     "read_recording",
     "recording_files",
+    "windows_of_files",
 ]

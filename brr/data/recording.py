@@ -17,7 +17,7 @@ an unknown or empty dimension is taken to be microvolts.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -389,3 +389,19 @@ def iter_windows(
         # Keep only what later windows still need.
         buffer = buffer[:, start + stride - buffer_start :]
         buffer_start = start + stride
+
+
+def windows_of_files(
+    files: Iterable[str | os.PathLike], window_s: float, stride_s: float, max_windows: int | None = None
+) -> Iterator[tuple[Path, Window]]:
+    """``(file, window)`` for the windows of each of ``files`` in turn, at most ``max_windows`` in all: one
+    recording open at a time, a stride longer than the window taken as the window, a recording shorter
+    than a window giving one padded window."""
+    given = 0
+    for path in map(Path, files):
+        with open_recording(path, min_duration_s=0) as stream:
+            for window in iter_windows(stream, window_s, min(stride_s, window_s)):
+                if max_windows is not None and given >= max_windows:
+                    return
+                given += 1
+                yield path, window

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from brr.data import iter_windows, open_recording, preprocess_signals, recording_files
+from brr.data import preprocess_signals, recording_files, windows_of_files
 from brr.data.preprocess import TARGET_RATE
 from brr.data.recording import WINDOW_S
 from brr.errors import UsageError
-from brr.montage import N_CHANNELS
 from brr.model.detector import INPUT_NAME
+from brr.montage import N_CHANNELS
 
 WINDOW_SAMPLES = WINDOW_S * TARGET_RATE
 
@@ -60,14 +60,8 @@ class EdfWindows(WindowLoader):
         self.max_windows = max_windows
 
     def labelled(self):
-        count = 0
-        for path in self.files:
-            with open_recording(path, min_duration_s=0) as stream:
-                for window in iter_windows(stream, self.window_s, min(self.stride_s, self.window_s)):
-                    if self.max_windows is not None and count >= self.max_windows:
-                        return
-                    count += 1
-                    yield f"{path.name}@{window.start_s:g}s", feed(window.signals)
+        for path, window in windows_of_files(self.files, self.window_s, self.stride_s, self.max_windows):
+            yield f"{path.name}@{window.start_s:g}s", feed(window.signals)
 
 
 class SyntheticWindows(WindowLoader):
