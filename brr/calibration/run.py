@@ -19,9 +19,9 @@ against the fp32 ONNX graph (every probe, every tensor's finiteness, every windo
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from brr.calibration.ranges import FOUND_BY
 from brr.calibration.search import ACCEPTED_VERDICTS, REDUCED_PRECISIONS, PlanSearch, SearchError
 from brr.calibration.speed import compare_latency
 from brr.calibration.windows import EdfBatches
+from brr.data.preprocess import TARGET_RATE
 from brr.diff import TOLERANCES, AdversarialWindows, ChainedWindows, EdfWindows, SyntheticWindows, run_diff
 from brr.diff.engines import onnxruntime_engine
 from brr.diff.inputs import WindowLoader
@@ -49,6 +50,8 @@ from brr.model import DetectorConfig, V3Detector, load_checkpoint, resolve_confi
 from brr.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, file_sha256
 from brr.onnx.stages import node_stages
 from brr.resources import peak_rss_mb
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = (*REDUCED_PRECISIONS, "int8")
 PLAN_FILE = "precision_plan.json"
@@ -90,12 +93,12 @@ class CalibrationResult:
         return self.verdict in ("clean", "basis_ambiguous")
 
 
-def resolve_source(source: str | Path, out: Path, say: Callable[[str], None]) -> Source:
+def resolve_source(source: str | Path, out: Path) -> Source:
     """A checkpoint folder (exported here), an export folder holding model.onnx, or an .onnx file."""
     path = Path(source)
     if path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
         model = load_checkpoint(path)
-        say(f"exporting {path} to ONNX (standard ops)")
+        log.info(f"exporting {path} to ONNX (standard ops)")
         export = export_onnx(model, out / "onnx-standard", "standard")
         return Source(export.model, model.config, model)
     if path.is_dir():
@@ -141,15 +144,14 @@ def calibration_windows(data: list[str | Path] | WindowLoader | None, synthetic:
     elif isinstance(data, WindowLoader):
         loader = data
     else:
-        loader = EdfWindows(list(data), samples, stride_s=samples / 256, max_windows=max_windows)
+        loader = EdfWindows(list(data), samples, stride_s=samples / TARGET_RATE, max_windows=max_windows)
     return ChainedWindows([loader, AdversarialWindows(samples)]) if adversarial else loader
 
 
 def calibrate(source: str | Path, data: list[str | Path] | WindowLoader | None = None, precision: str = "fp16",
               out: str | Path = "calibration", atol: float | None = None, rtol: float | None = None,
               adversarial: bool = True, max_windows: int = 8, max_pins: int = 64, speed_repeats: int = 3,
-              budget_minutes: float | None = None, synthetic: int | None = None,
-              say: Callable[[str], None] = print) -> CalibrationResult:
+              budget_minutes: float | None = None, synthetic: int | None = None,) -> CalibrationResult:
     """Calibrate ``source`` for ``precision`` on ``data`` (EDF/BDF files or folders, or a window loader) or
     on ``synthetic`` seeded windows; ``atol``/``rtol`` default to the precision's (``brr.diff.TOLERANCES``),
     the ones ``brr-export`` verifies with.
@@ -167,7 +169,7 @@ def calibrate(source: str | Path, data: list[str | Path] | WindowLoader | None =
     atol, rtol = (default_atol if atol is None else atol), (default_rtol if rtol is None else rtol)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    src = resolve_source(source, out, say)
+    src = resolve_source(source, out)
     fp32 = onnx.load(str(src.onnx))
     samples = window_samples(fp32)
     windows = calibration_windows(data, synthetic, samples, max_windows, adversarial)
@@ -176,20 +178,20 @@ def calibrate(source: str | Path, data: list[str | Path] | WindowLoader | None =
 
     if precision in REDUCED_PRECISIONS:
         plan, plan_path = _search_plan(src, fp32, precision, windows, atol, rtol, max_pins, speed_repeats,
-                                       budget_minutes, report, out, say)
+                                       budget_minutes, report, out)
         model_path = None
     else:
         if isinstance(data, WindowLoader) or data is None:
             raise CalibrationError("int8 calibration needs EDF/BDF recordings (--data), not generated windows")
         batches = EdfBatches(list(data), batch_size=1, window_samples=samples, max_windows=max_windows)
-        say(f"int8: ONNX Runtime static QDQ on {len(batches.files)} recording(s), up to {max_windows} windows")
+        log.info(f"int8: ONNX Runtime static QDQ on {len(batches.files)} recording(s), up to {max_windows} windows")
         model_path = quantize_onnxruntime(src.onnx, batches, out / "int8")
         engine = onnxruntime_engine(model_path, fp32, name="onnxruntime-int8", precision="int8")
         plan, plan_path = None, None
         report |= {"int8_model": str(model_path), "tensorrt": _tensorrt_int8(src.onnx, list(data), samples,
                                                                               max_windows, out / "tensorrt-int8")}
         reference: V3Detector | BaseRunner = src.model or onnxruntime_runner(fp32, "fp32-onnx")
-        say(f"diff of {engine.name} against fp32")
+        log.info(f"diff of {engine.name} against fp32")
         diff = run_diff(reference, [engine], windows, atol, rtol, report_dir=out / "diff", fail_on="never")
         result_engine = diff.engines[0]
         report["windows"] = diff.inputs
@@ -198,7 +200,7 @@ def calibrate(source: str | Path, data: list[str | Path] | WindowLoader | None =
                            "nonfinite_outputs": sum(s.precision_nonfinite for s in result_engine.stages.values()),
                            "stages": {name: _stage_doc(stats) for name, stats in result_engine.stages.items()},
                            "diff_report": str(out / "diff" / "report.json")}
-        say("timing ONNX Runtime CPU: fp32 vs the int8 model (one window, lean sessions)")
+        log.info("timing ONNX Runtime CPU: fp32 vs the int8 model (one window, lean sessions)")
         first_feed = next(iter(windows))
         report["speed_onnxruntime_cpu"] = compare_latency({"fp32": fp32, precision: onnx.load(str(model_path))},
                                                           [first_feed], speed_repeats, lean=True)
@@ -209,13 +211,13 @@ def calibrate(source: str | Path, data: list[str | Path] | WindowLoader | None =
 
 def _search_plan(src: Source, fp32: onnx.ModelProto, precision: str, windows: WindowLoader, atol: float,
                  rtol: float, max_pins: int, speed_repeats: int, budget_minutes: float | None, report: dict,
-                 out: Path, say: Callable[[str], None]) -> tuple[PrecisionPlan, Path]:
+                 out: Path) -> tuple[PrecisionPlan, Path]:
     """The fp16/bf16 plan search, its plan file, and what the report says of it."""
     budget_s = None if budget_minutes is None else 60 * budget_minutes
-    with PlanSearch(fp32, precision, windows, atol, rtol, src.config, max_pins=max_pins, budget_s=budget_s,
-                    say=say) as search:
-        say(f"{len(search.windows)} calibration windows; searching the {precision} plan "
-            f"({len(search.pinnable)} pinnable nodes)")
+    with PlanSearch(fp32, precision, windows, atol, rtol, src.config, max_pins=max_pins,
+                    budget_s=budget_s) as search:
+        log.info(f"{len(search.windows)} calibration windows; searching the {precision} plan "
+                 f"({len(search.pinnable)} pinnable nodes)")
         error = None
         try:
             pins, final = search.run()
@@ -223,7 +225,7 @@ def _search_plan(src: Source, fp32: onnx.ModelProto, precision: str, windows: Wi
             pins, final, error = search.best_pins(), search.best, str(exc)
             if final is None:
                 raise
-            say(f"search stopped: {error}")
+            log.info(f"search stopped: {error}")
         stopped = "error" if error else search.stopped
         plan_path = out / PLAN_FILE
         plan_doc = plan_document(src, fp32, precision, pins, final, search, atol, rtol, stopped, error)
@@ -245,7 +247,7 @@ def _search_plan(src: Source, fp32: onnx.ModelProto, precision: str, windows: Wi
                                               "graph, every probe and every tensor's finiteness, on every window"),
                              "nonfinite_outputs": sum(s.precision_nonfinite for s in final.stages.values()),
                              "stages": {name: _stage_doc(stats) for name, stats in final.stages.items()}}}
-        say(f"timing ONNX Runtime CPU: fp32 vs the planned {precision} model (one window, lean sessions)")
+        log.info(f"timing ONNX Runtime CPU: fp32 vs the planned {precision} model (one window, lean sessions)")
         report["speed_onnxruntime_cpu"] = compare_latency({"fp32": fp32, precision: planned},
                                                           [search.store.feed(search.windows[0])], speed_repeats,
                                                           lean=True)

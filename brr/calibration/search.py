@@ -38,7 +38,7 @@ Steps:
      only if its stage then fails again, which is the evidence the plan records.
 
 ``budget_s``: when spent, the search stops between two evaluations and returns the best verified
-plan (the fp32 pass and one evaluation of its plan always run). ``say`` gets one line per window of a
+plan (the fp32 pass and one evaluation of its plan always run). One line is logged per window of a
 full evaluation, per evaluation of the tolerance search and per pin, with the elapsed time and peak RSS.
 
 Memory: one window's feed, fp32 outputs and engine outputs at a time (the windows live on disk); the
@@ -52,8 +52,9 @@ pins or evaluations.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -75,6 +76,8 @@ from brr.onnx.precision import low_precision_model
 from brr.onnx.stages import node_stages
 from brr.onnx.statistics import float_tensors, instrument, read_ranges
 from brr.resources import peak_rss_mb
+
+log = logging.getLogger(__name__)
 
 REDUCED_PRECISIONS = ("fp16", "bf16")
 ACCEPTED_VERDICTS = ("clean", "basis_ambiguous")
@@ -150,7 +153,7 @@ class PlanSearch:
     def __init__(self, fp32_model: onnx.ModelProto, precision: str,
                  windows: WindowLoader | Iterable[tuple[str, dict]], atol: float, rtol: float,
                  config: DetectorConfig | None = None, pinnable: set[str] | None = None, max_pins: int = 64,
-                 budget_s: float | None = None, say: Callable[[str], None] = lambda _: None):
+                 budget_s: float | None = None):
         if precision not in REDUCED_PRECISIONS:
             raise ValueError(f"precision must be one of {REDUCED_PRECISIONS}, got {precision!r}")
         self.fp32 = fp32_model
@@ -161,7 +164,7 @@ class PlanSearch:
         self.producer = {out: n.name for n in fp32_model.graph.node for out in n.output}
         self.pinnable = {name for name, n in self.nodes.items()
                          if n.op_type != "Constant" and (pinnable is None or name in pinnable)}
-        self.max_pins, self.budget_s, self.say = max_pins, budget_s, say
+        self.max_pins, self.budget_s = max_pins, budget_s
         self.started = time.monotonic()
         self.pins: dict[str, Pin] = {}
         self.evaluations = 0
@@ -196,8 +199,8 @@ class PlanSearch:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def _say(self, message: str) -> None:
-        self.say(f"{message} [{self.elapsed:.0f} s, peak RSS {peak_rss_mb():.0f} MB]")
+    def _log(self, message: str) -> None:
+        log.info(f"{message} [{self.elapsed:.0f} s, peak RSS {peak_rss_mb():.0f} MB]")
 
     # ------------------------------------------------------------------------------ the fp32 pass
     def _fp32_pass(self, windows: Iterable[tuple[str, dict]]) -> Fp32Ranges:
@@ -214,7 +217,7 @@ class PlanSearch:
                                {n for n, r in tensor_ranges.items() if not r.finite})
                 ranges.add(label, tensor_ranges)
                 del values
-                self._say(f"fp32 pass: window {len(self.store)} {label}")
+                self._log(f"fp32 pass: window {len(self.store)} {label}")
         if not len(self.store):
             raise ValueError("no calibration windows")
         return ranges
@@ -228,7 +231,7 @@ class PlanSearch:
         self._check_pin_limit(len(new), "the fp32 ranges")
         self.pins.update((pin.node, pin) for pin in new)
         for pin in new:
-            self._say(f"pin {pin.node} ({pin.op_type}, {pin.stage}): {pin.evidence['explanation']}")
+            self._log(f"pin {pin.node} ({pin.op_type}, {pin.stage}): {pin.evidence['explanation']}")
         return new
 
     # ------------------------------------------------------------------------------ engines
@@ -317,7 +320,7 @@ class PlanSearch:
                     result.stages.setdefault(name, TensorStats()).merge(stage.stats)
                 if progress:
                     where = outcome.first_nonfinite_stage or outcome.first_divergent_stage
-                    self._say(f"{progress}: window {count}/{len(chosen)} {label}: {outcome.verdict}"
+                    self._log(f"{progress}: window {count}/{len(chosen)} {label}: {outcome.verdict}"
                               + (f" at {where}" if where and outcome.verdict not in ACCEPTED_VERDICTS else "")
                               + (" (hidden inside the engine)" if outcome.nonfinite_hidden else ""))
                 if outcome.verdict not in ACCEPTED_VERDICTS:
@@ -402,7 +405,7 @@ class PlanSearch:
                    "nonfinite" if name == offender else "nonfinite_input", window, engine,
                    evidence if name == offender else {"consumer": offender} | evidence) for name in targets]
         self.pins.update((pin.node, pin) for pin in new)
-        self._say(f"pin {', '.join(targets)}: non-finite at {offender} ({evidence['op_type']}, {evidence['stage']}) "
+        self._log(f"pin {', '.join(targets)}: non-finite at {offender} ({evidence['op_type']}, {evidence['stage']}) "
                   f"on {window}: {evidence.get('explanation', '')}")
         return new
 
@@ -415,7 +418,7 @@ class PlanSearch:
 
         def accepted(extra: list[str], what: str) -> bool:
             evaluation = self.evaluate(self.engine(pinned | set(extra), cut), labels=labels)
-            self._say(f"tolerance search, {windows}, {what}: "
+            self._log(f"tolerance search, {windows}, {what}: "
                       f"{'within' if evaluation.accepted else 'beyond'} tolerance")
             return evaluation.accepted
 
@@ -452,7 +455,7 @@ class PlanSearch:
             without = self.evaluate(self.engine(pinned | set(others), cut), labels=labels)
             if without.accepted:
                 kept.remove(name)
-                self._say(f"tolerance search, {windows}: {name} is not needed once the others are fp32")
+                self._log(f"tolerance search, {windows}: {name} is not needed once the others are fp32")
                 continue
             failing = without.failure
             failed_stage = failing.first_divergent_stage or failing.first_nonfinite_stage
@@ -469,7 +472,7 @@ class PlanSearch:
             raise SearchError(f"{stage} fails on {', '.join(labels)} on the whole graph but not on the graph cut "
                               "down to it: the search cannot make progress")
         self.pins.update((pin.node, pin) for pin in reversed(new))
-        self._say(f"pin {', '.join(p.node for p in reversed(new))}: {stage} out of tolerance")
+        self._log(f"pin {', '.join(p.node for p in reversed(new))}: {stage} out of tolerance")
         return new
 
     def _check_pin_limit(self, adding: int, why: str) -> None:
@@ -508,7 +511,7 @@ class PlanSearch:
                 if self.best is None or evaluation.rank() >= self.best.rank():
                     self.best = evaluation
                 accepted = len(evaluation.inputs) - len(evaluation.failures)
-                self._say(f"evaluation {number}: {len(self.pins)} pinned, accepted on {accepted} of "
+                self._log(f"evaluation {number}: {len(self.pins)} pinned, accepted on {accepted} of "
                           f"{len(evaluation.inputs)} windows in {evaluation.seconds:.0f} s")
                 if evaluation.accepted:
                     self.stopped = "accepted"
@@ -516,7 +519,7 @@ class PlanSearch:
                 self.fix(evaluation)
         except BudgetSpent:
             self.stopped = "budget"
-            self._say(f"budget of {self.budget_s / 60:g} min spent: keeping the best verified plan "
+            self._log(f"budget of {self.budget_s / 60:g} min spent: keeping the best verified plan "
                       f"({len(self.best.pins)} pinned, accepted on "
                       f"{len(self.best.inputs) - len(self.best.failures)} of {len(self.best.inputs)} windows)")
         return self.best_pins(), self.best

@@ -14,15 +14,15 @@ from pathlib import Path
 
 from brr.calibration import SearchError, calibrate
 from brr.calibration.run import PRECISIONS
-from brr.cli.common import debug_parent, run_main
+from brr.cli.common import command_parser, run_main
 from brr.diff import TOLERANCES
 from brr.errors import EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="brr-calibrate", parents=[debug_parent()],
-        description="Find the fewest nodes an fp16/bf16 engine must keep in fp32 (precision_plan.json for "
+    parser = command_parser(
+        "brr-calibrate",
+        "Find the fewest nodes an fp16/bf16 engine must keep in fp32 (precision_plan.json for "
         "brr-export --precision-plan), or calibrate INT8, on EDF or synthetic windows; report error, FLOP share and speed.",
     )
     parser.add_argument("source", type=Path, help="checkpoint directory, export directory or fp32 .onnx file")
@@ -55,8 +55,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         result = calibrate(args.source, args.data, args.precision, args.out, args.atol, args.rtol,
                            adversarial=args.adversarial, max_windows=args.max_windows,
-                           max_pins=args.max_pins, budget_minutes=args.budget, synthetic=args.synthetic,
-                           say=lambda line: print(f"brr-calibrate: {line}", file=sys.stderr, flush=True))
+                           max_pins=args.max_pins, budget_minutes=args.budget, synthetic=args.synthetic)
     except SearchError as exc:
         raise SearchError(f"no acceptable plan: {exc}") from exc
     accepted = "accepted on every window" if result.passed else "NOT ACCEPTED (best verified plan written)"

@@ -32,7 +32,7 @@ from brr.errors import EXIT_FAILED, EXIT_UNUSABLE, BrrError
 from brr.output_folder import check_output_folder
 from brr.resources import return_freed_memory
 
-__all__ = ["EXIT_INTERRUPTED", "configure_logging", "debug_parent", "error_line", "run_main"]
+__all__ = ["EXIT_INTERRUPTED", "command_parser", "configure_logging", "error_line", "run_main"]
 
 EXIT_INTERRUPTED = 130
 
@@ -61,11 +61,12 @@ def configure_logging(tool: str, level: int = logging.INFO) -> None:
     G_LOGGER.module_severity = G_LOGGER.INFO if level <= logging.DEBUG else G_LOGGER.ERROR
 
 
-def debug_parent() -> argparse.ArgumentParser:
-    """The parent parser of every command: ``--debug``."""
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--debug", action="store_true", help="print the Python traceback of an error")
-    return parent
+def command_parser(tool: str, description: str | None, **options: Any) -> argparse.ArgumentParser:
+    """The parser of the command ``tool``, with the ``--debug`` flag every command takes; ``options`` go to
+    ``argparse.ArgumentParser``."""
+    parser = argparse.ArgumentParser(prog=tool, description=description, **options)
+    parser.add_argument("--debug", action="store_true", help="print the Python traceback of an error")
+    return parser
 
 
 def error_line(error: BaseException) -> tuple[str, int]:

@@ -10,15 +10,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from brr.cli.common import debug_parent, run_main
+from brr.cli.common import command_parser, run_main
 from brr.diff import AdversarialWindows, ChainedWindows, EdfWindows, SyntheticWindows, run_diff, write_report
 from brr.model import load_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="brr-diff", parents=[debug_parent()],
-        description="Compare brr-export engines (and PyTorch under autocast) with the fp32 PyTorch model: "
+    parser = command_parser(
+        "brr-diff",
+        "Compare brr-export engines (and PyTorch under autocast) with the fp32 PyTorch model: "
         "per stage, then per ONNX node where an input goes non-finite or diverges.",
     )
     parser.add_argument("checkpoint", help="checkpoint folder of the fp32 reference")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from brr.backends import BACKEND_CHOICES
 from brr.backends.trt.loader import parse_batch_range
-from brr.cli.common import debug_parent, run_main
+from brr.cli.common import command_parser, run_main
 from brr.diff.verify import verify_engine
 from brr.errors import EXIT_FAILED
 from brr.export.run import ExportRequest, export_artifacts
@@ -18,9 +18,9 @@ from brr.ops.registry import OPS_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="brr-export", parents=[debug_parent()],
-        description="Export a checkpoint to fp32 ONNX (opset 18, dynamic batch, probe outputs), build an engine "
+    parser = command_parser(
+        "brr-export",
+        "Export a checkpoint to fp32 ONNX (opset 18, dynamic batch, probe outputs), build an engine "
         "and verify it against PyTorch fp32.",
     )
     parser.add_argument("checkpoint", type=Path, help="checkpoint directory (model.safetensors + config.json)")

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from brr.artifact.load import tuned_postprocess
 from brr.artifact.manifest import ManifestError
-from brr.cli.common import EXIT_INTERRUPTED, debug_parent, run_main
+from brr.cli.common import EXIT_INTERRUPTED, command_parser, run_main
 from brr.data.quality import bad_channels_line
 from brr.events.postprocess import PostprocessConfig
 from brr.runtime import (
@@ -45,8 +45,7 @@ POST_FLAGS = {flag: (field, getattr(POST, field)) for flag, field in (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brr-infer", description=__doc__, parents=[debug_parent()],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("brr-infer", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("engine", help="checkpoint directory or exported engine (its manifest decides the backend)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="EDF/BDF files, directories (searched recursively) or glob patterns")

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from brr.cli.common import debug_parent, run_main
+from brr.cli.common import command_parser, run_main
 from brr.pipeline import PipelineSettings, run_pipeline
 
 
@@ -24,8 +24,7 @@ def _fmt(value) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brr-pipeline", description=__doc__, parents=[debug_parent()],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("brr-pipeline", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workdir", help="folder for the corpus, checkpoint, engines and reports (reused on rerun)")
     parser.add_argument("--config", default="v3-small", help="detector preset or config file (default v3-small)")
     parser.add_argument("--seed", type=int, default=0)

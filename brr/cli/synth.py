@@ -6,14 +6,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from brr.cli.common import debug_parent, run_main
+from brr.cli.common import command_parser, run_main
 from brr.data.synthetic import write_corpus
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="brr-synth", parents=[debug_parent()],
-        description="Write synthetic 19-channel EEG recordings (TUH-style EDF) with csv_bi seizure "
+    parser = command_parser(
+        "brr-synth",
+        "Write synthetic 19-channel EEG recordings (TUH-style EDF) with csv_bi seizure "
         "annotations and a corpus.json index.",
     )
     parser.add_argument("out_dir", help="output folder (created if missing)")

@@ -6,15 +6,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from brr.cli.common import debug_parent, run_main
+from brr.cli.common import command_parser, run_main
 from brr.output_folder import check_output_folder
 from brr.train import make_settings, train
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="brr-train", parents=[debug_parent()],
-        description="Train the V3 detector. Settings come from --config (YAML), then the options below; "
+    parser = command_parser(
+        "brr-train",
+        "Train the V3 detector. Settings come from --config (YAML), then the options below; "
         "checkpoints go to OUT/best and OUT/last.",
     )
     parser.add_argument("--config", help="training config YAML (e.g. brr/train/configs/v3-small-synthetic.yaml)")
