@@ -1,7 +1,7 @@
 """brr-diff on TensorRT, end to end: the engine's tensors read as debug tensors of the engine as built.
 
 Two engines, each built by the one TensorRT build configuration: a planted fp16 overflow (a cosine
-norm whose squares pass 65504, as in tests/test_diff.py), and a v3-small artifact of brr-export.
+norm whose squares pass 65504, as in tests/planted_nets.py), and a v3-small artifact of brr-export.
 """
 
 from __future__ import annotations

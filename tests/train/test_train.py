@@ -21,7 +21,7 @@ from brr.train.loop import seed_everything
 from brr.train.losses import focal_loss
 from brr.train.optim import parameter_groups
 
-SHIPPED_CONFIG = Path(__file__).parents[1] / "brr" / "train" / "configs" / "v3-small-synthetic.yaml"
+SHIPPED_CONFIG = Path(__file__).parents[2] / "brr" / "train" / "configs" / "v3-small-synthetic.yaml"
 
 TINY_MODEL = {
     "base": "v3-small", "name": "tiny-test", "window_samples": 1280, "tcn_channels": [8], "tcn_out": 16,

@@ -20,6 +20,7 @@ real fp16 model run by ONNX's reference evaluator (true fp16 per node).
 from __future__ import annotations
 
 import json
+import logging
 import tracemalloc
 
 import numpy as np
@@ -321,7 +322,7 @@ def test_calibrate_writes_a_plan_export_loads(tmp_path):
     source = tmp_path / "model.onnx"
     onnx.save(planted_model(), str(source))
     result = calibrate(source, SyntheticWindows(2, WINDOW), "fp16", tmp_path / "out", ATOL, RTOL,
-                       adversarial=False, speed_repeats=1, say=lambda _: None)
+                       adversarial=False, speed_repeats=1)
     assert result.passed
     plan = PrecisionPlan.load(tmp_path / "out" / PLAN_FILE)
     assert plan.resolve(source, {}) == sorted(result.plan.fp32_nodes) and "norm_sumsq" in plan.fp32_nodes
@@ -344,18 +345,19 @@ def test_tolerance_follows_the_precision(tmp_path):
     for precision, tolerance, pinned in (("fp16", {"atol": 0.1, "rtol": 0.05}, ("norm_sqrt", "norm_sumsq")),
                                          ("bf16", {"atol": 0.25, "rtol": 0.05}, ())):
         result = calibrate(source, synthetic=2, precision=precision, out=tmp_path / precision, adversarial=False,
-                           speed_repeats=1, say=lambda _: None)
+                           speed_repeats=1)
         assert result.report["tolerance"] == tolerance and result.passed
         assert result.plan.fp32_nodes == pinned  # bf16 has fp32's range: nothing overflows
 
 
-def test_budget_stops_the_search_and_writes_the_best_verified_plan(tmp_path):
+def test_budget_stops_the_search_and_writes_the_best_verified_plan(tmp_path, caplog):
     source = tmp_path / "model.onnx"
     onnx.save(cancellation_model(), str(source))
     out = tmp_path / "out"
-    lines = []
-    result = calibrate(source, synthetic=2, precision="fp16", out=out, atol=ATOL, rtol=RTOL, adversarial=False,
-                       speed_repeats=1, budget_minutes=1e-6, say=lines.append)
+    with caplog.at_level(logging.INFO, logger="brr.calibration"):
+        result = calibrate(source, synthetic=2, precision="fp16", out=out, atol=ATOL, rtol=RTOL, adversarial=False,
+                           speed_repeats=1, budget_minutes=1e-6)
+    lines = caplog.messages
     assert not result.passed and result.report["stopped"] == "budget"
     assert result.report["search"]["evaluations"] == 1  # the first plan's evaluation, then the budget
     doc = json.loads((out / PLAN_FILE).read_text())
@@ -439,7 +441,7 @@ def test_int8_onnxruntime_model_runs_and_the_diff_reports_its_error(edf, tmp_pat
     source = tmp_path / "model.onnx"
     onnx.save(planted_model(scale=1.0), str(source))
     result = calibrate(source, [edf], "int8", tmp_path / "out", ATOL, RTOL, adversarial=False, max_windows=6,
-                       speed_repeats=1, say=lambda _: None)
+                       speed_repeats=1)
     quantized = onnx.load(str(result.model_path))
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in quantized.graph.node}
     final = result.report["final"]

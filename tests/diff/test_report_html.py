@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_diff import PLANTED, CosineNet, diff, export_pair
+from planted_nets import PLANTED, CosineNet, diff, export_pair
 
 from brr.diff import write_report
 from brr.diff.plots import FP32_COLOUR, offenders

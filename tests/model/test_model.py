@@ -4,15 +4,17 @@ import hashlib
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save
 
+from brr.diff.inputs import AdversarialWindows
 from brr.model import (PROBE_NAMES, CheckpointError, ConfigError, NonFiniteInputError, build_detector,
                        load_checkpoint, resolve_config, save_checkpoint)
 from brr.model.checkpoint import meta_digest
+from brr.model.detector import INPUT_NAME
 from brr.model.edge_stream import pair_similarity
-from conftest import adversarial_windows
 
 
 def expected_shapes(cfg, b):
@@ -38,8 +40,14 @@ def test_probe_shapes_and_finite_logits(name):
 
 @pytest.mark.parametrize("guards", [True, False])
 def test_finite_at_initialisation_on_adversarial_windows(guards):
+    """The suite every engine must survive (``brr.diff.inputs``), preprocessed as served and also raw in
+    microvolts (up to the 3277 uV rail: far outside the normalised scale)."""
     model = build_detector("v3-small", guards=guards).eval()
-    for name, window in adversarial_windows().items():
+    suite = AdversarialWindows()
+    windows = {name: torch.from_numpy(feed[INPUT_NAME]) for name, feed in suite.labelled()}
+    windows |= {f"{name}, raw": torch.from_numpy(raw[None].astype(np.float32))
+                for name, raw in suite.raw_microvolts().items()}
+    for name, window in windows.items():
         with torch.no_grad():
             logits = model(window)
         assert torch.isfinite(logits).all(), f"non-finite logits for {name} with guards={guards}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from fake_tensorrt import FP32, INT64, FakeLayer, FakeNetwork
 from polygraphy.backend.trt import CreateConfig
 
 from brr.calibration.int8 import build_tensorrt_int8
@@ -81,55 +82,6 @@ def test_layers_are_mapped_to_onnx_nodes_by_name_and_metadata():
     assert layer_nodes("ForeignNode[a...b]", "[ONNX Layer: node_Softplus_1]\x1e[ONNX Layer: node_Exp_30]") == {
         "ForeignNode[a...b]", "node_Softplus_1", "node_Exp_30"}
     assert layer_nodes("other", None) == {"other"}
-
-
-FP32, HALF, INT64 = "FLOAT", "HALF", "INT64"  # stand-ins for trt.float32 and the types edit_network leaves alone
-
-
-class FakeTensor:
-    def __init__(self, name: str, dtype: str):
-        self.name, self.dtype = name, dtype
-
-
-class FakeLayer:
-    def __init__(self, name: str, outputs: list[tuple[str, str]], metadata: str | None = None):
-        self.name, self.metadata, self.precision = name, metadata, None
-        self.outputs = [FakeTensor(n, d) for n, d in outputs]
-        self.output_types: dict[int, str] = {}
-
-    @property
-    def num_outputs(self) -> int:
-        return len(self.outputs)
-
-    def get_output(self, index: int) -> FakeTensor:
-        return self.outputs[index]
-
-    def set_output_type(self, index: int, dtype: str) -> None:
-        self.output_types[index] = dtype
-
-
-class FakeNetwork:
-    """What edit_network uses of trt.INetworkDefinition, recording the calls."""
-
-    def __init__(self, layers: list[FakeLayer], unfused: bool = True):
-        self.layers, self.debug, self.unfused_marked = layers, [], False
-        if unfused:
-            self.mark_unfused_tensors_as_debug_tensors = self._mark_unfused
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
-
-    def get_layer(self, index: int) -> FakeLayer:
-        return self.layers[index]
-
-    def mark_debug(self, tensor: FakeTensor) -> bool:
-        self.debug.append(tensor.name)
-        return True
-
-    def _mark_unfused(self) -> bool:
-        self.unfused_marked = True
-        return True
 
 
 def network() -> FakeNetwork:

@@ -18,8 +18,8 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
-from test_diff import WINDOW, CosineNet, export_pair
-from test_export_cli_tensorrt import FakeLayer, FakeNetwork
+from planted_nets import WINDOW, CosineNet, export_pair
+from fake_tensorrt import FakeLayer, FakeNetwork
 
 from brr.diff import SyntheticWindows, run_diff, validate
 from brr.backends.onnx_reference import OnnxReferenceRunner

@@ -10,19 +10,19 @@ import onnx
 import pytest
 import torch
 
-from brr.backends import BACKENDS
-from brr.artifact.manifest import ManifestError, read_manifest, verify_manifest, write_manifest
 from brr.artifact.files import ONNX_FILE
-from brr.export.onnx_export import export_onnx
-from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError
+from brr.artifact.load import load_runner
+from brr.artifact.manifest import ManifestError, read_manifest, verify_manifest, write_manifest
+from brr.backends import BACKENDS
+from brr.backends.torch.runner import TorchRunner
 from brr.diff.compare import reference_spectrum
 from brr.diff.probes import compare_outputs
 from brr.diff.verify import verify_engine
-from brr.onnx.stages import STAGE_METADATA_KEY, node_stages
+from brr.export.onnx_export import export_onnx
+from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError
 from brr.model import PROBE_NAMES, build_detector, save_checkpoint
+from brr.onnx.stages import STAGE_METADATA_KEY, node_stages
 from brr.ops.selective_scan import native as selective_scan_native
-from brr.backends.torch.runner import TorchRunner
-from brr.artifact.load import load_runner
 
 PARITY_ATOL = 1e-4
 
@@ -246,7 +246,7 @@ def test_v3_ort_fp32_matches_pytorch(tmp_path, ops, guards, dynamic_pe, monkeypa
     logits when one of the 960 x 19 rows flips). Anything else must match to PARITY_ATOL.
 
     PyTorch runs the scan's chunked reference here, the computation both ONNX forms spell out: the
-    native kernel's sequential rounding (held to the reference in tests/test_op_selective_scan.py) is
+    native kernel's sequential rounding (held to the reference in tests/ops/test_selective_scan.py) is
     as exact, but on this random v3 it moves near-degenerate eigenvectors of the PE past PARITY_ATOL."""
     monkeypatch.setenv(selective_scan_native.KERNEL_ENV, "reference")
     torch.manual_seed(1)
