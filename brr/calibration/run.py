@@ -200,10 +200,10 @@ def calibrate(source: str | Path, data: list[str | Path] | WindowLoader | None =
                            "nonfinite_outputs": sum(s.precision_nonfinite for s in result_engine.stages.values()),
                            "stages": {name: _stage_doc(stats) for name, stats in result_engine.stages.items()},
                            "diff_report": str(out / "diff" / "report.json")}
-        log.info("timing ONNX Runtime CPU: fp32 vs the int8 model (one window, lean sessions)")
+        log.info("timing ONNX Runtime CPU: fp32 vs the int8 model (one window)")
         first_feed = next(iter(windows))
         report["speed_onnxruntime_cpu"] = compare_latency({"fp32": fp32, precision: onnx.load(str(model_path))},
-                                                          [first_feed], speed_repeats, lean=True)
+                                                          [first_feed], speed_repeats)
     report["cost"] = {"seconds": round(time.monotonic() - started, 1), "peak_rss_mb": round(peak_rss_mb())}
     paths = write_report(_json_safe(report), out)
     return CalibrationResult(precision, out, plan_path, plan, model_path, report, paths)
@@ -247,10 +247,9 @@ def _search_plan(src: Source, fp32: onnx.ModelProto, precision: str, windows: Wi
                                               "graph, every probe and every tensor's finiteness, on every window"),
                              "nonfinite_outputs": sum(s.precision_nonfinite for s in final.stages.values()),
                              "stages": {name: _stage_doc(stats) for name, stats in final.stages.items()}}}
-        log.info(f"timing ONNX Runtime CPU: fp32 vs the planned {precision} model (one window, lean sessions)")
+        log.info(f"timing ONNX Runtime CPU: fp32 vs the planned {precision} model (one window)")
         report["speed_onnxruntime_cpu"] = compare_latency({"fp32": fp32, precision: planned},
-                                                          [search.store.feed(search.windows[0])], speed_repeats,
-                                                          lean=True)
+                                                          [search.store.feed(search.windows[0])], speed_repeats)
     return plan, plan_path
 
 
@@ -391,7 +390,7 @@ def markdown(report: dict) -> str:
             why = pin["evidence"].get("explanation") or f"rel err {_fmt(pin['evidence'].get('rel_err'))}"
             lines.append(f"| {pin['node']} | {pin['op_type']} | {pin['stage']} | {pin['reason']} | {pin['found_by']} | "
                          f"{why} |")
-    lines += ["", "| ORT CPU model (lean sessions) | median s/window | vs fp32 |", "|---|---|---|"]
+    lines += ["", "| ORT CPU model | median s/window | vs fp32 |", "|---|---|---|"]
     for name, t in report["speed_onnxruntime_cpu"].items():
         lines.append(f"| {name} | {t['median_s']:.4f} | {t['relative_to_fp32']:.2f}x |")
     if report.get("plan"):

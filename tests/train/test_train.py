@@ -174,6 +174,7 @@ def test_settings_errors_name_the_key(tmp_path, capsys):
     assert "epochs must be int" in capsys.readouterr().err
     shipped = make_settings(SHIPPED_CONFIG, data="d", out="o", epochs=1)
     assert shipped.model == "v3-small" and shipped.epochs == 1 and shipped.tune_threshold
+    assert shipped.postprocess_config().min_duration_s == 10.0
 
 
 def test_corpus_errors_name_the_file(corpus, tmp_path):

@@ -8,10 +8,11 @@ artifact's one ``model.onnx``:
 * int8: ``brr.onnx.quantize.QuantizeStaticQDQ`` on the given windows; standard-ops exports only.
 
 ``SessionWithCustomOps`` makes every session (serving, the diff, calibration): brr's custom-op
-kernels are loaded when the graph has custom nodes. ``lean=True`` is for runs whose memory must stay
-bounded (the diff's marked and instrumented runs): no memory arena, so a session gives its peak back
-after each run, and the priority-based execution order, which keeps the graph's node order, so that
-statistics inserted after a node run as soon as its output exists (see ``brr.onnx.statistics``).
+kernels are loaded when the graph has custom nodes. No session has a CPU memory arena: the arena keeps
+a run's peak for the session's life (a v3-small fp16 window: 2.4 GB with it, 1.23 GB without, at the
+same speed within 10 %). ``lean=True`` adds the priority-based execution order, which keeps the
+graph's node order, so that statistics inserted after a node run as soon as its output exists (see
+``brr.onnx.statistics``).
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ class SessionWithCustomOps(BaseLoader):
             options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
+        options.enable_cpu_mem_arena = False
         if self.lean:
-            options.enable_cpu_mem_arena = False
             options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         if not self.optimize:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
