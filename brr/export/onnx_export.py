@@ -13,6 +13,8 @@ module paths are kept.
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from brr.model import PROBE_NAMES, V3Detector
 from brr.model.detector import INPUT_NAME
 from brr.onnx.stages import NAME_SCOPES_KEY, WRAPPED_MODULE, tag_stages
 from brr.ops.registry import ONNX_OPSET, OPS_MODES, translation_table
+
 
 class ExportError(CheckFailed):
     """The exported graph failed a check; the message names the file and the check."""
@@ -80,6 +83,25 @@ def check_onnx(path: Path) -> None:
         Path(str(path) + ".inferred").unlink(missing_ok=True)
 
 
+class _quiet_exporter:
+    """Silences what torch.onnx says on every export and no brr user can act on: one warning per
+    torchvision op it cannot register (brr uses none) and a pytree deprecation inside torch."""
+
+    REGISTRY_LOGGER = logging.getLogger("torch.onnx._internal.exporter._registration")
+
+    def __enter__(self):
+        self.level = self.REGISTRY_LOGGER.level
+        self.REGISTRY_LOGGER.setLevel(logging.ERROR)
+        self.warnings = warnings.catch_warnings()
+        self.warnings.__enter__()
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning)
+
+    def __exit__(self, *exc):
+        self.warnings.__exit__(*exc)
+        self.REGISTRY_LOGGER.setLevel(self.level)
+
+
 def export_onnx(model: V3Detector, directory: str | Path, ops: str = "standard") -> OnnxExport:
     """Export ``model`` (eval mode, fp32) to ``directory``: model.onnx and model.stages.json."""
     if ops not in OPS_MODES:
@@ -88,7 +110,7 @@ def export_onnx(model: V3Detector, directory: str | Path, ops: str = "standard")
     directory.mkdir(parents=True, exist_ok=True)
     wrapper = _ProbedDetector(model.float().eval()).eval()
     example = torch.zeros(2, 19, model.config.window_samples)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(
             wrapper, (example,), dynamo=True, opset_version=ONNX_OPSET, optimize=True, verbose=False,
             input_names=[INPUT_NAME], output_names=list(PROBE_NAMES),

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from brr.atomic import atomic_write_text
 from brr.errors import CheckFailed
@@ -196,34 +197,34 @@ def _train(settings: TrainSettings) -> TrainResult:
         epoch = loop["epoch"]
         drawn = train_set.draw_epoch(steps_per_epoch * batch_size, settings.positive_fraction,
                                      settings.seed, epoch)
-        bar = tqdm(total=steps_per_epoch, initial=loop["batch"], desc=f"epoch {epoch + 1}/{settings.epochs}",
-                   disable=not settings.progress, dynamic_ncols=True)
-        tick = time.monotonic()
-        for batch in train_set.batches(drawn, batch_size, skip_batches=loop["batch"]):
-            lr = learning_rate(loop["step"], settings.lr, settings.warmup_steps, total_steps, settings.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss, stage = train_step(model, optimizer, batch, settings, device)
-            losses.append(loss)
-            if stage is None:
-                loop["epoch_loss_sum"] += loss
-                loop["epoch_applied"] += 1
-            else:
-                loop["skipped"].append({"step": loop["step"], "stage": stage})
-                loop["epoch_skipped"] += 1
-                message = f"[train] step {loop['step']}: skipped, non-finite values first at {stage}"
-                bar.write(message) if settings.progress else log.info(message)
-            loop["batch"] += 1
-            loop["step"] += 1
-            now = time.monotonic()
-            bar.set_postfix(loss=f"{loss:.4f}" if loss is not None else "skip", lr=f"{lr:.2e}",
-                            win_s=f"{len(batch[0]) / max(now - tick, 1e-9):.2f}", skipped=len(loop["skipped"]))
-            bar.update(1)
-            tick = now
-            if budget_s and now - started >= budget_s and loop["batch"] < steps_per_epoch:
-                stopped_by_budget = True
-                break
-        bar.close()
+        with _epoch_progress(settings.progress) as progress:
+            bar = progress.add_task(f"epoch {epoch + 1}/{settings.epochs}", total=steps_per_epoch,
+                                    completed=loop["batch"], status="")
+            tick = time.monotonic()
+            for batch in train_set.batches(drawn, batch_size, skip_batches=loop["batch"]):
+                lr = learning_rate(loop["step"], settings.lr, settings.warmup_steps, total_steps, settings.min_lr_ratio)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss, stage = train_step(model, optimizer, batch, settings, device)
+                losses.append(loss)
+                if stage is None:
+                    loop["epoch_loss_sum"] += loss
+                    loop["epoch_applied"] += 1
+                else:
+                    loop["skipped"].append({"step": loop["step"], "stage": stage})
+                    loop["epoch_skipped"] += 1
+                    log.info(f"[train] step {loop['step']}: skipped, non-finite values first at {stage}")
+                loop["batch"] += 1
+                loop["step"] += 1
+                now = time.monotonic()
+                loss_text = f"{loss:.4f}" if loss is not None else "skip"
+                windows_per_s = len(batch[0]) / max(now - tick, 1e-9)
+                progress.update(bar, advance=1, status=f"loss {loss_text}, lr {lr:.2e}, {windows_per_s:.2f} "
+                                f"windows/s, skipped {len(loop['skipped'])}")
+                tick = now
+                if budget_s and now - started >= budget_s and loop["batch"] < steps_per_epoch:
+                    stopped_by_budget = True
+                    break
         if stopped_by_budget:
             log.info(f"[train] time budget of {settings.max_minutes} min reached at step {loop['step']}; "
                      f"resume with --resume")
@@ -264,6 +265,13 @@ def _resume(model, optimizer, settings: TrainSettings, last_dir: Path) -> dict[s
     loop["settings"] = settings.to_dict()
     log.info(f"[train] resumed from {last_dir} at epoch {loop['epoch'] + 1}, step {loop['step']}")
     return loop
+
+
+def _epoch_progress(shown: bool) -> Progress:
+    """One epoch's bar on stderr; its last frame stays as the epoch's line (rich, like brr-infer)."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[status]}", markup=False), console=Console(stderr=True),
+                    disable=not shown)
 
 
 def _finish_epoch(model, settings: TrainSettings, val_entries, val_cache, loop, best_dir: Path, device):
