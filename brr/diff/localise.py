@@ -53,8 +53,10 @@ from brr.onnx.statistics import TensorRange, float_tensors, instrument, read_ran
 ZERO_SENSITIVE_OPS = ("Div", "Reciprocal", "Log", "Pow", "Mod")
 # Ops that turn a negative input into NaN.
 NEGATIVE_SENSITIVE_OPS = ("Sqrt", "Log", "Pow")
-# Independent places where values go non-finite described per input (each costs two marked runs).
+# Independent places where values go non-finite described per input.
 MAX_ORIGINS = 4
+# Their marked values share run pairs up to this many bytes a side: a pair per origin cost two runs each.
+MARKED_BYTES_PER_RUN = 256 * 2**20
 # The engine's logits must match its own unmarked run this closely to count as the same computation.
 REPRODUCTION_RTOL = 1e-5
 
@@ -192,14 +194,18 @@ class NodeLocaliser:
             origins = self._origins(result.ranges, kind)
             if not origins:
                 continue
-            described = []
+            resolved = []
             for origin in origins[:MAX_ORIGINS]:
                 fused = []
                 if kind == "precision" and result.unobserved and self.engine.tensor_statistics:
                     fused = self._fused_into(origin, set(result.ranges))
                 if fused:
                     origin = self._first_within(origin, fused, fp32_ranges, feed, result, engine_logits)
-                found = self._describe(origin, result.ranges, feed, kind, result, engine_logits)
+                resolved.append((origin, fused))
+            values = self._marked_values([origin for origin, _ in resolved], fp32_ranges, feed, result, engine_logits)
+            described = []
+            for origin, fused in resolved:
+                found = self._describe(origin, result.ranges, feed, kind, values)
                 if fused:
                     found["fused_with"] = [t.name for t in fused]
                 described.append(found)
@@ -254,8 +260,32 @@ class NodeLocaliser:
                 found.append(tensor)
         return found
 
-    def _describe(self, origin: Tensor, ranges, feed: dict, kind: str, result: Localisation,
-                  engine_logits: np.ndarray | None) -> dict:
+    def _marked_values(self, origins: list[Tensor], fp32_ranges: dict[str, TensorRange], feed: dict,
+                       result: Localisation, engine_logits: np.ndarray | None
+                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The values of every origin's node inputs and output, fp32 and engine, in as few marked run pairs
+        as ``MARKED_BYTES_PER_RUN`` allows (sizes from the statistics run; an engine-only tensor is
+        counted at its origin's size)."""
+        groups: list[tuple[list[str], list[str], int]] = []
+        for origin in origins:
+            ref_names, eng_names = self._marked_names(origin, self.nodes[origin.position], feed)
+            origin_size = fp32_ranges[origin.name].size
+            size = 4 * sum(fp32_ranges[n].size if n in fp32_ranges else origin_size for n in {*ref_names, *eng_names})
+            if not groups or groups[-1][2] + size > MARKED_BYTES_PER_RUN:
+                groups.append(([], [], 0))
+            ref_group, eng_group, total = groups[-1]
+            ref_group += [n for n in ref_names if n not in ref_group]
+            eng_group += [n for n in eng_names if n not in eng_group]
+            groups[-1] = (ref_group, eng_group, total + size)
+        ref_values, eng_values = {}, {}
+        for ref_names, eng_names, _ in groups:
+            ref, eng = self.marked(ref_names, feed, result, engine_logits, eng_names)
+            ref_values.update(ref)
+            eng_values.update(eng)
+        return ref_values, eng_values
+
+    def _describe(self, origin: Tensor, ranges, feed: dict, kind: str,
+                  values: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]) -> dict:
         node = self.nodes[origin.position]
         side = 1 if kind == "precision" else 0
         bad = {name for name, pair in ranges.items() if not pair[side].finite}
@@ -270,7 +300,7 @@ class NodeLocaliser:
                 if not hiders or hiders[-1]["node"] != tensor.node:
                     hiders.append({"node": tensor.node, "op_type": tensor.op_type, "stage": tensor.stage})
         bad_outputs = [o.name for o in self.fp32.graph.output if o.name in bad]
-        inputs = self._input_ranges(node, origin, feed, result, engine_logits)
+        inputs = self._input_ranges(node, origin, feed, *values)
         description = {
             "node": node.name, "op_type": node.op_type, "stage": origin.stage, "tensor": origin.name,
             "kind": kind, "inputs": inputs["inputs"], "output": inputs["output"],
@@ -290,15 +320,19 @@ class NodeLocaliser:
             return list(node.input), None
         return list(compute.input), unrounded if unrounded in self.engine_producers else None
 
-    def _input_ranges(self, node: onnx.NodeProto, origin: Tensor, feed: dict, result: Localisation,
-                      engine_logits: np.ndarray | None) -> dict:
+    def _marked_names(self, origin: Tensor, node: onnx.NodeProto, feed: dict) -> tuple[list[str], list[str]]:
+        """What to mark to describe ``origin``: its node's computed inputs and its output, in fp32 and in
+        the engine (plus the engine's result before it is stored)."""
+        engine_inputs, unrounded = self._engine_inputs(origin, node)
+        computed = [(r, e) for r, e in zip(node.input, engine_inputs) if r and r not in self.initializers
+                    and r not in feed and e not in self.engine_initializers and e not in feed]
+        return ([r for r, _ in computed] + [origin.name],
+                [e for _, e in computed] + [origin.name] + ([unrounded] if unrounded else []))
+
+    def _input_ranges(self, node: onnx.NodeProto, origin: Tensor, feed: dict, ref_values: dict[str, np.ndarray],
+                      eng_values: dict[str, np.ndarray]) -> dict:
         engine_inputs, unrounded = self._engine_inputs(origin, node)
         pairs = [(ref, eng) for ref, eng in zip(node.input, engine_inputs) if ref]
-        computed = [(r, e) for r, e in pairs if r not in self.initializers and r not in feed
-                    and e not in self.engine_initializers and e not in feed]
-        ref_names = [r for r, _ in computed] + [origin.name]
-        eng_names = [e for _, e in computed] + [origin.name] + ([unrounded] if unrounded else [])
-        ref_values, eng_values = self.marked(ref_names, feed, result, engine_logits, eng_names)
 
         def value(name: str, values: dict, initializers: dict) -> np.ndarray | None:
             if name in values:

@@ -5,8 +5,7 @@ output of ``v3-small`` holds 4.5 GB for one window. ``instrument`` instead inser
 node that makes each listed tensor, its reduction to four scalars (sum of squares, max, min, size);
 only those scalars are graph outputs. Run in a session with ``LEAN_SESSION_OPTIONS`` (priority-based
 order, which keeps this node order, and no memory arena), each tensor is reduced as soon as it is
-made and freed at its last use: a run stays close to the plain run's memory (v3-small, one window:
-1.4 GB against 1.0 GB plain).
+made and freed at its last use: a run stays close to the plain run's memory.
 
 A tensor's sum of squares, accumulated in fp32, is finite exactly when all its elements are finite
 (up to magnitudes of ~1e19, where the square itself overflows: the range then says so). Tensors

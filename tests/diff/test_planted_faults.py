@@ -174,7 +174,8 @@ def test_planted_fault_is_named_at_its_node_and_stage(exports, tmp_path, stage, 
 
 def test_two_independent_faults_are_both_named(exports, tmp_path):
     """Two faults on branches that do not feed each other (the node stream and the edge stream's
-    similarity both start from the electrode features): each is an origin of its own."""
+    similarity both start from the electrode features): each is an origin of its own, both described
+    from one marked run pair (two statistics runs, then one fp32 and one engine run)."""
     model, _, export = exports[True, "standard"]
     plants = [(_tensor(export, "node_stream", "MatMul"), "overflow", "node_stream", 1e7),
               (_tensor(export, "edge_similarity", "Sqrt"), "underflow_div", "edge_similarity", 1.0)]
@@ -182,6 +183,7 @@ def test_two_independent_faults_are_both_named(exports, tmp_path):
     report = run_diff(model, [engine], SyntheticWindows(1, model.config.window_samples))
     origins = {o["node"]: o["stage"] for o in report.engines[0].origins}
     assert origins == {"fault0_planted_overflow": "node_stream", "fault1_planted_div": "edge_similarity"}
+    assert report.engines[0].inputs[0].node_level.runs == 4
 
 
 def test_a_fault_of_another_precision_is_not_reported(exports, tmp_path):
