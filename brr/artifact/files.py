@@ -38,5 +38,15 @@ def is_reference(manifest: Mapping[str, Any]) -> bool:
     return manifest["backend"] == REFERENCE_BACKEND and manifest["precision"] == "fp32"
 
 
+def export_artifacts(path: Path) -> list[Path]:
+    """The artifact folders ``path`` stands for: itself when it holds a manifest, else (the folder
+    ``brr-export --out`` wrote) its sub-folders that do, in name order; [] when neither."""
+    if (path / MANIFEST_FILE).is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    return sorted(child for child in path.iterdir() if (child / MANIFEST_FILE).is_file())
+
+
 def is_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()

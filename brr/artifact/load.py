@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from brr.artifact.files import MANIFEST_FILE, is_checkpoint
+from brr.artifact.files import MANIFEST_FILE, export_artifacts, is_checkpoint, is_reference
 from brr.artifact.manifest import ManifestError, read_manifest, served_verification, verify_manifest
 from brr.backends import BACKENDS
 from brr.backends.torch.runner import TorchRunner
@@ -25,6 +25,34 @@ def tuned_postprocess(path: str | Path) -> dict[str, Any] | None:
     if is_checkpoint(path):
         return read_checkpoint_meta(path).get("training", {}).get("postprocess")
     return read_manifest(path if path.is_dir() else path.parent).get("source", {}).get("postprocess")
+
+
+def select_engine(path: str | Path, precision: str | None = None) -> Path:
+    """The one engine ``path`` names: a checkpoint, an artifact folder or model file as given; in an
+    export's ``--out`` folder, its engine of ``precision`` (any precision when None), a verified one
+    before an unverified one, the fp32 ONNX only when the export has no other engine. Several equally
+    good candidates are a ``ManifestError`` that lists them, so the choice is never silent."""
+    path = Path(path)
+    if is_checkpoint(path) or path.is_file() or (path / MANIFEST_FILE).is_file():
+        return path
+    artifacts = export_artifacts(path)
+    if not artifacts:
+        raise ManifestError(f"{path}: neither a checkpoint directory nor a brr-export artifact or export folder "
+                            f"(no {MANIFEST_FILE} in it or in its sub-folders)")
+    manifests = {a: verify_manifest(a) for a in artifacts}
+    engines = [a for a in artifacts if not is_reference(manifests[a])] or artifacts
+    if precision is not None:
+        engines = [a for a in engines if manifests[a]["precision"] == precision]
+        if not engines:
+            held = ", ".join(f"{a.name} ({manifests[a]['precision']})" for a in artifacts)
+            raise ManifestError(f"{path}: no {precision} engine in this export; it holds {held}")
+    verified = [a for a in engines if served_verification(a, manifests[a]) is None]
+    candidates = verified or engines
+    if len(candidates) > 1:
+        raise ManifestError(f"{path} holds {len(candidates)} {'verified ' if verified else ''}engines: "
+                            f"{', '.join(a.name for a in candidates)}; pass one of these folders"
+                            + ("" if precision else " or --precision"))
+    return candidates[0]
 
 
 def load_runner(path: str | Path, probes: bool = False, threads: int | None = None, device: str = "cpu",

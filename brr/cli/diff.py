@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
         "per stage, then per ONNX node where an input goes non-finite or diverges.",
     )
     parser.add_argument("checkpoint", help="checkpoint folder of the fp32 reference")
-    parser.add_argument("engines", nargs="*", help="brr-export artifact folders, or torch:fp16 / torch:bf16")
+    parser.add_argument("engines", nargs="*",
+                        help="brr-export artifact folders or the folder its --out wrote (every engine in it), "
+                             "or torch:fp16 / torch:bf16")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--inputs", nargs="+", metavar="EDF_OR_DIR", help="EDF/BDF files or folders")
     source.add_argument("--synthetic", type=int, metavar="N", help="N seeded synthetic windows (default 2)")

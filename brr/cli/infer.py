@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from brr.artifact.load import tuned_postprocess
+from brr.artifact.load import select_engine, tuned_postprocess
 from brr.artifact.manifest import ManifestError
 from brr.cli.common import EXIT_INTERRUPTED, command_parser, run_main
 from brr.data.quality import bad_channels_line
@@ -46,10 +46,13 @@ POST_FLAGS = {flag: (field, getattr(POST, field)) for flag, field in (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("brr-infer", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("engine", help="checkpoint directory or exported engine (its manifest decides the backend)")
+    parser.add_argument("engine", help="checkpoint directory, exported engine (its manifest decides the backend), "
+                                       "or the folder brr-export --out wrote (its verified engine; see --precision)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="EDF/BDF files, directories (searched recursively) or glob patterns")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"), default=None,
+                        help="with an export folder: serve its engine of this precision")
     parser.add_argument("--stride", type=float, default=DEFAULTS.stride_s,
                         help=f"seconds between 60 s windows (default {DEFAULTS.stride_s:g})")
     parser.add_argument("--batch", type=int, default=DEFAULTS.batch_size, help="windows per engine call")
@@ -219,6 +222,7 @@ def describe_engine(console: Console, engine: str, allow_unverified: bool) -> No
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
+    args.engine = str(select_engine(args.engine, args.precision))
     settings = settings_from_args(args)
     describe_engine(console, args.engine, args.allow_unverified)
     try:

@@ -24,6 +24,7 @@ import numpy as np
 from polygraphy.backend.base import BaseRunner
 from polygraphy.comparator import Comparator
 
+from brr.artifact.files import export_artifacts
 from brr.backends.onnxrt.runner import lean_onnxruntime_runner
 from brr.backends.torch.runner import AUTOCAST_DTYPES, TorchRunner
 from brr.diff.compare import TensorStats, reference_spectrum
@@ -53,7 +54,8 @@ def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[
     """Compare ``engines`` with ``reference`` on ``inputs``; write the reports to ``report_dir`` if given.
 
     ``reference``: a checkpoint folder or a model (run in fp32 with probes), or any runner.
-    ``engines``: ``Engine`` objects, Polygraphy runners, ``brr-export`` artifact folders, or
+    ``engines``: ``Engine`` objects, Polygraphy runners, ``brr-export`` artifact folders (or the ``--out``
+    folder: every artifact in it), or
     ``"torch:fp16"`` / ``"torch:bf16"`` (the reference model under autocast).
     ``atol``/``rtol``: None follows each engine's precision (``TOLERANCES``).
     ``report.failed`` says whether ``fail_on`` ('nonfinite' | 'divergence' | 'never') is met.
@@ -155,6 +157,10 @@ def _tolerance(precision: str, atol: float | None, rtol: float | None) -> tuple[
 
 
 def _engines(reference, engines: list) -> list[Engine]:
+    # The folder brr-export --out wrote stands for every artifact in it (engines paired with its fp32 ONNX).
+    engines = [artifact for e in engines for artifact in (
+        (export_artifacts(Path(e)) or [e]) if isinstance(e, (str, Path)) and not str(e).startswith(TORCH_ENGINE_PREFIX)
+        else [e])]
     artifacts = [e for e in engines if isinstance(e, (str, Path)) and not str(e).startswith(TORCH_ENGINE_PREFIX)]
     by_path = {str(a): e for a, e in zip(artifacts, artifact_engines(artifacts))} if artifacts else {}
     out = []
