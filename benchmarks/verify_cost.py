@@ -122,7 +122,7 @@ def main() -> int:
         logs.mkdir(exist_ok=True)
         commands = {
             "diff": ["brr-diff", paths["checkpoint"], paths["engine"], "--synthetic", "2", "--adversarial",
-                     "--report", args.workdir / config / "diff"],
+                     "--out", args.workdir / config / "diff"],
             "export": ["brr-export", paths["checkpoint"], "--out", args.workdir / config / "export-verified",
                        "--engine", "fp16", "--backend", "onnxruntime"],
             "calibrate": ["brr-calibrate", paths["planted"], "--data", paths["edf"], "--precision", "fp16",
@@ -143,7 +143,7 @@ def main() -> int:
             bound = {}
             for windows in (2, 8):
                 bound[windows] = measure(["brr-diff", paths["checkpoint"], paths["engine"], "--synthetic", str(windows),
-                                          "--no-node-level", "--report", args.workdir / config / f"diff-{windows}"],
+                                          "--no-node-level", "--out", args.workdir / config / f"diff-{windows}"],
                                          logs / f"bound-{windows}.log")
             ratio = bound[8]["peak_rss_mb"] / max(bound[2]["peak_rss_mb"], 1)
             rows.append({"command": "bound", "config": config, "peak_rss_mb_2_windows": bound[2]["peak_rss_mb"],

@@ -37,7 +37,7 @@ def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
 
     The folder (or, when it does not exist yet, its nearest existing ancestor, where it would be
     created) must be a folder in which a file can be created: a probe file is created and removed.
-    ``option`` names the setting in the message (``--out``, ``--report``, ...). Returns ``path``.
+    ``option`` names the setting in the message (``--out``, ``workdir``, ...). Returns ``path``.
     """
     path = Path(path)
     existing = path

@@ -38,7 +38,7 @@ def is_reference(manifest: Mapping[str, Any]) -> bool:
     return manifest["backend"] == REFERENCE_BACKEND and manifest["precision"] == "fp32"
 
 
-def export_artifacts(path: Path) -> list[Path]:
+def artifact_folders(path: Path) -> list[Path]:
     """The artifact folders ``path`` stands for: itself when it holds a manifest, else (the folder
     ``brr-export --out`` wrote) its sub-folders that do, in name order; [] when neither."""
     if (path / MANIFEST_FILE).is_file():

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from brr.artifact.files import MANIFEST_FILE, export_artifacts, is_checkpoint, is_reference
+from brr.artifact.files import MANIFEST_FILE, artifact_folders, is_checkpoint, is_reference
 from brr.artifact.manifest import ManifestError, read_manifest, served_verification, verify_manifest
 from brr.backends import BACKENDS
 from brr.backends.torch.runner import TorchRunner
@@ -35,7 +35,7 @@ def select_engine(path: str | Path, precision: str | None = None) -> Path:
     path = Path(path)
     if is_checkpoint(path) or path.is_file() or (path / MANIFEST_FILE).is_file():
         return path
-    artifacts = export_artifacts(path)
+    artifacts = artifact_folders(path)
     if not artifacts:
         raise ManifestError(f"{path}: neither a checkpoint directory nor a brr-export artifact or export folder "
                             f"(no {MANIFEST_FILE} in it or in its sub-folders)")

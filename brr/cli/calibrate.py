@@ -37,13 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: the precision's)")
     parser.add_argument("--adversarial", action=argparse.BooleanOptionalAction, default=True,
                         help="also require the adversarial suite (flat, pops, saturation, zeros, mains)")
-    parser.add_argument("--max-windows", type=int, default=8, help="EDF windows used (default 8)")
+    parser.add_argument("--max-windows", type=int, default=8, help="EDF windows used")
     parser.add_argument("--max-pins", type=int, default=64, help="give up beyond this many fp32 nodes")
     parser.add_argument("--budget", type=float, default=None, metavar="MINUTES",
                         help="stop searching MINUTES after the fp32 pass starts and write the best verified plan so "
                         "far, marked with the windows it is not accepted on (exit 1 if any); the fp32 pass and one "
                         "evaluation of its plan always run")
-    parser.add_argument("--out", type=Path, default=Path("calibration"), help="output directory")
+    parser.add_argument("-o", "--out", type=Path, default=Path("calibration"), help="output directory")
     return parser
 
 

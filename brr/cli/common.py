@@ -1,4 +1,10 @@
-"""What every ``brr-*`` command shares: the ``--debug`` flag, logging, and one map from errors to exit codes.
+"""What every ``brr-*`` command shares: its flags, logging, and one map from errors to exit codes.
+
+:func:`command_parser` gives every command ``--version``, ``-v/--verbose``, ``-q/--quiet`` (warnings
+only, no progress display) and ``--debug``, and shows each option's default in ``--help``. One
+vocabulary runs through the commands, Polygraphy's and trtexec's words where they have one:
+``--precision``, ``--data`` (recordings), ``-o/--out``, ``--trt-batch-range``. An old spelling
+(:func:`deprecated_alias`) keeps working for one release and says so on stderr.
 
 :func:`run_main` configures logging (:func:`configure_logging`: brr's messages to stderr as
 ``brr-<tool>: message`` lines), parses the arguments, checks that the command's output folders can
@@ -32,7 +38,7 @@ from brr.errors import EXIT_FAILED, EXIT_UNUSABLE, BrrError
 from brr.output_folder import check_output_folder
 from brr.resources import return_freed_memory
 
-__all__ = ["EXIT_INTERRUPTED", "command_parser", "configure_logging", "error_line", "run_main"]
+__all__ = ["EXIT_INTERRUPTED", "command_parser", "configure_logging", "deprecated_alias", "error_line", "run_main"]
 
 EXIT_INTERRUPTED = 130
 
@@ -61,12 +67,47 @@ def configure_logging(tool: str, level: int = logging.INFO) -> None:
     G_LOGGER.module_severity = G_LOGGER.INFO if level <= logging.DEBUG else G_LOGGER.ERROR
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and each option's default after its help when it has a meaningful one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS) and not isinstance(action.default, bool)
+        if shown and "%(default)" not in text and (action.option_strings or action.nargs in ("?", "*")):
+            text += " (default: %(default)s)"
+        return text
+
+
 def command_parser(tool: str, description: str | None, **options: Any) -> argparse.ArgumentParser:
-    """The parser of the command ``tool``, with the ``--debug`` flag every command takes; ``options`` go to
-    ``argparse.ArgumentParser``."""
-    parser = argparse.ArgumentParser(prog=tool, description=description, **options)
+    """The parser of the command ``tool``, with the flags every command takes (see the module docstring);
+    ``options`` go to ``argparse.ArgumentParser``."""
+    from brr import __version__
+
+    parser = argparse.ArgumentParser(prog=tool, description=description, formatter_class=HelpFormatter, **options)
+    parser.add_argument("--version", action="version", version=f"{tool} (brr) {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress display")
     parser.add_argument("--debug", action="store_true", help="print the Python traceback of an error")
     return parser
+
+
+class _DeprecatedAlias(argparse.Action):
+    def __init__(self, option_strings, dest, replacement: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        logging.getLogger("brr").warning(f"{option_string} is deprecated and goes in the next release: "
+                                         f"use {self.replacement}")
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
+def deprecated_alias(container: argparse._ActionsContainer, old: str, current: argparse.Action) -> None:
+    """Accept ``old`` (hidden from ``--help``) as a spelling of the option ``current``, with a warning."""
+    container.add_argument(old, dest=current.dest, action=_DeprecatedAlias, replacement=current.option_strings[-1],
+                           nargs=current.nargs, type=current.type, choices=current.choices,
+                           metavar=current.metavar, help=argparse.SUPPRESS)
 
 
 def error_line(error: BaseException) -> tuple[str, int]:
@@ -100,6 +141,9 @@ def run_main(
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse: 2 after printing a usage error, 0 after --help
         return _exit_status(exit_)
+    verbose, quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)
+    if verbose or quiet:
+        configure_logging(tool, logging.DEBUG if verbose else logging.WARNING)
     try:
         for option, folder in outputs(args):
             if folder is not None:

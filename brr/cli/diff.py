@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from brr.cli.common import command_parser, run_main
+from brr.cli.common import command_parser, deprecated_alias, run_main
 from brr.diff import AdversarialWindows, ChainedWindows, EdfWindows, SyntheticWindows, run_diff, write_report
 from brr.model import load_checkpoint
 
@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="brr-export artifact folders or the folder its --out wrote (every engine in it), "
                              "or torch:fp16 / torch:bf16")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--inputs", nargs="+", metavar="EDF_OR_DIR", help="EDF/BDF files or folders")
+    data = source.add_argument("--data", nargs="+", metavar="EDF_OR_DIR", help="EDF/BDF files or folders")
+    deprecated_alias(source, "--inputs", data)
     source.add_argument("--synthetic", type=int, metavar="N", help="N seeded synthetic windows (default 2)")
     parser.add_argument("--max-windows", type=int, default=None, help="stop after this many EDF windows")
     parser.add_argument("--adversarial", action="store_true",
@@ -39,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "int8 0.1)")
     parser.add_argument("--no-node-level", dest="node_level", action="store_false",
                         help="compare stages only; skip the search for the node where values go wrong")
-    parser.add_argument("--report", default="diff-report", metavar="DIR", help="report folder (default diff-report)")
+    out = parser.add_argument("-o", "--out", default="diff-report", metavar="DIR", help="report folder")
+    deprecated_alias(parser, "--report", out)
     parser.add_argument("--fail-on", choices=("nonfinite", "divergence", "never"), default="nonfinite",
-                        help="what makes the exit status 1 (default nonfinite)")
+                        help="what makes the exit status 1")
     return parser
 
 
@@ -49,22 +51,22 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not args.engines:
         parser.error("give at least one engine (an artifact folder, torch:fp16 or torch:bf16)")
     window = load_checkpoint(args.checkpoint).config.window_samples
-    loaders = [EdfWindows(args.inputs, window, max_windows=args.max_windows) if args.inputs
+    loaders = [EdfWindows(args.data, window, max_windows=args.max_windows) if args.data
                else SyntheticWindows(args.synthetic or 2, window)]
     if args.adversarial:
         loaders.append(AdversarialWindows(window))
     report = run_diff(args.checkpoint, args.engines, ChainedWindows(loaders), args.atol, args.rtol,
                       fail_on=args.fail_on, node_level=args.node_level)
-    report.data_arguments = ["--data", *args.inputs] if args.inputs else ["--synthetic", str(args.synthetic or 2)]
-    write_report(report, args.report)
-    print(Path(args.report, "report.md").read_text(), end="")
+    report.data_arguments = ["--data", *args.data] if args.data else ["--synthetic", str(args.synthetic or 2)]
+    write_report(report, args.out)
+    print(Path(args.out, "report.md").read_text(), end="")
     return 1 if report.failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     return run_main("brr-diff", parser, lambda args: run(args, parser), argv,
-                    outputs=lambda args: [("--report", args.report)])
+                    outputs=lambda args: [("--out", args.out)])
 
 
 if __name__ == "__main__":

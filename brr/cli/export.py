@@ -9,7 +9,7 @@ from pathlib import Path
 
 from brr.backends import BACKEND_CHOICES
 from brr.backends.trt.loader import parse_batch_range
-from brr.cli.common import command_parser, run_main
+from brr.cli.common import command_parser, deprecated_alias, run_main
 from brr.diff.verify import verify_engine
 from brr.errors import EXIT_FAILED
 from brr.export.run import ExportRequest, export_artifacts
@@ -24,20 +24,23 @@ def build_parser() -> argparse.ArgumentParser:
         "and verify it against PyTorch fp32.",
     )
     parser.add_argument("checkpoint", type=Path, help="checkpoint directory (model.safetensors + config.json)")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--engine", choices=("fp32", "fp16", "bf16", "int8"), default="fp32")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--precision", "--engine", dest="engine", choices=("fp32", "fp16", "bf16", "int8"),
+                        default="fp32", help="the engine's precision")
     parser.add_argument("--ops", choices=OPS_MODES, default="standard",
                         help="custom ops as standard ONNX ops or as one custom node each")
     parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                         help="auto: TensorRT when installed with a GPU, else ONNX Runtime")
-    parser.add_argument("--batch", type=parse_batch_range, default=(1, 4, 8), metavar="MIN:OPT:MAX",
-                        help="TensorRT optimisation profile over the batch (default 1:4:8)")
+    batch = parser.add_argument("--trt-batch-range", dest="batch", type=parse_batch_range, default="1:4:8",
+                                metavar="MIN:OPT:MAX", help="TensorRT optimisation profile over the batch")
+    deprecated_alias(parser, "--batch", batch)
     parser.add_argument("--precision-plan", metavar="PLAN_JSON|none",
                         help="JSON plan of the nodes kept in fp32 (brr-calibrate writes one); default for fp16/bf16: "
                         "brr's plan of the architecture's known fp32 islands (Mamba-2 RMS norms, the edge stream's "
                         "cosine similarity); 'none' keeps nothing in fp32")
-    parser.add_argument("--calibration-data", type=Path, metavar="EDF_OR_DIR",
-                        help="EDF/BDF file or directory for int8 calibration (default: synthetic windows)")
+    data = parser.add_argument("--data", dest="calibration_data", type=Path, metavar="EDF_OR_DIR",
+                               help="EDF/BDF file or directory for int8 calibration (default: synthetic windows)")
+    deprecated_alias(parser, "--calibration-data", data)
     parser.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch fp32")
     return parser
 

@@ -45,16 +45,16 @@ POST_FLAGS = {flag: (field, getattr(POST, field)) for flag, field in (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = command_parser("brr-infer", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("brr-infer", __doc__)
     parser.add_argument("engine", help="checkpoint directory, exported engine (its manifest decides the backend), "
                                        "or the folder brr-export --out wrote (its verified engine; see --precision)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="EDF/BDF files, directories (searched recursively) or glob patterns")
-    parser.add_argument("--out", required=True, help="output folder (created if missing)")
+    parser.add_argument("-o", "--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"), default=None,
                         help="with an export folder: serve its engine of this precision")
     parser.add_argument("--stride", type=float, default=DEFAULTS.stride_s,
-                        help=f"seconds between 60 s windows (default {DEFAULTS.stride_s:g})")
+                        help="seconds between 60 s windows")
     parser.add_argument("--batch", type=int, default=DEFAULTS.batch_size, help="windows per engine call")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per engine (default: backend's)")
     parser.add_argument("--device", default=DEFAULTS.device,
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="shorter recordings are reported as too short (seconds, default one window)")
     parser.add_argument("--max-unusable-channels", type=int, default=DEFAULTS.max_unusable_channels,
                         help="a recording with more montage channels non-finite, flat or saturated for most "
-                        f"of its length fails (default {DEFAULTS.max_unusable_channels})")
+                        "of its length fails")
     post = parser.add_argument_group(
         "post-processing", "Defaults: what brr-train chose on validation data for this model (stored in the "
         "checkpoint and carried by brr-export), else " + ", ".join(f"{k}={v}" for k, v in POST_FLAGS.values())
@@ -89,7 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     post.add_argument("--min-duration", type=float, help="shortest event (s)")
     post.add_argument("--max-duration", type=float, help="longest event (s)")
     post.add_argument("--merge-gap", type=float, help="merge events closer than this (s)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--allow-unverified", action="store_true",
                         help="serve an exported engine whose verification failed, never ran or ran another model")
     return parser

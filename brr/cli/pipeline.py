@@ -24,9 +24,9 @@ def _fmt(value) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = command_parser("brr-pipeline", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("brr-pipeline", __doc__)
     parser.add_argument("workdir", help="folder for the corpus, checkpoint, engines and reports (reused on rerun)")
-    parser.add_argument("--config", default="v3-small", help="detector preset or config file (default v3-small)")
+    parser.add_argument("--config", default="v3-small", help="detector preset or config file")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 

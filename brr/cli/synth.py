@@ -17,17 +17,17 @@ def build_parser() -> argparse.ArgumentParser:
         "annotations and a corpus.json index.",
     )
     parser.add_argument("out_dir", help="output folder (created if missing)")
-    parser.add_argument("--recordings", type=int, default=1, help="number of recordings (default 1)")
-    parser.add_argument("--minutes", type=float, default=10.0, help="length of each recording (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
-    parser.add_argument("--rate", type=int, default=256, help="sampling rate in Hz (default 256)")
+    parser.add_argument("--recordings", type=int, default=1, help="number of recordings")
+    parser.add_argument("--minutes", type=float, default=10.0, help="length of each recording")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
+    parser.add_argument("--rate", type=int, default=256, help="sampling rate in Hz")
     parser.add_argument(
         "--seizures",
         type=int,
         default=None,
         help="seizures per recording (default: about 1-3 per 10 minutes, at least one)",
     )
-    parser.add_argument("--mains", type=float, default=60.0, help="mains hum frequency in Hz (default 60)")
+    parser.add_argument("--mains", type=float, default=60.0, help="mains hum frequency in Hz")
     return parser
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from brr.cli.common import command_parser, run_main
+from brr.cli.common import command_parser, deprecated_alias, run_main
 from brr.output_folder import check_output_folder
 from brr.train import make_settings, train
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="training config YAML (e.g. brr/train/configs/v3-small-synthetic.yaml)")
     parser.add_argument("--model", help="detector preset or config file (default v3-small)")
     parser.add_argument("--data", help="folder of EDF/BDF recordings with .csv_bi annotations")
-    parser.add_argument("--out", help="checkpoint folder")
+    parser.add_argument("-o", "--out", help="checkpoint folder")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--steps-per-epoch", type=int, help="0: one pass over the training windows")
     parser.add_argument("--batch-size", type=int)
@@ -30,13 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--max-minutes", type=float, help="wall-clock budget; stops and saves OUT/last")
     parser.add_argument("--resume", action="store_true", default=None, help="continue from OUT/last")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                        help="no progress bar")
+    deprecated_alias(parser, "--no-progress", next(a for a in parser._actions if a.dest == "quiet"))
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    options = {key: value for key, value in vars(args).items() if key not in ("config", "debug")}
+    options = {key: value for key, value in vars(args).items() if key not in ("config", "debug", "verbose", "quiet")}
+    options["progress"] = False if args.quiet else None  # None: the config file's setting
     settings = make_settings(args.config, **options)
     # The output folder may come from the config file: checked once the settings are known.
     check_output_folder(settings.out, "--out")

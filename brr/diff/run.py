@@ -24,7 +24,7 @@ import numpy as np
 from polygraphy.backend.base import BaseRunner
 from polygraphy.comparator import Comparator
 
-from brr.artifact.files import export_artifacts
+from brr.artifact.files import artifact_folders
 from brr.backends.onnxrt.runner import lean_onnxruntime_runner
 from brr.backends.torch.runner import AUTOCAST_DTYPES, TorchRunner
 from brr.diff.compare import TensorStats, reference_spectrum
@@ -159,7 +159,7 @@ def _tolerance(precision: str, atol: float | None, rtol: float | None) -> tuple[
 def _engines(reference, engines: list) -> list[Engine]:
     # The folder brr-export --out wrote stands for every artifact in it (engines paired with its fp32 ONNX).
     engines = [artifact for e in engines for artifact in (
-        (export_artifacts(Path(e)) or [e]) if isinstance(e, (str, Path)) and not str(e).startswith(TORCH_ENGINE_PREFIX)
+        (artifact_folders(Path(e)) or [e]) if isinstance(e, (str, Path)) and not str(e).startswith(TORCH_ENGINE_PREFIX)
         else [e])]
     artifacts = [e for e in engines if isinstance(e, (str, Path)) and not str(e).startswith(TORCH_ENGINE_PREFIX)]
     by_path = {str(a): e for a, e in zip(artifacts, artifact_engines(artifacts))} if artifacts else {}

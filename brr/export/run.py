@@ -56,7 +56,7 @@ class ExportResult:
 def calibration_windows(source: Path | None, n_samples: int, count: int = CALIBRATION_WINDOWS) -> Iterator[np.ndarray]:
     """(1, 19, n_samples) float32 windows from EDF/BDF files (a file or a directory), else synthetic ones."""
     if source is None:
-        warnings.warn("no --calibration-data: calibrating int8 on synthetic noise windows, "
+        warnings.warn("no --data: calibrating int8 on synthetic noise windows, "
                       "which sets activation ranges unlike real EEG", stacklevel=2)
         rng = np.random.default_rng(0)
         for _ in range(count):

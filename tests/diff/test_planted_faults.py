@@ -202,7 +202,7 @@ def test_command_line_exit_code_and_report_lead_with_the_origin(exports, tmp_pat
     engine = build_planted_engine(tmp_path / "artifacts", model, export,
                                   [(_tensor(export, "edge_similarity", "Sqrt"), "underflow_div", "edge_similarity",
                                     1.0)], "fp16")
-    code = diff_main([str(checkpoint), str(engine), "--synthetic", "1", "--report", str(tmp_path / "report")])
+    code = diff_main([str(checkpoint), str(engine), "--synthetic", "1", "--out", str(tmp_path / "report")])
     assert code == 1
     markdown = (tmp_path / "report" / "report.md").read_text().splitlines()
     assert markdown[0] == "## brr-diff: nonfinite_precision"

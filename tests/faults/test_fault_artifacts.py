@@ -115,7 +115,7 @@ def test_every_command_refuses_a_tampered_checkpoint_before_writing(tampered, tm
     commands = {
         "brr-infer": (infer_main, [directory, edf, "--out", tmp_path / "infer", "--quiet"], "infer"),
         "brr-export": (export_main, [directory, "--out", tmp_path / "export", "--no-verify"], "export"),
-        "brr-diff": (diff_main, [directory, "torch:bf16", "--synthetic", "1", "--report", tmp_path / "diff"], "diff"),
+        "brr-diff": (diff_main, [directory, "torch:bf16", "--synthetic", "1", "--out", tmp_path / "diff"], "diff"),
         "brr-calibrate": (calibrate_main, [directory, "--data", edf, "--out", tmp_path / "cal"], "cal"),
     }
     for tool, (main, argv, out) in commands.items():

@@ -4,7 +4,7 @@ One batch holds every fault of ``faultkit.EDF_FAULTS`` plus a good recording nam
 its success shows that no broken file stopped the run. Expected for every case: exit status 1, no
 traceback, and in ``summary.json`` the recording's status, error type and words (naming the file),
 no output file for a failed recording, and data-quality counts for a recording that ran. The same
-faults given to the other readers (brr-diff --inputs, brr-calibrate --data, brr-train) end those
+faults given to the other readers (brr-diff --data, brr-calibrate --data, brr-train) end those
 commands with exit status 2 and one line.
 """
 
@@ -115,8 +115,8 @@ def test_an_unreadable_file_is_unreadable_even_for_root(fault_batch, tmp_path):
 
 @pytest.mark.parametrize("name", ["trunc_mid_data", "all_inf", "record_duration_zero", "empty", "io_error"])
 def test_diff_on_a_broken_recording_exits_2_with_one_line(fault_batch, fault_checkpoint, tmp_path, name):
-    run = run_cli(diff_main, [fault_checkpoint, "torch:bf16", "--inputs", fault_batch.files[name],
-                              "--report", tmp_path / "report"])
+    run = run_cli(diff_main, [fault_checkpoint, "torch:bf16", "--data", fault_batch.files[name],
+                              "--out", tmp_path / "report"])
     assert run.code == 2
     run.assert_one_line_error("brr-diff", name)
 

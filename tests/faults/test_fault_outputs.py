@@ -65,7 +65,7 @@ def commands(checkpoint, edf, out):
                       (train, "train")),
         "brr-calibrate": (calibrate.main, [checkpoint, "--data", edf, "--out", out], "--out",
                           (calibrate, "calibrate")),
-        "brr-diff": (diff.main, [checkpoint, "torch:bf16", "--synthetic", "1", "--report", out], "--report",
+        "brr-diff": (diff.main, [checkpoint, "torch:bf16", "--synthetic", "1", "--out", out], "--out",
                      (diff, "run_diff")),
         "brr-pipeline": (pipeline.main, [out], "workdir", (pipeline, "run_pipeline")),
     }

@@ -97,7 +97,7 @@ def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str, fp3
                 "int8 on ONNX Runtime needs --ops standard: ORT's calibrator cannot load the custom-op library"
             )
         if calibration is None:
-            raise EngineBuildError("int8 needs calibration windows (--calibration-data)")
+            raise EngineBuildError("int8 needs calibration windows (brr-export --data)")
         converted = QuantizeStaticQDQ(onnx_path, calibration, fp32_nodes)
     else:
         raise EngineBuildError(f"ONNX Runtime engine precision must be fp16, bf16 or int8 here, got {precision!r}")

@@ -228,7 +228,7 @@ def build_engine(
     calibrator = None
     if precision == "int8":
         if calibration is None:
-            raise EngineBuildError("int8 needs calibration windows (--calibration-data)")
+            raise EngineBuildError("int8 needs calibration windows (brr-export --data)")
         batches = [{INPUT_NAME: np.asarray(b, dtype=np.float32)} for b in calibration]
         calibrator = Calibrator(batches, cache=str(directory / CALIBRATION_CACHE_FILE))
     directory.mkdir(parents=True, exist_ok=True)
