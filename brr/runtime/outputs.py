@@ -1,5 +1,11 @@
 """A recording's files in the output folder: its outputs, then its done-marker, and what resuming checks.
 
+``<name>`` is the job's output name (:mod:`brr.runtime.discovery`): the recording's path relative to
+the folder it was found in, without suffix, and for a BIDS ``<entities>_eeg`` recording without the
+``_eeg`` suffix, so that ``sub-01/ses-01/eeg/sub-01_ses-01_task-szMonitoring_run-00_eeg.edf`` gives
+``sub-01/ses-01/eeg/sub-01_ses-01_task-szMonitoring_run-00_events.tsv``, the path SzCORE's scorer
+reads (sub-folders are created as needed).
+
 Outputs ``<name>.csv_bi``, ``<name>_events.tsv`` (its ``dateTime`` column the recording start from
 the EDF header, ``n/a`` when the header has none), ``<name>_events.json`` (and
 ``<name>_probabilities.npz``) are written atomically, then the done-marker ``<name>.done.json``
