@@ -264,10 +264,12 @@ SZCORE_CASES = {  # output name -> (reference events, hypothesis events)
 
 
 def test_szcore_scores_brr_outputs_as_brr_does(checkpoint, tmp_path, monkeypatch):
-    evaluate = pytest.importorskip(
-        "szcore_evaluation.evaluate",
-        reason="szcore-evaluation is not installed (not on PyPI here; "
-        "pip install git+https://github.com/esl-epfl/szcore-evaluation)").evaluate_dataset
+    try:
+        from szcore_evaluation.evaluate import evaluate_dataset as evaluate
+    except ImportError as error:
+        pytest.skip(f"szcore-evaluation is not installed ({error}): pip install szcore-evaluation")
+    except AttributeError as error:  # its git head wants a timescoring newer than the one installed
+        pytest.skip(f"szcore-evaluation does not import with this timescoring: {error}")
     dataset, out = tmp_path / "dataset", tmp_path / "out"
     hypotheses = {}
     for index, (name, (reference, hypothesis)) in enumerate(SZCORE_CASES.items()):
