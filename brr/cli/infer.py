@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <name>_probabilities.npz (per-second mean and max, float16)")
     parser.add_argument("--reference", metavar="ANNOTATIONS_DIR",
-                        help="score against <name>.csv_bi or <name>_events.tsv found there")
+                        help="score against <name>.csv_bi or <name>_events.tsv found there; a BIDS recording "
+                        "(<entities>_eeg.edf) against the <entities>_events.tsv with its entities anywhere under it")
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true",
                           help="skip recordings whose outputs are complete and current (the default)")

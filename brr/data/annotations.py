@@ -3,8 +3,9 @@
 Formats:
 - TUH ``csv_bi`` (term-level seizure/background annotations of the TUSZ corpus).
 - SzCORE / BIDS ``*_events.tsv`` (the format ``timescoring`` / ``szcore-evaluation``
-  score): columns onset, duration, eventType, confidence, channels, dateTime,
-  recordingDuration; a recording without seizures gets one ``bckg`` row spanning it.
+  score): columns onset, duration, eventType, confidence, channels, dateTime (the
+  recording start, "YYYY-MM-DD HH:MM:SS", or ``n/a``), recordingDuration; a recording
+  without seizures gets one ``bckg`` row spanning it.
 - A plain JSON document for programs.
 
 Times are seconds from the start of the recording. Text formats carry 4 decimals;
@@ -15,6 +16,7 @@ All writers are atomic (see :mod:`brr.atomic`).
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
 import math
@@ -53,6 +55,7 @@ CSV_BI_COLUMNS = ("channel", "start_time", "stop_time", "label", "confidence")
 TSV_COLUMNS = ("onset", "duration", "eventType", "confidence", "channels", "dateTime", "recordingDuration")
 TSV_SEIZURE = "sz"
 NA = "n/a"
+TSV_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 DECIMALS = 4
 
 
@@ -209,7 +212,7 @@ def write_events_tsv(
     events: Iterable[SeizureEvent],
     duration_s: float,
     recording_name: str,
-    date_time: str = NA,
+    date_time: str | datetime.datetime | None = NA,
 ) -> Path:
     """Write a SzCORE / BIDS events TSV.
 
@@ -217,12 +220,17 @@ def write_events_tsv(
     row covering the whole recording, as SzCORE does. The format has no column for
     ``recording_name``; it is required (non-empty) so that callers keep the TSV
     tied to a recording the same way as :func:`write_events_json`.
-    ``date_time`` is the recording start ("YYYY-MM-DD HH:MM:SS") when known.
+    ``date_time`` is the recording start when known: a ``datetime`` (written
+    "YYYY-MM-DD HH:MM:SS", whole seconds) or that text; None (or ``n/a``) when not.
     Durations are written as rounded stop minus rounded start, so that
     ``onset + duration`` reads back as the rounded stop exactly.
     """
     if not recording_name:
         raise ValueError("recording_name must be non-empty")
+    if date_time is None:
+        date_time = NA
+    elif isinstance(date_time, datetime.datetime):
+        date_time = date_time.strftime(TSV_DATETIME_FORMAT)
     events = _sorted(events)
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter="\t", lineterminator="\n")

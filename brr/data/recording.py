@@ -10,12 +10,15 @@ Every ingestion failure raises a :class:`~brr.data.errors.RecordingError` subcla
 Opening a recording also assesses its data quality (:mod:`brr.data.quality`) on the raw samples:
 the stream's ``quality`` counts the channels that are non-finite, flat or saturated, and a recording
 with too many unusable channels is refused before any preprocessing.
+The stream's ``start_datetime`` is the header's recording start (None when the header's date and
+time do not make one).
 Physical values are converted to microvolts from the channel's physical dimension (uV, mV, V, nV);
 an unknown or empty dimension is taken to be microvolts.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -78,6 +81,7 @@ class Recording:
     source_labels: tuple[str, ...]
     sampling_rate: int = TARGET_RATE
     channels: tuple[str, ...] = CHANNELS
+    start_datetime: datetime.datetime | None = None
 
     @property
     def n_samples(self) -> int:
@@ -125,6 +129,7 @@ class RecordingStream:
         self.channels = CHANNELS
         self.mains_hz = filters.notch_hz
         self.quality = quality
+        self.start_datetime = header_start(reader)
         up, down = resampling_ratio(source_rate, path)
         self.n_samples = -(-n_source_samples * up // down)
         self.block_samples = max(1, int(round(block_s * TARGET_RATE)))
@@ -163,7 +168,8 @@ class RecordingStream:
         for block in self.iter_blocks():
             signals[:, position : position + block.shape[-1]] = block
             position += block.shape[-1]
-        return Recording(signals, self.path, self.source_rate, self.source_labels)
+        return Recording(signals, self.path, self.source_rate, self.source_labels,
+                         start_datetime=self.start_datetime)
 
     def close(self) -> None:
         if self._reader is not None:
@@ -175,6 +181,15 @@ class RecordingStream:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def header_start(reader: pyedflib.EdfReader) -> datetime.datetime | None:
+    """The recording start the header gives, or None when its date and time are no valid moment
+    (pyedflib reads the fields, e.g. 31.02.21, but cannot make a datetime of them)."""
+    try:
+        return reader.getStartdatetime()
+    except (ValueError, OverflowError):
+        return None
 
 
 def _expected_file_size(path: str) -> int | None:

@@ -1,6 +1,13 @@
 """A recording's files in the output folder: its outputs, then its done-marker, and what resuming checks.
 
-Outputs ``<name>.csv_bi``, ``<name>_events.tsv``, ``<name>_events.json`` (and
+``<name>`` is the job's output name (:mod:`brr.runtime.discovery`): the recording's path relative to
+the folder it was found in, without suffix, and for a BIDS ``<entities>_eeg`` recording without the
+``_eeg`` suffix, so that ``sub-01/ses-01/eeg/sub-01_ses-01_task-szMonitoring_run-00_eeg.edf`` gives
+``sub-01/ses-01/eeg/sub-01_ses-01_task-szMonitoring_run-00_events.tsv``, the path SzCORE's scorer
+reads (sub-folders are created as needed).
+
+Outputs ``<name>.csv_bi``, ``<name>_events.tsv`` (its ``dateTime`` column the recording start from
+the EDF header, ``n/a`` when the header has none), ``<name>_events.json`` (and
 ``<name>_probabilities.npz``) are written atomically, then the done-marker ``<name>.done.json``
 (settings fingerprint, events, SHA-256 of each output), last, also atomically. An interruption
 (Ctrl-C, or any exception) while they are written removes the recording's outputs, so the folder
@@ -13,6 +20,7 @@ settings (``settings_fingerprint``), and every output it lists still has its rec
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import os
@@ -95,9 +103,10 @@ class RecordingOutputs:
 
     def write(self, job: RecordingJob, formats: tuple[str, ...], events: list[SeizureEvent], duration_s: float,
               n_windows: int, per_second: PerSecondProbabilities | None, quality: DataQuality,
-              details: dict[str, Any]) -> list[str]:
-        """Write the outputs in ``formats`` (the JSON carries ``details`` and the data quality) and the
-        probabilities when given, then the marker; returns the outputs, relative to ``out_dir``."""
+              details: dict[str, Any], start: datetime.datetime | None = None) -> list[str]:
+        """Write the outputs in ``formats`` (the JSON carries ``details`` and the data quality; the TSV's
+        ``dateTime`` is ``start``, the recording start, ``n/a`` when None) and the probabilities when given,
+        then the marker; returns the outputs, relative to ``out_dir``."""
         base = self.out_dir / job.name
         bname = Path(job.name).name
         written: list[Path] = []
@@ -107,7 +116,7 @@ class RecordingOutputs:
                 if fmt == "csv_bi":
                     write_csv_bi(path, events, duration_s, bname=bname)
                 elif fmt == "tsv":
-                    write_events_tsv(path, events, duration_s, recording_name=bname)
+                    write_events_tsv(path, events, duration_s, recording_name=bname, date_time=start)
                 else:
                     write_events_json(path, events, duration_s, bname,
                                       extra={**details, "data_quality": quality.to_dict()})

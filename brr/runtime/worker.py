@@ -163,7 +163,7 @@ class RecordingWorker:
                                           round(self.settings.stride_s * TARGET_RATE))
                 listener.recording_started(job.name, n_windows)
                 events, per_second = self._detect(stream, listener)
-                duration_s, quality = stream.duration_s, stream.quality
+                duration_s, quality, start = stream.duration_s, stream.quality, stream.start_datetime
         except EngineFailure:
             raise
         except Exception as error:  # noqa: BLE001  (whatever one file does, it is that file's failure)
@@ -174,7 +174,8 @@ class RecordingWorker:
         else:
             outputs = self.outputs.write(job, self.settings.formats, events, duration_s, n_windows, per_second, quality,
                                          {"engine": self.engine, "stride_s": self.settings.stride_s,
-                                          "postprocess": dataclasses.asdict(self.settings.postprocess)})
+                                          "postprocess": dataclasses.asdict(self.settings.postprocess)},
+                                         start=start)
             entry = RecordingEntry(job.path, job.name, "ok", duration_s, len(events), n_windows,
                                    time.perf_counter() - started, outputs=outputs, reference=job.reference,
                                    data_quality=quality.to_dict(), events=events)

@@ -1,3 +1,4 @@
+import datetime
 import json
 import os
 
@@ -137,6 +138,14 @@ def test_tsv_no_events_writes_background(tmp_path):
     row = "0.0000\t1234.5000\tbckg\tn/a\tn/a\t2020-01-01 10:00:00\t1234.5000"
     assert path.read_text().splitlines()[1] == row
     assert read_events_tsv_with_duration(path) == ([], 1234.5)
+
+
+def test_tsv_date_time_from_a_datetime_or_none(tmp_path):
+    path = tmp_path / "events.tsv"
+    write_events_tsv(path, EVENTS[:1], 3600.0, "rec", date_time=datetime.datetime(2021, 6, 17, 8, 30, 15, 250000))
+    assert path.read_text().splitlines()[1].split("\t")[5] == "2021-06-17 08:30:15"  # whole seconds
+    write_events_tsv(path, [], 3600.0, "rec", date_time=None)
+    assert path.read_text().splitlines()[1].split("\t")[5] == "n/a"
 
 
 def test_read_szcore_tsv_with_subtypes(tmp_path):

@@ -1,5 +1,7 @@
+import datetime
 import glob
 import os
+from pathlib import Path
 
 import numpy as np
 import pyedflib
@@ -63,6 +65,26 @@ def test_read_recording_contract(tmp_path):
     assert rec.duration_s == pytest.approx(65.0)
     assert rec.source_rate == 500.0 and rec.source_labels == TUH_LABELS and rec.path == path
     assert np.isfinite(rec.signals).all()
+
+
+def _with_header_start(path, date: bytes, time: bytes):
+    """The EDF at ``path`` with its header's start date and time fields (dd.mm.yy, hh.mm.ss) rewritten."""
+    data = bytearray(Path(path).read_bytes())
+    data[168:184] = date + time
+    Path(path).write_bytes(bytes(data))
+    return path
+
+
+def test_the_header_start_is_the_recording_start(tmp_path):
+    path = _with_header_start(noise_edf(tmp_path / "a.edf"), b"17.06.21", b"08.30.15")
+    with open_recording(path) as stream:
+        assert stream.start_datetime == datetime.datetime(2021, 6, 17, 8, 30, 15)
+    assert read_recording(path).start_datetime == datetime.datetime(2021, 6, 17, 8, 30, 15)
+    # A date that is no day (pyedflib reads the fields but cannot make a datetime of them): no start,
+    # and the recording still reads.
+    path = _with_header_start(noise_edf(tmp_path / "b.edf"), b"31.02.21", b"08.30.15")
+    with open_recording(path) as stream:
+        assert stream.start_datetime is None and stream.duration_s == pytest.approx(65.0)
 
 
 def test_channels_come_out_in_montage_order(tmp_path):

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pyedflib
 import pytest
-import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
@@ -29,7 +28,7 @@ from brr.cli.infer import main as infer_main
 from brr.data import open_recording, read_recording
 from brr.data.annotations import read_csv_bi, read_events_json, read_events_tsv
 from brr.data.synthetic import TUH_LABELS, plan_recording, write_recording
-from brr.model import build_detector, load_checkpoint, save_checkpoint
+from brr.model import load_checkpoint, save_checkpoint
 from brr.output_folder import LOCK_FILE
 from brr.runtime import outputs, worker
 from brr.artifact.load import tuned_postprocess
@@ -119,12 +118,6 @@ def corpus(tmp_path_factory):
     paths["short"] = write_recording(plan_recording(seed=7, index=2, duration_s=30), batch / "short.edf")
     paths.update(root=root, good=good, batch=batch)
     return paths
-
-
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(3)
-    return save_checkpoint(build_detector("v3-small").eval(), tmp_path_factory.mktemp("ckpt") / "v3-small")
 
 
 @pytest.fixture(scope="session")
