@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with an export folder: serve its engine of this precision")
     parser.add_argument("--stride", type=float, default=DEFAULTS.stride_s,
                         help="seconds between 60 s windows")
-    parser.add_argument("--batch", type=int, default=DEFAULTS.batch_size, help="windows per engine call")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="windows per engine call (default: 1 on a CPU, where more only costs memory; a TensorRT "
+                             "engine's profile optimum, or 8, on a GPU)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per engine (default: backend's)")
     parser.add_argument("--device", default=DEFAULTS.device,
                         help="cpu or cuda (PyTorch and ONNX Runtime; TensorRT plans always run on the GPU)")

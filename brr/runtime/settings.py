@@ -26,7 +26,8 @@ class InferenceSettings:
     """Everything about a run except the engine, the inputs and the output folder."""
 
     stride_s: float = 10.0
-    batch_size: int = 8
+    # Windows per engine call; None: the engine's default (``brr.runtime.worker.default_batch``).
+    batch_size: int | None = None
     threads: int | None = None
     device: str = "cpu"
     formats: tuple[str, ...] = tuple(OUTPUT_FORMATS)
@@ -49,7 +50,7 @@ class InferenceSettings:
                 f"stride {self.stride_s!r} s must be in (0, {WINDOW_S}] and a whole number of samples "
                 f"at {TARGET_RATE} Hz"
             )
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise InferenceUsageError(f"batch size must be >= 1, got {self.batch_size}")
         if self.threads is not None and self.threads < 1:
             raise InferenceUsageError(f"threads must be >= 1, got {self.threads}")

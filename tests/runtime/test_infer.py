@@ -32,6 +32,7 @@ from brr.model import load_checkpoint, save_checkpoint
 from brr.output_folder import LOCK_FILE
 from brr.runtime import outputs, worker
 from brr.artifact.load import tuned_postprocess
+from brr.artifact.manifest import write_manifest
 from brr.runtime import (
     DONE_SUFFIX,
     InferenceInterrupted,
@@ -441,3 +442,19 @@ def test_tampered_engine_is_refused_before_any_recording(checkpoint, corpus, tmp
     (tampered / "config.json").write_text(json.dumps(meta))
     code = infer_main([str(tampered), str(corpus["good"]), "--out", str(tmp_path / "out"), "--quiet"])
     assert code == 2 and not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_default_batch_follows_the_engine(checkpoint, tmp_path):
+    """One window per call on a CPU (more only costs memory), the TensorRT profile's optimum, 8 on CUDA;
+    an explicit --batch wins."""
+    assert worker.default_batch(checkpoint, "cpu") == 1
+    assert worker.default_batch(checkpoint, "cuda:0") == worker.GPU_BATCH
+    trt = tmp_path / "tensorrt-fp16-standard"
+    trt.mkdir()
+    (trt / "model.engine").write_bytes(b"serialised engine")
+    write_manifest(trt, source={"checkpoint": str(checkpoint)}, config=load_checkpoint(checkpoint).config,
+                   backend="tensorrt", precision="fp16", ops="standard", opset=18, model_file="model.engine",
+                   pinned_nodes=[], batch=(1, 3, 16))
+    assert worker.default_batch(trt, "cpu") == 3
+    assert worker.RecordingWorker(checkpoint, tmp_path / "out", InferenceSettings()).batch_size == 1
+    assert worker.RecordingWorker(checkpoint, tmp_path / "out", InferenceSettings(batch_size=5)).batch_size == 5
