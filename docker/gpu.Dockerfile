@@ -9,10 +9,12 @@ FROM nvcr.io/nvidia/tensorrt:25.10-py3
 
 ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /opt/brr
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md CMakeLists.txt ./
 COPY brr ./brr
-# mamba-ssm compiles against the CUDA toolkit of the base image; torch first so its build finds it.
-RUN pip install "torch>=2.8,<2.15" && pip install --no-build-isolation ".[gpu]"
+# mamba-ssm compiles against the CUDA toolkit of the base image: torch and brr's own build requirements
+# first, so that the build without isolation finds them.
+RUN pip install "torch>=2.8,<2.15" "scikit-build-core>=0.10" "nanobind>=2.4" "openvino==2026.4.1" \
+    && pip install --no-build-isolation -C cmake.define.BRR_MARCH=x86-64-v3 ".[gpu]"
 
 VOLUME ["/ckpt", "/engines", "/data", "/out"]
 ENTRYPOINT []

@@ -14,7 +14,6 @@ from typing import Any
 from brr.artifact.files import MANIFEST_FILE, artifact_folders, is_checkpoint, is_reference
 from brr.artifact.manifest import ManifestError, read_manifest, served_verification, verify_manifest
 from brr.backends import BACKENDS
-from brr.backends.torch.runner import TorchRunner
 from brr.model.checkpoint import read_checkpoint_meta
 
 
@@ -65,6 +64,12 @@ def load_runner(path: str | Path, probes: bool = False, threads: int | None = No
     """
     path = Path(path)
     if is_checkpoint(path):
+        import torch
+
+        from brr.backends.torch.runner import TorchRunner  # only checkpoints need PyTorch
+
+        if threads is not None:
+            torch.set_num_threads(threads)  # PyTorch's pool is per process: this is the only place to set it
         return TorchRunner(path, probes=probes, device=device, name=name)
     directory = path if path.is_dir() else path.parent
     if not (directory / MANIFEST_FILE).is_file():

@@ -26,7 +26,7 @@ from brr.backends import BACKENDS
 from brr.errors import InputError
 from brr.model import PROBE_NAMES, PROBE_SHAPES, DetectorConfig
 from brr.model.checkpoint import file_sha256
-from brr.model.detector import INPUT_NAME, OUTPUT_NAME
+from brr.model.contract import INPUT_NAME, OUTPUT_NAME
 
 FORMAT_VERSION = 2
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")

@@ -21,7 +21,7 @@ from brr.data import recording_files, windows_of_files
 from brr.data.preprocess import TARGET_RATE
 from brr.data.recording import RECORDING_SUFFIXES
 from brr.errors import UsageError
-from brr.model.detector import INPUT_NAME
+from brr.model.contract import INPUT_NAME
 from brr.montage import N_CHANNELS
 
 

@@ -22,7 +22,7 @@ from brr.data import preprocess_signals, recording_files, windows_of_files
 from brr.data.preprocess import TARGET_RATE
 from brr.data.recording import WINDOW_S
 from brr.errors import UsageError
-from brr.model.detector import INPUT_NAME
+from brr.model.contract import INPUT_NAME
 from brr.montage import N_CHANNELS
 
 WINDOW_SAMPLES = WINDOW_S * TARGET_RATE

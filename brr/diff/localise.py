@@ -44,7 +44,7 @@ from onnx import numpy_helper
 from brr.diff.compare import TensorStats
 from brr.diff.engines import Engine
 from brr.diff.results import PRECISION_LIMITS, Localisation
-from brr.model.detector import OUTPUT_NAME
+from brr.model.contract import OUTPUT_NAME
 from brr.onnx.marking import mark_outputs, read_marked
 from brr.onnx.stages import node_stages
 from brr.onnx.statistics import TensorRange, float_tensors, instrument, read_ranges

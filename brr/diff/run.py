@@ -36,7 +36,7 @@ from brr.diff.probes import compare_outputs
 from brr.diff.results import NONFINITE_KINDS, DiffReport, EngineResult, InputResult
 from brr.errors import UsageError
 from brr.model import V3Detector
-from brr.model.detector import OUTPUT_NAME
+from brr.model.contract import OUTPUT_NAME
 from brr.resources import peak_rss_mb
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from brr.artifact.files import ONNX_FILE, STAGES_FILE
 from brr.atomic import atomic_write_text
 from brr.errors import CheckFailed
 from brr.model import PROBE_NAMES, V3Detector
-from brr.model.detector import INPUT_NAME
+from brr.model.contract import INPUT_NAME
 from brr.onnx.stages import NAME_SCOPES_KEY, WRAPPED_MODULE, tag_stages
 from brr.ops.registry import ONNX_OPSET, OPS_MODES, translation_table
 

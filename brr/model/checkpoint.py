@@ -7,6 +7,9 @@ everything before a weight is used, and refuses (with :class:`CheckpointError`, 
 missing digest, a ``config.json`` or config that does not match its digest, weights that do not match
 their hash, weights whose names or shapes differ from the config's model, and non-finite weights
 (naming the tensors): a checkpoint that loads is the one that was saved.
+
+PyTorch is imported by the functions that build, save or load a model, not by this module: reading
+a checkpoint's metadata and hashing files are part of serving exported engines, which never need it.
 """
 
 from __future__ import annotations
@@ -14,16 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save
+from typing import TYPE_CHECKING, Any
 
 import brr
 from brr.atomic import atomic_write_bytes, atomic_write_text
 from brr.errors import InputError
 from brr.model.config import ConfigError, resolve_config
-from brr.model.detector import V3Detector
+
+if TYPE_CHECKING:
+    import torch
+
+    from brr.model.detector import V3Detector
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -39,6 +43,8 @@ def build_detector(name_or_config: Any = "v3", guards: bool | None = None) -> V3
 
     ``guards`` overrides the config's guards setting when given.
     """
+    from brr.model.detector import V3Detector
+
     overrides = {} if guards is None else {"guards": bool(guards)}
     return V3Detector(resolve_config(name_or_config, **overrides))
 
@@ -53,6 +59,8 @@ def file_sha256(path: Path) -> str:
 
 def save_checkpoint(model: V3Detector, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write weights, then the config that vouches for them (digest and weights hash), each atomically."""
+    from safetensors.torch import save
+
     directory = Path(directory)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights = save(state, metadata={"brr_version": brr.__version__})
@@ -91,6 +99,11 @@ def read_checkpoint_meta(directory: str | Path) -> dict[str, Any]:
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> V3Detector:
     """Rebuild the model from ``config.json`` and load ``model.safetensors``, verified (see the module
     docstring); returns it in eval mode."""
+    import torch
+    from safetensors.torch import load_file
+
+    from brr.model.detector import V3Detector
+
     directory = Path(directory)
     meta = read_checkpoint_meta(directory)
     config_path = directory / CONFIG_FILE

@@ -1,7 +1,7 @@
 """The V3 dual-stream detector: wires the stages and names the probe points.
 
 x (B, 19, 15360) -> logits (B, 15360). ``forward(x, return_probes=True)`` also returns the output of
-every stage under the names in ``PROBE_NAMES``; the diff tool, the exporter and the reports are
+every stage under the names in ``brr.model.contract.PROBE_NAMES``; the diff tool, the exporter and the reports are
 keyed by these names, so they never change.
 
 The input must be finite: one NaN sample would otherwise become logits of exactly 0 (p = 0.5) for
@@ -26,26 +26,6 @@ from brr.model.node_stream import NodeStream
 from brr.model.positional_encoding import LaplacianPE
 from brr.model.tcn import TCNEncoder
 from brr.montage import CHANNELS
-
-# Tensor names every exported engine and runner shares.
-INPUT_NAME = "eeg"  # (B, 19, 15360) float32, B dynamic
-OUTPUT_NAME = "logits"  # (B, 15360) float32
-
-# name: shape, in topological order (B batch, T = 960 steps, D electrode features, C TCN width)
-PROBE_SHAPES: dict[str, str] = {
-    "tcn": "(B, C, T)",
-    "electrodes": "(B, 19, T, D)",
-    "node_stream": "(B, 19, T, D)",
-    "edge_similarity": "(B, 171, T)",
-    "edge_weights": "(B, 171, T)",
-    "adjacency": "(B, T, 19, 19)",
-    "laplacian_pe": "(B, T, 19, k)",
-    "gnn": "(B, 19, T, D)",
-    "backprojection": "(B, C, T)",
-    "decoder": "(B, 19, 15360)",
-    "logits": "(B, 15360)",
-}
-PROBE_NAMES: tuple[str, ...] = tuple(PROBE_SHAPES)
 
 
 class NonFiniteInputError(InputError):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brr.model.config import MambaConfig
-from brr.ops import selective_scan
+from brr.ops.selective_scan import selective_scan
 
 
 class GatedRMSNorm(nn.Module):

@@ -14,7 +14,7 @@ from torch import nn
 from brr.model import guards
 from brr.model.config import DetectorConfig
 from brr.montage import CHANNELS, NEIGHBOUR_PAIRS
-from brr.ops import eigh
+from brr.ops.eigh import eigh
 
 
 def normalised_laplacian(adjacency: torch.Tensor, degree_clamp: float, shift: float) -> torch.Tensor:

@@ -23,7 +23,6 @@ from brr.artifact.files import MANIFEST_FILE
 from brr.artifact.load import load_runner
 from brr.artifact.manifest import read_manifest
 from brr.backends import BACKENDS
-from brr.backends.torch.runner import TorchRunner
 from brr.data import QualityPolicy, RecordingStream, UnusableRecordingError, count_windows, open_recording
 from brr.data.annotations import SeizureEvent
 from brr.data.preprocess import TARGET_RATE
@@ -95,11 +94,6 @@ def load_engine(engine: str | os.PathLike, threads: int | None = None, device: s
                              require_verified=not allow_unverified)
     except Exception as error:  # a refused artifact, whatever the backend's error type
         raise InferenceUsageError(f"cannot load engine {engine}: {error}") from error
-    if threads is not None and isinstance(runner, TorchRunner):
-        # load_runner gives threads to exported engines; PyTorch's thread pool is per process.
-        import torch
-
-        torch.set_num_threads(threads)
     return runner
 
 
@@ -112,7 +106,7 @@ def default_batch(engine: str | os.PathLike, device: str) -> int:
     8 on a GPU; 1 on a CPU, where one window already keeps the cores busy (the edge stream alone runs
     171 sequences) and each further window only adds its activations (about 0.36 GB a window for a
     v3-small standard-ops ONNX Runtime engine: 0.85 GB peak RSS at batch 1, 3.4 GB at 8, no faster)."""
-    directory = Path(engine)
+    directory = Path(engine) if Path(engine).is_dir() else Path(engine).parent  # a folder or its model file
     if (directory / MANIFEST_FILE).is_file():
         manifest = read_manifest(directory)
         if BACKENDS[manifest["backend"]].batch_profile and manifest.get("batch"):

@@ -12,7 +12,7 @@ from brr.diff.inputs import AdversarialWindows
 from brr.model import (PROBE_NAMES, CheckpointError, ConfigError, NonFiniteInputError, build_detector,
                        load_checkpoint, resolve_config, save_checkpoint)
 from brr.model.checkpoint import meta_digest
-from brr.model.detector import INPUT_NAME
+from brr.model.contract import INPUT_NAME
 from brr.model.edge_stream import pair_similarity
 
 

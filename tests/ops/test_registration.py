@@ -2,7 +2,8 @@
 
 import torch
 
-import brr.ops  # noqa: F401  (registers brr::selective_scan and brr::eigh)
+import brr.ops.eigh  # noqa: F401  (registers brr::eigh)
+import brr.ops.selective_scan  # noqa: F401  (registers brr::selective_scan)
 
 
 def test_selective_scan_opcheck():

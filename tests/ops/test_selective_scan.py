@@ -27,7 +27,7 @@ from brr.ops import registry
 from brr.ops.selective_scan import native, selective_scan, ssd_chunked, ssd_recurrent
 from brr.ops.selective_scan.onnx import INPUT_NAMES
 
-# ``brr.ops.selective_scan`` the attribute is the op function, so reach the submodules by name.
+# The op folder's translation, kernel and plugin modules, by name.
 scan_onnx = importlib.import_module("brr.ops.selective_scan.onnx")
 scan_ort = importlib.import_module("brr.ops.selective_scan.ort")
 scan_trt = importlib.import_module("brr.ops.selective_scan.trt")

@@ -4,7 +4,6 @@ the diff reads the engine's own tensors as debug tensors of rebuilds made exactl
 from __future__ import annotations
 
 from brr.backends.base import Backend, BuiltEngine, EditedGraphs, selected_outputs
-from brr.backends.trt.debug import TensorRTDebugStatistics
 from brr.backends.trt.loader import (
     MODEL_FILE,
     TIMING_CACHE_FILE,
@@ -34,7 +33,10 @@ class TensorRT(Backend):
 
     def edited_graphs(self, directory, manifest, fp32_model):
         """Rebuilt from the fp32 graph with the manifest's ``TensorRTBuild`` and the artifact's caches; the
-        engine's own tensors are read as debug tensors (``brr.backends.trt.debug``)."""
+        engine's own tensors are read as debug tensors (``brr.backends.trt.debug``, which needs PyTorch: the
+        diff has it, serving does not)."""
+        from brr.backends.trt.debug import TensorRTDebugStatistics
+
         rebuild = TensorRTRebuild(TensorRTBuild.from_manifest(manifest), directory)
         note = None if rebuild.timing_cache is not None else (
             f"{directory.name} has no {TIMING_CACHE_FILE} (exported by an older brr-export): its node-level "
