@@ -32,6 +32,8 @@ def select_engine(path: str | Path, precision: str | None = None) -> Path:
     before an unverified one, the fp32 ONNX only when the export has no other engine. Several equally
     good candidates are a ``ManifestError`` that lists them, so the choice is never silent."""
     path = Path(path)
+    if not path.exists():
+        raise ManifestError(f"{path}: does not exist")
     if is_checkpoint(path) or path.is_file() or (path / MANIFEST_FILE).is_file():
         return path
     artifacts = artifact_folders(path)

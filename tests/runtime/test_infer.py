@@ -231,8 +231,8 @@ def _output_mtimes(out: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name not in ("summary.json", LOCK_FILE)}
 
 
-def test_resume_skips_finished_recordings_and_overwrite_redoes_them(corpus, tmp_path, channel_runner):
-    args = [str(corpus["good"]), str(corpus["good"]), "--out", str(tmp_path), "--stride", "60", "--quiet"]
+def test_resume_skips_finished_recordings_and_overwrite_redoes_them(corpus, checkpoint, tmp_path, channel_runner):
+    args = [str(checkpoint), str(corpus["good"]), "--out", str(tmp_path), "--stride", "60", "--batch", "8", "--quiet"]
     assert infer_main(args) == 0
     assert channel_runner.calls == 2  # one batch per recording
     before = _output_mtimes(tmp_path)
@@ -260,7 +260,8 @@ def _assert_only_complete_outputs(out: Path, complete: set[str]) -> None:
     assert names == expected
 
 
-def test_ctrl_c_while_writing_leaves_only_complete_outputs(corpus, tmp_path, channel_runner, monkeypatch):
+def test_ctrl_c_while_writing_leaves_only_complete_outputs(corpus, checkpoint, tmp_path, channel_runner,
+                                                           monkeypatch):
     real_write = outputs.write_events_tsv
     calls = []
 
@@ -271,7 +272,7 @@ def test_ctrl_c_while_writing_leaves_only_complete_outputs(corpus, tmp_path, cha
         return real_write(*args, **kwargs)
 
     monkeypatch.setattr(outputs, "write_events_tsv", interrupted_second_time)
-    args = [str(corpus["good"]), str(corpus["good"]), "--out", str(tmp_path), "--stride", "60", "--quiet"]
+    args = [str(checkpoint), str(corpus["good"]), "--out", str(tmp_path), "--stride", "60", "--batch", "8", "--quiet"]
     assert infer_main(args) == 130
     _assert_only_complete_outputs(tmp_path, {"rec_a"})
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -292,7 +293,7 @@ def test_failure_after_the_first_recording_keeps_its_outputs_and_the_summary(cor
     FailingSecondRecording.calls = 0
     monkeypatch.setattr(worker, "load_engine", lambda engine, *settings: FailingSecondRecording())
     with pytest.raises(RuntimeError, match="engine crashed"):
-        run_inference(corpus["good"], [corpus["good"]], tmp_path, InferenceSettings(stride_s=60))
+        run_inference(corpus["good"], [corpus["good"]], tmp_path, InferenceSettings(stride_s=60, batch_size=8))
     _assert_only_complete_outputs(tmp_path, {"rec_a"})
     assert json.loads((tmp_path / "summary.json").read_text())["interrupted"] is True
 
@@ -302,7 +303,7 @@ def test_failure_after_the_first_recording_keeps_its_outputs_and_the_summary(cor
 
     monkeypatch.setattr(worker, "load_engine", lambda engine, *settings: InterruptedEngine())
     with pytest.raises(InferenceInterrupted) as caught:  # Ctrl-C in the engine: same guarantee
-        run_inference(corpus["good"], [corpus["good"]], tmp_path, InferenceSettings(stride_s=60))
+        run_inference(corpus["good"], [corpus["good"]], tmp_path, InferenceSettings(stride_s=60, batch_size=8))
     assert [e.status for e in caught.value.summary.entries] == ["skipped"]
     _assert_only_complete_outputs(tmp_path, {"rec_a"})
 
