@@ -40,7 +40,8 @@ def select_engine(path: str | Path, precision: str | None = None) -> Path:
     if not artifacts:
         raise ManifestError(f"{path}: neither a checkpoint directory nor a brr-export artifact or export folder "
                             f"(no {MANIFEST_FILE} in it or in its sub-folders)")
-    manifests = {a: verify_manifest(a) for a in artifacts}
+    # Choosing reads the manifests (their own digest checked); load_runner hashes the chosen engine's files.
+    manifests = {a: read_manifest(a) for a in artifacts}
     engines = [a for a in artifacts if not is_reference(manifests[a])] or artifacts
     if precision is not None:
         engines = [a for a in engines if manifests[a]["precision"] == precision]

@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.highlighter import NullHighlighter
 from rich.logging import RichHandler
 
+from brr import __version__
 from brr.errors import EXIT_FAILED, EXIT_UNUSABLE, BrrError
 from brr.output_folder import check_output_folder
 from brr.resources import return_freed_memory
@@ -72,7 +73,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        shown = action.default not in (None, False, argparse.SUPPRESS) and not isinstance(action.default, bool)
+        shown = action.default not in (None, argparse.SUPPRESS) and not isinstance(action.default, bool)
         if shown and "%(default)" not in text and (action.option_strings or action.nargs in ("?", "*")):
             text += " (default: %(default)s)"
         return text
@@ -81,8 +82,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def command_parser(tool: str, description: str | None, **options: Any) -> argparse.ArgumentParser:
     """The parser of the command ``tool``, with the flags every command takes (see the module docstring);
     ``options`` go to ``argparse.ArgumentParser``."""
-    from brr import __version__
-
     parser = argparse.ArgumentParser(prog=tool, description=description, formatter_class=HelpFormatter, **options)
     parser.add_argument("--version", action="version", version=f"{tool} (brr) {__version__}")
     verbosity = parser.add_mutually_exclusive_group()
