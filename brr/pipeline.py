@@ -6,7 +6,8 @@
 3. model    one window through the detector: the probe summary
 4. export   brr-export: the fp16 ONNX Runtime engine (and bf16 OpenVINO where the CPU has bf16),
             each verified by the diff against PyTorch fp32
-5. infer    brr-infer: the held-out recordings through the fp16 engine, scored against their annotations
+5. infer    brr-infer: the held-out recordings through the fastest verified engine (the fp16 one when
+            none passed, so that the verdict says so), scored against their annotations
 6. verdict  one line: did the detector find the held-out seizures (event sensitivity and false alarms
             per 24 h against their bounds), and was the engine it served with verified
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from brr.artifact.load import tuned_postprocess
+from brr.artifact.load import select_engine, tuned_postprocess
 from brr.data import iter_windows, read_recording
 from brr.data.synthetic import write_corpus
 from brr.diff.verify import Verification, verify_engine
@@ -58,6 +59,7 @@ class PipelineSettings:
 class PipelineResult:
     probe_rows: list[dict] = field(default_factory=list)
     verifications: dict[str, Verification] = field(default_factory=dict)
+    served: Path | None = None
     inference: InferenceSummary | None = None
     verdict: str = ""
     exit_code: int = 0
@@ -124,30 +126,35 @@ def run_pipeline(settings: PipelineSettings) -> PipelineResult:
              f"one window of {first_recording.name}")
 
     engines = workdir / "engines"
-    fp16_engine, result.verifications["onnxruntime-fp16"] = _engine(checkpoint, engines, "onnxruntime", "fp16")
+    built = {"onnxruntime-fp16": _engine(checkpoint, engines, "onnxruntime", "fp16")}
     if cpu_has_bf16():
-        _, result.verifications["openvino-bf16"] = _engine(checkpoint, engines, "openvino", "bf16")
+        built["openvino-bf16"] = _engine(checkpoint, engines, "openvino", "bf16")
+    result.verifications = {name: verification for name, (_, verification) in built.items()}
+    # Each verification timed its engine as brr-infer serves it: brr-infer's own choice in the export folder.
+    passed = [name for name, verification in result.verifications.items() if verification.passed]
+    result.served = select_engine(engines) if passed else built["onnxruntime-fp16"][0]
+    served_verified = any(built[name][0] == result.served for name in passed)
 
-    postprocess = PostprocessConfig(**(tuned_postprocess(fp16_engine) or {}))
-    log.info(f"[infer] post-processing chosen on validation: enter {postprocess.enter:.2f}, leave {postprocess.leave:.2f}")
-    result.inference = run_inference(fp16_engine, [holdout_dir], workdir / "events",
+    postprocess = PostprocessConfig(**(tuned_postprocess(result.served) or {}))
+    log.info(f"[infer] {result.served.name}; post-processing chosen on validation: enter {postprocess.enter:.2f}, "
+             f"leave {postprocess.leave:.2f}")
+    result.inference = run_inference(result.served, [holdout_dir], workdir / "events",
                                      InferenceSettings(stride_s=settings.infer_stride_s, batch_size=settings.infer_batch,
                                                        reference_dir=str(holdout_dir), postprocess=postprocess,
                                                        # a failed verification is the verdict's to report
                                                        allow_unverified=True))
     # The run fails when the engine it serves with diverges, a recording fails or the held-out
-    # seizures are not found; a divergent optional engine (bf16 OpenVINO) is reported with its diff
-    # report, as brr-export would.
-    passed, result.verdict = held_out_verdict(settings, result.inference,
-                                              result.verifications["onnxruntime-fp16"].passed)
+    # seizures are not found; a divergent engine it does not serve is reported with its diff report,
+    # as brr-export would.
+    passed, result.verdict = held_out_verdict(settings, result.inference, served_verified, result.served.name)
     if not torch.isfinite(logits).all() or not passed or result.inference.exit_code:
         result.exit_code = 1
     log.info(result.verdict)
     return result
 
 
-def held_out_verdict(settings: PipelineSettings, inference: InferenceSummary, engine_verified: bool
-                     ) -> tuple[bool, str]:
+def held_out_verdict(settings: PipelineSettings, inference: InferenceSummary, engine_verified: bool,
+                     engine: str) -> tuple[bool, str]:
     """(passed, one line) for the held-out recordings against the settings' bounds."""
     events = (inference.scores or {}).get("event") or {}
     sensitivity, false_alarms = events.get("sensitivity"), events.get("fp_per_24h")
@@ -157,7 +164,7 @@ def held_out_verdict(settings: PipelineSettings, inference: InferenceSummary, en
     if false_alarms is None or false_alarms > settings.max_false_alarms_per_24h:
         problems.append(f"{_number(false_alarms)} false alarms/24h > {settings.max_false_alarms_per_24h:g}")
     if not engine_verified:
-        problems.append("the fp16 engine failed its verification")
+        problems.append(f"the engine it served, {engine}, failed its verification")
     failed = [e.name for e in inference.entries if e.status != "ok"]
     if failed:
         problems.append(f"{len(failed)} recording(s) failed: {', '.join(failed)}")
@@ -167,7 +174,7 @@ def held_out_verdict(settings: PipelineSettings, inference: InferenceSummary, en
         return False, f"[verdict] FAIL: {'; '.join(problems)} ({found})"
     return True, (f"[verdict] PASS: the held-out seizures were found ({found}; bounds >= "
                   f"{settings.min_event_sensitivity:g} and <= {settings.max_false_alarms_per_24h:g}) with the "
-                  "verified fp16 engine")
+                  f"verified engine {engine}")
 
 
 def _number(value) -> str:

@@ -8,6 +8,7 @@ file, so callers never branch on the backend. Every runner takes ``{"eeg": (B, 1
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from brr.artifact.files import MANIFEST_FILE, artifact_folders, is_checkpoint, i
 from brr.artifact.manifest import ManifestError, read_manifest, served_verification, verify_manifest
 from brr.backends import BACKENDS
 from brr.model.checkpoint import read_checkpoint_meta
+
+log = logging.getLogger(__name__)
 
 
 def tuned_postprocess(path: str | Path) -> dict[str, Any] | None:
@@ -26,11 +29,22 @@ def tuned_postprocess(path: str | Path) -> dict[str, Any] | None:
     return read_manifest(path if path.is_dir() else path.parent).get("source", {}).get("postprocess")
 
 
+def fastest_engine(candidates: list[Path], manifests: dict[Path, dict]) -> Path | None:
+    """The candidate with the lowest serving time its verification measured, or None when one has no such
+    time or they were timed on different machines (their times would not compare)."""
+    timings = [(manifest.get("verification") or {}) for manifest in map(manifests.get, candidates)]
+    seconds = [t.get("serving_s_per_window") for t in timings]
+    if None in seconds or len({t.get("timed_on") for t in timings}) != 1:
+        return None
+    return min(zip(seconds, candidates))[1]
+
+
 def select_engine(path: str | Path, precision: str | None = None) -> Path:
     """The one engine ``path`` names: a checkpoint, an artifact folder or model file as given; in an
     export's ``--out`` folder, its engine of ``precision`` (any precision when None), a verified one
-    before an unverified one, the fp32 ONNX only when the export has no other engine. Several equally
-    good candidates are a ``ManifestError`` that lists them, so the choice is never silent."""
+    before an unverified one, the fastest of several verified ones (as timed by their verification on
+    one machine), the fp32 ONNX only when the export has no other engine. Several candidates that
+    nothing ranks are a ``ManifestError`` that lists them, so the choice is never silent."""
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"{path}: does not exist")
@@ -50,6 +64,10 @@ def select_engine(path: str | Path, precision: str | None = None) -> Path:
             raise ManifestError(f"{path}: no {precision} engine in this export; it holds {held}")
     verified = [a for a in engines if served_verification(a, manifests[a]) is None]
     candidates = verified or engines
+    if len(candidates) > 1 and verified and (fastest := fastest_engine(candidates, manifests)) is not None:
+        speeds = ", ".join(f"{a.name} {manifests[a]['verification']['serving_s_per_window']:.3g}" for a in candidates)
+        log.info(f"{path}: serving {fastest.name}, the fastest of its verified engines (s/window at export: {speeds})")
+        return fastest
     if len(candidates) > 1:
         raise ManifestError(f"{path} holds {len(candidates)} {'verified ' if verified else ''}engines: "
                             f"{', '.join(a.name for a in candidates)}; pass one of these folders"

@@ -47,7 +47,7 @@ POST_FLAGS = {flag: (field, getattr(POST, field)) for flag, field in (
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("brr-infer", __doc__)
     parser.add_argument("engine", help="checkpoint directory, exported engine (its manifest decides the backend), "
-                                       "or the folder brr-export --out wrote (its verified engine; see --precision)")
+                                       "or the folder brr-export --out wrote (its fastest verified engine; see --precision)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="EDF/BDF files, directories (searched recursively) or glob patterns")
     parser.add_argument("-o", "--out", required=True, help="output folder (created if missing)")

@@ -5,11 +5,16 @@ windows plus the adversarial suite, stage by stage, at the tolerance of the engi
 fails on precision-induced non-finite values and on divergence beyond that tolerance; a
 basis-ambiguous eigendecomposition is reported, never failed. The full report stays on disk, and the
 verdict goes into the artifact's manifest with the sha256 of the model it ran (what ``brr-infer``
-checks before serving).
+checks before serving). A passing engine is also timed as ``brr-infer`` serves it (no probes, one window
+per call), so that ``brr.artifact.load.select_engine`` serves the fastest verified engine of an export.
 """
 
 from __future__ import annotations
 
+import os
+import platform
+import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +23,8 @@ from brr.diff.inputs import AdversarialWindows, ChainedWindows, SyntheticWindows
 from brr.diff.report import origin_sentences, write_report
 from brr.diff.results import DiffReport
 from brr.diff.run import run_diff
+
+SPEED_REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -68,10 +75,35 @@ def verify_engine(reference, engine_path: str | Path, precision: str, report_dir
     verification = Verification(precision, report, Path(report_dir))
     engine = report.engines[0]
     origin = engine.origin
-    record_verification(engine_path, {
+    timing = serving_speed(engine_path, window_samples) if verification.passed else {}
+    record_verification(engine_path, timing | {
         "passed": verification.passed, "verdict": report.verdict, "report": str(Path(report_dir).resolve()),
         "atol": engine.atol, "rtol": engine.rtol, "inputs": report.inputs,
         "first_nonfinite_stage": engine.first_nonfinite_stage, "first_divergent_stage": engine.first_divergent_stage,
         "origin_node": origin["node"] if origin else None,
     })
     return verification
+
+
+def this_machine() -> str:
+    """The CPU model and thread count: serving times compare only between engines timed on one machine."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if line.startswith("model name")]
+    return f"{names[0] if names else platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} threads"
+
+
+def serving_speed(engine_path: str | Path, window_samples: int) -> dict:
+    """The engine's median seconds per window as brr-infer serves it (no probes, one window per call,
+    after a warm-up), and the machine it was timed on."""
+    from brr.artifact.load import load_runner
+
+    _, window = next(SyntheticWindows(1, window_samples).labelled())
+    with load_runner(engine_path) as runner:
+        runner.infer(window)
+        times = []
+        for _ in range(SPEED_REPEATS):
+            start = time.perf_counter()
+            runner.infer(window)
+            times.append(time.perf_counter() - start)
+    return {"serving_s_per_window": round(statistics.median(times), 4), "timed_on": this_machine()}

@@ -1,5 +1,5 @@
 """The folder ``brr-export --out`` wrote is accepted where an engine is: brr-infer serves its one (or its
-verified, or its asked-for) engine and lists the candidates when the choice is not obvious; brr-diff
+verified, or fastest verified, or its asked-for) engine and lists the candidates when the choice is not obvious; brr-diff
 compares every artifact in it, each reduced-precision engine paired with the fp32 ONNX beside it."""
 
 from __future__ import annotations
@@ -54,6 +54,41 @@ def test_several_engines_are_listed_and_the_verified_one_is_served(export_root, 
     assert "holds 2 engines" in capsys.readouterr().err
     record_verification(root / FP16, {"passed": True, "verdict": "pass"})
     assert select_engine(root) == root / FP16
+
+
+def test_the_fastest_verified_engine_is_served_when_timed_on_one_machine(export_root, tmp_path, caplog):
+    _, original = export_root
+    root = shutil.copytree(original, tmp_path / "export")
+    slow = shutil.copytree(root / FP16, root / "onnxruntime-fp16-slow")
+    timed = {"passed": True, "verdict": "pass", "timed_on": "cpu A, 2 threads"}
+    record_verification(root / FP16, timed | {"serving_s_per_window": 0.4})
+    record_verification(slow, timed | {"serving_s_per_window": 0.9})
+    with caplog.at_level("INFO"):
+        assert select_engine(root) == root / FP16
+    assert f"serving {FP16}, the fastest of its verified engines" in caplog.text and "0.9" in caplog.text
+    # Times from two machines, or a verification that timed nothing, rank nothing: the user chooses.
+    record_verification(slow, timed | {"serving_s_per_window": 0.1, "timed_on": "cpu B, 64 threads"})
+    with pytest.raises(ManifestError, match="holds 2 verified engines"):
+        select_engine(root)
+    record_verification(slow, {"passed": True, "verdict": "pass"})
+    with pytest.raises(ManifestError, match="holds 2 verified engines"):
+        select_engine(root)
+
+
+def test_verification_times_a_passing_engine_as_it_is_served(export_root, tmp_path):
+    from brr.artifact.manifest import read_manifest
+    from brr.diff.verify import this_machine, verify_engine
+
+    checkpoint, original = export_root
+    root = shutil.copytree(original, tmp_path / "export")
+    # The fp32 ONNX passes; the fp16 engine exported without a plan fails, and is not timed.
+    passing = verify_engine(checkpoint, root / "onnx-standard", "fp32", tmp_path / "fp32", WINDOW, synthetic_windows=1)
+    recorded = read_manifest(root / "onnx-standard")["verification"]
+    assert passing.passed and recorded["passed"]
+    assert 0 < recorded["serving_s_per_window"] < 60 and recorded["timed_on"] == this_machine()
+    failing = verify_engine(checkpoint, root / FP16, "fp16", tmp_path / "fp16", WINDOW, synthetic_windows=1)
+    recorded = read_manifest(root / FP16)["verification"]
+    assert not failing.passed and not recorded["passed"] and "serving_s_per_window" not in recorded
 
 
 def test_diff_takes_every_artifact_of_an_export_folder(export_root):

@@ -28,6 +28,7 @@ from brr.artifact.manifest import ManifestError
 from brr.model import CheckpointError, build_detector, load_checkpoint
 from brr.model.checkpoint import meta_digest
 from brr.artifact.load import load_runner
+from brr.backends.onnxrt.loader import CUDA_ONNXRUNTIME_COMMAND
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors")
 FLIPS_PER_FILE = 16
@@ -160,12 +161,13 @@ def test_every_byte_flip_of_a_hashed_artifact_file_is_refused(exported, tmp_path
 
 
 def test_gpu_extra_hint_is_printed_literally(exported, tmp_path):
-    """``pip install .[gpu]`` must not lose ``[gpu]`` to console markup."""
+    """The fix for a CPU-only onnxruntime reaches the user whole, as a command to paste: quotes, ``&&`` and
+    ``>=`` untouched by console markup."""
     edf = good_edf(tmp_path / "in" / "rec.edf")
     run = run_cli(infer_main, [exported, edf, "--out", tmp_path / "out", "--device", "cuda", "--quiet",
                                "--allow-unverified"])
     assert run.code == 2
-    run.assert_one_line_error("brr-infer", "pip install .[gpu]")
+    run.assert_one_line_error("brr-infer", CUDA_ONNXRUNTIME_COMMAND)
 
 
 def test_every_byte_flip_of_the_manifest_is_refused(exported, tmp_path):

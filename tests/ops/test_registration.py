@@ -2,8 +2,8 @@
 
 import torch
 
-import brr.ops.eigh  # noqa: F401  (registers brr::eigh)
-import brr.ops.selective_scan  # noqa: F401  (registers brr::selective_scan)
+import brr.ops.eigh.op  # noqa: F401  (registers brr::eigh)
+import brr.ops.selective_scan.op  # noqa: F401  (registers brr::selective_scan)
 
 
 def test_selective_scan_opcheck():

@@ -1,4 +1,4 @@
-"""Serving an exported standard-ops engine needs neither PyTorch nor matplotlib: ``brr-infer`` runs in a
+"""Serving an exported engine, standard or custom ops, needs neither PyTorch nor matplotlib: ``brr-infer`` runs in a
 process where importing them fails, and ``requirements-serve.txt`` (the serving install) asks only for
 what the package itself requires."""
 
@@ -51,11 +51,12 @@ def test_help_without_pytorch():
     assert "--precision" in run.stdout
 
 
+@pytest.mark.parametrize("ops", ["standard", "plugin"])
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_an_exported_engine_is_served_without_pytorch(checkpoint, tmp_path, backend):
+def test_an_exported_engine_is_served_without_pytorch(checkpoint, tmp_path, backend, ops):
     export = tmp_path / "export"
     assert export_main([str(checkpoint), "-o", str(export), "--precision", "fp32", "--backend", backend,
-                        "--no-verify", "-q"]) == 0
+                        "--ops", ops, "--no-verify", "-q"]) == 0
     edf = write_recording(plan_recording(seed=5, index=0, duration_s=120), tmp_path / "rec.edf")
     run = _serve(export, edf, "-o", tmp_path / "out", "--allow-unverified", "-q")
     assert run.returncode == 0, run.stderr

@@ -21,6 +21,7 @@ graph's node order, so that statistics inserted after a node run as soon as its 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -40,8 +41,36 @@ DEVICE_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProv
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 # ONNX Runtime's own warnings (e.g. constant folding it skips) say nothing a user can act on.
 ERROR_SEVERITY = 3
+# onnxruntime and onnxruntime-gpu install the same module, so they cannot share an environment, and an extra
+# cannot remove a base requirement: the CUDA build replaces the CPU one by this command (README, GPU).
+ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
+CUDA_ONNXRUNTIME_COMMAND = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.20'"
 COMPUTES_IN = {"fp16": "fp32 kernels on fp16-rounded tensors", "bf16": "fp32 kernels on bf16-rounded tensors",
                "int8": "int8 QDQ Conv/MatMul"}
+
+
+def installed_onnxruntime() -> list[str]:
+    """Which of the ONNX Runtime distributions are installed."""
+    found = []
+    for name in ONNXRUNTIME_DISTRIBUTIONS:
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def missing_provider_message(provider: str, distributions: list[str]) -> str:
+    """Why ``provider`` is not available given the installed ONNX Runtime distributions, and the fix."""
+    if "onnxruntime-gpu" not in distributions:
+        return (f"onnxruntime has no {provider}: the installed build is the CPU one; replace it with the CUDA "
+                f"build: {CUDA_ONNXRUNTIME_COMMAND}")
+    if "onnxruntime" in distributions:
+        return (f"onnxruntime has no {provider}: onnxruntime and onnxruntime-gpu are both installed and overwrite "
+                f"each other's module; keep only the CUDA build: {CUDA_ONNXRUNTIME_COMMAND}")
+    return (f"onnxruntime-gpu is installed but has no {provider} here: no CUDA device, or CUDA/cuDNN libraries "
+            "it cannot load (see onnxruntime's CUDA requirements)")
 
 
 def has_custom_nodes(model: onnx.ModelProto) -> bool:
@@ -67,7 +96,7 @@ class SessionWithCustomOps(BaseLoader):
     def call_impl(self) -> ort.InferenceSession:
         providers = DEVICE_PROVIDERS[self.device]
         if providers[0] not in ort.get_available_providers():
-            raise RuntimeError(f"onnxruntime has no {providers[0]} here; install the GPU extras: pip install .[gpu]")
+            raise RuntimeError(missing_provider_message(providers[0], installed_onnxruntime()))
         options = ort.SessionOptions()
         options.log_severity_level = ERROR_SEVERITY
         if self.custom:

@@ -10,7 +10,7 @@ projectors, never by raw vectors.
 Gradient: the standard first-order perturbation formula with degenerate gaps masked
 (``reference.eigh_backward``).
 
-Implementations: ``reference`` (torch.linalg.eigh / LAPACK), ``onnx`` (standard-op Jacobi
+Implementations: ``op`` (the PyTorch op ``brr::eigh``), ``reference`` (torch.linalg.eigh / LAPACK), ``onnx`` (standard-op Jacobi
 decomposition and the custom node), ``ort`` (ONNX Runtime kernel), ``trt`` (TensorRT plugin).
 
 Custom node (``plugin`` export mode, one per call): domain ``ai.onnx.contrib`` version 1, op_type
@@ -23,36 +23,21 @@ TensorRT's ONNX parser maps it to the plugin ``brr::SymmetricEigh`` once
 
 from __future__ import annotations
 
-import torch
+import importlib
 
-from brr.ops.eigh.reference import eigh_backward, eigh_reference
+# The custom node's contract, shared by onnx.py, ort.py and trt.py; free of PyTorch and onnxscript so that
+# serving an engine needs neither.
+PLUGIN_DOMAIN = "ai.onnx.contrib"
+PLUGIN_OP_TYPE = "SymmetricEigh"
+PLUGIN_NAMESPACE = "brr"
 
-__all__ = ["eigh", "eigh_reference"]
+# PyTorch-side names, imported on first use (``from brr.ops.eigh import eigh``).
+_LAZY = {"eigh": "op", "eigh_reference": "reference", "eigh_backward": "reference"}
 
-
-@torch.library.custom_op("brr::eigh", mutates_args=())
-def _eigh_op(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    values, vectors = eigh_reference(a)
-    return values.contiguous(), vectors.contiguous()
-
-
-@_eigh_op.register_fake
-def _(a):
-    return a.new_empty(a.shape[:-1]), a.new_empty(a.shape)
+__all__ = ["PLUGIN_DOMAIN", "PLUGIN_NAMESPACE", "PLUGIN_OP_TYPE", *_LAZY]
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*output)
-
-
-def _backward(ctx, grad_values, grad_vectors):
-    values, vectors = ctx.saved_tensors
-    return eigh_backward(values, vectors, grad_values, grad_vectors)
-
-
-_eigh_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``brr::eigh``: (eigenvalues ascending, eigenvectors as columns)."""
-    return _eigh_op(a)
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -42,9 +42,8 @@ import onnxscript
 import torch
 from onnxscript import opset18 as op
 
-PLUGIN_DOMAIN = "ai.onnx.contrib"
-PLUGIN_OP_TYPE = "SymmetricEigh"
-PLUGIN_NAMESPACE = "brr"
+from brr.ops.eigh import PLUGIN_DOMAIN, PLUGIN_NAMESPACE, PLUGIN_OP_TYPE
+from brr.ops.eigh import op as eigh_op  # noqa: F401  (registers brr::eigh)
 
 # Measured on 19x19 in fp32: normalised Laplacians (also disconnected) and random or clustered
 # spectra reach the rounding floor after 5 sweeps; spectra spread log-uniformly over [1e-4, 2] need 8.

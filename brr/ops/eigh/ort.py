@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from onnxruntime_extensions import PyCustomOpDef, onnx_op
 
-from brr.ops.eigh.onnx import PLUGIN_OP_TYPE
+from brr.ops.eigh import PLUGIN_OP_TYPE
 
 
 @onnx_op(

@@ -28,7 +28,7 @@ import importlib
 from collections.abc import Sequence
 from typing import TypeVar
 
-from brr.ops.eigh.onnx import PLUGIN_NAMESPACE, PLUGIN_OP_TYPE
+from brr.ops.eigh import PLUGIN_NAMESPACE, PLUGIN_OP_TYPE
 
 PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_OP_TYPE}"
 

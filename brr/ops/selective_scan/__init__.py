@@ -11,7 +11,8 @@ Semantics: dt' = softplus(dt + dt_bias) (when dt_softplus), then for each head t
 The chunked SSD evaluation in ``reference.ssd_chunked`` is the reference; chunk_size changes only
 the rounding, never the result.
 
-Implementations: ``reference`` (PyTorch, CPU and CUDA: the definition), ``native`` (C++ CPU kernels,
+Implementations: ``op`` (the PyTorch op ``brr::selective_scan``), ``reference`` (PyTorch, CPU and CUDA:
+the definition), ``native`` (C++ CPU kernels,
 forward and backward, built by ``pip install``: the op's CPU kernel, the ONNX Runtime kernel's compute
 and the OpenVINO extension), ``onnx`` (standard ONNX decomposition and the custom node), ``ort`` (ONNX
 Runtime kernel), ``trt`` (TensorRT plugin). On CUDA the op runs mamba-ssm's Triton kernel when it is
@@ -28,118 +29,33 @@ and ``brr.ops.selective_scan.ort`` imported; details in ``onnx.py``, ``ort.py`` 
 
 from __future__ import annotations
 
-import torch
+import importlib
 
-from brr.ops.selective_scan import native
-from brr.ops.selective_scan.reference import ssd_chunked, ssd_recurrent
+# The custom node's contract, shared by the exporter (onnx.py), the ONNX Runtime kernel (ort.py) and the
+# TensorRT plugin (trt.py); kept here, free of PyTorch and onnxscript, so that serving an engine needs neither.
+DOMAIN = "ai.onnx.contrib"
+OP_TYPE = "SelectiveScan"
+PLUGIN_NAMESPACE = "brr"
+PLUGIN_VERSION = "1"
+INPUT_NAMES = ("x", "dt", "A", "B", "C", "D", "dt_bias")
 
-__all__ = ["native", "selective_scan", "ssd_chunked", "ssd_recurrent"]
+# PyTorch-side names, imported on first use (``from brr.ops.selective_scan import selective_scan``).
+_LAZY = {"selective_scan": "op", "ssd_chunked": "reference", "ssd_recurrent": "reference"}
 
-
-@torch.library.custom_op("brr::selective_scan", mutates_args=())
-def _selective_scan_op(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    dt_bias: torch.Tensor | None,
-    dt_softplus: bool,
-    chunk_size: int,
-) -> torch.Tensor:
-    return ssd_chunked(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size).contiguous()
+__all__ = ["DOMAIN", "INPUT_NAMES", "OP_TYPE", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "parse_attributes",
+           *_LAZY]
 
 
-_NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+def parse_attributes(dt_softplus: int, chunk_size: int) -> tuple[bool, int]:
+    """The custom node's attributes as the op's ``(dt_softplus, chunk_size)``, validated."""
+    if int(dt_softplus) not in (0, 1):
+        raise ValueError(f"dt_softplus must be 0 or 1, got {dt_softplus!r}")
+    if int(chunk_size) <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size!r}")
+    return bool(dt_softplus), int(chunk_size)
 
 
-def _native_operands(x, dt, A, B, C, D, dt_bias):
-    """Contiguous operands as the native kernel takes them: x, dt, B, C in x's dtype, A, D, dt_bias fp32."""
-    dtype = x.dtype
-    heads = x.shape[2]
-    params = [torch.zeros(heads) if t is None else t.detach().float().contiguous() for t in (A, D, dt_bias)]
-    return (x.contiguous(), dt.to(dtype).contiguous(), params[0], B.to(dtype).contiguous(),
-            C.to(dtype).contiguous(), params[1], params[2])
-
-
-def _use_native(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and native.enabled()
-
-
-@_selective_scan_op.register_kernel("cpu")
-def _selective_scan_cpu(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size):
-    if not _use_native(x):
-        return ssd_chunked(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size).contiguous()
-    x, dt, A, B, C, D, dt_bias = _native_operands(x, dt, A, B, C, D, dt_bias)
-    y = torch.empty_like(x)
-    native.require().forward(x, dt, A, B, C, D, dt_bias, y, dt_softplus, torch.get_num_threads())
-    return y
-
-
-@_selective_scan_op.register_kernel("cuda")
-def _selective_scan_cuda(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size):
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except ImportError:  # the pure-PyTorch path is always valid
-        return ssd_chunked(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size).contiguous()
-    return mamba_chunk_scan_combined(
-        x.contiguous(), dt.contiguous(), A, B.contiguous(), C.contiguous(), chunk_size,
-        D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
-    ).to(x.dtype)
-
-
-@_selective_scan_op.register_fake
-def _(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size):
-    return x.new_empty(x.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*[t for t in inputs[:7] if t is not None])
-    ctx.present = [t is not None for t in inputs[:7]]
-    ctx.flags = inputs[7:]
-
-
-def _native_backward(tensors, grad_y, dt_softplus):
-    x, dt, A, B, C, D, dt_bias = tensors
-    operands = _native_operands(x, dt, A, B, C, D, dt_bias)
-    grad_y = grad_y.to(x.dtype).contiguous()
-    dx, ddt, dB, dC = (torch.empty_like(operands[i]) for i in (0, 1, 3, 4))
-    rows = [torch.empty(x.shape[0], x.shape[2], dtype=torch.float64) for _ in range(3)]
-    native.require().backward(*operands, grad_y, dx, ddt, dB, dC, *rows, dt_softplus, torch.get_num_threads())
-    dA, dD, ddt_bias = (r.sum(0) for r in rows)
-    grads = (dx, ddt, dA, dB, dC, dD, ddt_bias)
-    return tuple(None if t is None else g.to(t.dtype) for t, g in zip(tensors, grads))
-
-
-def _backward(ctx, grad_y):
-    saved = iter(ctx.saved_tensors)
-    tensors = [next(saved).detach() if present else None for present in ctx.present]
-    if _use_native(tensors[0]):
-        return (*_native_backward(tensors, grad_y, ctx.flags[0]), None, None)
-    # Elsewhere: recompute the differentiable reference and take its vector-Jacobian product (exact, and
-    # it keeps the op opaque to tracers while training still works on any device).
-    tensors = [t.requires_grad_(True) if t is not None else None for t in tensors]
-    with torch.enable_grad():
-        y = ssd_chunked(*tensors, *ctx.flags)
-        wanted = [t for t in tensors if t is not None]
-        grads = iter(torch.autograd.grad(y, wanted, grad_y, allow_unused=True))
-    return (*[next(grads) if t is not None else None for t in tensors], None, None)
-
-
-_selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def selective_scan(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    dt_bias: torch.Tensor | None = None,
-    dt_softplus: bool = True,
-    chunk_size: int = 64,
-) -> torch.Tensor:
-    """Run ``brr::selective_scan``; arguments as in mamba-ssm's ``mamba_chunk_scan_combined``."""
-    return _selective_scan_op(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size)
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

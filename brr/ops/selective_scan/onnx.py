@@ -41,11 +41,8 @@ import torch
 from onnxscript import ir
 from onnxscript import opset18 as op
 
-DOMAIN = "ai.onnx.contrib"
-OP_TYPE = "SelectiveScan"
-PLUGIN_NAMESPACE = "brr"
-PLUGIN_VERSION = "1"
-INPUT_NAMES = ("x", "dt", "A", "B", "C", "D", "dt_bias")
+from brr.ops.selective_scan import DOMAIN, INPUT_NAMES, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION, parse_attributes
+from brr.ops.selective_scan import op as selective_scan_op  # noqa: F401  (registers brr::selective_scan)
 
 _INT = onnx.defs.OpSchema.AttrType.INT
 _STRING = onnx.defs.OpSchema.AttrType.STRING
@@ -67,15 +64,6 @@ _SCHEMA = onnx.defs.OpSchema(
     ],
 )
 _selective_scan_node = onnxscript.values.Op(onnxscript.values.Opset(DOMAIN, 1), OP_TYPE, _SCHEMA)
-
-
-def parse_attributes(dt_softplus: int, chunk_size: int) -> tuple[bool, int]:
-    """The custom node's attributes as the op's ``(dt_softplus, chunk_size)``, validated."""
-    if int(dt_softplus) not in (0, 1):
-        raise ValueError(f"dt_softplus must be 0 or 1, got {dt_softplus!r}")
-    if int(chunk_size) <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size!r}")
-    return bool(dt_softplus), int(chunk_size)
 
 
 def _static_dim(value: ir.Value, axis: int, what: str) -> int:

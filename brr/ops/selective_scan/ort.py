@@ -22,8 +22,7 @@ from __future__ import annotations
 import numpy as np
 from onnxruntime_extensions import PyCustomOpDef, onnx_op
 
-from brr.ops.selective_scan import native
-from brr.ops.selective_scan.onnx import INPUT_NAMES, OP_TYPE, parse_attributes
+from brr.ops.selective_scan import INPUT_NAMES, OP_TYPE, native, parse_attributes
 
 
 def _segment_decay(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

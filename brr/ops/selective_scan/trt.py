@@ -32,7 +32,7 @@ need it.
 import functools
 from collections.abc import Sequence
 
-from brr.ops.selective_scan.onnx import INPUT_NAMES, OP_TYPE, PLUGIN_NAMESPACE, parse_attributes
+from brr.ops.selective_scan import INPUT_NAMES, OP_TYPE, PLUGIN_NAMESPACE, parse_attributes
 
 PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{OP_TYPE}"
 SUPPORTED_DTYPES = ("float32", "float16")
