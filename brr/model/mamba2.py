@@ -8,6 +8,7 @@ Parameters (one group, no MLP branch, default ``bias=False``, ``conv_bias=True``
   out_proj.weight  (d_model, d_inner)
 so that a state dict saved from one loads into the other. Forward, for u (b, l, d_model):
   z, xBC, dt = in_proj(u); xBC = SiLU(causal depthwise conv(xBC)); x, B, C = xBC
+  (computed per part from row slices of in_proj and conv1d, which is the same arithmetic)
   y = selective_scan(x, dt, A=-exp(A_log), B, C, D, dt_bias, softplus)   (brr.ops)
   out = out_proj(RMSNorm(y * SiLU(z)) * norm.weight)
 """
@@ -61,15 +62,26 @@ class Mamba2(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         b, length, _ = u.shape
-        z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], -1)
-        xbc = F.silu(self.conv1d(xbc.transpose(1, 2))[..., :length].transpose(1, 2))
-        x, B, C = torch.split(xbc, [self.d_inner, self.d_state, self.d_state], -1)
+        d, n = self.d_inner, self.d_state
+        # One projection (and depthwise conv) per consumer from row slices of the same parameters, rather
+        # than one projection split afterwards: exported graphs then have no Split, which OpenVINO runs on
+        # its reference path (13 % of a v3 window); the conv is causal by left padding, so nothing is cropped.
+        z = F.linear(u, self.in_proj.weight[:d])
+        x, B, C = (self._conv_silu(u, start, size) for start, size in ((0, d), (d, n), (d + n, n)))
+        dt = F.linear(u, self.in_proj.weight[2 * d + 2 * n:])
         # Contiguous operands: the op's kernels (and compilers' layout assumptions) need no strides.
         y = selective_scan(
             x.reshape(b, length, self.nheads, self.headdim).contiguous(), dt.contiguous(), -torch.exp(self.A_log),
             B.unsqueeze(2).contiguous(), C.unsqueeze(2).contiguous(), self.D, self.dt_bias, True, self.chunk_size,
         )
         return self.out_proj(self.norm(y.reshape(b, length, self.d_inner), z))
+
+    def _conv_silu(self, u: torch.Tensor, start: int, size: int) -> torch.Tensor:
+        """SiLU(causal depthwise conv(in_proj(u))) for xBC channels [start, start + size), as (b, l, size)."""
+        rows = slice(start, start + size)
+        xbc = F.linear(u, self.in_proj.weight[self.d_inner + start: self.d_inner + start + size])
+        xbc = F.pad(xbc.transpose(1, 2), (self.conv1d.kernel_size[0] - 1, 0))
+        return F.silu(F.conv1d(xbc, self.conv1d.weight[rows], self.conv1d.bias[rows], groups=size).transpose(1, 2))
 
 
 class BidirectionalMamba2(nn.Module):

@@ -1,10 +1,11 @@
 // Selective scan (Mamba-2 SSD recurrence) on the CPU: sequential in time, one batch row per task, the
 // state of every head of that row in L1, fp32 arithmetic whatever the storage type.
 //
-// The W = r * p lanes (head, head dim) of a group's r heads are cut into tiles of 16 lanes; a tile's state
-// is n vectors of 16 floats that stay in registers while the tile walks through time, so a step is 2n FMAs
-// and no horizontal sum. The per-head step sizes and decays of a whole row are computed first
-// (discretise.cpp, vectorised) and spread over the lanes one block of steps at a time.
+// The W = r * p lanes (head, head dim) of a group's r heads are cut into tiles of kLanes lanes (16 with
+// AVX-512, 8 with AVX2); a tile's state is n vectors of kLanes floats that stay in registers while the
+// tile walks through time, so a step is 2n FMAs and no horizontal sum. The per-head step sizes and
+// decays of a whole row are computed first (discretise.cpp, vectorised) and spread over the lanes one
+// block of steps at a time.
 //
 // Layouts (all contiguous): x, y (b, l, h, p); dt (b, l, h); B, C (b, l, g, n); A, D, dt_bias (h,) fp32.
 // Forward:  a_t = softplus(dt_t + dt_bias) (or dt_t + dt_bias), S_t = exp(a_t A) S_{t-1} + a_t x_t B_t^T,
@@ -21,6 +22,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace brr::scan {
@@ -118,10 +120,17 @@ inline void check_dims(const Dims& d) {
                                     ") must be a multiple of groups (" + std::to_string(d.groups) + ")");
 }
 
-// Steps per block (forward) and between two state checkpoints (backward): the lane-spread step sizes of a
-// block and one chunk of recomputed tile states (kChunk x n x 16 floats, 32 KiB for n = 16) stay in L1.
-constexpr int64_t kChunk = 32;
+// Lanes per tile: one register's worth, so that a tile's n state vectors fit the register file (32 zmm with
+// AVX-512; 16 ymm with AVX2, where 16-float tiles of n = 16 would spill on every step).
+#ifdef __AVX512F__
 constexpr int64_t kLanes = 16;
+#else
+constexpr int64_t kLanes = 8;
+#endif
+// Steps per block (forward) and between two state checkpoints (backward): the lane-spread step sizes of a
+// block and one chunk of recomputed tile states (kChunk x n x kLanes floats, 32 KiB for n = 16 with
+// AVX-512) stay in L1.
+constexpr int64_t kChunk = 2 * kLanes;
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 
 namespace detail {
@@ -130,15 +139,27 @@ inline Vec broadcast(float v) { return Vec{} + v; }
 
 template <class T>
 inline Vec load_lanes(const T* src, int64_t count) {
+    Vec v;
+    if constexpr (std::is_same_v<T, float>) {
+        if (count == kLanes) {  // a full fp32 tile: one vector load, not a copy through the stack
+            std::memcpy(&v, src, sizeof v);
+            return v;
+        }
+    }
     alignas(64) float tmp[kLanes] = {};
     for (int64_t i = 0; i < count; ++i) tmp[i] = to_float(src[i]);
-    Vec v;
     std::memcpy(&v, tmp, sizeof v);
     return v;
 }
 
 template <class T>
 inline void store_lanes(T* dst, Vec v, int64_t count) {
+    if constexpr (std::is_same_v<T, float>) {
+        if (count == kLanes) {
+            std::memcpy(dst, &v, sizeof v);
+            return;
+        }
+    }
     alignas(64) float tmp[kLanes];
     std::memcpy(tmp, &v, sizeof v);
     for (int64_t i = 0; i < count; ++i) dst[i] = from_float<T>(tmp[i]);
@@ -160,14 +181,28 @@ void row_step_sizes(const T* dt, const float* bias, const float* A, int64_t L, i
 }
 
 // Group g's per-head values of steps [t0, t1) spread over its lanes: out[(t - t0) * Wp + r * p + i] = v[t, g r + r];
-// the padding lanes (W..Wp) are 0, so padded state lanes stay 0.
-inline void spread(const float* v, int64_t t0, int64_t t1, int64_t H, int64_t g, int64_t R, int64_t p, int64_t Wp,
-                   float* out) {
+// the padding lanes (W..Wp) are 0, so padded state lanes stay 0. P > 0 is the head dim known at compile time:
+// each head's run of lanes is then one broadcast and store, not a loop (with p = 4 the loop cost more than
+// the scan itself).
+template <int P>
+inline void spread_heads(const float* v, int64_t t0, int64_t t1, int64_t H, int64_t g, int64_t R, int64_t p,
+                         int64_t Wp, float* out) {
+    const int64_t hp = P ? P : p;
     for (int64_t t = t0; t < t1; ++t) {
         float* row = out + (t - t0) * Wp;
         for (int64_t r = 0; r < R; ++r)
-            for (int64_t i = 0; i < p; ++i) row[r * p + i] = v[t * H + g * R + r];
-        for (int64_t w = R * p; w < Wp; ++w) row[w] = 0.0f;
+            for (int64_t i = 0; i < hp; ++i) row[r * hp + i] = v[t * H + g * R + r];
+        for (int64_t w = R * hp; w < Wp; ++w) row[w] = 0.0f;
+    }
+}
+
+inline void spread(const float* v, int64_t t0, int64_t t1, int64_t H, int64_t g, int64_t R, int64_t p, int64_t Wp,
+                   float* out) {
+    switch (p) {
+        case 4: return spread_heads<4>(v, t0, t1, H, g, R, p, Wp, out);
+        case 8: return spread_heads<8>(v, t0, t1, H, g, R, p, Wp, out);
+        case 16: return spread_heads<16>(v, t0, t1, H, g, R, p, Wp, out);
+        default: return spread_heads<0>(v, t0, t1, H, g, R, p, Wp, out);
     }
 }
 
