@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import platform
 import time
-from pathlib import Path
 
 import torch
 
-RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+from brr.machine import cpu_model_and_flags, has_bf16
 
 
 def cpu_info() -> dict:
-    model, flags = platform.processor(), set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    return {
-        "cpu_model": model, "cpu_flags": [f for f in RELEVANT_FLAGS if f in flags],
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-    }
+    model, flags = cpu_model_and_flags()
+    return {"cpu_model": model, "cpu_flags": flags, "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def gemm_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
@@ -42,6 +30,6 @@ def gemm_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> 
 def machine_peaks() -> dict:
     info = cpu_info()
     peaks = {"fp32_gemm_gflops": gemm_peak_gflops(torch.float32)}
-    if "avx512_bf16" in info["cpu_flags"] or "amx_bf16" in info["cpu_flags"]:
+    if has_bf16():
         peaks["bf16_gemm_gflops"] = gemm_peak_gflops(torch.bfloat16)
     return {**info, **peaks}

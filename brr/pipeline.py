@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from brr import machine
 from brr.artifact.load import select_engine, tuned_postprocess
 from brr.data import iter_windows, read_recording
 from brr.data.synthetic import write_corpus
@@ -98,12 +99,6 @@ def _engine(checkpoint: Path, out: Path, backend: str, precision: str) -> tuple[
     return built.engine_dir, verification
 
 
-def cpu_has_bf16() -> bool:
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def run_pipeline(settings: PipelineSettings) -> PipelineResult:
     workdir = Path(settings.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +122,7 @@ def run_pipeline(settings: PipelineSettings) -> PipelineResult:
 
     engines = workdir / "engines"
     built = {"onnxruntime-fp16": _engine(checkpoint, engines, "onnxruntime", "fp16")}
-    if cpu_has_bf16():
+    if machine.has_bf16():
         built["openvino-bf16"] = _engine(checkpoint, engines, "openvino", "bf16")
     result.verifications = {name: verification for name, (_, verification) in built.items()}
     # Each verification timed its engine as brr-infer serves it: brr-infer's own choice in the export folder.

@@ -11,13 +11,12 @@ per call), so that ``brr.artifact.load.select_engine`` serves the fastest verifi
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from brr import machine
 from brr.artifact.manifest import record_verification
 from brr.diff.inputs import AdversarialWindows, ChainedWindows, SyntheticWindows
 from brr.diff.report import origin_sentences, write_report
@@ -85,14 +84,6 @@ def verify_engine(reference, engine_path: str | Path, precision: str, report_dir
     return verification
 
 
-def this_machine() -> str:
-    """The CPU model and thread count: serving times compare only between engines timed on one machine."""
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
-             if line.startswith("model name")]
-    return f"{names[0] if names else platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} threads"
-
-
 def serving_speed(engine_path: str | Path, window_samples: int) -> dict:
     """The engine's median seconds per window as brr-infer serves it (no probes, one window per call,
     after a warm-up), and the machine it was timed on."""
@@ -106,4 +97,4 @@ def serving_speed(engine_path: str | Path, window_samples: int) -> dict:
             start = time.perf_counter()
             runner.infer(window)
             times.append(time.perf_counter() - start)
-    return {"serving_s_per_window": round(statistics.median(times), 4), "timed_on": this_machine()}
+    return {"serving_s_per_window": round(statistics.median(times), 4), "timed_on": machine.describe()}

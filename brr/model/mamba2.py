@@ -81,7 +81,8 @@ class Mamba2(nn.Module):
         rows = slice(start, start + size)
         xbc = F.linear(u, self.in_proj.weight[self.d_inner + start: self.d_inner + start + size])
         xbc = F.pad(xbc.transpose(1, 2), (self.conv1d.kernel_size[0] - 1, 0))
-        return F.silu(F.conv1d(xbc, self.conv1d.weight[rows], self.conv1d.bias[rows], groups=size).transpose(1, 2))
+        # SiLU before the transpose, so that engines fuse it into the convolution.
+        return F.silu(F.conv1d(xbc, self.conv1d.weight[rows], self.conv1d.bias[rows], groups=size)).transpose(1, 2)
 
 
 class BidirectionalMamba2(nn.Module):

@@ -77,7 +77,8 @@ def test_the_fastest_verified_engine_is_served_when_timed_on_one_machine(export_
 
 def test_verification_times_a_passing_engine_as_it_is_served(export_root, tmp_path):
     from brr.artifact.manifest import read_manifest
-    from brr.diff.verify import this_machine, verify_engine
+    from brr.diff.verify import verify_engine
+    from brr.machine import describe
 
     checkpoint, original = export_root
     root = shutil.copytree(original, tmp_path / "export")
@@ -85,7 +86,7 @@ def test_verification_times_a_passing_engine_as_it_is_served(export_root, tmp_pa
     passing = verify_engine(checkpoint, root / "onnx-standard", "fp32", tmp_path / "fp32", WINDOW, synthetic_windows=1)
     recorded = read_manifest(root / "onnx-standard")["verification"]
     assert passing.passed and recorded["passed"]
-    assert 0 < recorded["serving_s_per_window"] < 60 and recorded["timed_on"] == this_machine()
+    assert 0 < recorded["serving_s_per_window"] < 60 and recorded["timed_on"] == describe()
     failing = verify_engine(checkpoint, root / FP16, "fp16", tmp_path / "fp16", WINDOW, synthetic_windows=1)
     recorded = read_manifest(root / FP16)["verification"]
     assert not failing.passed and not recorded["passed"] and "serving_s_per_window" not in recorded

@@ -53,6 +53,3 @@ def require():
     return _native
 
 
-def cpu_threads() -> int:
-    """Threads for a host that does not say how many it has (the ONNX Runtime Python op)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 from onnxruntime_extensions import PyCustomOpDef, onnx_op
 
+from brr.machine import cpu_threads
 from brr.ops.selective_scan import INPUT_NAMES, OP_TYPE, native, parse_attributes
 
 
@@ -85,5 +86,5 @@ def selective_scan_kernel(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size):
         return ssd_chunked_numpy(x, dt, A, B, C, D, dt_bias, softplus, chunk).astype(np.float32, copy=False)
     operands = [np.ascontiguousarray(v, dtype=np.float32) for v in (x, dt, A, B, C, D, dt_bias)]
     y = np.empty_like(operands[0])
-    native.require().forward(*operands, y, softplus, native.cpu_threads())
+    native.require().forward(*operands, y, softplus, cpu_threads())
     return y
