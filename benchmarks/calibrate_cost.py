@@ -30,10 +30,13 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from report_files import utc_stamp, write_report  # noqa: E402
+
 TIME = "/usr/bin/time"
 
 
@@ -90,8 +93,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = planted_checkpoint(args.config, args.factor, work / "checkpoint")
     results = HERE / "results" / f"calibration-{args.config}"
-    results.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp()
     doc = {"stamp": stamp, "config": args.config, "planted": f"tcn.to_width x {args.factor:g}", "runs": [],
            "cpu_count": os.cpu_count()}
     if args.memory:
@@ -126,11 +128,10 @@ def main() -> int:
         # A budgeted run's files go beside the default run's, in their own folder.
         name = "cost" if args.budget is None else f"budget-{args.budget:g}min"
         kept = results if args.budget is None else results / name
-        kept.mkdir(exist_ok=True)
+        kept.mkdir(parents=True, exist_ok=True)
         for file in ("precision_plan.json", "calibration_report.json", "calibration_report.md"):
             if (out / file).is_file():
                 shutil.copy(out / file, kept / file)
-    (results / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
     lines = [f"# brr-calibrate cost: {args.config} ({stamp})", "", f"planted: {doc['planted']}", "",
              "| command | exit | wall s | peak RSS MB | load avg before/after |", "|---|---|---|---|---|"]
     for run in doc["runs"]:
@@ -138,8 +139,7 @@ def main() -> int:
                      f"{run['load_average_1min_before']} / {run['load_average_1min_after']} |")
     if "peak_rss_ratio_8_vs_2" in doc:
         lines += ["", f"peak RSS, 8 windows / 2 windows: {doc['peak_rss_ratio_8_vs_2']:.3f}"]
-    (results / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(results, name, doc, "\n".join(lines))
     return 0
 
 

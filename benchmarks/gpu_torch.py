@@ -7,13 +7,12 @@ Prints a table and writes benchmarks/results/gpu-<stamp>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from report_files import utc_stamp, write_report
 
 from brr.model import build_detector
 
@@ -62,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "device": torch.cuda.get_device_name()})
                     print(f"{config:9s} {precision} b={batch:<3d} {batch / median:8.2f} windows/s "
                           f"max logit err {error:.2e}  peak {rows[-1]['peak_gpu_mb']:.0f} MB")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    (args.out / f"gpu-{stamp}.json").write_text(json.dumps(rows, indent=2))
+    write_report(args.out, f"gpu-{utc_stamp()}", rows)
     return 0
 
 

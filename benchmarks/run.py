@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from brr.calibration.flops import count_flops  # noqa: E402
 from machine import machine_peaks  # noqa: E402
+from report_files import utc_stamp, write_report  # noqa: E402
+
+from brr.calibration.flops import count_flops  # noqa: E402
 
 WINDOW_MINUTES = 1.0  # one 60 s window = one minute of EEG at stride 60 s
 
@@ -77,9 +78,9 @@ def openvino_stage_profile(engine_dir: Path, feed: dict) -> dict[str, float]:
     """
     import openvino as ov
 
-    from brr.backends.openvino.loader import openvino_extensions
     from brr.artifact.files import STAGES_FILE, reference_folder
     from brr.artifact.manifest import read_manifest
+    from brr.backends.openvino.loader import openvino_extensions
 
     manifest = read_manifest(engine_dir)
     stages = json.loads((reference_folder(engine_dir.parent, manifest["ops"]) / STAGES_FILE).read_text())
@@ -323,14 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown engines {sorted(unknown)}")
     if "torch-fp32" not in engines:
         engines.insert(0, "torch-fp32")  # every ratio is against it, measured in the same run
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp()
     report = run(args.configs.split(","), [int(b) for b in args.batches.split(",")], engines, args.repeats,
                  args.windows, args.out / f"work-{stamp}", args.checkpoint)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stamp}.json").write_text(json.dumps(report, indent=2, default=float))
-    table = markdown(report)
-    (args.out / f"{stamp}.md").write_text(table + "\n")
-    print(table)
+    write_report(args.out, stamp, report, markdown(report))
     return 0
 
 

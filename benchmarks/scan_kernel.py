@@ -13,22 +13,21 @@ Writes benchmarks/results/<stamp>-scan.json and .md and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
+from machine import machine_peaks  # noqa: E402
+from report_files import utc_stamp, write_report  # noqa: E402
 
 from brr.model import build_detector  # noqa: E402
 from brr.model.mamba2 import Mamba2  # noqa: E402
 from brr.ops.selective_scan import native, selective_scan  # noqa: E402
-from machine import machine_peaks  # noqa: E402
 
 FLOPS_PER_STATE_ELEMENT = {"forward": 5, "forward+backward": 15}
 
@@ -118,12 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     report = run(args.config, args.batch, args.repeats)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stamp}-scan.json").write_text(json.dumps(report, indent=2))
-    table = markdown(report)
-    (args.out / f"{stamp}-scan.md").write_text(table + "\n")
-    print(table)
+    write_report(args.out, f"{utc_stamp()}-scan", report, markdown(report))
     return 0
 
 

@@ -13,18 +13,18 @@ benchmarks/results/<stamp>-train.json and .md and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import resource
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from report_files import utc_stamp, write_report  # noqa: E402
 
 KERNELS = ("reference", "native")
 
@@ -132,13 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{'agree' if report['agree'] else 'DISAGREE'}; over all {args.steps} steps the losses differ "
                       f"by at most {report['later_steps_max_loss_difference']:.1e}."]
         status = 0 if report["agree"] else 1
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    args.out.mkdir(parents=True, exist_ok=True)
     for result in report["kernels"].values():
         result.pop("first_gradient", None)
-    (args.out / f"{stamp}-train.json").write_text(json.dumps(report, indent=2))
-    (args.out / f"{stamp}-train.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, f"{utc_stamp()}-train", report, "\n".join(lines))
     return status
 
 

@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
@@ -35,6 +34,7 @@ import psutil
 RESULTS = Path(__file__).with_name("results")
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import cpu_info  # noqa: E402
+from report_files import utc_stamp, write_report  # noqa: E402
 
 GB = 1024.0
 TARGETS = {  # (command, config) -> (peak RSS MB, wall s)
@@ -150,11 +150,8 @@ def main() -> int:
                          "peak_rss_mb_8_windows": bound[8]["peak_rss_mb"], "ratio": round(ratio, 3),
                          "met": ratio <= 1.10, "runs": bound})
             print(json.dumps(rows[-1]), flush=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    RESULTS.mkdir(exist_ok=True)
     document = {"machine": cpu_info(), "rows": rows}
-    (RESULTS / f"verify-cost-{stamp}.json").write_text(json.dumps(document, indent=1))
-    lines = ["| command | config | wall s | peak RSS MB | target | met | load |", "|---|---|---|---|---|---|---|"]
+    lines = [f"CPU: {document['machine']['cpu_model']}", "", "| command | config | wall s | peak RSS MB | target | met | load |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["command"] == "bound":
             lines.append(f"| diff 8 vs 2 windows | {r['config']} | | {r['peak_rss_mb_8_windows']} vs "
@@ -164,8 +161,7 @@ def main() -> int:
             target = f"{t['peak_rss_mb'] or '-'} MB, {t['wall_s']} s"
             lines.append(f"| {r['command']} (exit {r['exit_code']}) | {r['config']} | {r['wall_s']} | "
                          f"{r['peak_rss_mb']} | {target} | {r['met']} | {r['load_average_at_start']} |")
-    (RESULTS / f"verify-cost-{stamp}.md").write_text(f"CPU: {document['machine']['cpu_model']}\n\n" + "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(RESULTS, f"verify-cost-{utc_stamp()}", document, "\n".join(lines))
     return 0
 
 

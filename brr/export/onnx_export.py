@@ -20,7 +20,9 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 import torch
+from onnxscript import optimizer
 from torch import nn
 
 from brr.artifact.files import ONNX_FILE, STAGES_FILE
@@ -72,6 +74,22 @@ def _drop_traced_metadata(model: ir.Model) -> None:
             del node.metadata_props[key]
 
 
+# Ops that only move or select elements: folding them yields the same bits an engine would compute.
+_LAYOUT_OPS = frozenset({"Slice", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Gather"})
+
+
+def _fold_weight_views(model: ir.Model) -> None:
+    """Fold every slice and transpose of a weight into an initializer.
+
+    The exporter folds only tensors of up to 8192 elements, which leaves a Slice and a Transpose on every
+    projection weight the model slices per consumer: a hundred nodes that every engine and every
+    layer-by-layer diff would otherwise carry. Arithmetic on weights (weight norm) stays in the graph,
+    so the engines keep computing it exactly as they did.
+    """
+    optimizer.fold_constants(model, should_fold=lambda node: True if node.op_type in _LAYOUT_OPS else None)
+    RemoveUnusedNodesPass()(model)
+
+
 def check_onnx(path: Path) -> None:
     """ONNX checker (full check) and strict shape inference; raises ExportError naming the file."""
     try:
@@ -118,6 +136,7 @@ def export_onnx(model: V3Detector, directory: str | Path, ops: str = "standard")
             custom_translation_table=translation_table(ops),
         )
     probed = program.model
+    _fold_weight_views(probed)
     _drop_traced_metadata(probed)
     stages = tag_stages(probed)
     result = OnnxExport(directory, ops, ONNX_OPSET)
