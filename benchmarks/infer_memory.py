@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from brr.resources import peak_rss_mb
 
 
 def prepare(workdir: Path, hours: float, config: str) -> tuple[Path, Path]:
@@ -43,7 +44,7 @@ def measure(workdir: Path, hours: float, config: str, stride_s: float, batch: in
     settings = InferenceSettings(stride_s=stride_s, batch_size=batch, threads=threads, overwrite=True)
     worker = RecordingWorker(checkpoint, workdir / f"out-{hours:g}h", settings)
     worker.open()
-    rss_before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before_mb = peak_rss_mb()
     started = time.perf_counter()
     entry = worker(RecordingJob(str(edf), edf.stem))
     wall_s = time.perf_counter() - started
@@ -60,7 +61,7 @@ def measure(workdir: Path, hours: float, config: str, stride_s: float, batch: in
         "wall_s": round(wall_s, 1),
         "eeg_hours_per_minute": round(hours / (wall_s / 60.0), 3),
         "peak_rss_after_engine_load_mb": round(rss_before_mb, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 

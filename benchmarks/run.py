@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from machine import machine_peaks  # noqa: E402
 from report_files import utc_stamp, write_report  # noqa: E402
 
 from brr.calibration.flops import count_flops  # noqa: E402
+from brr.resources import peak_rss_mb  # noqa: E402
 
 WINDOW_MINUTES = 1.0  # one 60 s window = one minute of EEG at stride 60 s
 
@@ -120,9 +120,9 @@ def _measure(engine: str, source: str, inputs_path: str, batch: int, repeats: in
                 runner.infer(feed)
                 times.append(time.perf_counter() - start)
             logits = np.concatenate([runner.infer({"eeg": windows[i : i + 1]})["logits"] for i in range(len(windows))])
-        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the profiling compile
+        peak_rss = peak_rss_mb()  # before the profiling compile
         stages = openvino_stage_profile(Path(source), feed) if engine.startswith("openvino") else None
-        queue.put({"times": times, "peak_rss_mb": peak_rss_mb, "logits": logits, "stage_seconds": stages})
+        queue.put({"times": times, "peak_rss_mb": peak_rss, "logits": logits, "stage_seconds": stages})
     except Exception as exc:  # reported in the results, the other engines still run
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
@@ -176,6 +176,14 @@ def build_artifact(engine: str, checkpoint: Path, out: Path) -> tuple[Path | Non
     return out / engine_dir, elapsed, None
 
 
+def reference_onnx(artifact: Path) -> Path:
+    """The fp32 ONNX export an engine folder was built from (an OpenVINO folder holds no ONNX)."""
+    from brr.artifact.files import ONNX_FILE, reference_folder
+    from brr.artifact.manifest import read_manifest
+
+    return reference_folder(artifact.parent, read_manifest(artifact)["ops"]) / ONNX_FILE
+
+
 def run(configs: list[str], batches: list[int], engines: list[str], repeats: int, n_windows: int,
         workdir: Path, checkpoint: Path | None) -> dict:
     import torch
@@ -205,10 +213,10 @@ def run(configs: list[str], batches: list[int], engines: list[str], repeats: int
         reference_logits = None
         for engine in engines:
             artifact, export_s, error = build_artifact(engine, ckpt, workdir / f"{config}-{engine}")
-            if error is None and artifact is not None and (artifact / "model.onnx").exists() and config not in model_flops:
+            if error is None and ENGINES[engine][0] is not None and config not in model_flops:
                 import onnx
 
-                model_flops[config] = count_flops(onnx.load(str(artifact / "model.onnx")))["total"]
+                model_flops[config] = count_flops(onnx.load(str(reference_onnx(artifact))))["total"]
             verdict, clean = diff_verdict(engine, ckpt, artifact, windows) if error is None else (None, False)
             for batch in batches:
                 entry = {"config": config, "engine": engine, "precision": ENGINES[engine][1], "batch": batch,
@@ -264,6 +272,11 @@ def best_clean_engines(results: list[dict]) -> dict[tuple[str, int], dict]:
     return best
 
 
+def _ratio(result: dict, key: str) -> str:
+    """A speed-up as the table shows it; empty where its peer was not part of the run."""
+    return f"{result[key]:.2f}" if key in result else ""
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"CPU: {m['cpu_model']} ({', '.join(m['cpu_flags'])}), {m['threads']} threads; "
@@ -277,17 +290,18 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['config']} | {r['engine']} | {r['batch']} | unavailable: {r['error'][:80]} ||||||||||")
             continue
         frac = r["fp32_peak_fraction"]
+        eager, compiled = (_ratio(r, key) for key in ("speedup_vs_pytorch_eager_fp32", "speedup_vs_torch_compile"))
         lines.append(
             f"| {r['config']} | {r['engine']} | {r['batch']} | {r['windows_per_s']:.3f} | {r['eeg_hours_per_min']:.3f} "
             f"| {r['latency_per_window_p50_s']:.3f} | {r['peak_rss_mb']:.0f} | {'' if frac is None else f'{frac:.0%}'} "
-            f"| {r.get('speedup_vs_pytorch_eager_fp32', float('nan')):.2f} "
-            f"| {r.get('speedup_vs_torch_compile', float('nan')):.2f} | {r['max_logit_error']:.2e} "
+            f"| {eager} | {compiled} | {r['max_logit_error']:.2e} "
             f"| {r['diff_verdict']}{'' if r['diff_clean'] else ' (fails)'} |")
     for (config, batch), best in best_clean_engines(report["results"]).items():
         lines.append(f"\nBest engine with a clean diff, {config} batch {batch}: **{best['engine']}**, "
                      f"{best['latency_per_window_p50_s']:.3f} s/window, "
-                     f"{best.get('speedup_vs_pytorch_eager_fp32', float('nan')):.2f}x PyTorch eager fp32, "
-                     f"{best.get('speedup_vs_torch_compile', float('nan')):.2f}x torch.compile")
+                     f"{_ratio(best, 'speedup_vs_pytorch_eager_fp32')}x PyTorch eager fp32"
+                     + (f", {_ratio(best, 'speedup_vs_torch_compile')}x torch.compile"
+                        if "speedup_vs_torch_compile" in best else ", torch.compile not in this run"))
     for config, profile in report["stage_profile"].items():
         top = max(profile, key=lambda k: profile[k]["share"])
         lines += ["", f"Stage profile, {config} (PyTorch eager, batch 1): the costliest stage is **{top}**", "",

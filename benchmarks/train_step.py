@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import resource
 import statistics
 import sys
 import time
@@ -25,6 +24,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from report_files import utc_stamp, write_report  # noqa: E402
+
+from brr.resources import peak_rss_mb  # noqa: E402
 
 KERNELS = ("reference", "native")
 
@@ -67,7 +68,7 @@ def _run(kernel: str, config: str, batch: int, crop_s: float, steps: int, queue)
                 first_gradient = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         queue.put({"losses": losses, "times": times, "threads": torch.get_num_threads(),
                    "first_gradient": first_gradient.double().numpy(),
-                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+                   "peak_rss_mb": peak_rss_mb()})
     except Exception as exc:  # reported, not raised: the other kernel still runs
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 

@@ -28,5 +28,16 @@ def return_freed_memory() -> bool:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MB."""
+    """This process's peak resident memory so far, in MB.
+
+    The kernel's high-water mark of this address space (VmHWM), which starts afresh at exec: getrusage's
+    ru_maxrss survives exec, so a process spawned by a 3 GB parent would report the parent's 3 GB.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
