@@ -20,8 +20,8 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import RemoveUnusedNodesPass
 import torch
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 from onnxscript import optimizer
 from torch import nn
 
