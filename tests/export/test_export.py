@@ -20,6 +20,7 @@ from brr.diff.probes import compare_outputs
 from brr.diff.verify import verify_engine
 from brr.export.onnx_export import export_onnx
 from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError
+from brr.machine import has_bf16
 from brr.model import PROBE_NAMES, build_detector, save_checkpoint
 from brr.onnx.stages import STAGE_METADATA_KEY, node_stages
 from brr.ops.selective_scan import native as selective_scan_native
@@ -192,6 +193,53 @@ def test_a_pinned_loop_keeps_its_body_in_fp32(exports, guarded, tmp_path):
     body = next(a.g for a in loop.attribute if a.name == "body")
     casts = [n for n in body.node if n.op_type == "Cast" and n.name.endswith("_to_fp16")]
     assert loop.name in pinned and casts == []
+
+
+def _openvino_bf16_with_tcn_in_fp32(exports, guarded, directory):
+    stages = json.loads(exports["plugin"].stages.read_text())
+    planned = PrecisionPlan(fp32_stages=("tcn",)).resolve(exports["plugin"].model, stages)
+    built = BACKENDS["openvino"].build(exports["plugin"].model, "plugin", directory, "bf16", planned, (1, 1, 1),
+                                       guarded.config, None)
+    convs = {n.name for n in onnx.load(str(exports["plugin"].model), load_external_data=False).graph.node
+             if n.op_type == "Conv"}
+    return planned, built, {n for n in convs if stages[n] == "tcn"}, {n for n in convs if stages[n] != "tcn"}
+
+
+def test_openvino_marks_the_planned_layers_precise(exports, guarded, tmp_path):
+    """OpenVINO has no per-node precision option: the plan's nodes must reach the IR as the 'precise'
+    attribute, on their layers only, and nodes without a layer must be named in the settings."""
+    import xml.etree.ElementTree as ET
+
+    planned, built, tcn_convs, _ = _openvino_bf16_with_tcn_in_fp32(exports, guarded, tmp_path)
+    assert tcn_convs <= set(built.pinned_nodes) <= set(planned)
+    assert sorted(set(planned) - set(built.pinned_nodes)) == built.settings["fp32_nodes_without_layer"]
+    precise = {layer.get("name") for layer in ET.parse(tmp_path / "model.xml").getroot().iter("layer")
+               if any(a.get("name") == "precise" for a in layer.iter("attribute"))}
+    assert len(precise) == built.settings["fp32_layers"] > 0
+    # A layer takes its node's name, or its probe's where the node makes one (the TCN's last conv: 'tcn').
+    assert {name.split("/")[0] for name in precise} <= set(built.pinned_nodes) | {"tcn"}
+    assert "tcn" in precise
+
+
+@pytest.mark.skipif(not has_bf16(), reason="the CPU has no bf16 (AVX-512 bf16 or AMX): OpenVINO runs bf16 engines in "
+                                           "fp32 here, so a pinned layer cannot be told from the others")
+def test_openvino_bf16_runs_planned_layers_in_fp32(exports, guarded, windows, tmp_path):
+    import openvino as ov
+
+    from brr.backends.openvino.loader import openvino_extensions
+
+    _, _, tcn_convs, other_convs = _openvino_bf16_with_tcn_in_fp32(exports, guarded, tmp_path)
+    core = ov.Core()
+    for extension in openvino_extensions("plugin"):
+        core.add_extension(extension)
+    compiled = core.compile_model(str(tmp_path / "model.xml"), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "bf16", "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    request.infer({"eeg": windows[0][:1]})
+    kernels = {p.node_name: p.exec_type.lower() for p in request.profiling_info}
+    assert tcn_convs & kernels.keys() and other_convs & kernels.keys()
+    assert all("f32" in kernels[n] and "bf16" not in kernels[n] for n in tcn_convs & kernels.keys())
+    assert any("bf16" in kernels[n] for n in other_convs & kernels.keys())
 
 
 def test_precision_plan_refuses_unknown_nodes(exports, tmp_path):

@@ -8,13 +8,22 @@ The IR keeps fp32 weights (no fp16 compression) so one IR serves every precision
 ``settings.inference_precision`` is the ``INFERENCE_PRECISION_HINT`` the engine is compiled with
 (bf16 runs on AMX/AVX512-BF16 CPUs, f16 where the CPU has it). The build compiles it once to prove
 the hint is accepted here.
+
+A precision plan's fp32 nodes are marked in the IR with OpenVINO's ``precise`` runtime attribute (what
+``ov::disable_fp16_compression`` sets), under which the CPU plugin runs a layer in fp32 whatever the
+hint. Python cannot create that attribute, so the build writes it into model.xml, where the IR reader
+makes it. The ONNX frontend names the layers it makes from a node after the node (``<node>`` or
+``<node>/<part>``), or after its output where that is a graph output (a probe): that is how a plan's
+ONNX node names find their layers.
 """
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
+import onnx
 import openvino as ov
 from polygraphy.backend.base import BaseLoader
 
@@ -22,6 +31,7 @@ from brr.backends.base import EngineBuildError
 from brr.ops import registry
 
 MODEL_FILE = "model.xml"
+KEEP_PRECISION_ATTRIBUTE = {"name": "precise", "version": "0"}
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
@@ -58,14 +68,56 @@ class CompiledModel(BaseLoader):
         return core.compile_model(str(self.model_path), self.device, self.config)
 
 
-def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str) -> dict:
-    """Write model.xml/.bin (every probe an output, as in the ONNX) into ``directory``; returns settings."""
+def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str,
+                 fp32_nodes: Sequence[str] = ()) -> tuple[list[str], dict]:
+    """Write model.xml/.bin (every probe an output, as in the ONNX) into ``directory``, the layers of
+    ``fp32_nodes`` kept in fp32; returns (the ONNX nodes pinned, settings)."""
     if precision not in PRECISION_HINTS:
         raise EngineBuildError(f"OpenVINO engines are {sorted(PRECISION_HINTS)}, not {precision!r}")
     extensions = openvino_extensions(ops)
     directory.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov.convert_model(str(onnx_path), extension=extensions or None), str(directory / MODEL_FILE),
                   compress_to_fp16=False)
+    pinned, layers, without_layer = keep_in_fp32(directory / MODEL_FILE, onnx_path, fp32_nodes)
     compiled = CompiledModel(directory / MODEL_FILE, PRECISION_HINTS[precision], extensions=extensions)()
-    return {"device": "CPU", "inference_precision": PRECISION_HINTS[precision],
-            "compiled_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT"))}
+    settings = {"device": "CPU", "inference_precision": PRECISION_HINTS[precision],
+                "compiled_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT"))}
+    if fp32_nodes:
+        # Nodes the frontend folded into constants or fused into another node's layer have no layer
+        # of their own: named, so that a plan that pins nothing here is seen.
+        settings |= {"fp32_layers": layers, "fp32_nodes_without_layer": without_layer}
+    return pinned, settings
+
+
+def keep_in_fp32(model_xml: Path, onnx_path: Path, fp32_nodes: Sequence[str]) -> tuple[list[str], int, list[str]]:
+    """Mark the layers made from the ONNX nodes ``fp32_nodes`` of ``onnx_path`` with the ``precise``
+    attribute in ``model_xml``; returns (the nodes with a layer, the number of layers marked, the nodes
+    without a layer)."""
+    if not fp32_nodes:
+        return [], 0, []
+    wanted = set(fp32_nodes)
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    graph_outputs = {o.name for o in graph.output}
+    node_of = {name: name for name in wanted}
+    node_of |= {output: n.name for n in graph.node if n.name in wanted for output in n.output if output in graph_outputs}
+    tree = ET.parse(model_xml)
+    found: set[str] = set()
+    marked = 0
+    for layer in tree.getroot().iter("layer"):
+        if layer.get("type") == "Result":
+            continue
+        parts = layer.get("name", "").split("/")
+        node = next((node_of[n] for n in ("/".join(parts[:i]) for i in range(1, len(parts) + 1)) if n in node_of),
+                    None)
+        if node is None:
+            continue
+        rt_info = layer.find("rt_info")
+        if rt_info is None:
+            rt_info = ET.Element("rt_info")
+            layer.insert(0, rt_info)
+        if not any(a.attrib == KEEP_PRECISION_ATTRIBUTE for a in rt_info.iter("attribute")):
+            ET.SubElement(rt_info, "attribute", KEEP_PRECISION_ATTRIBUTE)
+        found.add(node)
+        marked += 1
+    tree.write(model_xml, encoding="utf-8", xml_declaration=True)
+    return sorted(found), marked, sorted(wanted - found)
