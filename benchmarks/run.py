@@ -279,9 +279,10 @@ def _ratio(result: dict, key: str) -> str:
 
 def markdown(report: dict) -> str:
     m = report["machine"]
-    lines = [f"CPU: {m['cpu_model']} ({', '.join(m['cpu_flags'])}), {m['threads']} threads; "
-             f"GEMM peak fp32 {m['fp32_gemm_gflops']:.0f} GFLOP/s"
-             + (f", bf16 {m['bf16_gemm_gflops']:.0f} GFLOP/s" if "bf16_gemm_gflops" in m else ""), "",
+    peaks = ", ".join(f"{precision} {max(by_library.values()):.0f} GFLOP/s ("
+                      + ", ".join(f"{library} {value:.0f}" for library, value in by_library.items()) + ")"
+                      for precision, by_library in m["gemm_gflops_by_library"].items())
+    lines = [f"CPU: {m['cpu_model']} ({', '.join(m['cpu_flags'])}), {m['threads']} threads; GEMM peak {peaks}", "",
              "| config | engine | batch | windows/s | EEG h/min | p50 s/window | peak RSS MB | fp32 peak | x eager fp32 "
              "| x torch.compile | max logit err | diff verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
