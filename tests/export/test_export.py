@@ -224,17 +224,12 @@ def test_openvino_marks_the_planned_layers_precise(exports, guarded, tmp_path):
 @pytest.mark.skipif(not has_bf16(), reason="the CPU has no bf16 (AVX-512 bf16 or AMX): OpenVINO runs bf16 engines in "
                                            "fp32 here, so a pinned layer cannot be told from the others")
 def test_openvino_bf16_runs_planned_layers_in_fp32(exports, guarded, windows, tmp_path):
-    import openvino as ov
-
-    from brr.backends.openvino.loader import openvino_extensions
+    from brr.backends.openvino.loader import CompiledModel, openvino_extensions
 
     _, _, tcn_convs, other_convs = _openvino_bf16_with_tcn_in_fp32(exports, guarded, tmp_path)
-    core = ov.Core()
-    for extension in openvino_extensions("plugin"):
-        core.add_extension(extension)
-    compiled = core.compile_model(str(tmp_path / "model.xml"), "CPU",
-                                  {"INFERENCE_PRECISION_HINT": "bf16", "PERF_COUNT": True})
-    request = compiled.create_infer_request()
+    loader = CompiledModel(tmp_path / "model.xml", "bf16", extensions=openvino_extensions("plugin"))
+    loader.config["PERF_COUNT"] = True  # the kernel each layer ran, precision included
+    request = loader().create_infer_request()
     request.infer({"eeg": windows[0][:1]})
     kernels = {p.node_name: p.exec_type.lower() for p in request.profiling_info}
     assert tcn_convs & kernels.keys() and other_convs & kernels.keys()
