@@ -237,6 +237,48 @@ def test_openvino_bf16_runs_planned_layers_in_fp32(exports, guarded, windows, tm
     assert any("bf16" in kernels[n] for n in other_convs & kernels.keys())
 
 
+def _scan_count(model: onnx.ModelProto) -> int:
+    return sum(n.op_type == "SelectiveScan" for n in model.graph.node)
+
+
+def test_openvino_lowers_every_mamba_convolution_into_its_scan(exports, guarded, windows, tmp_path):
+    """The plugin engine runs Mamba-2's convolutions inside the scans (no depthwise convolution is left
+    in the IR) and still gives PyTorch's probes."""
+    import xml.etree.ElementTree as ET
+
+    x, expected, probes = windows
+    built = BACKENDS["openvino"].build(exports["plugin"].model, "plugin", tmp_path, "fp32", [], (1, 1, 1),
+                                       guarded.config, None)
+    scans = _scan_count(onnx.load(str(exports["plugin"].model), load_external_data=False))
+    assert built.settings["lowered_scans"] == scans > 0
+    layers = [layer.get("type") for layer in ET.parse(tmp_path / "model.xml").getroot().iter("layer")]
+    assert layers.count("SelectiveScan") == scans and "GroupConvolution" not in layers
+    write_manifest(tmp_path, source={}, config=guarded.config, backend="openvino", precision="fp32", ops="plugin",
+                   opset=18, model_file=built.model_file, pinned_nodes=built.pinned_nodes, settings=built.settings)
+    outputs = _run(tmp_path, x, probes=True)
+    for name in ("node_stream", "edge_weights"):  # the Mamba stacks' outputs
+        np.testing.assert_allclose(outputs[name], probes[name], atol=PARITY_ATOL, rtol=0, err_msg=name)
+    # Logits on the first window only: the spiked third has near-degenerate PE eigenvectors, whose basis
+    # any fp32 engine may pick differently (the diff's basis_ambiguous).
+    np.testing.assert_allclose(outputs["logits"][:1], expected[:1], atol=PARITY_ATOL, rtol=0)
+
+
+def test_a_convolution_read_elsewhere_stays_outside_its_scan(exports):
+    """A convolution whose output is also a graph output (a probe someone added) is not lowered: its scan
+    keeps its inputs, the other scans are lowered, and the output is still made."""
+    from brr.backends.openvino.lowering import LOWERED_OP, lower_for_openvino
+
+    model = onnx.load(str(exports["plugin"].model))
+    scans = _scan_count(model)
+    conv = next(n for n in model.graph.node if n.op_type == "Conv" and any(
+        a.name == "group" and a.i > 1 for a in n.attribute))
+    model.graph.output.append(onnx.helper.make_tensor_value_info(conv.output[0], onnx.TensorProto.FLOAT, None))
+    lowered, count = lower_for_openvino(model)
+    assert count == scans - 1
+    assert sum(n.op_type == LOWERED_OP for n in lowered.graph.node) == scans - 1 and _scan_count(lowered) == 1
+    assert any(n.op_type == "Conv" and conv.output[0] in n.output for n in lowered.graph.node)
+
+
 def test_precision_plan_refuses_unknown_nodes(exports, tmp_path):
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps({"fp32_nodes": ["no_such_node"]}))

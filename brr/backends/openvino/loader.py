@@ -3,6 +3,8 @@
 A plugin-mode export (``--ops plugin``) converts with brr's OpenVINO extension
 (``brr.ops.registry.openvino_extension()``): each custom node becomes the extension's operation, run
 by the ops' native CPU kernels, and ``CompiledModel`` adds the same extension before reading the IR.
+Before converting, the build lowers Mamba-2's convolutions into the scans that read them
+(``lowering.lower_for_openvino``); the manifest's ``settings.lowered_scans`` counts them.
 
 The IR keeps fp32 weights (no fp16 compression) so one IR serves every precision; the manifest's
 ``settings.inference_precision`` is the ``INFERENCE_PRECISION_HINT`` the engine is compiled with
@@ -19,6 +21,7 @@ ONNX node names find their layers.
 
 from __future__ import annotations
 
+import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +31,7 @@ import openvino as ov
 from polygraphy.backend.base import BaseLoader
 
 from brr.backends.base import EngineBuildError
+from brr.backends.openvino.lowering import lower_for_openvino
 from brr.ops import registry
 
 MODEL_FILE = "model.xml"
@@ -76,12 +80,21 @@ def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str,
         raise EngineBuildError(f"OpenVINO engines are {sorted(PRECISION_HINTS)}, not {precision!r}")
     extensions = openvino_extensions(ops)
     directory.mkdir(parents=True, exist_ok=True)
-    ov.save_model(ov.convert_model(str(onnx_path), extension=extensions or None), str(directory / MODEL_FILE),
-                  compress_to_fp16=False)
+    lowered_scans = 0
+    with tempfile.TemporaryDirectory() as scratch:
+        source = onnx_path
+        if extensions:
+            lowered, lowered_scans = lower_for_openvino(onnx.load(str(onnx_path)))
+            source = Path(scratch) / onnx_path.name
+            onnx.save(lowered, str(source))
+        converted = ov.convert_model(str(source), extension=extensions or None)
+    ov.save_model(converted, str(directory / MODEL_FILE), compress_to_fp16=False)
     pinned, layers, without_layer = keep_in_fp32(directory / MODEL_FILE, onnx_path, fp32_nodes)
     compiled = CompiledModel(directory / MODEL_FILE, PRECISION_HINTS[precision], extensions=extensions)()
     settings = {"device": "CPU", "inference_precision": PRECISION_HINTS[precision],
                 "compiled_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT"))}
+    if extensions:
+        settings["lowered_scans"] = lowered_scans
     if fp32_nodes:
         # Nodes the frontend folded into constants or fused into another node's layer have no layer
         # of their own: named, so that a plan that pins nothing here is seen.

@@ -1,4 +1,5 @@
-// Step sizes and decays of the selective scan, vectorised over heads. This file alone is compiled with
+// Step sizes and decays of the selective scan, vectorised over heads, and the SiLU of its
+// convolved inputs. This file alone is compiled with
 // -ffast-math, which lets GCC call glibc's vector expf/log1pf/expm1f (libmvec, within 4 ulp); it is never
 // passed to the linker, so loading the library leaves the process' floating-point mode alone.
 #include <cmath>
@@ -22,6 +23,10 @@ void discretise(float* a, float* decay, float* dadu, const float* A, int64_t ste
             for (int64_t h = 0; h < heads; ++h) dd[h] = softplus ? -std::expm1(-at[h]) : 1.0f;
         }
     }
+}
+
+void silu(float* v, int64_t count) {
+    for (int64_t i = 0; i < count; ++i) v[i] = v[i] / (1.0f + std::exp(-v[i]));
 }
 
 }  // namespace brr::scan

@@ -1,6 +1,9 @@
 // OpenVINO operation ``SelectiveScan`` (brr_opset1) with the CPU kernel of scan.hpp, and the ONNX frontend
-// conversion of the ``ai.onnx.contrib::SelectiveScan`` custom node to it. Registered by
-// brr/ops/openvino_extension.cpp together with the other ops' extensions.
+// conversions to it of the ``ai.onnx.contrib::SelectiveScan`` custom node and of
+// ``brr.openvino::CausalConvSelectiveScan``, the node OpenVINO engines lower Mamba-2's convolution and scan
+// into (brr/backends/openvino/lowering.py): six more inputs, the causal depthwise convolution (+ SiLU) of
+// x, B and C (weight (channels, 1, width), bias (channels,) each), which the kernel applies as it reads them.
+// Registered by brr/ops/openvino_extension.cpp together with the other ops' extensions.
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,8 +29,9 @@ public:
     }
 
     void validate_and_infer_types() override {
-        NODE_VALIDATION_CHECK(this, get_input_size() == 7, "SelectiveScan takes 7 inputs (x, dt, A, B, C, D, dt_bias), got ",
-                              get_input_size());
+        NODE_VALIDATION_CHECK(this, get_input_size() == 7 || get_input_size() == kConvInputs,
+                              "SelectiveScan takes 7 inputs (x, dt, A, B, C, D, dt_bias), or 13 with the convolution "
+                              "weights and biases of x, B and C, got ", get_input_size());
         NODE_VALIDATION_CHECK(this, m_chunk_size > 0, "chunk_size must be positive, got ", m_chunk_size);
         const auto type = get_input_element_type(0);
         NODE_VALIDATION_CHECK(this, type.is_dynamic() || type == ov::element::f32 || type == ov::element::f16 ||
@@ -73,13 +77,18 @@ public:
             OPENVINO_ASSERT(t.get_size() == size_t(d.heads), "SelectiveScan: A, D and dt_bias must be (h,)");
             params[k] = to_floats(t);
         }
+        Convolution conv;
+        if (inputs.size() == kConvInputs) conv = convolution(inputs, d);
         outputs[0].set_shape(x);
-        if (type == ov::element::f32) run<float>(d, inputs, outputs[0], params);
-        else if (type == ov::element::f16) run<scan::Half>(d, inputs, outputs[0], params);
-        else if (type == ov::element::bf16) run<scan::BFloat16>(d, inputs, outputs[0], params);
+        const scan::CausalConv* c = inputs.size() == kConvInputs ? &conv.args : nullptr;
+        if (type == ov::element::f32) run<float>(d, inputs, outputs[0], params, c);
+        else if (type == ov::element::f16) run<scan::Half>(d, inputs, outputs[0], params, c);
+        else if (type == ov::element::bf16) run<scan::BFloat16>(d, inputs, outputs[0], params, c);
         else return false;
         return true;
     }
+
+    static constexpr size_t kConvInputs = 13;
 
 private:
     static std::vector<float> to_floats(const ov::Tensor& t) {
@@ -94,11 +103,53 @@ private:
         return out;
     }
 
+    // The convolution's weights transposed to (width, channels) and its biases, in fp32: x's, and B's and C's
+    // interleaved by group, (g, [B | C], n), as scan::CausalConv takes them.
+    struct Convolution {
+        std::vector<float> x_weight, x_bias, bc_weight, bc_bias;
+        scan::CausalConv args{};
+    };
+
+    static Convolution convolution(const ov::TensorVector& inputs, const scan::Dims& d) {
+        const auto& x_shape = inputs[7].get_shape();
+        OPENVINO_ASSERT(x_shape.size() == 3 && x_shape[1] == 1, "SelectiveScan: convolution weights must be (channels, 1, width)");
+        const int64_t width = int64_t(x_shape[2]), x_channels = d.heads * d.headdim, n = d.state;
+        const int64_t channels[3] = {x_channels, d.groups * n, d.groups * n};
+        std::vector<float> weights[3], biases[3];
+        for (int k = 0; k < 3; ++k) {
+            OPENVINO_ASSERT(inputs[7 + 2 * k].get_shape() == ov::Shape({size_t(channels[k]), 1, size_t(width)}),
+                            "SelectiveScan: convolution weight ", k, " must be (", channels[k], ", 1, ", width, "), got ",
+                            inputs[7 + 2 * k].get_shape());
+            OPENVINO_ASSERT(inputs[8 + 2 * k].get_size() == size_t(channels[k]),
+                            "SelectiveScan: convolution bias ", k, " must be (", channels[k], ",)");
+            weights[k] = to_floats(inputs[7 + 2 * k]);
+            biases[k] = to_floats(inputs[8 + 2 * k]);
+        }
+        Convolution conv;
+        conv.x_weight.resize(width * x_channels);
+        for (int64_t c = 0; c < x_channels; ++c)
+            for (int64_t j = 0; j < width; ++j) conv.x_weight[j * x_channels + c] = weights[0][c * width + j];
+        conv.x_bias = biases[0];
+        const int64_t bc_channels = 2 * d.groups * n;
+        conv.bc_weight.resize(width * bc_channels);
+        conv.bc_bias.resize(bc_channels);
+        for (int64_t g = 0; g < d.groups; ++g)
+            for (int k = 1; k < 3; ++k)
+                for (int64_t i = 0; i < n; ++i) {
+                    const int64_t from = g * n + i, to = g * 2 * n + (k - 1) * n + i;
+                    conv.bc_bias[to] = biases[k][from];
+                    for (int64_t j = 0; j < width; ++j) conv.bc_weight[j * bc_channels + to] = weights[k][from * width + j];
+                }
+        conv.args = {conv.x_weight.data(), conv.x_bias.data(), conv.bc_weight.data(), conv.bc_bias.data(), width};
+        return conv;
+    }
+
     template <class T>
-    void run(const scan::Dims& d, const ov::TensorVector& in, ov::Tensor& y, const std::vector<float>* params) const {
+    void run(const scan::Dims& d, const ov::TensorVector& in, ov::Tensor& y, const std::vector<float>* params,
+             const scan::CausalConv* conv) const {
         auto data = [](const ov::Tensor& t) { return static_cast<const T*>(t.data()); };
         scan::ForwardArgs<T> args{d, data(in[0]), data(in[1]), data(in[3]), data(in[4]), params[0].data(),
-                                  params[1].data(), params[2].data(), static_cast<T*>(y.data()), m_dt_softplus};
+                                  params[1].data(), params[2].data(), static_cast<T*>(y.data()), m_dt_softplus, conv};
         auto kernel = scan::forward_kernel<T>(d);
         ov::parallel_for(size_t(d.batch), [&](size_t b) {
             thread_local std::vector<float> scratch;
@@ -110,21 +161,28 @@ private:
     int64_t m_chunk_size = 64;
 };
 
-ov::OutputVector convert_onnx_node(const ov::frontend::NodeContext& node) {
+ov::OutputVector convert_onnx_node(const ov::frontend::NodeContext& node, size_t inputs_count) {
     const auto softplus = node.get_attribute<int64_t>("dt_softplus");
     const auto chunk_size = node.get_attribute<int64_t>("chunk_size");
     FRONT_END_GENERAL_CHECK(softplus == 0 || softplus == 1, "SelectiveScan: dt_softplus must be 0 or 1, got ", softplus);
     FRONT_END_GENERAL_CHECK(chunk_size > 0, "SelectiveScan: chunk_size must be positive, got ", chunk_size);
-    FRONT_END_GENERAL_CHECK(node.get_input_size() == 7, "SelectiveScan takes 7 inputs, got ", node.get_input_size());
+    FRONT_END_GENERAL_CHECK(node.get_input_size() == inputs_count, node.get_op_type(), " takes ", inputs_count,
+                            " inputs, got ", node.get_input_size());
     ov::OutputVector inputs;
-    for (int i = 0; i < 7; ++i) inputs.push_back(node.get_input(i));
+    for (size_t i = 0; i < inputs_count; ++i) inputs.push_back(node.get_input(int(i)));
     return std::make_shared<SelectiveScan>(inputs, softplus == 1, chunk_size)->outputs();
 }
 
 std::vector<ov::Extension::Ptr> selective_scan_openvino_extensions() {
     return {std::make_shared<ov::OpExtension<SelectiveScan>>(),
-            std::make_shared<ov::frontend::onnx::ConversionExtension>("SelectiveScan", "ai.onnx.contrib",
-                                                                      convert_onnx_node)};
+            std::make_shared<ov::frontend::onnx::ConversionExtension>(
+                "SelectiveScan", "ai.onnx.contrib", [](const ov::frontend::NodeContext& node) {
+                    return convert_onnx_node(node, 7);
+                }),
+            std::make_shared<ov::frontend::onnx::ConversionExtension>(
+                "CausalConvSelectiveScan", "brr.openvino", [](const ov::frontend::NodeContext& node) {
+                    return convert_onnx_node(node, SelectiveScan::kConvInputs);
+                })};
 }
 
 }  // namespace brr

@@ -12,6 +12,10 @@
 //           y_t = S_t C_t + D x_t, S_{-1} = 0.
 // Backward: the adjoint recurrence G_t = gy_t C_t^T + exp(a_{t+1} A) G_{t+1}, run from the end; the
 //           states it needs are recomputed chunk by chunk from checkpoints kept every kChunk steps.
+// OpenVINO lowers Mamba-2's causal depthwise convolution and SiLU of x, B and C into the op (CausalConv): the
+// kernel then reads their unconvolved values in their natural (b, l, channels) layout and convolves each block
+// of steps as it loads it, instead of the engine transposing them to (b, channels, l) and back around a
+// separate convolution (a quarter of a v3 window's time on OpenVINO).
 // This header has no dependency beyond the standard library: the Python module, the OpenVINO
 // extension and any other host include it and bring their own threading.
 #pragma once
@@ -30,6 +34,9 @@ namespace brr::scan {
 // In: a = dt + dt_bias, (steps, heads). Out: a = softplus(a) (when softplus), decay = exp(a * A[h]) and,
 // when dadu is given, da/du (the softplus' derivative, 1 without it). Defined in discretise.cpp.
 void discretise(float* a, float* decay, float* dadu, const float* A, int64_t steps, int64_t heads, bool softplus);
+
+// v = v * sigmoid(v), in place. Defined in discretise.cpp.
+void silu(float* v, int64_t count);
 
 // Storage types: fp32, IEEE fp16 and bfloat16 as raw bits.
 struct Half { uint16_t bits; };
@@ -92,6 +99,14 @@ struct Dims {
     int64_t batch, length, heads, headdim, groups, state;
 };
 
+// The causal depthwise convolution (+ SiLU) of x, B and C: weights transposed to (width, channels), biases
+// (channels,). x's channels are its h * p lanes; B's and C's are interleaved by group, (g, [B | C], n), the
+// order in which the kernel reads them.
+struct CausalConv {
+    const float *x_weight, *x_bias, *bc_weight, *bc_bias;
+    int64_t width;
+};
+
 template <class T>
 struct ForwardArgs {
     Dims dims;
@@ -99,6 +114,7 @@ struct ForwardArgs {
     const float *A, *D, *dt_bias;
     T* y;
     bool dt_softplus;
+    const CausalConv* conv = nullptr;  // x, B and C are the convolution's inputs when set
 };
 
 template <class T>
@@ -196,6 +212,17 @@ inline void spread_heads(const float* v, int64_t t0, int64_t t1, int64_t H, int6
     }
 }
 
+// Rows [t0 - history, t1) of `count` values from src (row stride `stride`) as floats, `out_stride` apart; rows
+// before 0 are 0 (the convolution's left padding).
+template <class T>
+inline void gather_rows(const T* src, int64_t stride, int64_t t0, int64_t t1, int64_t history, int64_t count,
+                        int64_t out_stride, float* out) {
+    for (int64_t t = t0 - history; t < t1; ++t, out += out_stride) {
+        if (t < 0) std::fill(out, out + count, 0.0f);
+        else for (int64_t i = 0; i < count; ++i) out[i] = to_float(src[t * stride + i]);
+    }
+}
+
 inline void spread(const float* v, int64_t t0, int64_t t1, int64_t H, int64_t g, int64_t R, int64_t p, int64_t Wp,
                    float* out) {
     switch (p) {
@@ -206,20 +233,46 @@ inline void spread(const float* v, int64_t t0, int64_t t1, int64_t H, int64_t g,
     }
 }
 
+// B and C of steps [t0 - history, t1) as rows [B_t | C_t] of 2n floats (B at bc[t * 2n + j], C at
+// bc[t * 2n + n + j]); rows before 0 are 0.
 template <class T>
-inline void load_bc(const T* B, const T* C, int64_t base, int64_t stride, int64_t t0, int64_t t1, int64_t n,
-                    float* Bf, float* Cf) {
-    for (int64_t t = t0; t < t1; ++t)
-        for (int64_t j = 0; j < n; ++j) {
-            Bf[(t - t0) * n + j] = to_float(B[base + t * stride + j]);
-            Cf[(t - t0) * n + j] = to_float(C[base + t * stride + j]);
-        }
+inline void load_bc(const T* B, const T* C, int64_t base, int64_t stride, int64_t t0, int64_t t1, int64_t history,
+                    int64_t n, float* bc) {
+    gather_rows(B + base, stride, t0, t1, history, n, 2 * n, bc);
+    gather_rows(C + base, stride, t0, t1, history, n, 2 * n, bc + n);
 }
+
 
 inline Vec vec_at(const float* p) {
     Vec v;
     std::memcpy(&v, p, sizeof v);
     return v;
+}
+
+// out[r * out_stride + c] = silu(bias[c] + sum_j weight[j * weight_stride + c] * in[(r + j) * channels + c]) for
+// r < rows, c < channels: the causal convolution of `width` taps whose input rows start width - 1 steps early.
+// Whole vectors of channels (the loops of a 4-tap filter over 16 to 128 channels are too short for the
+// compiler's own vectorisation to pay), then one SiLU pass over the block: out's lanes beyond `channels`
+// must hold 0 (SiLU keeps them 0).
+inline void causal_conv_silu(const float* in, const float* weight, int64_t weight_stride, const float* bias,
+                             int64_t rows, int64_t channels, int64_t width, float* out, int64_t out_stride) {
+    const int64_t vector_channels = channels - channels % kLanes;
+    for (int64_t c = 0; c < vector_channels; c += kLanes) {
+        const Vec b = load_lanes(bias + c, kLanes);
+        for (int64_t r = 0; r < rows; ++r) {
+            Vec acc = b;
+            for (int64_t j = 0; j < width; ++j)
+                acc += load_lanes(weight + j * weight_stride + c, kLanes) * load_lanes(in + (r + j) * channels + c, kLanes);
+            std::memcpy(out + r * out_stride + c, &acc, sizeof acc);
+        }
+    }
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = vector_channels; c < channels; ++c) {
+            float acc = bias[c];
+            for (int64_t j = 0; j < width; ++j) acc += weight[j * weight_stride + c] * in[(r + j) * channels + c];
+            out[r * out_stride + c] = acc;
+        }
+    silu(out, rows * out_stride);
 }
 
 // The tile's state: N vectors in registers when N is known at compile time, else in `memory`.
@@ -241,41 +294,66 @@ void forward_row(const ForwardArgs<T>& args, int64_t b, std::vector<float>& scra
     const Dims& d = args.dims;
     const int64_t L = d.length, H = d.heads, p = d.headdim, n = N ? N : d.state, G = d.groups, R = H / G;
     const int64_t W = R * p, tiles = (W + kLanes - 1) / kLanes, Wp = tiles * kLanes;
-    // a, decay (L x H); spread a, decay (kChunk x Wp); D lanes; B, C of a block; tile states (+1 Vec of slack
-    // for alignment).
-    scratch.resize(2 * L * H + 2 * kChunk * Wp + Wp + 2 * kChunk * n + (tiles * n + 1) * kLanes);
+    const CausalConv* conv = args.conv;
+    const int64_t history = conv ? conv->width - 1 : 0, conv_floats = conv ? (kChunk + history) * std::max(W, 2 * n) : 0;
+    // a, decay (L x H); spread a, decay (kChunk x Wp); D lanes; B, C of a block; with the convolution, the
+    // convolved x of a block (kChunk x Wp) and the unconvolved rows it reads (x, then B and C); tile states
+    // (+1 Vec of slack for alignment).
+    scratch.resize(2 * L * H + 2 * kChunk * Wp + Wp + 2 * kChunk * n + (conv ? kChunk * Wp + conv_floats : 0) +
+                   (tiles * n + 1) * kLanes);
     float *a = scratch.data(), *decay = a + L * H, *aL = decay + L * H, *decL = aL + kChunk * Wp;
-    float *DL = decL + kChunk * Wp, *Bf = DL + Wp, *Cf = Bf + kChunk * n, *raw = Cf + kChunk * n;
+    float *DL = decL + kChunk * Wp, *bc = DL + Wp, *xc = bc + 2 * kChunk * n;
+    float *rows = xc + (conv ? kChunk * Wp : 0), *raw = rows + conv_floats;
     Vec* states = reinterpret_cast<Vec*>(raw + (-reinterpret_cast<uintptr_t>(raw) / sizeof(float)) % kLanes);
     row_step_sizes(args.dt + b * L * H, args.dt_bias, args.A, L, H, args.dt_softplus, a, decay, nullptr);
     const int64_t x_stride = H * p, bc_stride = G * n;
+    if (conv) std::fill(xc, xc + kChunk * Wp, 0.0f);  // padding lanes stay 0
     for (int64_t g = 0; g < G; ++g) {
         spread(args.D, 0, 1, 0, g, R, p, Wp, DL);
         std::fill(states, states + tiles * n, Vec{});
+        const int64_t bc_base = b * L * bc_stride + g * n;
         for (int64_t t0 = 0; t0 < L; t0 += kChunk) {
             const int64_t t1 = std::min(L, t0 + kChunk);
             spread(a, t0, t1, H, g, R, p, Wp, aL);
             spread(decay, t0, t1, H, g, R, p, Wp, decL);
-            load_bc(args.B, args.C, b * L * bc_stride + g * n, bc_stride, t0, t1, n, Bf, Cf);
-            for (int64_t k = 0; k < tiles; ++k) {
-                const int64_t lanes = std::min(kLanes, W - k * kLanes);
-                TileState<N> S(states + k * n, n);
-                if (N) for (int64_t j = 0; j < n; ++j) S[j] = states[k * n + j];
-                const Vec Dv = vec_at(DL + k * kLanes);
-                const T* x = args.x + (b * L + t0) * x_stride + g * W + k * kLanes;
-                T* y = args.y + (b * L + t0) * x_stride + g * W + k * kLanes;
-                for (int64_t t = 0; t < t1 - t0; ++t, x += x_stride, y += x_stride) {
-                    const Vec xv = load_lanes(x, lanes), dec = vec_at(decL + t * Wp + k * kLanes);
-                    const Vec ax = vec_at(aL + t * Wp + k * kLanes) * xv;
-                    Vec yv = Dv * xv;
-                    for (int64_t j = 0; j < n; ++j) {
-                        S[j] = dec * S[j] + ax * Bf[t * n + j];
-                        yv += S[j] * Cf[t * n + j];
-                    }
-                    store_lanes(y, yv, lanes);
-                }
-                if (N) for (int64_t j = 0; j < n; ++j) states[k * n + j] = S[j];
+            if (conv) {
+                const int64_t w = conv->width;
+                gather_rows(args.x + b * L * x_stride + g * W, x_stride, t0, t1, history, W, W, rows);
+                causal_conv_silu(rows, conv->x_weight + g * W, x_stride, conv->x_bias + g * W, t1 - t0, W, w, xc, Wp);
+                load_bc(args.B, args.C, bc_base, bc_stride, t0, t1, history, n, rows);
+                causal_conv_silu(rows, conv->bc_weight + g * 2 * n, 2 * bc_stride, conv->bc_bias + g * 2 * n, t1 - t0,
+                                 2 * n, w, bc, 2 * n);
+            } else {
+                load_bc(args.B, args.C, bc_base, bc_stride, t0, t1, 0, n, bc);
             }
+            // x from the convolved block or straight from the input: chosen outside the step loop, whose tile
+            // states must stay in registers.
+            auto walk_tiles = [&](auto convolved) {
+                for (int64_t k = 0; k < tiles; ++k) {
+                    const int64_t lanes = std::min(kLanes, W - k * kLanes);
+                    TileState<N> S(states + k * n, n);
+                    if (N) for (int64_t j = 0; j < n; ++j) S[j] = states[k * n + j];
+                    const Vec Dv = vec_at(DL + k * kLanes);
+                    const T* x = args.x + (b * L + t0) * x_stride + g * W + k * kLanes;
+                    T* y = args.y + (b * L + t0) * x_stride + g * W + k * kLanes;
+                    for (int64_t t = 0; t < t1 - t0; ++t, x += x_stride, y += x_stride) {
+                        Vec xv;
+                        if constexpr (decltype(convolved)::value) xv = vec_at(xc + t * Wp + k * kLanes);
+                        else xv = load_lanes(x, lanes);
+                        const Vec dec = vec_at(decL + t * Wp + k * kLanes);
+                        const Vec ax = vec_at(aL + t * Wp + k * kLanes) * xv;
+                        Vec yv = Dv * xv;
+                        for (int64_t j = 0; j < n; ++j) {
+                            S[j] = dec * S[j] + ax * bc[t * 2 * n + j];
+                            yv += S[j] * bc[t * 2 * n + n + j];
+                        }
+                        store_lanes(y, yv, lanes);
+                    }
+                    if (N) for (int64_t j = 0; j < n; ++j) states[k * n + j] = S[j];
+                }
+            };
+            if (conv) walk_tiles(std::true_type{});
+            else walk_tiles(std::false_type{});
         }
     }
 }
@@ -298,7 +376,7 @@ void backward_row(const BackwardArgs<T>& args, int64_t b, std::vector<float>& sc
     const int64_t vecs = chunks * tiles * n + tiles * n + K * n + 2 * K * n + 1;
     scratch.resize(floats + vecs * kLanes);
     float *a = scratch.data(), *decay = a + L * H, *dadu = decay + L * H, *aL = dadu + L * H, *decL = aL + K * Wp;
-    float *DL = decL + K * Wp, *Bf = DL + Wp, *Cf = Bf + K * n, *daL = Cf + K * n, *dsL = daL + K * Wp;
+    float *DL = decL + K * Wp, *bc = DL + Wp, *daL = bc + 2 * K * n, *dsL = daL + K * Wp;
     float *gyxL = dsL + K * Wp, *raw = gyxL + K * Wp;
     Vec* ckpt = reinterpret_cast<Vec*>(raw + (-reinterpret_cast<uintptr_t>(raw) / sizeof(float)) % kLanes);
     Vec *carry = ckpt + chunks * tiles * n, *buf = carry + tiles * n, *dBv = buf + K * n, *dCv = dBv + K * n;
@@ -315,7 +393,7 @@ void backward_row(const BackwardArgs<T>& args, int64_t b, std::vector<float>& sc
             const int64_t t0 = c * K, t1 = std::min(L, t0 + K);
             spread(a, t0, t1, H, g, R, p, Wp, aL);
             spread(decay, t0, t1, H, g, R, p, Wp, decL);
-            load_bc(args.B, args.C, bc_base, bc_stride, t0, t1, n, Bf, Cf);
+            load_bc(args.B, args.C, bc_base, bc_stride, t0, t1, 0, n, bc);
             std::copy(carry, carry + tiles * n, ckpt + c * tiles * n);
             for (int64_t k = 0; k < tiles; ++k) {
                 const int64_t lanes = std::min(kLanes, W - k * kLanes);
@@ -325,7 +403,7 @@ void backward_row(const BackwardArgs<T>& args, int64_t b, std::vector<float>& sc
                 for (int64_t t = 0; t < t1 - t0; ++t, x += x_stride) {
                     const Vec dec = vec_at(decL + t * Wp + k * kLanes);
                     const Vec ax = vec_at(aL + t * Wp + k * kLanes) * load_lanes(x, lanes);
-                    for (int64_t j = 0; j < n; ++j) S[j] = dec * S[j] + ax * Bf[t * n + j];
+                    for (int64_t j = 0; j < n; ++j) S[j] = dec * S[j] + ax * bc[t * 2 * n + j];
                 }
                 if (N) for (int64_t j = 0; j < n; ++j) carry[k * n + j] = S[j];
             }
@@ -336,7 +414,7 @@ void backward_row(const BackwardArgs<T>& args, int64_t b, std::vector<float>& sc
             const int64_t t0 = c * K, t1 = std::min(L, t0 + K), steps = t1 - t0;
             spread(a, t0, t1, H, g, R, p, Wp, aL);
             spread(decay, t0, t1, H, g, R, p, Wp, decL);
-            load_bc(args.B, args.C, bc_base, bc_stride, t0, t1, n, Bf, Cf);
+            load_bc(args.B, args.C, bc_base, bc_stride, t0, t1, 0, n, bc);
             std::fill(dBv, dBv + 2 * K * n, Vec{});
             for (int64_t k = 0; k < tiles; ++k) {
                 const int64_t lanes = std::min(kLanes, W - k * kLanes), lane0 = k * kLanes;
@@ -353,7 +431,7 @@ void backward_row(const BackwardArgs<T>& args, int64_t b, std::vector<float>& sc
                         if (!N && t > 0) std::copy(out - n, out, out);
                         for (int64_t j = 0; j < n; ++j) {
                             Vec& s = N ? S[j] : out[j];
-                            s = dec * s + ax * Bf[t * n + j];
+                            s = dec * s + ax * bc[t * 2 * n + j];
                             if (N) out[j] = s;
                         }
                     }
@@ -371,10 +449,10 @@ void backward_row(const BackwardArgs<T>& args, int64_t b, std::vector<float>& sc
                     Vec gb{}, gs{};
                     Vec *dB = dBv + t * n, *dC = dCv + t * n;
                     for (int64_t j = 0; j < n; ++j) {
-                        const Vec gj = Gt[j] + gy * Cf[t * n + j];  // G_t
+                        const Vec gj = Gt[j] + gy * bc[t * 2 * n + n + j];  // G_t
                         dC[j] += S_t[j] * gy;
                         dB[j] += gj * ax;
-                        gb += gj * Bf[t * n + j];
+                        gb += gj * bc[t * 2 * n + j];
                         gs += gj * S_prev[j];
                         Gt[j] = gj * dec;  // carried to step t - 1
                     }
