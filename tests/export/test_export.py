@@ -242,17 +242,19 @@ def _scan_count(model: onnx.ModelProto) -> int:
 
 
 def test_openvino_lowers_every_mamba_convolution_into_its_scan(exports, guarded, windows, tmp_path):
-    """The plugin engine runs Mamba-2's convolutions inside the scans (no depthwise convolution is left
-    in the IR) and still gives PyTorch's probes."""
+    """The plugin engine runs Mamba-2's convolutions and gated norms inside the scans (no depthwise
+    convolution or RMS norm is left in the IR) and still gives PyTorch's probes."""
     import xml.etree.ElementTree as ET
 
     x, expected, probes = windows
     built = BACKENDS["openvino"].build(exports["plugin"].model, "plugin", tmp_path, "fp32", [], (1, 1, 1),
                                        guarded.config, None)
     scans = _scan_count(onnx.load(str(exports["plugin"].model), load_external_data=False))
-    assert built.settings["lowered_scans"] == scans > 0
-    layers = [layer.get("type") for layer in ET.parse(tmp_path / "model.xml").getroot().iter("layer")]
-    assert layers.count("SelectiveScan") == scans and "GroupConvolution" not in layers
+    assert built.settings["lowered_scans"] == built.settings["lowered_gated_norms"] == scans > 0
+    layers = list(ET.parse(tmp_path / "model.xml").getroot().iter("layer"))
+    assert "GroupConvolution" not in {layer.get("type") for layer in layers}
+    # x, dt, A, B, C, D, dt_bias, the three convolutions' weights and biases, the norm's z and weight.
+    assert [len(layer.find("input")) for layer in layers if layer.get("type") == "SelectiveScan"] == [15] * scans
     write_manifest(tmp_path, source={}, config=guarded.config, backend="openvino", precision="fp32", ops="plugin",
                    opset=18, model_file=built.model_file, pinned_nodes=built.pinned_nodes, settings=built.settings)
     outputs = _run(tmp_path, x, probes=True)
@@ -273,8 +275,8 @@ def test_a_convolution_read_elsewhere_stays_outside_its_scan(exports):
     conv = next(n for n in model.graph.node if n.op_type == "Conv" and any(
         a.name == "group" and a.i > 1 for a in n.attribute))
     model.graph.output.append(onnx.helper.make_tensor_value_info(conv.output[0], onnx.TensorProto.FLOAT, None))
-    lowered, count = lower_for_openvino(model)
-    assert count == scans - 1
+    lowered, counts = lower_for_openvino(model)
+    assert counts == {"lowered_scans": scans - 1, "lowered_gated_norms": scans - 1}
     assert sum(n.op_type == LOWERED_OP for n in lowered.graph.node) == scans - 1 and _scan_count(lowered) == 1
     assert any(n.op_type == "Conv" and conv.output[0] in n.output for n in lowered.graph.node)
 

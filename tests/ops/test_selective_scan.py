@@ -4,7 +4,7 @@ The reference itself is proven against the step recurrence in float64; then the 
 the PyTorch op (forward and every gradient, float32 / float16 / bfloat16 storage, model-like and odd
 shapes), the standard ONNX graph (float32 and float16-converted), the custom-node graph run by the ONNX
 Runtime Python op (native compute), the OpenVINO extension on that graph (f32 and a bf16 hint) and on the
-node OpenVINO engines lower Mamba-2's convolution into (the convolution applied by the kernel), and the
+node OpenVINO engines lower Mamba-2's convolution and gated norm into (both applied by the kernel), and the
 TensorRT plugin (logic always, engine on a GPU with TensorRT) are compared with it.
 """
 
@@ -340,9 +340,12 @@ def test_plugin_onnx_with_openvino_extension_matches_reference(exported, module,
 CONV_WIDTH = 4
 
 
-def lowered_scan_model(h, p, g, n, seed=5) -> tuple[onnx.ModelProto, dict[str, torch.Tensor]]:
-    """A graph of one ``CausalConvSelectiveScan`` node (what ``lower_for_openvino`` makes of Mamba-2's
-    convolution and scan), its parameters as initializers; returns it and the parameters."""
+NORM_EPS = 1e-5
+
+
+def lowered_scan_model(h, p, g, n, with_norm, seed=5) -> tuple[onnx.ModelProto, dict[str, torch.Tensor]]:
+    """A graph of one ``Mamba2Scan`` node (what ``lower_for_openvino`` makes of Mamba-2's convolution, scan
+    and, ``with_norm``, gated norm), its parameters as initializers; returns it and the parameters."""
     from onnx import TensorProto, helper, numpy_helper
 
     from brr.backends.openvino.lowering import LOWERED_DOMAIN, LOWERED_OP
@@ -353,20 +356,28 @@ def lowered_scan_model(h, p, g, n, seed=5) -> tuple[onnx.ModelProto, dict[str, t
     for name, channels in (("x", h * p), ("B", g * n), ("C", g * n)):
         params[f"{name}_weight"] = torch.randn(channels, 1, CONV_WIDTH, generator=gen) * 0.5
         params[f"{name}_bias"] = torch.randn(channels, generator=gen) * 0.5
+    if with_norm:
+        params["norm_weight"] = torch.rand(h * p, generator=gen) + 0.5
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "l", h, p]),
               helper.make_tensor_value_info("dt", TensorProto.FLOAT, ["b", "l", h]),
               helper.make_tensor_value_info("B", TensorProto.FLOAT, ["b", "l", g, n]),
               helper.make_tensor_value_info("C", TensorProto.FLOAT, ["b", "l", g, n])]
     order = ["x", "dt", "A", "B", "C", "D", "dt_bias", "x_weight", "x_bias", "B_weight", "B_bias", "C_weight", "C_bias"]
-    node = helper.make_node(LOWERED_OP, order, ["y"], domain=LOWERED_DOMAIN, dt_softplus=1, chunk_size=64)
+    norm = {}
+    if with_norm:
+        inputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", "l", h * p]))
+        order += ["z", "norm_weight"]
+        norm = {"norm_eps": NORM_EPS}
+    node = helper.make_node(LOWERED_OP, order, ["y"], domain=LOWERED_DOMAIN, dt_softplus=1, chunk_size=64, **norm)
     graph = helper.make_graph([node], "lowered", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               initializer=[numpy_helper.from_array(t.numpy(), name) for name, t in params.items()])
     opsets = [helper.make_opsetid("", registry.ONNX_OPSET), helper.make_opsetid(LOWERED_DOMAIN, 1)]
     return helper.make_model(graph, opset_imports=opsets), params
 
 
-def conv_then_scan_reference(params, x, dt, B, C) -> np.ndarray:
-    """SiLU(causal depthwise conv) of x, B and C as Mamba-2 computes it, then the reference scan, in float64."""
+def conv_then_scan_reference(params, x, dt, B, C, z=None) -> np.ndarray:
+    """SiLU(causal depthwise conv) of x, B and C as Mamba-2 computes it, then the reference scan, then (with z)
+    Mamba-2's gated RMS norm, in float64."""
     def conv_silu(t, name):
         b, length = t.shape[:2]
         flat = F.pad(t.double().reshape(b, length, -1).transpose(1, 2), (CONV_WIDTH - 1, 0))
@@ -375,18 +386,24 @@ def conv_then_scan_reference(params, x, dt, B, C) -> np.ndarray:
         return out.transpose(1, 2).reshape(t.shape)
 
     with torch.no_grad():
-        return ssd_chunked(conv_silu(x, "x"), dt.double(), params["A"].double(), conv_silu(B, "B"), conv_silu(C, "C"),
-                           params["D"].double(), params["dt_bias"].double(), True, 64).numpy()
+        y = ssd_chunked(conv_silu(x, "x"), dt.double(), params["A"].double(), conv_silu(B, "B"), conv_silu(C, "C"),
+                        params["D"].double(), params["dt_bias"].double(), True, 64)
+        if z is not None:
+            gated = y.reshape(z.shape) * F.silu(z.double())
+            normed = gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + NORM_EPS) * params["norm_weight"].double()
+            y = normed.reshape(y.shape)
+        return y.numpy()
 
 
 # Two groups, and lanes and states that fill no vector (3 x 4 = 12 lanes per group, 2 x 5 = 10 B and C values).
+@pytest.mark.parametrize("with_norm", [False, True])
 @pytest.mark.parametrize("hint", ["f32", "bf16"])
 @pytest.mark.parametrize(("b", "length"), [(2, 2), *RUN_SIZES])
-def test_openvino_lowered_conv_scan_matches_reference(hint, b, length, tmp_path):
+def test_openvino_lowered_mamba2_scan_matches_reference(with_norm, hint, b, length, tmp_path):
     import openvino as ov
 
     h, p, g, n = 4, 3, 2, 5
-    model, params = lowered_scan_model(h, p, g, n)
+    model, params = lowered_scan_model(h, p, g, n, with_norm)
     path = tmp_path / "lowered.onnx"
     onnx.save(model, str(path))
     extension = str(registry.openvino_extension())
@@ -394,9 +411,13 @@ def test_openvino_lowered_conv_scan_matches_reference(hint, b, length, tmp_path)
     assert [op.get_type_name() for op in converted.get_ordered_ops()].count("SelectiveScan") == 1
     compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": hint})
     x, dt, _, B, C, _, _ = random_scan_inputs(b, length, h=h, p=p, g=g, n=n, seed=6)
-    y = compiled({"x": x.numpy(), "dt": dt.numpy(), "B": B.numpy(), "C": C.numpy()})[0]
+    feed = {"x": x.numpy(), "dt": dt.numpy(), "B": B.numpy(), "C": C.numpy()}
+    z = torch.randn(b, length, h * p, generator=torch.Generator().manual_seed(7)) * 2 if with_norm else None
+    if with_norm:
+        feed["z"] = z.numpy()
+    y = compiled(feed)[0]
     assert y.shape == (b, length, h, p)
-    assert relative_error(y, conv_then_scan_reference(params, x, dt, B, C)) < 1e-5
+    assert relative_error(y, conv_then_scan_reference(params, x, dt, B, C, z)) < 1e-5
 
 
 def test_plugin_onnx_needs_the_extensions_library(exported):

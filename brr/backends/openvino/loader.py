@@ -3,8 +3,9 @@
 A plugin-mode export (``--ops plugin``) converts with brr's OpenVINO extension
 (``brr.ops.registry.openvino_extension()``): each custom node becomes the extension's operation, run
 by the ops' native CPU kernels, and ``CompiledModel`` adds the same extension before reading the IR.
-Before converting, the build lowers Mamba-2's convolutions into the scans that read them
-(``lowering.lower_for_openvino``); the manifest's ``settings.lowered_scans`` counts them.
+Before converting, the build lowers Mamba-2's convolutions and gated norms into the scans between them
+(``lowering.lower_for_openvino``); the manifest's ``settings.lowered_scans`` and ``lowered_gated_norms``
+count them.
 
 The IR keeps fp32 weights (no fp16 compression) so one IR serves every precision; the manifest's
 ``settings.inference_precision`` is the ``INFERENCE_PRECISION_HINT`` the engine is compiled with
@@ -80,11 +81,11 @@ def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str,
         raise EngineBuildError(f"OpenVINO engines are {sorted(PRECISION_HINTS)}, not {precision!r}")
     extensions = openvino_extensions(ops)
     directory.mkdir(parents=True, exist_ok=True)
-    lowered_scans = 0
+    lowered_counts = {}
     with tempfile.TemporaryDirectory() as scratch:
         source = onnx_path
         if extensions:
-            lowered, lowered_scans = lower_for_openvino(onnx.load(str(onnx_path)))
+            lowered, lowered_counts = lower_for_openvino(onnx.load(str(onnx_path)))
             source = Path(scratch) / onnx_path.name
             onnx.save(lowered, str(source))
         converted = ov.convert_model(str(source), extension=extensions or None)
@@ -93,8 +94,7 @@ def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str,
     compiled = CompiledModel(directory / MODEL_FILE, PRECISION_HINTS[precision], extensions=extensions)()
     settings = {"device": "CPU", "inference_precision": PRECISION_HINTS[precision],
                 "compiled_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT"))}
-    if extensions:
-        settings["lowered_scans"] = lowered_scans
+    settings |= lowered_counts
     if fp32_nodes:
         # Nodes the frontend folded into constants or fused into another node's layer have no layer
         # of their own: named, so that a plan that pins nothing here is seen.

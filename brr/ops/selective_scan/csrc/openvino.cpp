@@ -1,8 +1,10 @@
 // OpenVINO operation ``SelectiveScan`` (brr_opset1) with the CPU kernel of scan.hpp, and the ONNX frontend
-// conversions to it of the ``ai.onnx.contrib::SelectiveScan`` custom node and of
-// ``brr.openvino::CausalConvSelectiveScan``, the node OpenVINO engines lower Mamba-2's convolution and scan
-// into (brr/backends/openvino/lowering.py): six more inputs, the causal depthwise convolution (+ SiLU) of
-// x, B and C (weight (channels, 1, width), bias (channels,) each), which the kernel applies as it reads them.
+// conversions to it of the ``ai.onnx.contrib::SelectiveScan`` custom node and of ``brr.openvino::Mamba2Scan``,
+// the node OpenVINO engines lower Mamba-2's convolution, scan and gated norm into
+// (brr/backends/openvino/lowering.py). Inputs: x, dt, A, B, C, D, dt_bias; then, lowered, the causal depthwise
+// convolution (+ SiLU) of x, B and C (weight (channels, 1, width), bias (channels,) each), which the kernel
+// applies as it reads them; then, optionally, the gated RMS norm's z (b, l, h * p) and weight (h * p,) with
+// the attribute norm_eps, which the kernel applies to its output.
 // Registered by brr/ops/openvino_extension.cpp together with the other ops' extensions.
 #include <memory>
 #include <string>
@@ -23,15 +25,19 @@ public:
     OPENVINO_OP("SelectiveScan", "brr_opset1");
 
     SelectiveScan() = default;
-    SelectiveScan(const ov::OutputVector& inputs, bool dt_softplus, int64_t chunk_size)
-        : Op(inputs), m_dt_softplus(dt_softplus), m_chunk_size(chunk_size) {
+    // Input counts: the scan alone, with the convolution, with the convolution and the gated norm.
+    static constexpr size_t kScanInputs = 7, kConvInputs = 13, kNormInputs = 15;
+
+    SelectiveScan(const ov::OutputVector& inputs, bool dt_softplus, int64_t chunk_size, float norm_eps = 0.0f)
+        : Op(inputs), m_dt_softplus(dt_softplus), m_chunk_size(chunk_size), m_norm_eps(norm_eps) {
         constructor_validate_and_infer_types();
     }
 
     void validate_and_infer_types() override {
-        NODE_VALIDATION_CHECK(this, get_input_size() == 7 || get_input_size() == kConvInputs,
-                              "SelectiveScan takes 7 inputs (x, dt, A, B, C, D, dt_bias), or 13 with the convolution "
-                              "weights and biases of x, B and C, got ", get_input_size());
+        const auto count = get_input_size();
+        NODE_VALIDATION_CHECK(this, count == kScanInputs || count == kConvInputs || count == kNormInputs,
+                              "SelectiveScan takes 7 inputs (x, dt, A, B, C, D, dt_bias), 13 with the convolution "
+                              "weights and biases of x, B and C, or 15 with the gated norm's z and weight, got ", count);
         NODE_VALIDATION_CHECK(this, m_chunk_size > 0, "chunk_size must be positive, got ", m_chunk_size);
         const auto type = get_input_element_type(0);
         NODE_VALIDATION_CHECK(this, type.is_dynamic() || type == ov::element::f32 || type == ov::element::f16 ||
@@ -43,12 +49,13 @@ public:
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& inputs) const override {
-        return std::make_shared<SelectiveScan>(inputs, m_dt_softplus, m_chunk_size);
+        return std::make_shared<SelectiveScan>(inputs, m_dt_softplus, m_chunk_size, m_norm_eps);
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
         visitor.on_attribute("dt_softplus", m_dt_softplus);
         visitor.on_attribute("chunk_size", m_chunk_size);
+        visitor.on_attribute("norm_eps", m_norm_eps);
         return true;
     }
 
@@ -78,17 +85,25 @@ public:
             params[k] = to_floats(t);
         }
         Convolution conv;
-        if (inputs.size() == kConvInputs) conv = convolution(inputs, d);
+        if (inputs.size() >= kConvInputs) conv = convolution(inputs, d);
+        std::vector<float> norm_weight;
+        if (inputs.size() == kNormInputs) {
+            const auto& z = inputs[13].get_shape();
+            OPENVINO_ASSERT(inputs[13].get_element_type() == type && z.size() >= 3 && z[0] == x[0] && z[1] == x[1] &&
+                                inputs[13].get_size() == ov::shape_size(x),
+                            "SelectiveScan: the norm's z must be x's type, (b, l, h * p), got ", z);
+            OPENVINO_ASSERT(inputs[14].get_size() == x[2] * x[3], "SelectiveScan: the norm's weight must be (h * p,)");
+            norm_weight = to_floats(inputs[14]);
+        }
         outputs[0].set_shape(x);
-        const scan::CausalConv* c = inputs.size() == kConvInputs ? &conv.args : nullptr;
-        if (type == ov::element::f32) run<float>(d, inputs, outputs[0], params, c);
-        else if (type == ov::element::f16) run<scan::Half>(d, inputs, outputs[0], params, c);
-        else if (type == ov::element::bf16) run<scan::BFloat16>(d, inputs, outputs[0], params, c);
+        const scan::CausalConv* c = inputs.size() >= kConvInputs ? &conv.args : nullptr;
+        const float* w = norm_weight.empty() ? nullptr : norm_weight.data();
+        if (type == ov::element::f32) run<float>(d, inputs, outputs[0], params, c, w);
+        else if (type == ov::element::f16) run<scan::Half>(d, inputs, outputs[0], params, c, w);
+        else if (type == ov::element::bf16) run<scan::BFloat16>(d, inputs, outputs[0], params, c, w);
         else return false;
         return true;
     }
-
-    static constexpr size_t kConvInputs = 13;
 
 private:
     static std::vector<float> to_floats(const ov::Tensor& t) {
@@ -146,10 +161,12 @@ private:
 
     template <class T>
     void run(const scan::Dims& d, const ov::TensorVector& in, ov::Tensor& y, const std::vector<float>* params,
-             const scan::CausalConv* conv) const {
+             const scan::CausalConv* conv, const float* norm_weight) const {
         auto data = [](const ov::Tensor& t) { return static_cast<const T*>(t.data()); };
+        const scan::GatedNorm<T> norm{norm_weight ? data(in[13]) : nullptr, norm_weight, m_norm_eps};
         scan::ForwardArgs<T> args{d, data(in[0]), data(in[1]), data(in[3]), data(in[4]), params[0].data(),
-                                  params[1].data(), params[2].data(), static_cast<T*>(y.data()), m_dt_softplus, conv};
+                                  params[1].data(), params[2].data(), static_cast<T*>(y.data()), m_dt_softplus, conv,
+                                  norm_weight ? &norm : nullptr};
         auto kernel = scan::forward_kernel<T>(d);
         ov::parallel_for(size_t(d.batch), [&](size_t b) {
             thread_local std::vector<float> scratch;
@@ -159,29 +176,33 @@ private:
 
     bool m_dt_softplus = true;
     int64_t m_chunk_size = 64;
+    float m_norm_eps = 0.0f;
 };
 
-ov::OutputVector convert_onnx_node(const ov::frontend::NodeContext& node, size_t inputs_count) {
+ov::OutputVector convert_onnx_node(const ov::frontend::NodeContext& node, bool lowered) {
     const auto softplus = node.get_attribute<int64_t>("dt_softplus");
     const auto chunk_size = node.get_attribute<int64_t>("chunk_size");
     FRONT_END_GENERAL_CHECK(softplus == 0 || softplus == 1, "SelectiveScan: dt_softplus must be 0 or 1, got ", softplus);
     FRONT_END_GENERAL_CHECK(chunk_size > 0, "SelectiveScan: chunk_size must be positive, got ", chunk_size);
-    FRONT_END_GENERAL_CHECK(node.get_input_size() == inputs_count, node.get_op_type(), " takes ", inputs_count,
-                            " inputs, got ", node.get_input_size());
+    const auto count = node.get_input_size();
+    FRONT_END_GENERAL_CHECK(lowered ? count == SelectiveScan::kConvInputs || count == SelectiveScan::kNormInputs
+                                    : count == SelectiveScan::kScanInputs,
+                            node.get_op_type(), lowered ? " takes 13 or 15 inputs" : " takes 7 inputs", ", got ", count);
+    const auto norm_eps = count == SelectiveScan::kNormInputs ? node.get_attribute<float>("norm_eps") : 0.0f;
     ov::OutputVector inputs;
-    for (size_t i = 0; i < inputs_count; ++i) inputs.push_back(node.get_input(int(i)));
-    return std::make_shared<SelectiveScan>(inputs, softplus == 1, chunk_size)->outputs();
+    for (size_t i = 0; i < count; ++i) inputs.push_back(node.get_input(int(i)));
+    return std::make_shared<SelectiveScan>(inputs, softplus == 1, chunk_size, norm_eps)->outputs();
 }
 
 std::vector<ov::Extension::Ptr> selective_scan_openvino_extensions() {
     return {std::make_shared<ov::OpExtension<SelectiveScan>>(),
             std::make_shared<ov::frontend::onnx::ConversionExtension>(
                 "SelectiveScan", "ai.onnx.contrib", [](const ov::frontend::NodeContext& node) {
-                    return convert_onnx_node(node, 7);
+                    return convert_onnx_node(node, false);
                 }),
             std::make_shared<ov::frontend::onnx::ConversionExtension>(
-                "CausalConvSelectiveScan", "brr.openvino", [](const ov::frontend::NodeContext& node) {
-                    return convert_onnx_node(node, SelectiveScan::kConvInputs);
+                "Mamba2Scan", "brr.openvino", [](const ov::frontend::NodeContext& node) {
+                    return convert_onnx_node(node, true);
                 })};
 }
 

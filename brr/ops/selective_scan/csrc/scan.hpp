@@ -15,7 +15,8 @@
 // OpenVINO lowers Mamba-2's causal depthwise convolution and SiLU of x, B and C into the op (CausalConv): the
 // kernel then reads their unconvolved values in their natural (b, l, channels) layout and convolves each block
 // of steps as it loads it, instead of the engine transposing them to (b, channels, l) and back around a
-// separate convolution (a quarter of a v3 window's time on OpenVINO).
+// separate convolution (a quarter of a v3 window's time on OpenVINO). It lowers the gated RMS norm that
+// follows the scan too (GatedNorm): each batch row's output is gated and normalised while it is in cache.
 // This header has no dependency beyond the standard library: the Python module, the OpenVINO
 // extension and any other host include it and bring their own threading.
 #pragma once
@@ -37,6 +38,10 @@ void discretise(float* a, float* decay, float* dadu, const float* A, int64_t ste
 
 // v = v * sigmoid(v), in place. Defined in discretise.cpp.
 void silu(float* v, int64_t count);
+
+// Per step t < steps: y_t = g_t / sqrt(mean(g_t^2) + eps) * weight with g_t = y_t * silu(z_t), over `width`
+// values, in place. Defined in discretise.cpp.
+void gated_rms_norm(float* y, const float* z, const float* weight, int64_t steps, int64_t width, float eps);
 
 // Storage types: fp32, IEEE fp16 and bfloat16 as raw bits.
 struct Half { uint16_t bits; };
@@ -107,6 +112,15 @@ struct CausalConv {
     int64_t width;
 };
 
+// Mamba-2's gated RMS norm (norm_before_gate=False) of the output: y <- RMSNorm(y * SiLU(z)) * weight over each
+// step's h * p values; z (b, l, h, p) in the storage type, weight (h * p,).
+template <class T>
+struct GatedNorm {
+    const T* z;
+    const float* weight;
+    float eps;
+};
+
 template <class T>
 struct ForwardArgs {
     Dims dims;
@@ -114,7 +128,8 @@ struct ForwardArgs {
     const float *A, *D, *dt_bias;
     T* y;
     bool dt_softplus;
-    const CausalConv* conv = nullptr;  // x, B and C are the convolution's inputs when set
+    const CausalConv* conv = nullptr;   // x, B and C are the convolution's inputs when set
+    const GatedNorm<T>* norm = nullptr;  // y is gated and normalised when set
 };
 
 template <class T>
@@ -354,6 +369,20 @@ void forward_row(const ForwardArgs<T>& args, int64_t b, std::vector<float>& scra
             };
             if (conv) walk_tiles(std::true_type{});
             else walk_tiles(std::false_type{});
+        }
+    }
+    if (args.norm) {
+        const int64_t row = L * x_stride;
+        T* y = args.y + b * row;
+        const T* z = args.norm->z + b * row;
+        if constexpr (std::is_same_v<T, float>) {
+            gated_rms_norm(y, z, args.norm->weight, L, x_stride, args.norm->eps);
+        } else {  // through fp32 copies of the row (reusing the scratch: the scan is done with it)
+            scratch.resize(2 * row);
+            float *yf = scratch.data(), *zf = yf + row;
+            for (int64_t i = 0; i < row; ++i) yf[i] = to_float(y[i]), zf[i] = to_float(z[i]);
+            gated_rms_norm(yf, zf, args.norm->weight, L, x_stride, args.norm->eps);
+            for (int64_t i = 0; i < row; ++i) y[i] = from_float<T>(yf[i]);
         }
     }
 }
