@@ -139,7 +139,7 @@ def test_numpy_kernel_matches_reference_in_float64(chunk_size):
 
 # (b, l, h, p, g, n): the node stream's and the edge stream's Mamba blocks (v3-small / v3 heads, head dims
 # and state sizes) at odd lengths, several groups, a head wider than a tile, heads that leave a partial tile,
-# and sizes with no compiled specialisation.
+# one lane per head (a tile of 16 or more heads), and sizes with no compiled specialisation.
 NATIVE_SHAPES = {
     "node": (3, 241, 8, 8, 1, 16),
     "node-v3": (2, 100, 16, 8, 1, 16),
@@ -147,6 +147,7 @@ NATIVE_SHAPES = {
     "groups": (2, 50, 4, 4, 2, 8),
     "wide-head": (2, 37, 3, 16, 1, 8),
     "partial-tile": (2, 45, 5, 4, 1, 16),
+    "lane-per-head": (2, 29, 40, 1, 2, 4),
     "generic": (2, 33, 6, 3, 3, 5),
     "one-step": (2, 1, 8, 8, 1, 16),
 }

@@ -9,19 +9,19 @@
 namespace brr::scan {
 
 void discretise(float* a, float* decay, float* dadu, const float* A, int64_t steps, int64_t heads, bool softplus) {
-    for (int64_t t = 0; t < steps; ++t) {
-        float* __restrict at = a + t * heads;
-        float* __restrict dt = decay + t * heads;
-        if (softplus) {
-            // softplus as torch.nn.functional.softplus (linear above 20): never exp(large).
-            for (int64_t h = 0; h < heads; ++h) at[h] = at[h] > 20.0f ? at[h] : std::log1p(std::exp(at[h]));
-        }
-        for (int64_t h = 0; h < heads; ++h) dt[h] = std::exp(at[h] * A[h]);
-        if (dadu) {
-            // d softplus(u)/du = sigmoid(u) = 1 - exp(-softplus(u)).
-            float* __restrict dd = dadu + t * heads;
-            for (int64_t h = 0; h < heads; ++h) dd[h] = softplus ? -std::expm1(-at[h]) : 1.0f;
-        }
+    // Each transcendental over the whole (steps, heads) block at once: per step, a model's 8 or 16 heads are
+    // one vector or less, and a vector math call per step cost more than the scan itself.
+    const int64_t count = steps * heads;
+    if (softplus) {
+        // softplus as torch.nn.functional.softplus (linear above 20): never exp(large).
+        for (int64_t i = 0; i < count; ++i) a[i] = a[i] > 20.0f ? a[i] : std::log1p(std::exp(a[i]));
+    }
+    for (int64_t t = 0; t < steps; ++t)
+        for (int64_t h = 0; h < heads; ++h) decay[t * heads + h] = a[t * heads + h] * A[h];
+    for (int64_t i = 0; i < count; ++i) decay[i] = std::exp(decay[i]);
+    if (dadu) {
+        // d softplus(u)/du = sigmoid(u) = 1 - exp(-softplus(u)).
+        for (int64_t i = 0; i < count; ++i) dadu[i] = softplus ? -std::expm1(-a[i]) : 1.0f;
     }
 }
 

@@ -163,6 +163,7 @@ constexpr int64_t kLanes = 8;
 // AVX-512) stay in L1.
 constexpr int64_t kChunk = 2 * kLanes;
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t LaneIndex __attribute__((vector_size(kLanes * sizeof(int32_t))));  // a permutation of a Vec's lanes
 
 namespace detail {
 
@@ -311,16 +312,18 @@ void forward_row(const ForwardArgs<T>& args, int64_t b, std::vector<float>& scra
     const int64_t W = R * p, tiles = (W + kLanes - 1) / kLanes, Wp = tiles * kLanes;
     const CausalConv* conv = args.conv;
     const int64_t history = conv ? conv->width - 1 : 0, conv_floats = conv ? (kChunk + history) * std::max(W, 2 * n) : 0;
-    // a, decay (L x H); spread a, decay (kChunk x Wp); D lanes; B, C of a block; with the convolution, the
-    // convolved x of a block (kChunk x Wp) and the unconvolved rows it reads (x, then B and C); tile states
-    // (+1 Vec of slack for alignment).
-    scratch.resize(2 * L * H + 2 * kChunk * Wp + Wp + 2 * kChunk * n + (conv ? kChunk * Wp + conv_floats : 0) +
+    // a, decay (L x H, each followed by a vector of slack: a tile reads a whole vector of heads); D lanes; B, C
+    // of a block; with the convolution, the convolved x of a block (kChunk x Wp) and the unconvolved rows it
+    // reads (x, then B and C); tile states (+1 Vec of slack for alignment).
+    scratch.resize(2 * (L * H + kLanes) + Wp + 2 * kChunk * n + (conv ? kChunk * Wp + conv_floats : 0) +
                    (tiles * n + 1) * kLanes);
-    float *a = scratch.data(), *decay = a + L * H, *aL = decay + L * H, *decL = aL + kChunk * Wp;
-    float *DL = decL + kChunk * Wp, *bc = DL + Wp, *xc = bc + 2 * kChunk * n;
+    float *a = scratch.data(), *decay = a + L * H + kLanes, *DL = decay + L * H + kLanes;
+    float *bc = DL + Wp, *xc = bc + 2 * kChunk * n;
     float *rows = xc + (conv ? kChunk * Wp : 0), *raw = rows + conv_floats;
     Vec* states = reinterpret_cast<Vec*>(raw + (-reinterpret_cast<uintptr_t>(raw) / sizeof(float)) % kLanes);
     row_step_sizes(args.dt + b * L * H, args.dt_bias, args.A, L, H, args.dt_softplus, a, decay, nullptr);
+    std::fill(a + L * H, a + L * H + kLanes, 0.0f);
+    std::fill(decay + L * H, decay + L * H + kLanes, 0.0f);
     const int64_t x_stride = H * p, bc_stride = G * n;
     if (conv) std::fill(xc, xc + kChunk * Wp, 0.0f);  // padding lanes stay 0
     for (int64_t g = 0; g < G; ++g) {
@@ -329,8 +332,6 @@ void forward_row(const ForwardArgs<T>& args, int64_t b, std::vector<float>& scra
         const int64_t bc_base = b * L * bc_stride + g * n;
         for (int64_t t0 = 0; t0 < L; t0 += kChunk) {
             const int64_t t1 = std::min(L, t0 + kChunk);
-            spread(a, t0, t1, H, g, R, p, Wp, aL);
-            spread(decay, t0, t1, H, g, R, p, Wp, decL);
             if (conv) {
                 const int64_t w = conv->width;
                 gather_rows(args.x + b * L * x_stride + g * W, x_stride, t0, t1, history, W, W, rows);
@@ -349,14 +350,21 @@ void forward_row(const ForwardArgs<T>& args, int64_t b, std::vector<float>& scra
                     TileState<N> S(states + k * n, n);
                     if (N) for (int64_t j = 0; j < n; ++j) S[j] = states[k * n + j];
                     const Vec Dv = vec_at(DL + k * kLanes);
+                    // A step's a and decay of the tile's heads, spread over its lanes by one permutation of a
+                    // vector of heads (lane i belongs to head (k kLanes + i) / p of the group).
+                    const int64_t first_head = k * kLanes / p;
+                    LaneIndex head_of_lane;
+                    for (int64_t i = 0; i < kLanes; ++i)
+                        head_of_lane[i] = int32_t(std::min(k * kLanes + i, W - 1) / p - first_head);
+                    const float *a_t = a + t0 * H + g * R + first_head, *decay_t = decay + t0 * H + g * R + first_head;
                     const T* x = args.x + (b * L + t0) * x_stride + g * W + k * kLanes;
                     T* y = args.y + (b * L + t0) * x_stride + g * W + k * kLanes;
-                    for (int64_t t = 0; t < t1 - t0; ++t, x += x_stride, y += x_stride) {
+                    for (int64_t t = 0; t < t1 - t0; ++t, x += x_stride, y += x_stride, a_t += H, decay_t += H) {
                         Vec xv;
                         if constexpr (decltype(convolved)::value) xv = vec_at(xc + t * Wp + k * kLanes);
                         else xv = load_lanes(x, lanes);
-                        const Vec dec = vec_at(decL + t * Wp + k * kLanes);
-                        const Vec ax = vec_at(aL + t * Wp + k * kLanes) * xv;
+                        const Vec dec = __builtin_shuffle(vec_at(decay_t), head_of_lane);
+                        const Vec ax = __builtin_shuffle(vec_at(a_t), head_of_lane) * xv;
                         Vec yv = Dv * xv;
                         for (int64_t j = 0; j < n; ++j) {
                             S[j] = dec * S[j] + ax * bc[t * 2 * n + j];
