@@ -25,6 +25,10 @@ Custom node (ops mode "plugin"): ``ai.onnx.contrib::SelectiveScan`` with inputs 
 plugin_namespace "brr" and plugin_version "1" (TensorRT's lookup keys for the ``brr::SelectiveScan``
 plugin). ONNX Runtime sessions need ``register_custom_ops_library(onnxruntime_extensions.get_library_path())``
 and ``brr.ops.selective_scan.ort`` imported; details in ``onnx.py``, ``ort.py`` and ``trt.py``.
+
+OpenVINO builds lower each node, with Mamba-2's causal convolution of x, B and C before it and gated RMS norm
+after it, into ``brr.openvino::Mamba2Scan`` (``brr/backends/openvino/lowering.py``), which the extension's
+kernel runs in one pass; the exported ONNX keeps the node above.
 """
 
 from __future__ import annotations
