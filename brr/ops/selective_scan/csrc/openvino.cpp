@@ -96,7 +96,8 @@ public:
             norm_weight = to_floats(inputs[14]);
         }
         outputs[0].set_shape(x);
-        const scan::CausalConv* c = inputs.size() >= kConvInputs ? &conv.args : nullptr;
+        const scan::CausalConv conv_args = conv.args();
+        const scan::CausalConv* c = inputs.size() >= kConvInputs ? &conv_args : nullptr;
         const float* w = norm_weight.empty() ? nullptr : norm_weight.data();
         if (type == ov::element::f32) run<float>(d, inputs, outputs[0], params, c, w);
         else if (type == ov::element::f16) run<scan::Half>(d, inputs, outputs[0], params, c, w);
@@ -122,7 +123,10 @@ private:
     // interleaved by group, (g, [B | C], n), as scan::CausalConv takes them.
     struct Convolution {
         std::vector<float> x_weight, x_bias, bc_weight, bc_bias;
-        scan::CausalConv args{};
+        int64_t width = 0;
+        scan::CausalConv args() const {
+            return {x_weight.data(), x_bias.data(), bc_weight.data(), bc_bias.data(), width};
+        }
     };
 
     static Convolution convolution(const ov::TensorVector& inputs, const scan::Dims& d) {
@@ -141,6 +145,7 @@ private:
             biases[k] = to_floats(inputs[8 + 2 * k]);
         }
         Convolution conv;
+        conv.width = width;
         conv.x_weight.resize(width * x_channels);
         for (int64_t c = 0; c < x_channels; ++c)
             for (int64_t j = 0; j < width; ++j) conv.x_weight[j * x_channels + c] = weights[0][c * width + j];
@@ -155,7 +160,6 @@ private:
                     conv.bc_bias[to] = biases[k][from];
                     for (int64_t j = 0; j < width; ++j) conv.bc_weight[j * bc_channels + to] = weights[k][from * width + j];
                 }
-        conv.args = {conv.x_weight.data(), conv.x_bias.data(), conv.bc_weight.data(), conv.bc_bias.data(), width};
         return conv;
     }
 

@@ -4,8 +4,8 @@
 // The W = r * p lanes (head, head dim) of a group's r heads are cut into tiles of kLanes lanes (16 with
 // AVX-512, 8 with AVX2); a tile's state is n vectors of kLanes floats that stay in registers while the
 // tile walks through time, so a step is 2n FMAs and no horizontal sum. The per-head step sizes and
-// decays of a whole row are computed first (discretise.cpp, vectorised) and spread over the lanes one
-// block of steps at a time.
+// decays of a whole row are computed first (discretise.cpp, vectorised); the forward pass spreads a step's
+// over a tile's lanes with one permutation, the backward pass over all lanes one block of steps at a time.
 //
 // Layouts (all contiguous): x, y (b, l, h, p); dt (b, l, h); B, C (b, l, g, n); A, D, dt_bias (h,) fp32.
 // Forward:  a_t = softplus(dt_t + dt_bias) (or dt_t + dt_bias), S_t = exp(a_t A) S_{t-1} + a_t x_t B_t^T,
@@ -257,7 +257,6 @@ inline void load_bc(const T* B, const T* C, int64_t base, int64_t stride, int64_
     gather_rows(B + base, stride, t0, t1, history, n, 2 * n, bc);
     gather_rows(C + base, stride, t0, t1, history, n, 2 * n, bc + n);
 }
-
 
 inline Vec vec_at(const float* p) {
     Vec v;
