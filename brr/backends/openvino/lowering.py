@@ -112,23 +112,18 @@ def _conv_chain(scan: ir.Node, index: int, reshape_op: str) -> _ConvChain | None
     back = reshape.inputs[0].producer()
     if not _is_swap_of_last_two(back) or not _only_use(reshape.inputs[0], reshape):
         return None
-    silu = back.inputs[0].producer()
-    if silu is None or silu.op_type != "Mul" or not _only_use(back.inputs[0], back):
+    silu = _silu_of(back.inputs[0]) if _only_use(back.inputs[0], back) else None
+    if silu is None:
         return None
-    sigmoid = next((v.producer() for v in silu.inputs if v.producer() is not None
-                    and v.producer().op_type == "Sigmoid"), None)
-    if sigmoid is None or not _only_use(sigmoid.outputs[0], silu):
-        return None
-    conv_out = sigmoid.inputs[0]
+    conv_out, silu_nodes = silu
     conv = conv_out.producer()
-    if (conv is None or set(map(id, silu.inputs)) != {id(conv_out), id(sigmoid.outputs[0])}
-            or conv_out.is_graph_output() or {id(u.node) for u in conv_out.uses()} != {id(silu), id(sigmoid)}
+    if (conv is None or conv_out.is_graph_output() or {id(n) for n in _users(conv_out)} != set(map(id, silu_nodes))
             or not _causal_depthwise(conv)):
         return None
     forth = conv.inputs[0].producer()
     if not _is_swap_of_last_two(forth) or not _only_use(conv.inputs[0], conv):
         return None
-    return _ConvChain(forth.inputs[0], conv.inputs[1], conv.inputs[2], [forth, conv, sigmoid, silu, back], reshape)
+    return _ConvChain(forth.inputs[0], conv.inputs[1], conv.inputs[2], [forth, conv, *silu_nodes, back], reshape)
 
 
 def _gated_norm(scan: ir.Node) -> _GatedNorm | None:
