@@ -12,6 +12,7 @@ from brr.backends.trt.loader import parse_batch_range
 from brr.cli.common import command_parser, deprecated_alias, run_main
 from brr.diff.verify import verify_engine
 from brr.errors import EXIT_FAILED
+from brr.export.precision_plan import shipped_plan_names
 from brr.export.run import ExportRequest, export_artifacts
 from brr.model import load_checkpoint
 from brr.ops.registry import OPS_MODES
@@ -34,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch = parser.add_argument("--trt-batch-range", dest="batch", type=parse_batch_range, default="1:4:8",
                                 metavar="MIN:OPT:MAX", help="TensorRT optimisation profile over the batch")
     deprecated_alias(parser, "--batch", batch)
-    parser.add_argument("--precision-plan", metavar="PLAN_JSON|none",
-                        help="JSON plan of the nodes kept in fp32 (brr-calibrate writes one); default for fp16/bf16: "
+    parser.add_argument("--precision-plan", metavar="PLAN_JSON|NAME|none",
+                        help="JSON plan of the nodes kept in fp32 (brr-calibrate writes one), or one of brr's plans by "
+                        f"name ({', '.join(shipped_plan_names())}); default for fp16/bf16: "
                         "brr's plan of the architecture's known fp32 islands (Mamba-2 RMS norms, the edge stream's "
                         "cosine similarity); 'none' keeps nothing in fp32")
     data = parser.add_argument("--data", dest="calibration_data", type=Path, metavar="EDF_OR_DIR",

@@ -10,7 +10,8 @@ The file is JSON (``brr-calibrate`` writes it; hand-written ones work too)::
 All keys are optional. ``resolve`` turns a plan into node names of a given export, refusing names
 that are not in it (and patterns that match nothing), so a plan made for another model never
 silently pins nothing. ``default_plan(precision)`` is the exporter's own plan, versioned in
-``brr/export/plans/``: the fp32 islands the architecture is known to need.
+``brr/export/plans/``: the fp32 islands the architecture is known to need. The other plans there
+(``shipped_plan(name)``) are asked for by name, e.g. ``--precision-plan bf16-fp32-tcn``.
 """
 
 from __future__ import annotations
@@ -102,3 +103,18 @@ class PrecisionPlan:
 def default_plan(precision: str) -> PrecisionPlan:
     """The exporter's default plan for ``precision`` ('fp16' or 'bf16')."""
     return PrecisionPlan.load(DEFAULT_PLANS / f"{precision}.json")
+
+
+def shipped_plan_names() -> list[str]:
+    return sorted(p.stem for p in DEFAULT_PLANS.glob("*.json"))
+
+
+def load_plan(path_or_name: str | Path) -> PrecisionPlan:
+    """A plan file, or one of brr's shipped plans by name (a name that is not a file)."""
+    path = Path(path_or_name)
+    if not path.exists() and path.name == str(path_or_name) and path.stem in shipped_plan_names():
+        return PrecisionPlan.load(DEFAULT_PLANS / f"{path.stem}.json")
+    if not path.exists() and path.suffix != ".json":
+        raise PrecisionPlanError(f"{path}: neither a precision plan file nor one of brr's plans "
+                                 f"({', '.join(shipped_plan_names())})")
+    return PrecisionPlan.load(path)

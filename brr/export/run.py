@@ -22,7 +22,7 @@ from brr.backends import resolve_backend
 from brr.data import iter_windows, read_recording, recording_files
 from brr.data.preprocess import TARGET_RATE
 from brr.export.onnx_export import export_onnx
-from brr.export.precision_plan import PrecisionPlan, default_plan
+from brr.export.precision_plan import PrecisionPlan, default_plan, load_plan
 from brr.model import load_checkpoint
 from brr.model.checkpoint import WEIGHTS_FILE, file_sha256, read_checkpoint_meta
 
@@ -78,7 +78,7 @@ def engine_plan(requested: Path | str | None, precision: str) -> PrecisionPlan:
     """The plan an engine is built with: the one asked for, none (``"none"``), or for fp16/bf16 the
     exporter's default fp32 islands."""
     if requested is not None and str(requested) != NO_PLAN:
-        return PrecisionPlan.load(requested)
+        return load_plan(requested)
     if requested is None and precision in ("fp16", "bf16"):
         return default_plan(precision)
     return PrecisionPlan()

@@ -19,7 +19,8 @@ from brr.diff.compare import reference_spectrum
 from brr.diff.probes import compare_outputs
 from brr.diff.verify import verify_engine
 from brr.export.onnx_export import export_onnx
-from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError
+from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError, default_plan
+from brr.export.run import engine_plan
 from brr.machine import has_bf16
 from brr.model import PROBE_NAMES, build_detector, save_checkpoint
 from brr.onnx.stages import STAGE_METADATA_KEY, node_stages
@@ -275,8 +276,9 @@ def test_a_convolution_read_elsewhere_stays_outside_its_scan(exports):
     conv = next(n for n in model.graph.node if n.op_type == "Conv" and any(
         a.name == "group" and a.i > 1 for a in n.attribute))
     model.graph.output.append(onnx.helper.make_tensor_value_info(conv.output[0], onnx.TensorProto.FLOAT, None))
-    lowered, counts = lower_for_openvino(model)
-    assert counts == {"lowered_scans": scans - 1, "lowered_gated_norms": scans - 1}
+    lowered, counts = lower_for_openvino(model, fp32_everywhere=True)
+    # v3-small's TCN dilates at most 8x: no convolution runs on phases.
+    assert counts == {"phased_convolutions": 0, "lowered_scans": scans - 1, "lowered_gated_norms": scans - 1}
     assert sum(n.op_type == LOWERED_OP for n in lowered.graph.node) == scans - 1 and _scan_count(lowered) == 1
     assert any(n.op_type == "Conv" and conv.output[0] in n.output for n in lowered.graph.node)
 
@@ -289,6 +291,22 @@ def test_precision_plan_refuses_unknown_nodes(exports, tmp_path):
     plan_file.write_text(json.dumps({"fp32_stages": ["tcnn"]}))
     with pytest.raises(PrecisionPlanError, match="tcnn"):
         PrecisionPlan.load(plan_file)
+
+
+def test_a_shipped_plan_is_asked_for_by_name(exports, tmp_path):
+    """--precision-plan bf16-fp32-tcn: the default bf16 islands plus every node of the TCN encoder and
+    its electrode projection; a name that is neither a file nor one of brr's plans is refused, naming them."""
+    stages = json.loads(exports["plugin"].stages.read_text())
+    default = set(default_plan("bf16").resolve(exports["plugin"].model, stages))
+    plan = engine_plan("bf16-fp32-tcn", "bf16")
+    pinned = set(plan.resolve(exports["plugin"].model, stages))
+    encoder = {n for n, stage in stages.items() if stage in ("tcn", "electrodes")}
+    assert plan.name == "bf16-fp32-tcn" and encoder and default
+    assert pinned == default | encoder
+    with pytest.raises(PrecisionPlanError, match="bf16-fp32-tcn"):
+        engine_plan("bf16-fp32-tnc", "bf16")
+    with pytest.raises(PrecisionPlanError, match="not found"):
+        engine_plan(tmp_path / "plan.json", "bf16")
 
 
 def test_tampered_artifact_is_refused(exports, tmp_path):

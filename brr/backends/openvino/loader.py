@@ -5,7 +5,8 @@ A plugin-mode export (``--ops plugin``) converts with brr's OpenVINO extension
 by the ops' native CPU kernels, and ``CompiledModel`` adds the same extension before reading the IR.
 Before converting, the build lowers Mamba-2's convolutions and gated norms into the scans between them
 (``lowering.lower_for_openvino``); the manifest's ``settings.lowered_scans`` and ``lowered_gated_norms``
-count them.
+count them. In both modes it runs the widely dilated convolutions that stay in fp32 on phases
+(``settings.phased_convolutions``).
 
 The IR keeps fp32 weights (no fp16 compression) so one IR serves every precision; the manifest's
 ``settings.inference_precision`` is the ``INFERENCE_PRECISION_HINT`` the engine is compiled with
@@ -81,13 +82,11 @@ def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str,
         raise EngineBuildError(f"OpenVINO engines are {sorted(PRECISION_HINTS)}, not {precision!r}")
     extensions = openvino_extensions(ops)
     directory.mkdir(parents=True, exist_ok=True)
-    lowered_counts = {}
     with tempfile.TemporaryDirectory() as scratch:
-        source = onnx_path
-        if extensions:
-            lowered, lowered_counts = lower_for_openvino(onnx.load(str(onnx_path)))
-            source = Path(scratch) / onnx_path.name
-            onnx.save(lowered, str(source))
+        lowered, lowered_counts = lower_for_openvino(onnx.load(str(onnx_path)), fp32_everywhere=precision == "fp32",
+                                                     fp32_nodes=fp32_nodes, scans=bool(extensions))
+        source = Path(scratch) / onnx_path.name
+        onnx.save(lowered, str(source))
         converted = ov.convert_model(str(source), extension=extensions or None)
     ov.save_model(converted, str(directory / MODEL_FILE), compress_to_fp16=False)
     pinned, layers, without_layer = keep_in_fp32(directory / MODEL_FILE, onnx_path, fp32_nodes)
