@@ -184,7 +184,8 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
 def _phase_layout(conv: ir.Node, shapes: dict[str, tuple[int | None, ...]]) -> tuple[int, int, int, int, int] | None:
     """(dilation, in channels, length, left pad, right pad) of a 1-D convolution worth running on phases."""
     attributes = conv.attributes
-    source, weight = (shapes.get(v.name) if v is not None else None for v in [*conv.inputs, None][:2])
+    source = shapes.get(conv.inputs[0].name)
+    weight = shapes.get(conv.inputs[1].name) if len(conv.inputs) > 1 and conv.inputs[1] is not None else None
     # Any batch; static channels, length and weight.
     if (conv.outputs[0].is_graph_output() or source is None or weight is None or len(source) != 3
             or len(weight) != 3 or None in (*source[1:], *weight)):
