@@ -64,7 +64,7 @@ from polygraphy.logger import G_LOGGER
 from brr.calibration.ranges import FOUND_BY, Fp32Ranges, RangePin, range_pins, reads
 from brr.calibration.sessions import SessionCache
 from brr.calibration.windows import WindowStore
-from brr.diff.compare import TensorStats, reference_spectrum
+from brr.diff.compare import LaplacianSpectra, TensorStats, reference_spectrum
 from brr.diff.engines import Engine
 from brr.diff.inputs import WindowLoader
 from brr.diff.localise import NodeLocaliser
@@ -278,13 +278,12 @@ class PlanSearch:
             entries.extend(still)
         return cut
 
-    def _spectrum(self, ref_out: dict) -> tuple | None:
+    def _spectrum(self, ref_out: dict) -> LaplacianSpectra | None:
         cfg = self.config
         if cfg is None or "adjacency" not in ref_out or not cfg.use_dynamic_pe:
             return None
-        values, vectors = reference_spectrum(ref_out["adjacency"], cfg.semi_dynamic_interval, cfg.degree_clamp,
-                                             cfg.laplacian_shift)
-        return values, vectors, cfg.semi_dynamic_interval
+        return reference_spectrum(ref_out["adjacency"], cfg.semi_dynamic_interval, cfg.degree_clamp,
+                                  cfg.laplacian_shift)
 
     # ------------------------------------------------------------------------------ evaluation
     def _check_time(self) -> None:

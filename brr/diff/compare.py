@@ -13,6 +13,11 @@ Two stages are ill-conditioned by construction and get their own comparators:
   any rotation of its eigenspace. They are compared by eigenspace projectors over clusters of
   near-equal reference eigenvalues. When the raw vectors differ but every projector agrees, the
   stage is *basis-ambiguous*: both answers are correct, which is neither a pass nor a divergence.
+  A projector can only be as exact as its eigenspace is separated from the rest of the spectrum:
+  by Davis-Kahan, a Laplacian perturbed by E moves the projector of a cluster separated by ``sep``
+  by up to sqrt(2) ||E||_F / (sep - ||E||). E is the engine's own input (the Laplacian of its
+  adjacency, which the adjacency stage judges) plus an fp32 solver's rounding; the error within
+  that bound is explained, and only the rest is held to the tolerance.
 - ``adjacency``: the top-k selection is compared as the set of kept entries per row, the weights on
   the entries both sides kept.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,6 +40,9 @@ from brr.ops.eigh.compare import eigenspace_projectors
 # Eigenvalues closer than this (normalised Laplacian spectra lie in [0, 2]) span one eigenspace:
 # fp32 eigensolvers resolve gaps of ~1e-6 only, and vectors across smaller gaps are not comparable.
 EIGEN_CLUSTER_GAP = 1e-4
+# Backward error of an fp32 symmetric eigensolver on an n x n matrix, per unit of n * ||L||_2:
+# Jacobi and Householder-QR solvers both stay within a small multiple of n * eps * ||L||_2.
+FP32_EIGENSOLVER_BACKWARD_ERROR = float(np.finfo(np.float32).eps)
 
 
 @dataclass
@@ -147,30 +156,46 @@ def eigenvalue_clusters(values: np.ndarray, gap: float = EIGEN_CLUSTER_GAP) -> l
     return clusters
 
 
+class EigenspaceError(NamedTuple):
+    """Of the k returned columns of one decomposition: the largest eigenspace disagreement, what of it
+    the perturbation bound does not explain, and whether a cluster holds more than one vector."""
+
+    error: float
+    unexplained: float
+    degenerate: bool
+
+
 def eigenspace_error(ref_values: np.ndarray, ref_vectors: np.ndarray, engine_vectors: np.ndarray,
-                     gap: float = EIGEN_CLUSTER_GAP) -> tuple[float, bool]:
-    """Largest eigenspace disagreement of the k returned columns, and whether a cluster has > 1 vector.
+                     gap: float = EIGEN_CLUSTER_GAP, perturbation: float = 0.0) -> EigenspaceError:
+    """Eigenspace disagreement of the k returned columns with the reference's.
 
     ``ref_vectors`` holds all n eigenvectors, ``engine_vectors`` the first k. A cluster wholly inside
     the k is compared by projector (Frobenius norm of the difference). A cluster cut by the k-th
     column is only defined as a whole, so the engine's columns from it must lie inside its span.
+    ``perturbation`` bounds ||E||_F of the matrix the engine decomposed minus the reference's; each
+    cluster's error beyond sqrt(2) ||E||_F / (sep - ||E||), sep its distance to the rest of the
+    spectrum, is unexplained.
     """
     k = engine_vectors.shape[-1]
     # Projectors of the clusters inside the k returned columns, both sides clustered by the reference values.
     p_ref = eigenspace_projectors(ref_values[:k], ref_vectors[:, :k], gap)
     p_eng = eigenspace_projectors(ref_values[:k], engine_vectors, gap)
-    worst, degenerate = 0.0, False
+    worst, unexplained, degenerate = 0.0, 0.0, False
     for a, b in eigenvalue_clusters(ref_values, gap):
         if a >= k:
             break
         degenerate = degenerate or b - a > 1
         if b <= k:
-            worst = max(worst, float(np.linalg.norm(p_ref[a] - p_eng[a])))
+            err = float(np.linalg.norm(p_ref[a] - p_eng[a]))
         else:
             span = ref_vectors[:, a:b]
             part = engine_vectors[:, a:k]
-            worst = max(worst, float(np.linalg.norm(part - span @ (span.T @ part))))
-    return worst, degenerate
+            err = float(np.linalg.norm(part - span @ (span.T @ part)))
+        separation = min(ref_values[a] - ref_values[a - 1] if a > 0 else np.inf,
+                         ref_values[b] - ref_values[b - 1] if b < len(ref_values) else np.inf)
+        bound = np.sqrt(2.0) * perturbation / (separation - perturbation) if separation > perturbation else np.inf
+        worst, unexplained = max(worst, err), max(unexplained, err - bound)
+    return EigenspaceError(worst, unexplained, degenerate)
 
 
 @dataclass
@@ -178,23 +203,28 @@ class EigenspaceStats:
     """Eigenvector comparison of ``laplacian_pe`` by eigenspace, beside its raw ``TensorStats``."""
 
     max_projector_err: float = 0.0
+    # The largest projector error beyond its Davis-Kahan bound: what the tolerance judges.
+    max_unexplained_err: float = 0.0
     degenerate_steps: int = 0
     steps: int = 0
     passed: bool = True
 
-    def add(self, ref_values: np.ndarray, ref_vectors: np.ndarray, engine_pe: np.ndarray, atol: float,
-            rtol: float) -> None:
-        """ref_values (N, n) and ref_vectors (N, n, n) of the reference Laplacians, engine_pe (N, n, k)."""
-        for values, vectors, pe in zip(ref_values, ref_vectors, engine_pe):
+    def add(self, spectra: LaplacianSpectra, engine_pe: np.ndarray, engine_adjacency: np.ndarray | None,
+            atol: float, rtol: float) -> None:
+        """``engine_pe`` (N, n, k) at the spectra's steps; ``engine_adjacency`` (B, T, n, n), when the engine
+        has that probe, perturbs each bound by how far the engine's Laplacian is from the reference's."""
+        perturbations = spectra.perturbations(engine_adjacency)
+        for values, vectors, pe, perturbation in zip(spectra.values, spectra.vectors, engine_pe, perturbations):
             if not np.isfinite(pe).all():
                 self.passed = False
                 continue
-            err, degenerate = eigenspace_error(values, vectors, pe.astype(np.float64))
+            err = eigenspace_error(values, vectors, pe.astype(np.float64), perturbation=perturbation)
             self.steps += 1
-            self.degenerate_steps += int(degenerate)
-            self.max_projector_err = max(self.max_projector_err, err)
+            self.degenerate_steps += int(err.degenerate)
+            self.max_projector_err = max(self.max_projector_err, err.error)
+            self.max_unexplained_err = max(self.max_unexplained_err, err.unexplained)
         # Projector entries are O(1): the same tolerance as an element of an O(1) tensor.
-        self.passed = self.passed and self.max_projector_err <= atol + rtol
+        self.passed = self.passed and self.max_unexplained_err <= atol + rtol
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -261,14 +291,40 @@ class SelectionStats:
                 "kept_values": self.values.to_dict()}
 
 
-def reference_spectrum(adjacency: np.ndarray, interval: int, degree_clamp: float, shift: float
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (N, n) and eigenvectors (N, n, n), in float64, of the Laplacians the PE is taken from.
+@dataclass(frozen=True)
+class LaplacianSpectra:
+    """The reference Laplacians the PE is taken from, every ``interval``-th step, and their spectra."""
+
+    laplacians: np.ndarray  # (N, n, n) float64
+    values: np.ndarray  # (N, n) ascending
+    vectors: np.ndarray  # (N, n, n), column j belongs to values[:, j]
+    interval: int
+    degree_clamp: float
+    shift: float
+
+    def perturbations(self, engine_adjacency: np.ndarray | None) -> np.ndarray:
+        """Per step, a bound on ||E||_F for the matrix an fp32 engine decomposed: its own Laplacian's
+        distance to the reference's (when its adjacency is given) plus the solver's backward error."""
+        n = self.laplacians.shape[-1]
+        solver = FP32_EIGENSOLVER_BACKWARD_ERROR * n * np.abs(self.values).max(axis=-1)
+        if engine_adjacency is None:
+            return solver
+        engine = _sampled_laplacians(engine_adjacency, self.interval, self.degree_clamp, self.shift)
+        return solver + np.linalg.norm(engine - self.laplacians, axis=(-2, -1))
+
+
+def _sampled_laplacians(adjacency: np.ndarray, interval: int, degree_clamp: float, shift: float) -> np.ndarray:
+    sampled = torch.as_tensor(np.asarray(adjacency, dtype=np.float64)[:, ::interval])
+    n = adjacency.shape[-1]
+    return normalised_laplacian(sampled, degree_clamp, shift).reshape(-1, n, n).numpy()
+
+
+def reference_spectrum(adjacency: np.ndarray, interval: int, degree_clamp: float, shift: float) -> LaplacianSpectra:
+    """The Laplacians, eigenvalues (N, n) and eigenvectors (N, n, n), in float64, the PE is taken from.
 
     ``adjacency`` is the reference's (B, T, n, n) probe; like the model, only every ``interval``-th
     step is decomposed, so N = B * T / interval.
     """
-    sampled = torch.as_tensor(np.asarray(adjacency, dtype=np.float64)[:, ::interval])
-    values, vectors = torch.linalg.eigh(normalised_laplacian(sampled, degree_clamp, shift))
-    n = adjacency.shape[-1]
-    return values.reshape(-1, n).numpy(), vectors.reshape(-1, n, n).numpy()
+    laplacians = _sampled_laplacians(adjacency, interval, degree_clamp, shift)
+    values, vectors = np.linalg.eigh(laplacians)
+    return LaplacianSpectra(laplacians, values, vectors, interval, degree_clamp, shift)

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from brr.diff.compare import EigenspaceStats, SelectionStats, TensorStats
+from brr.diff.compare import EigenspaceStats, LaplacianSpectra, SelectionStats, TensorStats
 from brr.diff.results import NONFINITE_KINDS, InputResult, StageResult
 from brr.model import PROBE_NAMES
 
 
-def compare_outputs(label: str, feed: dict, ref_out, eng_out, spectrum, atol: float, rtol: float,
-                    top_k: int | None = None) -> InputResult:
+def compare_outputs(label: str, feed: dict, ref_out, eng_out, spectrum: LaplacianSpectra | None, atol: float,
+                    rtol: float, top_k: int | None = None) -> InputResult:
     """Probe level for one input: each stage's statistics and status, and the input's verdict.
 
-    ``spectrum`` = (eigenvalues, eigenvectors, interval) of the reference Laplacians, or None;
+    ``spectrum``: the reference Laplacians' ``LaplacianSpectra``, or None;
     ``top_k`` = the adjacency's k, to recognise selections that differ only at near-ties.
     """
     names = [n for n in PROBE_NAMES if n in ref_out and n in eng_out] or [n for n in ref_out if n in eng_out]
@@ -30,9 +30,11 @@ def compare_outputs(label: str, feed: dict, ref_out, eng_out, spectrum, atol: fl
         stats.add(ref, eng, atol, rtol)
         stage = StageResult(_status(stats), stats)
         if name == "laplacian_pe" and spectrum is not None and stage.status == "divergence":
-            values, vectors, interval = spectrum
             stage.eigenspace = EigenspaceStats()
-            stage.eigenspace.add(values, vectors, eng[:, ::interval].reshape(len(values), *eng.shape[-2:]), atol, rtol)
+            steps = eng[:, ::spectrum.interval].reshape(len(spectrum.values), *eng.shape[-2:])
+            # (an IterationResult has no .get)
+            engine_adjacency = eng_out["adjacency"] if "adjacency" in eng_out else None
+            stage.eigenspace.add(spectrum, steps, engine_adjacency, atol, rtol)
             stage.status = "basis_ambiguous" if stage.eigenspace.passed else "divergence"
         elif name == "adjacency" and stage.status == "divergence":
             stage.selection = SelectionStats()

@@ -20,19 +20,18 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 from polygraphy.backend.base import BaseRunner
 from polygraphy.comparator import Comparator
 
 from brr.artifact.files import artifact_folders
 from brr.backends.onnxrt.runner import lean_onnxruntime_runner
 from brr.backends.torch.runner import AUTOCAST_DTYPES, TorchRunner
-from brr.diff.compare import TensorStats, reference_spectrum
+from brr.diff.compare import LaplacianSpectra, TensorStats, reference_spectrum
 from brr.diff.engines import Engine, artifact_engines
 from brr.diff.inputs import WindowLoader
 from brr.diff.localise import NodeLocaliser
-from brr.diff.report import write_report
 from brr.diff.probes import compare_outputs
+from brr.diff.report import write_report
 from brr.diff.results import NONFINITE_KINDS, DiffReport, EngineResult, InputResult
 from brr.errors import UsageError
 from brr.model import V3Detector
@@ -187,12 +186,10 @@ def _engines(reference, engines: list) -> list[Engine]:
     return out
 
 
-def _spectrum(reference_runner: BaseRunner, ref_out) -> tuple[np.ndarray, np.ndarray, int] | None:
+def _spectrum(reference_runner: BaseRunner, ref_out) -> LaplacianSpectra | None:
     """The reference Laplacian spectra behind ``laplacian_pe``, if the reference is the detector."""
     model = getattr(reference_runner, "model", None)
     if not isinstance(model, V3Detector) or "adjacency" not in ref_out or not model.config.use_dynamic_pe:
         return None
     cfg = model.config
-    values, vectors = reference_spectrum(ref_out["adjacency"], cfg.semi_dynamic_interval, cfg.degree_clamp,
-                                         cfg.laplacian_shift)
-    return values, vectors, cfg.semi_dynamic_interval
+    return reference_spectrum(ref_out["adjacency"], cfg.semi_dynamic_interval, cfg.degree_clamp, cfg.laplacian_shift)

@@ -30,14 +30,15 @@ def probes(adjacency: np.ndarray, vectors: np.ndarray) -> dict[str, np.ndarray]:
 
 def test_rotated_basis_of_a_repeated_eigenvalue_is_basis_ambiguous_not_nan_nor_pass():
     adjacency = degenerate_adjacency()
-    values, vectors = reference_spectrum(adjacency, INTERVAL, CLAMP, SHIFT)
+    spectrum = reference_spectrum(adjacency, INTERVAL, CLAMP, SHIFT)
+    values, vectors = spectrum.values, spectrum.vectors
     start, stop = max(eigenvalue_clusters(values[0]), key=lambda c: c[1] - c[0])
     cluster = np.arange(start, stop)
     assert len(cluster) > 2 and start < K  # the graph is degenerate as built, inside the kept k
     rotation = np.linalg.qr(np.random.default_rng(0).standard_normal((len(cluster), len(cluster))))[0]
     other = vectors.copy()
     other[0][:, cluster] = vectors[0][:, cluster] @ rotation  # another correct eigenbasis
-    spectrum = (values, vectors, INTERVAL)
+    spectrum = reference_spectrum(adjacency, INTERVAL, CLAMP, SHIFT)
     result = compare_outputs("degenerate", {"eeg": np.zeros(1)}, probes(adjacency, vectors), probes(adjacency, other),
                              spectrum, ATOL, RTOL)
     stage = result.stages["laplacian_pe"]
@@ -49,10 +50,10 @@ def test_rotated_basis_of_a_repeated_eigenvalue_is_basis_ambiguous_not_nan_nor_p
 
 def test_wrong_eigenvector_is_a_divergence_and_nan_is_nonfinite():
     adjacency = degenerate_adjacency()
-    values, vectors = reference_spectrum(adjacency, INTERVAL, CLAMP, SHIFT)
+    spectrum = reference_spectrum(adjacency, INTERVAL, CLAMP, SHIFT)
+    vectors = spectrum.vectors
     wrong = vectors.copy()
     wrong[0][:, [0, -1]] = wrong[0][:, [-1, 0]]  # swaps a kept eigenvector for a discarded one
-    spectrum = (values, vectors, INTERVAL)
     result = compare_outputs("wrong", {"eeg": np.zeros(1)}, probes(adjacency, vectors), probes(adjacency, wrong),
                              spectrum, ATOL, RTOL)
     assert result.stages["laplacian_pe"].status == "divergence" and result.verdict == "divergence"
@@ -67,8 +68,39 @@ def test_eigenspace_error_of_a_cluster_cut_by_k():
     vectors = np.eye(4)
     rotated = vectors.copy()
     rotated[:, 1:3] = vectors[:, 1:3] @ np.array([[0.6, -0.8], [0.8, 0.6]])
-    assert eigenspace_error(values, vectors, rotated[:, :2])[0] < 1e-12  # column 1 still lies in the cluster
-    assert eigenspace_error(values, vectors, vectors[:, [0, 3]])[0] > 0.9  # column 3 does not
+    assert eigenspace_error(values, vectors, rotated[:, :2]).error < 1e-12  # column 1 still lies in the cluster
+    assert eigenspace_error(values, vectors, vectors[:, [0, 3]]).error > 0.9  # column 3 does not
+
+
+def test_eigenvectors_moved_by_the_engines_own_adjacency_are_explained_and_no_more():
+    """Eigenvalues split by ~1e-4..1e-3 (above the cluster gap): an adjacency off by 1e-5, far inside the
+    tolerance, turns those eigenvectors by ~2e-2, which Davis-Kahan explains. The same vectors beside an
+    adjacency equal to the reference's are unexplained, and so is a wrong vector beside the perturbed one."""
+    rng = np.random.default_rng(0)
+    split = degenerate_adjacency().copy()
+    noise = np.triu(rng.uniform(0, 1e-2, (N, N)), 1)
+    split[0, 0, 3:, 3:] += (noise + noise.T)[3:, 3:]
+    moved = split + 1e-5 * np.triu(rng.standard_normal((N, N)), 1) * (split > 0)
+    moved = np.triu(moved, 1) + np.triu(moved, 1).transpose(0, 1, 3, 2)
+    spectrum = reference_spectrum(split, INTERVAL, CLAMP, SHIFT)
+    assert np.diff(spectrum.values[0, :K]).min() > 1e-4  # no cluster: every eigenvector is compared alone
+    engine_vectors = reference_spectrum(moved, INTERVAL, CLAMP, SHIFT).vectors
+
+    explained = compare_outputs("moved", {"eeg": np.zeros(1)}, probes(split, spectrum.vectors),
+                                probes(moved, engine_vectors), spectrum, ATOL, RTOL)
+    stage = explained.stages["laplacian_pe"]
+    assert explained.stages["adjacency"].status == "clean"
+    assert stage.eigenspace.max_projector_err > 10 * ATOL  # the vectors did turn ...
+    assert stage.status == "basis_ambiguous" and stage.eigenspace.max_unexplained_err <= ATOL + RTOL  # ... as bounded
+
+    unperturbed = compare_outputs("unperturbed", {"eeg": np.zeros(1)}, probes(split, spectrum.vectors),
+                                  probes(split, engine_vectors), spectrum, ATOL, RTOL)
+    assert unperturbed.stages["laplacian_pe"].status == "divergence" and unperturbed.verdict == "divergence"
+    wrong = engine_vectors.copy()
+    wrong[0][:, [0, -1]] = wrong[0][:, [-1, 0]]
+    swapped = compare_outputs("swapped", {"eeg": np.zeros(1)}, probes(split, spectrum.vectors), probes(moved, wrong),
+                              spectrum, ATOL, RTOL)
+    assert swapped.stages["laplacian_pe"].status == "divergence"
 
 
 def test_topk_adjacency_compared_by_selected_set():
