@@ -194,7 +194,7 @@ def eigenspace_error(ref_values: np.ndarray, ref_vectors: np.ndarray, engine_vec
         separation = min(ref_values[a] - ref_values[a - 1] if a > 0 else np.inf,
                          ref_values[b] - ref_values[b - 1] if b < len(ref_values) else np.inf)
         bound = np.sqrt(2.0) * perturbation / (separation - perturbation) if separation > perturbation else np.inf
-        worst, unexplained = max(worst, err), max(unexplained, err - bound)
+        worst, unexplained = max(worst, err), max(unexplained, float(err - bound))
     return EigenspaceError(worst, unexplained, degenerate)
 
 
@@ -224,7 +224,7 @@ class EigenspaceStats:
             self.max_projector_err = max(self.max_projector_err, err.error)
             self.max_unexplained_err = max(self.max_unexplained_err, err.unexplained)
         # Projector entries are O(1): the same tolerance as an element of an O(1) tensor.
-        self.passed = self.passed and self.max_unexplained_err <= atol + rtol
+        self.passed = bool(self.passed and self.max_unexplained_err <= atol + rtol)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

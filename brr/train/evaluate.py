@@ -95,7 +95,8 @@ def selection_key(scores: dict[str, Any], selection: str, max_fa_per_24h: float)
     (On a short validation set a single false alarm exceeds the limit, so "within the limit" alone
     would prefer a threshold that detects nothing.) Sample-level F1 breaks the remaining ties: a
     small validation set saturates the event scores early, and an untrained model that happens to
-    catch every validation event must not beat one whose probabilities actually fit the seizures."""
+    catch every validation event must not beat one whose probabilities actually fit the seizures.
+    That tie-break is the key's last element, which the threshold choice leaves out."""
     event, sample = scores["event"], scores["sample"]
     f1 = event["f1"] or 0.0
     sample_f1 = sample["f1"] or 0.0
@@ -108,17 +109,20 @@ def selection_key(scores: dict[str, Any], selection: str, max_fa_per_24h: float)
 
 def tune_enter_threshold(predictions: list[RecordingProbabilities], base: PostprocessConfig,
                          selection: str, max_fa_per_24h: float) -> tuple[PostprocessConfig, dict[str, Any]]:
-    """Best ``enter`` from :data:`ENTER_GRID` by :func:`selection_key` (ties: the higher threshold);
-    ``leave`` keeps its distance below ``enter``."""
+    """``enter`` from :data:`ENTER_GRID` with the best event-level :func:`selection_key`; ``leave`` keeps its
+    distance below ``enter``. Of the thresholds that tie there, the middle one: a validation set is
+    small, and the threshold farthest from both ends of the tie is the one that keeps its events on
+    data it has not seen (the lowest is a bump away from a false alarm, the highest a seizure's peak
+    away from a miss). Sample-level F1 would push the choice to the lower end."""
     gap = base.enter - base.leave
-    best: tuple | None = None
-    for enter in sorted(ENTER_GRID, reverse=True):
+    scored = []
+    for enter in sorted(ENTER_GRID):
         candidate = dataclasses.replace(base, enter=enter, leave=max(0.0, enter - gap))
         scores = score_probabilities(predictions, candidate)
-        key = selection_key(scores, selection, max_fa_per_24h)
-        if best is None or key > best[0]:
-            best = (key, candidate, scores)
-    return best[1], best[2]
+        scored.append((selection_key(scores, selection, max_fa_per_24h)[:-1], candidate, scores))
+    best_event_key = max(key for key, _, _ in scored)
+    tied = [(candidate, scores) for key, candidate, scores in scored if key == best_event_key]
+    return tied[(len(tied) - 1) // 2]
 
 
 def evaluate_corpus(model: torch.nn.Module, data_dir: str | Path, postprocess: PostprocessConfig,

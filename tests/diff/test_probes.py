@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -96,6 +98,8 @@ def test_eigenvectors_moved_by_the_engines_own_adjacency_are_explained_and_no_mo
     unperturbed = compare_outputs("unperturbed", {"eeg": np.zeros(1)}, probes(split, spectrum.vectors),
                                   probes(split, engine_vectors), spectrum, ATOL, RTOL)
     assert unperturbed.stages["laplacian_pe"].status == "divergence" and unperturbed.verdict == "divergence"
+    for judged in (stage, unperturbed.stages["laplacian_pe"]):  # plain JSON types, as the report's schema wants
+        assert json.loads(json.dumps(judged.eigenspace.to_dict()))["passed"] is (judged.status == "basis_ambiguous")
     wrong = engine_vectors.copy()
     wrong[0][:, [0, -1]] = wrong[0][:, [-1, 0]]
     swapped = compare_outputs("swapped", {"eeg": np.zeros(1)}, probes(split, spectrum.vectors), probes(moved, wrong),

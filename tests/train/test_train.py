@@ -16,7 +16,9 @@ from brr.data.synthetic import write_corpus
 from brr.model import build_detector, load_checkpoint
 from brr.train import CorpusError, SettingsError, TrainingError, find_corpus, make_settings, train
 from brr.train.dataset import WindowDataset
-from brr.train.evaluate import selection_key
+from brr.data.annotations import SeizureEvent
+from brr.events.postprocess import PostprocessConfig
+from brr.train.evaluate import RecordingProbabilities, selection_key, tune_enter_threshold
 from brr.train.loop import seed_everything
 from brr.train.losses import focal_loss
 from brr.train.optim import parameter_groups
@@ -204,3 +206,18 @@ def test_selection_prefers_detections_within_the_false_alarm_limit():
     assert selection_key(noisy, "f1", 10.0) < selection_key(good, "f1", 10.0)
     # Equal event scores: sample-level F1 decides.
     assert key(_scores(0.8, 0.9, 0.0, sample_f1=0.7)) > key(good)
+
+
+def test_threshold_tuned_on_validation_is_the_middle_of_those_that_tie():
+    """A seizure ramping 0.5 -> 0.92 and a 20 s bump at 0.57: every enter from 0.60 to 0.90 finds the seizure
+    and nothing else. Sample F1 prefers 0.60 (more seizure samples), a bump of 0.62 away from a false
+    alarm on unseen data; the choice is the middle of the tie, 0.75."""
+    fs, seconds = 256, 600
+    probabilities = np.full(seconds * fs, 0.1, dtype=np.float32)
+    probabilities[100 * fs:180 * fs] = np.linspace(0.5, 0.92, 80 * fs)
+    probabilities[180 * fs:200 * fs] = 0.92
+    probabilities[350 * fs:370 * fs] = 0.57
+    validation = [RecordingProbabilities("v", probabilities, [SeizureEvent(100.0, 200.0)], float(seconds))]
+    chosen, scores = tune_enter_threshold(validation, PostprocessConfig(), "sensitivity_at_fa", 10.0)
+    assert chosen.enter == pytest.approx(0.75) and chosen.leave == pytest.approx(0.67)
+    assert scores["event"]["sensitivity"] == 1.0 and scores["event"]["fp_per_24h"] == 0.0
