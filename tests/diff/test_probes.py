@@ -105,6 +105,11 @@ def test_eigenvectors_moved_by_the_engines_own_adjacency_are_explained_and_no_mo
     swapped = compare_outputs("swapped", {"eeg": np.zeros(1)}, probes(split, spectrum.vectors), probes(moved, wrong),
                               spectrum, ATOL, RTOL)
     assert swapped.stages["laplacian_pe"].status == "divergence"
+    nan_adjacency = probes(moved, wrong)
+    nan_adjacency["adjacency"][0, 0, 3, 4] = np.nan  # a NaN upstream must not excuse a wrong vector
+    hidden = compare_outputs("nan adjacency", {"eeg": np.zeros(1)}, probes(split, spectrum.vectors), nan_adjacency,
+                             spectrum, ATOL, RTOL)
+    assert hidden.stages["laplacian_pe"].status == "divergence"
 
 
 def test_topk_adjacency_compared_by_selected_set():
