@@ -73,32 +73,94 @@ def benchmark_windows(n: int, seed: int) -> np.ndarray:
     return np.stack(windows).astype(np.float32)
 
 
-def openvino_stage_profile(engine_dir: Path, feed: dict) -> dict[str, float]:
-    """Seconds per model stage of one OpenVINO inference, from its per-node performance counters.
+# Layers that move no data of their own: constants, the graph's ends, and reshapes (OpenVINO runs them in place).
+IN_PLACE_LAYERS = {"Const", "Input", "Output", "Reshape"}
+COMPUTE_LAYERS = {"FullyConnected", "Convolution", "MatMul"}
 
-    Nodes are attributed through the exporter's stage map (``model.stages.json`` of the reference export);
-    nodes OpenVINO created or renamed while compiling are reported as ``unattributed``.
+
+def openvino_stage_profile(engine_dir: Path, feed: dict, repeats: int = 3) -> dict[str, dict[str, float]]:
+    """Per model stage of one OpenVINO inference: ``seconds`` from the per-node performance counters (each node's
+    median over ``repeats`` inferences after a warm-up), and ``bytes`` its executed layers read and write (every
+    input and output once, at the precision it runs in), compiled for the feed's static shapes as the runner is.
+
+    Nodes are attributed through the exporter's stage map (``model.stages.json`` of the reference export), a
+    layer named ``<node>/<part>`` to its node's stage; other layers OpenVINO made while compiling (layout
+    reorders) are reported as ``unattributed``.
     """
-    import openvino as ov
-
     from brr.artifact.files import STAGES_FILE, reference_folder
     from brr.artifact.manifest import read_manifest
-    from brr.backends.openvino.loader import openvino_extensions
+    from brr.backends.openvino.loader import CompiledModel, openvino_extensions
 
     manifest = read_manifest(engine_dir)
     stages = json.loads((reference_folder(engine_dir.parent, manifest["ops"]) / STAGES_FILE).read_text())
-    core = ov.Core()
-    for extension in openvino_extensions(manifest["ops"]):
-        core.add_extension(extension)
-    compiled = core.compile_model(str(engine_dir / manifest["model_file"]), "CPU", {
-        "INFERENCE_PRECISION_HINT": manifest["settings"]["inference_precision"], "PERF_COUNT": True})
+    loader = CompiledModel(engine_dir / manifest["model_file"], manifest["settings"]["inference_precision"],
+                           extensions=openvino_extensions(manifest["ops"]))
+    loader.config["PERF_COUNT"] = True
+    compiled = loader({name: array.shape for name, array in feed.items()})
     request = compiled.create_infer_request()
-    request.infer({0: feed["eeg"]})
-    seconds: dict[str, float] = {}
-    for counter in request.get_profiling_info():
-        stage = stages.get(counter.node_name, "unattributed")
-        seconds[stage] = seconds.get(stage, 0.0) + counter.real_time.total_seconds()
-    return seconds
+    request.infer(feed)
+    node_seconds: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        request.infer(feed)
+        for counter in request.get_profiling_info():
+            node_seconds.setdefault(counter.node_name, []).append(counter.real_time.total_seconds())
+    profile: dict[str, dict[str, float]] = {}
+
+    def stage_of(node: str) -> dict[str, float]:
+        # A layer OpenVINO split off a node is named "<node>/<part>" (the phase rewrite's, a bias it unfused).
+        stage = stages.get(node) or stages.get(node.split("/")[0], "unattributed")
+        return profile.setdefault(stage, {"seconds": 0.0, "bytes": 0.0})
+
+    for node, times in node_seconds.items():
+        stage_of(node)["seconds"] += statistics.median(times)
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        layer = info["layerType"].astype(str)
+        if layer in IN_PLACE_LAYERS:
+            continue
+        stage = stage_of(op.get_friendly_name())
+        ports = [op.input(i) for i in range(op.get_input_size())] + list(op.outputs())
+        stage["bytes"] += sum(port.get_element_type().size * int(np.prod(port.get_partial_shape().to_shape()))
+                              for port in ports)
+        if layer in COMPUTE_LAYERS:  # which GEMM peak bounds the stage: that of the precision its layers ran in
+            stage["compute_layers"] = stage.get("compute_layers", 0) + 1
+            stage["bf16_layers"] = stage.get("bf16_layers", 0) + (info["runtimePrecision"].astype(str) == "bf16")
+    return profile
+
+
+def stage_flops(onnx_path: Path) -> dict[str, float]:
+    """FLOPs per model stage of one window (MatMul, Gemm and Conv of the fp32 export, by its stage map)."""
+    import onnx
+
+    from brr.artifact.files import STAGES_FILE
+    from brr.calibration.flops import node_flops
+
+    stages = json.loads((onnx_path.parent / STAGES_FILE).read_text())
+    flops: dict[str, float] = {}
+    for node, count in node_flops(onnx.load(str(onnx_path))).items():
+        flops[stages.get(node, "unattributed")] = flops.get(stages.get(node, "unattributed"), 0.0) + (count or 0.0)
+    return flops
+
+
+def stage_limits(profile: dict[str, dict[str, float]], flops: dict[str, float], batch: int, machine: dict
+                 ) -> dict[str, dict[str, float]]:
+    """Each stage's time limit on this machine, the larger of its FLOPs at the GEMM peak of the precision most of
+    its compute layers ran in and its bytes at the memory bandwidth, and how far the engine is from it
+    (``x_limit``: measured / limit)."""
+    total = sum(v["seconds"] for v in profile.values())
+    limits = {}
+    for stage, measured in sorted(profile.items(), key=lambda kv: -kv[1]["seconds"]):
+        in_bf16 = 2 * measured.get("bf16_layers", 0) > measured.get("compute_layers", 0) and "bf16_gemm_gflops" in machine
+        gflops = machine["bf16_gemm_gflops" if in_bf16 else "fp32_gemm_gflops"]
+        memory_gbs = machine["memory_gbs"]
+        compute_s = flops.get(stage, 0.0) * batch / (gflops * 1e9)
+        memory_s = measured["bytes"] / (memory_gbs * 1e9)
+        limit = max(compute_s, memory_s)
+        limits[stage] = {**measured, "share": measured["seconds"] / total, "gflop": flops.get(stage, 0.0) * batch / 1e9,
+                         "limit_s": limit, "bound": ("bf16 " if in_bf16 else "fp32 ") + "compute"
+                         if compute_s >= memory_s else "memory",
+                         "x_limit": measured["seconds"] / limit if limit else None}
+    return limits
 
 
 def _measure(engine: str, source: str, inputs_path: str, batch: int, repeats: int, queue) -> None:
@@ -221,6 +283,8 @@ def run(configs: list[str], batches: list[int], engines: list[str], repeats: int
 
                 model_flops[config] = count_flops(onnx.load(str(reference_onnx(artifact))))["total"]
             verdict, clean = diff_verdict(engine, ckpt, artifact, windows) if error is None else (None, False)
+            # The export the engine was built from (a standard-ops scan is MatMuls, a plugin one is none).
+            flops_by_stage = stage_flops(reference_onnx(artifact)) if error is None and engine.startswith("openvino") else {}
             for batch in batches:
                 entry = {"config": config, "engine": engine, "precision": ENGINES[engine][1], "batch": batch,
                          "export_s": export_s, **{k: machine[k] for k in ("cpu_model", "cpu_flags", "threads")}}
@@ -251,9 +315,7 @@ def run(configs: list[str], batches: list[int], engines: list[str], repeats: int
                     "diff_clean": finite and clean,
                 })
                 if measured.get("stage_seconds"):
-                    total_s = sum(measured["stage_seconds"].values())
-                    entry["stage_profile"] = {k: {"seconds": v, "share": v / total_s}
-                                              for k, v in sorted(measured["stage_seconds"].items(), key=lambda kv: -kv[1])}
+                    entry["stage_profile"] = stage_limits(measured["stage_seconds"], flops_by_stage, batch, machine)
                 results.append(entry)
         for peer, key in (("torch-fp32", "speedup_vs_pytorch_eager_fp32"), ("torch-compile", "speedup_vs_torch_compile")):
             rates = {r["batch"]: r["windows_per_s"] for r in results
@@ -285,7 +347,8 @@ def markdown(report: dict) -> str:
     peaks = ", ".join(f"{precision} {max(by_library.values()):.0f} GFLOP/s ("
                       + ", ".join(f"{library} {value:.0f}" for library, value in by_library.items()) + ")"
                       for precision, by_library in m["gemm_gflops_by_library"].items())
-    lines = [f"CPU: {m['cpu_model']} ({', '.join(m['cpu_flags'])}), {m['threads']} threads; GEMM peak {peaks}", "",
+    lines = [f"CPU: {m['cpu_model']} ({', '.join(m['cpu_flags'])}), {m['threads']} threads; GEMM peak {peaks}; "
+             f"memory {m['memory_gbs']:.0f} GB/s (copy, read + write)", "",
              "| config | engine | batch | windows/s | EEG h/min | p50 s/window | peak RSS MB | fp32 peak | x eager fp32 "
              "| x torch.compile | max logit err | diff verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -321,6 +384,16 @@ def markdown(report: dict) -> str:
             mamba = sum(v["share"] for k, v in profile.items() if k in ("node_stream", "edge_weights"))
             top = ", ".join(f"{k} {v['share']:.0%}" for k, v in list(profile.items())[:5])
             lines.append(f"| {r['config']} | {r['engine']} | {r['batch']} | {mamba:.0%} | {top} |")
+        for r in engine_profiles:
+            lines += ["", (f"Distance to each stage's limit, {r['config']} {r['engine']} batch {r['batch']} (limit: the "
+                           f"stage's FLOPs at the GEMM peak of its layers' precision or their bytes read and written at "
+                           f"{report['machine']['memory_gbs']:.0f} GB/s, whichever is larger)"), "",
+                      "| stage | ms | share | GFLOP | MB moved | limit ms | bound | x limit |", "|---|---|---|---|---|---|---|---|"]
+            for stage, v in r["stage_profile"].items():
+                if v["seconds"] >= 1e-3:
+                    distance = "" if v["x_limit"] is None else f"{v['x_limit']:.1f}"
+                    lines.append(f"| {stage} | {v['seconds'] * 1e3:.1f} | {v['share']:.0%} | {v['gflop']:.2f} "
+                                 f"| {v['bytes'] / 1e6:.0f} | {v['limit_s'] * 1e3:.1f} | {v['bound']} | {distance} |")
     for config, flops in report["model_flops"].items():
         lines.append(f"\n{config}: {flops / 1e9:.1f} GFLOP per window (MatMul+Gemm+Conv, counted from the ONNX graph)")
     return "\n".join(lines)

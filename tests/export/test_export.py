@@ -266,6 +266,28 @@ def test_openvino_lowers_every_mamba_convolution_into_its_scan(exports, guarded,
     np.testing.assert_allclose(outputs["logits"][:1], expected[:1], atol=PARITY_ATOL, rtol=0)
 
 
+def test_openvino_runs_each_batch_size_compiled_for_its_static_shape(exports, guarded, windows, tmp_path):
+    """The runner compiles the dynamic-batch IR once per feed shape (OpenVINO then plans its memory once instead
+    of allocating it at every inference), keeps the two most recent, and any batch gives the same logits as
+    one window at a time; a third shape drops the least recently used."""
+    from brr.backends.openvino.runner import SHAPES_KEPT
+
+    x, _, _ = windows
+    built = BACKENDS["openvino"].build(exports["standard"].model, "standard", tmp_path, "fp32", [], (1, 1, 1),
+                                       guarded.config, None)
+    write_manifest(tmp_path, source={}, config=guarded.config, backend="openvino", precision="fp32", ops="standard",
+                   opset=18, model_file=built.model_file, pinned_nodes=built.pinned_nodes, settings=built.settings)
+    with load_runner(tmp_path) as runner:
+        assert runner.get_input_metadata()["eeg"].shape[0] == -1  # the IR keeps its dynamic batch
+        one_by_one = np.concatenate([runner.infer({"eeg": x[i:i + 1]})["logits"] for i in range(len(x))])
+        together = runner.infer({"eeg": x})["logits"]
+        assert [dict(shapes)["eeg"][0] for shapes in runner.compiled_for] == [1, len(x)]
+        runner.infer({"eeg": x[:2]})
+        assert SHAPES_KEPT == 2 and [dict(shapes)["eeg"][0] for shapes in runner.compiled_for] == [len(x), 2]
+    # The spiked third window's near-degenerate PE eigenvectors may take another basis in another compilation.
+    np.testing.assert_allclose(together[:2], one_by_one[:2], atol=1e-5, rtol=0)
+
+
 def test_a_convolution_read_elsewhere_stays_outside_its_scan(exports):
     """A convolution whose output is also a graph output (a probe someone added) is not lowered: its scan
     keeps its inputs, the other scans are lowered, and the output is still made."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import onnx
@@ -52,7 +52,8 @@ def openvino_extensions(ops: str) -> list[str]:
 
 
 class CompiledModel(BaseLoader):
-    """IR path -> ``openvino.CompiledModel`` with ``inference_precision`` (an OpenVINO hint), extensions first."""
+    """IR path -> ``openvino.CompiledModel`` with ``inference_precision`` (an OpenVINO hint), extensions first;
+    called with ``input_shapes`` (input name -> shape), compiled for those static shapes."""
 
     def __init__(self, model_path: str | Path, inference_precision: str = "f32", threads: int | None = None,
                  extensions: Sequence[str | Path] = (), device: str = "CPU"):
@@ -67,11 +68,22 @@ class CompiledModel(BaseLoader):
         self.extensions = [str(e) for e in extensions]
         self.device = device
 
-    def call_impl(self) -> ov.CompiledModel:
+    def _core(self) -> ov.Core:
         core = ov.Core()
         for extension in self.extensions:
             core.add_extension(extension)
-        return core.compile_model(str(self.model_path), self.device, self.config)
+        return core
+
+    def read(self) -> ov.Model:
+        """The IR as written, its batch dimension dynamic."""
+        return self._core().read_model(str(self.model_path))
+
+    def call_impl(self, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ov.CompiledModel:
+        core = self._core()
+        model = core.read_model(str(self.model_path))
+        if input_shapes:
+            model.reshape({name: ov.PartialShape(list(shape)) for name, shape in input_shapes.items()})
+        return core.compile_model(model, self.device, self.config)
 
 
 def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str,
