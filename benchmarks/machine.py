@@ -9,6 +9,7 @@ its "roofline", and OpenVINO's convolution reaches 406 GFLOP/s where its MatMul 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -20,88 +21,76 @@ def cpu_info() -> dict:
     return {"cpu_model": model, "cpu_flags": flags, "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
-def gemm_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """Best-of-N GFLOP/s of one large square matmul: the practical compute ceiling for that dtype."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
-    torch.mm(a, b)
+def best_seconds(call: Callable[[], object], repeats: int) -> float:
+    """Best-of-N seconds of ``call`` after one warm-up call: on a shared machine a neighbour only slows a run."""
+    call()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        torch.mm(a, b)
+        call()
         best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+    return best
 
 
-def openvino_gemm_peak_gflops(inference_precision: str, size: int = 2048, repeats: int = 5) -> float:
-    """Best-of-N GFLOP/s of one square MatMul compiled by OpenVINO at ``inference_precision`` ('f32', 'bf16')."""
+def gemm_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of one large square matmul: the practical compute ceiling for that dtype."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    return 2 * size**3 / best_seconds(lambda: torch.mm(a, b), repeats) / 1e9
+
+
+def _openvino_seconds(output, source, inference_precision: str, repeats: int) -> float:
+    """Best seconds of the one-output OpenVINO model ``source`` -> ``output`` on random data."""
+    import numpy as np
+    import openvino as ov
+
+    request = ov.Core().compile_model(ov.Model([output], [source]), "CPU",
+                                      {"INFERENCE_PRECISION_HINT": inference_precision}).create_infer_request()
+    data = np.random.default_rng(1).standard_normal(list(source.get_output_shape(0))).astype(np.float32)
+    return best_seconds(lambda: request.infer([data]), repeats)
+
+
+def openvino_gemm_peak_gflops(inference_precision: str, size: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of one square MatMul compiled by OpenVINO at ``inference_precision`` ('f32', 'bf16')."""
     import numpy as np
     import openvino as ov
     import openvino.opset13 as ops
 
     a = ops.parameter([size, size], ov.Type.f32)
     b = ops.constant(np.random.default_rng(0).standard_normal((size, size)).astype(np.float32))
-    model = ov.Model([ops.matmul(a, b, False, False)], [a])
-    request = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": inference_precision}
-                                      ).create_infer_request()
-    x = np.random.default_rng(1).standard_normal((size, size)).astype(np.float32)
-    request.infer([x])
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        request.infer([x])
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+    return 2 * size**3 / _openvino_seconds(ops.matmul(a, b, False, False), a, inference_precision, repeats) / 1e9
 
 
 def openvino_conv_peak_gflops(inference_precision: str, channels: int = 512, taps: int = 7, length: int = 15360,
                               repeats: int = 10) -> float:
-    """Best-of-N GFLOP/s of one causal Conv1d of the TCN's widest shape compiled by OpenVINO: its convolution
-    kernel outruns its MatMul on some CPUs (an AMD EPYC: 355 against 307 GFLOP/s fp32), and a ceiling below what
-    the model's own layers reach is no ceiling."""
+    """GFLOP/s of one causal Conv1d of the TCN's widest shape compiled by OpenVINO: its convolution kernel
+    outruns its MatMul on some CPUs (an AMD EPYC: 355 against 307 GFLOP/s fp32), and a ceiling below what the
+    model's own layers reach is no ceiling."""
     import numpy as np
     import openvino as ov
     import openvino.opset13 as ops
 
     x = ops.parameter([1, channels, length], ov.Type.f32)
     weight = ops.constant(np.random.default_rng(0).standard_normal((channels, channels, taps)).astype(np.float32))
-    y = ops.convolution(x, weight, [1], [taps - 1], [0], [1])
-    request = ov.Core().compile_model(ov.Model([y], [x]), "CPU", {"INFERENCE_PRECISION_HINT": inference_precision}
-                                      ).create_infer_request()
-    signal = np.random.default_rng(1).standard_normal((1, channels, length)).astype(np.float32)
-    request.infer([signal])
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        request.infer([signal])
-        best = min(best, time.perf_counter() - start)
-    return 2 * channels * channels * taps * length / best / 1e9
+    seconds = _openvino_seconds(ops.convolution(x, weight, [1], [taps - 1], [0], [1]), x, inference_precision, repeats)
+    return 2 * channels * channels * taps * length / seconds / 1e9
 
 
-def memory_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
-    """Best-of-N GB/s of one large copy on every thread (bytes read + bytes written): the roofline's memory
-    ceiling, against which a stage's bytes moved give its time limit."""
+def memory_bandwidth_gbs(megabytes: int = 512, repeats: int = 10) -> float:
+    """GB/s of one large copy on every thread (bytes read + bytes written): the roofline's memory ceiling,
+    against which a stage's bytes moved give its time limit."""
     source = torch.ones(megabytes * 2**20 // 4)
     target = torch.empty_like(source)
-    target.copy_(source)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        target.copy_(source)
-        best = min(best, time.perf_counter() - start)
-    return 2 * source.numel() * 4 / best / 1e9
+    return 2 * source.numel() * 4 / best_seconds(lambda: target.copy_(source), repeats) / 1e9
 
 
 def machine_peaks() -> dict:
     """CPU description and, per precision, the best GEMM GFLOP/s over the libraries (each one's figure too)."""
     info = cpu_info()
-    # Best of 10: on a shared machine a neighbour only ever slows a run down.
-    measured = {"fp32": {"torch": gemm_peak_gflops(torch.float32, repeats=10),
-                         "openvino": openvino_gemm_peak_gflops("f32", repeats=10),
+    measured = {"fp32": {"torch": gemm_peak_gflops(torch.float32), "openvino": openvino_gemm_peak_gflops("f32"),
                          "openvino-conv": openvino_conv_peak_gflops("f32")}}
     if has_bf16():
-        measured["bf16"] = {"torch": gemm_peak_gflops(torch.bfloat16, repeats=10),
-                            "openvino": openvino_gemm_peak_gflops("bf16", repeats=10),
+        measured["bf16"] = {"torch": gemm_peak_gflops(torch.bfloat16), "openvino": openvino_gemm_peak_gflops("bf16"),
                             "openvino-conv": openvino_conv_peak_gflops("bf16")}
     peaks = {f"{precision}_gemm_gflops": max(by_library.values()) for precision, by_library in measured.items()}
     return {**info, **peaks, "gemm_gflops_by_library": measured, "memory_gbs": memory_bandwidth_gbs()}
