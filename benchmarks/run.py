@@ -138,7 +138,8 @@ def stage_flops(onnx_path: Path) -> dict[str, float]:
     stages = json.loads((onnx_path.parent / STAGES_FILE).read_text())
     flops: dict[str, float] = {}
     for node, count in node_flops(onnx.load(str(onnx_path))).items():
-        flops[stages.get(node, "unattributed")] = flops.get(stages.get(node, "unattributed"), 0.0) + (count or 0.0)
+        stage = stages.get(node, "unattributed")
+        flops[stage] = flops.get(stage, 0.0) + (count or 0.0)
     return flops
 
 
