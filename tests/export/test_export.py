@@ -14,6 +14,7 @@ from brr.artifact.files import ONNX_FILE
 from brr.artifact.load import load_runner
 from brr.artifact.manifest import ManifestError, read_manifest, verify_manifest, write_manifest
 from brr.backends import BACKENDS
+from brr.backends.openvino.lowering import PROJECTED_MAX_FEATURES
 from brr.backends.torch.runner import TorchRunner
 from brr.diff.compare import reference_spectrum
 from brr.diff.probes import compare_outputs
@@ -244,7 +245,8 @@ def _scan_count(model: onnx.ModelProto) -> int:
 
 def test_openvino_lowers_every_mamba_convolution_into_its_scan(exports, guarded, windows, tmp_path):
     """The plugin engine runs Mamba-2's convolutions and gated norms inside the scans (no depthwise
-    convolution or RMS norm is left in the IR) and still gives PyTorch's probes."""
+    convolution or RMS norm is left in the IR), the narrow edge stream's input projections too, and still
+    gives PyTorch's probes."""
     import xml.etree.ElementTree as ET
 
     x, expected, probes = windows
@@ -252,10 +254,20 @@ def test_openvino_lowers_every_mamba_convolution_into_its_scan(exports, guarded,
                                        guarded.config, None)
     scans = _scan_count(onnx.load(str(exports["plugin"].model), load_external_data=False))
     assert built.settings["lowered_scans"] == built.settings["lowered_gated_norms"] == scans > 0
+    # v3-small's edge stream (16 features, one layer, both directions) projects inside its two scans.
+    edge_scans = 2 * guarded.config.edge_mamba.layers
+    assert guarded.config.edge_mamba.d_model <= PROJECTED_MAX_FEATURES < guarded.config.node_mamba.d_model
+    assert built.settings["lowered_projections"] == built.settings["lowered_out_projections"] == edge_scans
+    # Each layer's backward direction runs backwards in the kernel instead of between two flipped copies.
+    assert built.settings["reversed_scans"] == guarded.config.edge_mamba.layers
     layers = list(ET.parse(tmp_path / "model.xml").getroot().iter("layer"))
     assert "GroupConvolution" not in {layer.get("type") for layer in layers}
     # x, dt, A, B, C, D, dt_bias, the three convolutions' weights and biases, the norm's z and weight.
-    assert [len(layer.find("input")) for layer in layers if layer.get("type") == "SelectiveScan"] == [15] * scans
+    assert [len(layer.find("input")) for layer in layers if layer.get("type") == "SelectiveScan"] == \
+        [15] * (scans - edge_scans)
+    # u, the projections' weights, A, D, dt_bias, the convolutions' weights and biases, the norm's weight.
+    assert [len(layer.find("input")) for layer in layers if layer.get("type") == "ProjectedSelectiveScan"] == \
+        [13] * edge_scans
     write_manifest(tmp_path, source={}, config=guarded.config, backend="openvino", precision="fp32", ops="plugin",
                    opset=18, model_file=built.model_file, pinned_nodes=built.pinned_nodes, settings=built.settings)
     outputs = _run(tmp_path, x, probes=True)
@@ -291,7 +303,7 @@ def test_openvino_runs_each_batch_size_compiled_for_its_static_shape(exports, gu
 def test_a_convolution_read_elsewhere_stays_outside_its_scan(exports):
     """A convolution whose output is also a graph output (a probe someone added) is not lowered: its scan
     keeps its inputs, the other scans are lowered, and the output is still made."""
-    from brr.backends.openvino.lowering import LOWERED_OP, lower_for_openvino
+    from brr.backends.openvino.lowering import LOWERED_OP, PROJECTED_OP, lower_for_openvino
 
     model = onnx.load(str(exports["plugin"].model))
     scans = _scan_count(model)
@@ -300,9 +312,35 @@ def test_a_convolution_read_elsewhere_stays_outside_its_scan(exports):
     model.graph.output.append(onnx.helper.make_tensor_value_info(conv.output[0], onnx.TensorProto.FLOAT, None))
     lowered, counts = lower_for_openvino(model, fp32_everywhere=True)
     # v3-small's TCN dilates at most 8x: no convolution runs on phases.
-    assert counts == {"phased_convolutions": 0, "lowered_scans": scans - 1, "lowered_gated_norms": scans - 1}
-    assert sum(n.op_type == LOWERED_OP for n in lowered.graph.node) == scans - 1 and _scan_count(lowered) == 1
+    assert {k: counts[k] for k in ("phased_convolutions", "lowered_scans", "lowered_gated_norms")} == \
+        {"phased_convolutions": 0, "lowered_scans": scans - 1, "lowered_gated_norms": scans - 1}
+    lowered_ops = [n.op_type for n in lowered.graph.node]
+    assert lowered_ops.count(LOWERED_OP) + lowered_ops.count(PROJECTED_OP) == scans - 1 and _scan_count(lowered) == 1
     assert any(n.op_type == "Conv" and conv.output[0] in n.output for n in lowered.graph.node)
+
+
+def test_a_projection_read_elsewhere_stays_outside_its_scan(exports, guarded):
+    """An input projection whose output is also a graph output (a probe on the edge stream's dt) stays a
+    MatMul: its scan is lowered with its convolutions and norm but reads the projections; the other narrow
+    scans still project inside."""
+    from brr.backends.openvino.lowering import LOWERED_OP, PROJECTED_OP, lower_for_openvino
+
+    model = onnx.load(str(exports["plugin"].model))
+    edge_scans = 2 * guarded.config.edge_mamba.layers
+    scans = _scan_count(model)
+    producer = {output: n for n in model.graph.node for output in n.output}
+    edge_scan = next(n for n in model.graph.node if n.op_type == "SelectiveScan"
+                     and producer[n.input[1]].op_type == "MatMul"
+                     and onnx.numpy_helper.to_array(next(i for i in model.graph.initializer
+                                                         if i.name == producer[n.input[1]].input[1])).shape[0]
+                     <= PROJECTED_MAX_FEATURES)
+    model.graph.output.append(onnx.helper.make_tensor_value_info(edge_scan.input[1], onnx.TensorProto.FLOAT, None))
+    lowered, counts = lower_for_openvino(model, fp32_everywhere=True)
+    assert counts["lowered_scans"] == counts["lowered_gated_norms"] == scans
+    assert counts["lowered_projections"] == counts["lowered_out_projections"] == edge_scans - 1
+    ops = {n.name: n.op_type for n in lowered.graph.node}
+    assert ops[edge_scan.name] == LOWERED_OP and list(ops.values()).count(PROJECTED_OP) == edge_scans - 1
+    assert edge_scan.input[1] in {o.name for o in lowered.graph.output}
 
 
 def test_precision_plan_refuses_unknown_nodes(exports, tmp_path):

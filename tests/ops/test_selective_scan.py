@@ -421,6 +421,83 @@ def test_openvino_lowered_mamba2_scan_matches_reference(with_norm, hint, b, leng
     assert relative_error(y, conv_then_scan_reference(params, x, dt, B, C, z)) < 1e-5
 
 
+FEATURES = 7
+
+
+def projected_scan_model(h, p, g, n, outputs=None, reversed_=False,
+                         seed=5) -> tuple[onnx.ModelProto, dict[str, torch.Tensor]]:
+    """A graph of one ``Mamba2ProjectedScan`` node (``lower_for_openvino``'s form of a narrow block): u's input
+    projection, in mamba_ssm's [z | x | B | C | dt] order, then the convolution, scan and gated norm of
+    ``lowered_scan_model``, then (``outputs``) the output projection, backwards in time when ``reversed_``;
+    returns it and the parameters (``in_weight`` and ``out_weight`` the projections)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from brr.backends.openvino.lowering import LOWERED_DOMAIN, PROJECTED_OP
+
+    lowered, params = lowered_scan_model(h, p, g, n, with_norm=True, seed=seed)
+    params["in_weight"] = torch.randn(FEATURES, 2 * h * p + 2 * g * n + h,
+                                      generator=torch.Generator().manual_seed(seed + 1)) * 0.4
+    order = ["u", "in_weight", "A", "D", "dt_bias", "x_weight", "x_bias", "B_weight", "B_bias", "C_weight", "C_bias",
+             "norm_weight"]
+    if outputs is not None:
+        params["out_weight"] = torch.randn(h * p, outputs, generator=torch.Generator().manual_seed(seed + 2)) * 0.3
+        order.append("out_weight")
+    node = helper.make_node(PROJECTED_OP, order, ["y"], domain=LOWERED_DOMAIN, dt_softplus=1, chunk_size=64,
+                            norm_eps=NORM_EPS, groups=g, reversed=int(reversed_))
+    graph = helper.make_graph([node], "projected",
+                              [helper.make_tensor_value_info("u", TensorProto.FLOAT, ["b", "l", FEATURES])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializer=[numpy_helper.from_array(t.numpy(), name) for name, t in params.items()])
+    return helper.make_model(graph, opset_imports=list(lowered.opset_import)), params
+
+
+# Two groups and one (38 projected columns, which fill no whole vector); without and with an output
+# projection to 5 features (no whole vector either), forwards and backwards in time.
+@pytest.mark.parametrize(("g", "outputs", "reversed_"), [(2, None, False), (1, None, True), (2, 5, False), (2, 5, True)])
+@pytest.mark.parametrize("hint", ["f32", "bf16"])
+@pytest.mark.parametrize(("b", "length"), [(2, 2), (3, 100), (2, 960)])
+def test_openvino_projected_mamba2_scan_matches_reference(g, outputs, reversed_, hint, b, length, tmp_path):
+    import openvino as ov
+
+    h, p, n = 4, 3, 5
+    model, params = projected_scan_model(h, p, g, n, outputs, reversed_)
+    path = tmp_path / "projected.onnx"
+    onnx.save(model, str(path))
+    converted = ov.convert_model(str(path), extension=[str(registry.openvino_extension())])
+    assert [op.get_type_name() for op in converted.get_ordered_ops()].count("ProjectedSelectiveScan") == 1
+    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+    u = torch.randn(b, length, FEATURES, generator=torch.Generator().manual_seed(8))
+    y = compiled({"u": u.numpy()})[0]
+    run = u.flip(1) if reversed_ else u  # the steps in the order the block runs them
+    z, x, B, C, dt = torch.split(run.double() @ params["in_weight"].double(), [h * p, h * p, g * n, g * n, h], dim=-1)
+    expected = conv_then_scan_reference(params, x.reshape(b, length, h, p), dt, B.reshape(b, length, g, n),
+                                        C.reshape(b, length, g, n), z)
+    if outputs is not None:
+        expected = expected.reshape(b, length, h * p) @ params["out_weight"].double().numpy()
+    if reversed_:
+        expected = np.flip(expected, 1)
+    assert y.shape == expected.shape == ((b, length, h, p) if outputs is None else (b, length, outputs))
+    assert relative_error(y, expected) < 1e-5
+
+
+@pytest.mark.parametrize("reversed_", [False, True])
+def test_openvino_projected_scan_carries_a_nan_forward_and_no_further(reversed_, tmp_path):
+    """A NaN in one step of u reaches that batch row's outputs from that step on in the block's direction
+    (through the state) and nothing before it or in another row: the kernel's SiLU, exponentials and norm
+    neither hide it nor spread it."""
+    import openvino as ov
+
+    model, _ = projected_scan_model(4, 3, 1, 5, outputs=6, reversed_=reversed_)
+    path = tmp_path / "projected.onnx"
+    onnx.save(model, str(path))
+    compiled = ov.Core().compile_model(ov.convert_model(str(path), extension=[str(registry.openvino_extension())]), "CPU")
+    u = torch.randn(2, 100, FEATURES, generator=torch.Generator().manual_seed(9)).numpy()
+    u[0, 40, 3] = np.nan
+    y = compiled({"u": u})[0]
+    reached, untouched = (y[0, :41], y[0, 41:]) if reversed_ else (y[0, 40:], y[0, :40])
+    assert np.isnan(reached).all() and np.isfinite(untouched).all() and np.isfinite(y[1]).all()
+
+
 def test_plugin_onnx_needs_the_extensions_library(exported):
     with pytest.raises(Exception, match="SelectiveScan"):
         ort.InferenceSession(exported["plugin"].SerializeToString(), providers=["CPUExecutionProvider"])

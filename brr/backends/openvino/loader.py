@@ -3,9 +3,9 @@
 A plugin-mode export (``--ops plugin``) converts with brr's OpenVINO extension
 (``brr.ops.registry.openvino_extension()``): each custom node becomes the extension's operation, run
 by the ops' native CPU kernels, and ``CompiledModel`` adds the same extension before reading the IR.
-Before converting, the build lowers Mamba-2's convolutions and gated norms into the scans between them
-(``lowering.lower_for_openvino``); the manifest's ``settings.lowered_scans`` and ``lowered_gated_norms``
-count them. In both modes it runs the widely dilated convolutions that stay in fp32 on phases
+Before converting, the build lowers Mamba-2's convolutions and gated norms into the scans between them,
+and a narrow block's input projection too (``lowering.lower_for_openvino``); the manifest's
+``settings.lowered_scans``, ``lowered_gated_norms`` and ``lowered_projections`` count them. In both modes it runs the widely dilated convolutions that stay in fp32 on phases
 (``settings.phased_convolutions``).
 
 The IR keeps fp32 weights (no fp16 compression) so one IR serves every precision; the manifest's

@@ -23,6 +23,18 @@ convolutions' weights and biases, then z and the norm's weight (attribute norm_e
 the extension's kernel convolves each block of steps as it reads it, and gates and normalises each batch
 row's output while it is in cache.
 
+**Narrow streams: the input projection moves in too.** Where the five MatMuls that project one input u into z,
+x, B, C and dt (mamba_ssm's in_proj, exported as five Linears) have at most ``PROJECTED_MAX_FEATURES`` input
+features, a lowered scan with its norm becomes ``brr.openvino::Mamba2ProjectedScan`` of u and the five weights
+side by side. With 16 features (the edge stream) a GEMM writes five values for each two multiply-adds it does
+per input: OpenVINO's five MatMuls wrote 58 MB per v3 window and layer that the scan read back, and took
+about as long as the scan itself; the kernel projects each batch row into cache instead. The output projection
+that follows (Reshape -> MatMul, 32 -> 16 features) moves in too: the scan's 32-wide output then never leaves
+the cache. And the backward direction's flips of u and of its output (two Slices with step -1 along l, each a
+copy) become the node's ``reversed`` attribute: the kernel reads u's rows and writes the output's from the
+end. The node stream's 64 features keep OpenVINO's GEMMs, which run near the compute peak there (projecting
+them inside made a v3 window slower).
+
 Both exist only between the ONNX file and the IR an OpenVINO build writes: the exported ONNX keeps the
 standard graph that every other engine runs. A scan whose three inputs do not all match the pattern, or
 whose intermediate values are read elsewhere (a probe), is left as it is; a norm that does not match stays
@@ -40,6 +52,8 @@ import onnx_ir as ir
 
 LOWERED_DOMAIN = "brr.openvino"
 LOWERED_OP = "Mamba2Scan"
+PROJECTED_OP = "Mamba2ProjectedScan"
+PROJECTED_MAX_FEATURES = 16
 _SCAN_INPUTS = {"x": (0, "Reshape"), "B": (3, "Unsqueeze"), "C": (4, "Unsqueeze")}
 _SCAN_ATTRIBUTES = ("dt_softplus", "chunk_size")
 PHASE_DILATION = 64
@@ -173,6 +187,99 @@ def _gated_norm(scan: ir.Node) -> _GatedNorm | None:
                       [*silu[1], gate, power, mean, add, sqrt, reciprocal, scale, weighting], reshape)
 
 
+def _projection_of(value: ir.Value | None, through: str | None) -> tuple[ir.Value, np.ndarray, list[ir.Node]] | None:
+    """(u, weight, nodes) when ``value`` is MatMul(u, constant 2-D weight), through one ``through`` node
+    (Reshape, Unsqueeze) when given, each output read once."""
+    nodes = []
+    if through is not None:
+        node = value.producer() if value is not None else None
+        if node is None or node.op_type != through or node.domain != "" or len(_users(value)) != 1:
+            return None
+        nodes.append(node)
+        value = node.inputs[0]
+    matmul = value.producer() if value is not None else None
+    if matmul is None or matmul.op_type != "MatMul" or matmul.domain != "" or len(_users(value)) != 1:
+        return None
+    weight = _constant(matmul.inputs[1])
+    if weight is None or weight.ndim != 2:
+        return None
+    return matmul.inputs[0], weight, [*nodes, matmul]
+
+
+def _project_inside(graph: ir.Graph, fused: ir.Node, shapes: dict[str, tuple[int | None, ...]]) -> ir.Node | None:
+    """Replace the lowered scan-with-norm ``fused`` by ``PROJECTED_OP`` when z, x, B, C and dt are projections
+    of one narrow u; returns the new node."""
+    # Mamba2Scan's inputs: x (Reshape of its projection), dt, B and C (Unsqueezes: one group), z (13).
+    parts = [_projection_of(fused.inputs[i], through) for i, through in
+             ((13, None), (0, "Reshape"), (3, "Unsqueeze"), (4, "Unsqueeze"), (1, None))]
+    if any(part is None for part in parts) or len({id(u) for u, _, _ in parts}) != 1:
+        return None
+    u = parts[0][0]
+    weights = [weight for _, weight, _ in parts]
+    if (len(shapes.get(u.name, ())) != 3 or len({w.shape[0] for w in weights}) != 1
+            or weights[0].shape[0] > PROJECTED_MAX_FEATURES):
+        return None
+    weight = ir.Value(name=f"{fused.name}/in_proj_weight",
+                      const_value=ir.tensor(np.concatenate(weights, axis=1).astype(np.float32)))
+    graph.register_initializer(weight)
+    A, D, dt_bias = fused.inputs[2], fused.inputs[5], fused.inputs[6]
+    attributes = [*(fused.attributes[a] for a in (*_SCAN_ATTRIBUTES, "norm_eps")), ir.AttrInt64("groups", 1)]
+    projected = ir.Node(LOWERED_DOMAIN, PROJECTED_OP, [u, weight, A, D, dt_bias, *fused.inputs[7:13], fused.inputs[14]],
+                        attributes=attributes, name=fused.name, num_outputs=1)
+    graph.insert_before(fused, projected)
+    output_name = fused.outputs[0].name
+    fused.outputs[0].replace_all_uses_with(projected.outputs[0], replace_graph_outputs=True)
+    graph.remove(fused, safe=True)
+    graph.remove([node for _, _, nodes in parts for node in nodes], safe=True)
+    projected.outputs[0].name = output_name
+    return projected
+
+
+def _is_time_flip(node: ir.Node | None) -> bool:
+    """Slice(starts -1, ends -inf, axes 1, steps -1): the exporter's torch.flip of (b, l, features) along l."""
+    if node is None or node.op_type != "Slice" or node.domain != "" or len(node.inputs) != 5:
+        return False
+    starts, ends, axes, steps = (_constant(v) for v in node.inputs[1:])
+    return (all(c is not None and c.size == 1 for c in (starts, ends, axes, steps)) and int(starts[0]) == -1
+            and int(ends[0]) <= np.iinfo(np.int32).min and int(axes[0]) == 1 and int(steps[0]) == -1)
+
+
+def _run_backwards_inside(graph: ir.Graph, projected: ir.Node) -> bool:
+    """Drop the flips around ``projected`` (its u flipped along l, its output flipped back, each read only
+    there) and have it run backwards in time instead: flip(block(flip(u))) without the two flipped copies."""
+    into = projected.inputs[0].producer()
+    back = _sole_user(projected.outputs[0], "Slice")
+    if not _is_time_flip(into) or not _is_time_flip(back) or len(_users(projected.inputs[0])) != 1 \
+            or back.outputs[0].is_graph_output():
+        return False
+    projected.replace_input_with(0, into.inputs[0])
+    projected.attributes["reversed"] = ir.AttrInt64("reversed", 1)
+    back.outputs[0].replace_all_uses_with(projected.outputs[0])
+    output_name = back.outputs[0].name
+    graph.remove([back, into], safe=True)
+    projected.outputs[0].name = output_name
+    return True
+
+
+def _project_output_inside(graph: ir.Graph, projected: ir.Node) -> bool:
+    """Give ``projected`` the output projection that follows it, Reshape(b, l, h p) -> MatMul(constant weight),
+    when both are read only there: the node then outputs the MatMul's value."""
+    reshape = _sole_user(projected.outputs[0], "Reshape")
+    matmul = _sole_user(reshape.outputs[0], "MatMul") if reshape is not None else None
+    if matmul is None or matmul.inputs[0] is not reshape.outputs[0] or matmul.outputs[0].is_graph_output():
+        return False
+    weight = _constant(matmul.inputs[1])
+    if weight is None or weight.ndim != 2:
+        return False
+    projected.resize_inputs(len(projected.inputs) + 1)
+    projected.replace_input_with(len(projected.inputs) - 1, matmul.inputs[1])
+    matmul.outputs[0].replace_all_uses_with(projected.outputs[0])
+    output_name = matmul.outputs[0].name
+    graph.remove([matmul, reshape], safe=True)
+    projected.outputs[0].name = output_name
+    return True
+
+
 def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
     """Shape inference's shapes of ``model``'s values (None for a dimension it left symbolic), read only:
     the lowered graph is built from ``model`` itself, so no inferred shape goes stale when a node changes."""
@@ -245,13 +352,17 @@ def lower_for_openvino(model: onnx.ModelProto, fp32_everywhere: bool, fp32_nodes
     """A copy of ``model`` with every widely dilated convolution that runs in fp32 (every one when
     ``fp32_everywhere``, else those named in ``fp32_nodes``) on phases, and (``scans``) every
     ``SelectiveScan`` whose x, B and C come out of Mamba-2's causal depthwise convolution replaced by
-    ``Mamba2Scan``, with its gated norm where it matches; returns the copy and how many convolutions
-    (``phased_convolutions``), scans (``lowered_scans``) and norms (``lowered_gated_norms``) it rewrote."""
+    ``Mamba2Scan``, with its gated norm where it matches, and its input projection where that is narrow
+    (``Mamba2ProjectedScan``, with the output projection after it and the time flips around it where those
+    match); returns the copy and how many convolutions (``phased_convolutions``), scans (``lowered_scans``),
+    norms (``lowered_gated_norms``), input projections (``lowered_projections``), output projections
+    (``lowered_out_projections``) and flipped pairs (``reversed_scans``) it rewrote."""
     lowered = ir.from_proto(model)
     graph = lowered.graph
     pinned = set(fp32_nodes)
     shapes = _static_shapes(model)
-    counts = {"phased_convolutions": 0, "lowered_scans": 0, "lowered_gated_norms": 0}
+    counts = {"phased_convolutions": 0, "lowered_scans": 0, "lowered_gated_norms": 0, "lowered_projections": 0,
+              "lowered_out_projections": 0, "reversed_scans": 0}
     for conv in [n for n in graph if n.op_type == "Conv" and n.domain == "" and (fp32_everywhere or n.name in pinned)]:
         counts["phased_convolutions"] += _run_on_phases(graph, conv, shapes)
     for scan in [n for n in graph if scans and n.op_type == "SelectiveScan" and n.domain == "ai.onnx.contrib"]:
@@ -278,6 +389,11 @@ def lower_for_openvino(model: onnx.ModelProto, fp32_everywhere: bool, fp32_nodes
         fused.outputs[0].name = output_name
         counts["lowered_scans"] += 1
         counts["lowered_gated_norms"] += norm is not None
+        projected = _project_inside(graph, fused, shapes) if norm is not None else None
+        if projected is not None:
+            counts["lowered_projections"] += 1
+            counts["lowered_out_projections"] += _project_output_inside(graph, projected)
+            counts["reversed_scans"] += _run_backwards_inside(graph, projected)
     if counts["lowered_scans"]:
         lowered.opset_imports[LOWERED_DOMAIN] = 1
     return ir.to_proto(lowered), counts

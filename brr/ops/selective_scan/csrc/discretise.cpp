@@ -1,5 +1,4 @@
-// Step sizes and decays of the selective scan, vectorised over heads, and the SiLUs of its
-// convolved inputs and of its gated norm. This file alone is compiled with
+// Step sizes and decays of the selective scan, vectorised over heads. This file alone is compiled with
 // -ffast-math, which lets GCC call glibc's vector expf/log1pf/expm1f (libmvec, within 4 ulp); it is never
 // passed to the linker, so loading the library leaves the process' floating-point mode alone.
 #include <cmath>
@@ -22,25 +21,6 @@ void discretise(float* a, float* decay, float* dadu, const float* A, int64_t ste
     if (dadu) {
         // d softplus(u)/du = sigmoid(u) = 1 - exp(-softplus(u)).
         for (int64_t i = 0; i < count; ++i) dadu[i] = softplus ? -std::expm1(-a[i]) : 1.0f;
-    }
-}
-
-void silu(float* v, int64_t count) {
-    for (int64_t i = 0; i < count; ++i) v[i] = v[i] / (1.0f + std::exp(-v[i]));
-}
-
-void gated_rms_norm(float* y, const float* z, const float* weight, int64_t steps, int64_t width, float eps) {
-    for (int64_t t = 0; t < steps; ++t) {
-        float* __restrict yt = y + t * width;
-        const float* __restrict zt = z + t * width;
-        float squares = 0.0f;
-        for (int64_t c = 0; c < width; ++c) {
-            const float g = yt[c] * zt[c] / (1.0f + std::exp(-zt[c]));
-            yt[c] = g;
-            squares += g * g;
-        }
-        const float scale = 1.0f / std::sqrt(squares / float(width) + eps);
-        for (int64_t c = 0; c < width; ++c) yt[c] = yt[c] * scale * weight[c];
     }
 }
 

@@ -4,7 +4,10 @@
 // (brr/backends/openvino/lowering.py). Inputs: x, dt, A, B, C, D, dt_bias; then, lowered, the causal depthwise
 // convolution (+ SiLU) of x, B and C (weight (channels, 1, width), bias (channels,) each), which the kernel
 // applies as it reads them; then, optionally, the gated RMS norm's z (b, l, h * p) and weight (h * p,) with
-// the attribute norm_eps, which the kernel applies to its output.
+// the attribute norm_eps, which the kernel applies to its output. ``ProjectedSelectiveScan``, from
+// ``brr.openvino::Mamba2ProjectedScan``, computes x, dt, B, C and z itself from the block's input, then
+// optionally the output projection, forwards or backwards in time (a narrow stream's whole Mamba-2 block but
+// its residual, in the lowering).
 // Registered by brr/ops/openvino_extension.cpp together with the other ops' extensions.
 #include <memory>
 #include <string>
@@ -19,6 +22,67 @@
 #include "scan.hpp"
 
 namespace brr {
+
+namespace {
+
+std::vector<float> to_floats(const ov::Tensor& t) {
+    std::vector<float> out(t.get_size());
+    const auto type = t.get_element_type();
+    for (size_t i = 0; i < out.size(); ++i) {
+        if (type == ov::element::f32) out[i] = t.data<const float>()[i];
+        else if (type == ov::element::f16) out[i] = scan::to_float(scan::Half{t.data<const ov::float16>()[i].to_bits()});
+        else if (type == ov::element::bf16) out[i] = scan::to_float(scan::BFloat16{t.data<const ov::bfloat16>()[i].to_bits()});
+        else OPENVINO_THROW("SelectiveScan: unsupported parameter type ", type);
+    }
+    return out;
+}
+
+// The convolution's weights transposed to (width, channels) and its biases, in fp32: x's, and B's and C's
+// interleaved by group, (g, [B | C], n), as scan::CausalConv takes them.
+struct Convolution {
+    std::vector<float> x_weight, x_bias, bc_weight, bc_bias;
+    int64_t width = 0;
+    scan::CausalConv args() const {
+        return {x_weight.data(), x_bias.data(), bc_weight.data(), bc_bias.data(), width};
+    }
+};
+
+// The convolution's three (weight, bias) pairs are inputs first, first + 1, ..., first + 5.
+Convolution convolution(const ov::TensorVector& inputs, size_t first, const scan::Dims& d) {
+    const auto& x_shape = inputs[first].get_shape();
+    OPENVINO_ASSERT(x_shape.size() == 3 && x_shape[1] == 1, "SelectiveScan: convolution weights must be (channels, 1, width)");
+    const int64_t width = int64_t(x_shape[2]), x_channels = d.heads * d.headdim, n = d.state;
+    const int64_t channels[3] = {x_channels, d.groups * n, d.groups * n};
+    std::vector<float> weights[3], biases[3];
+    for (int k = 0; k < 3; ++k) {
+        OPENVINO_ASSERT(inputs[first + 2 * k].get_shape() == ov::Shape({size_t(channels[k]), 1, size_t(width)}),
+                        "SelectiveScan: convolution weight ", k, " must be (", channels[k], ", 1, ", width, "), got ",
+                        inputs[first + 2 * k].get_shape());
+        OPENVINO_ASSERT(inputs[first + 1 + 2 * k].get_size() == size_t(channels[k]),
+                        "SelectiveScan: convolution bias ", k, " must be (", channels[k], ",)");
+        weights[k] = to_floats(inputs[first + 2 * k]);
+        biases[k] = to_floats(inputs[first + 1 + 2 * k]);
+    }
+    Convolution conv;
+    conv.width = width;
+    conv.x_weight.resize(width * x_channels);
+    for (int64_t c = 0; c < x_channels; ++c)
+        for (int64_t j = 0; j < width; ++j) conv.x_weight[j * x_channels + c] = weights[0][c * width + j];
+    conv.x_bias = biases[0];
+    const int64_t bc_channels = 2 * d.groups * n;
+    conv.bc_weight.resize(width * bc_channels);
+    conv.bc_bias.resize(bc_channels);
+    for (int64_t g = 0; g < d.groups; ++g)
+        for (int k = 1; k < 3; ++k)
+            for (int64_t i = 0; i < n; ++i) {
+                const int64_t from = g * n + i, to = g * 2 * n + (k - 1) * n + i;
+                conv.bc_bias[to] = biases[k][from];
+                for (int64_t j = 0; j < width; ++j) conv.bc_weight[j * bc_channels + to] = weights[k][from * width + j];
+            }
+    return conv;
+}
+
+}  // namespace
 
 class SelectiveScan : public ov::op::Op {
 public:
@@ -85,7 +149,7 @@ public:
             params[k] = to_floats(t);
         }
         Convolution conv;
-        if (inputs.size() >= kConvInputs) conv = convolution(inputs, d);
+        if (inputs.size() >= kConvInputs) conv = convolution(inputs, 7, d);
         std::vector<float> norm_weight;
         if (inputs.size() == kNormInputs) {
             const auto& z = inputs[13].get_shape();
@@ -107,62 +171,6 @@ public:
     }
 
 private:
-    static std::vector<float> to_floats(const ov::Tensor& t) {
-        std::vector<float> out(t.get_size());
-        const auto type = t.get_element_type();
-        for (size_t i = 0; i < out.size(); ++i) {
-            if (type == ov::element::f32) out[i] = t.data<const float>()[i];
-            else if (type == ov::element::f16) out[i] = scan::to_float(scan::Half{t.data<const ov::float16>()[i].to_bits()});
-            else if (type == ov::element::bf16) out[i] = scan::to_float(scan::BFloat16{t.data<const ov::bfloat16>()[i].to_bits()});
-            else OPENVINO_THROW("SelectiveScan: unsupported parameter type ", type);
-        }
-        return out;
-    }
-
-    // The convolution's weights transposed to (width, channels) and its biases, in fp32: x's, and B's and C's
-    // interleaved by group, (g, [B | C], n), as scan::CausalConv takes them.
-    struct Convolution {
-        std::vector<float> x_weight, x_bias, bc_weight, bc_bias;
-        int64_t width = 0;
-        scan::CausalConv args() const {
-            return {x_weight.data(), x_bias.data(), bc_weight.data(), bc_bias.data(), width};
-        }
-    };
-
-    static Convolution convolution(const ov::TensorVector& inputs, const scan::Dims& d) {
-        const auto& x_shape = inputs[7].get_shape();
-        OPENVINO_ASSERT(x_shape.size() == 3 && x_shape[1] == 1, "SelectiveScan: convolution weights must be (channels, 1, width)");
-        const int64_t width = int64_t(x_shape[2]), x_channels = d.heads * d.headdim, n = d.state;
-        const int64_t channels[3] = {x_channels, d.groups * n, d.groups * n};
-        std::vector<float> weights[3], biases[3];
-        for (int k = 0; k < 3; ++k) {
-            OPENVINO_ASSERT(inputs[7 + 2 * k].get_shape() == ov::Shape({size_t(channels[k]), 1, size_t(width)}),
-                            "SelectiveScan: convolution weight ", k, " must be (", channels[k], ", 1, ", width, "), got ",
-                            inputs[7 + 2 * k].get_shape());
-            OPENVINO_ASSERT(inputs[8 + 2 * k].get_size() == size_t(channels[k]),
-                            "SelectiveScan: convolution bias ", k, " must be (", channels[k], ",)");
-            weights[k] = to_floats(inputs[7 + 2 * k]);
-            biases[k] = to_floats(inputs[8 + 2 * k]);
-        }
-        Convolution conv;
-        conv.width = width;
-        conv.x_weight.resize(width * x_channels);
-        for (int64_t c = 0; c < x_channels; ++c)
-            for (int64_t j = 0; j < width; ++j) conv.x_weight[j * x_channels + c] = weights[0][c * width + j];
-        conv.x_bias = biases[0];
-        const int64_t bc_channels = 2 * d.groups * n;
-        conv.bc_weight.resize(width * bc_channels);
-        conv.bc_bias.resize(bc_channels);
-        for (int64_t g = 0; g < d.groups; ++g)
-            for (int k = 1; k < 3; ++k)
-                for (int64_t i = 0; i < n; ++i) {
-                    const int64_t from = g * n + i, to = g * 2 * n + (k - 1) * n + i;
-                    conv.bc_bias[to] = biases[k][from];
-                    for (int64_t j = 0; j < width; ++j) conv.bc_weight[j * bc_channels + to] = weights[k][from * width + j];
-                }
-        return conv;
-    }
-
     template <class T>
     void run(const scan::Dims& d, const ov::TensorVector& in, ov::Tensor& y, const std::vector<float>* params,
              const scan::CausalConv* conv, const float* norm_weight) const {
@@ -183,6 +191,169 @@ private:
     float m_norm_eps = 0.0f;
 };
 
+// SelectiveScan that computes its own x, dt, B, C and z: Mamba-2's input projection of u, then the convolution,
+// scan and gated norm of the lowered SelectiveScan (scan::InProjection). Inputs: u (b, l, features), the
+// projection's weight (features, 2 h p + 2 g n + h) in mamba_ssm's in_proj order [z | x | B | C | dt], A, D,
+// dt_bias, the three convolutions' weights and biases, the norm's weight, and optionally the output projection's
+// weight (h p, outputs); attributes those of SelectiveScan, groups and reversed (the block runs backwards in time:
+// y = flip(block(flip(u))) along l). h is A's size, h p the x convolution's
+// channels, g n the B convolution's. y is (b, l, h, p), or (b, l, outputs) with the output projection.
+class ProjectedSelectiveScan : public ov::op::Op {
+public:
+    OPENVINO_OP("ProjectedSelectiveScan", "brr_opset1");
+
+    ProjectedSelectiveScan() = default;
+    static constexpr size_t kInputs = 12, kOutProjectedInputs = 13;
+    enum Input : size_t { kU, kWeight, kA, kD, kDtBias, kConv, kNormWeight = kConv + 6, kOutWeight };
+
+    ProjectedSelectiveScan(const ov::OutputVector& inputs, bool dt_softplus, int64_t chunk_size, float norm_eps,
+                           int64_t groups, bool reversed)
+        : Op(inputs), m_dt_softplus(dt_softplus), m_chunk_size(chunk_size), m_norm_eps(norm_eps), m_groups(groups),
+          m_reversed(reversed) {
+        constructor_validate_and_infer_types();
+    }
+
+    void validate_and_infer_types() override {
+        NODE_VALIDATION_CHECK(this, get_input_size() == kInputs || get_input_size() == kOutProjectedInputs,
+                              "ProjectedSelectiveScan takes 12 inputs (u, projection weight, A, D, dt_bias, the "
+                              "convolution weights and biases of x, B and C, norm weight), 13 with the output "
+                              "projection's weight, got ", get_input_size());
+        NODE_VALIDATION_CHECK(this, m_chunk_size > 0 && m_groups > 0, "chunk_size and groups must be positive");
+        const auto type = get_input_element_type(kU);
+        NODE_VALIDATION_CHECK(this, type.is_dynamic() || type == ov::element::f32 || type == ov::element::f16 ||
+                                        type == ov::element::bf16,
+                              "ProjectedSelectiveScan computes f32, f16 or bf16 tensors, got ", type);
+        const auto& u = get_input_partial_shape(kU);
+        NODE_VALIDATION_CHECK(this, u.rank().is_dynamic() || u.rank().get_length() == 3, "u must be (b, l, features), got ", u);
+        const auto& A = get_input_partial_shape(kA);
+        const auto& x_conv = get_input_partial_shape(kConv);
+        ov::PartialShape y{ov::Dimension::dynamic(), ov::Dimension::dynamic(), ov::Dimension::dynamic(),
+                           ov::Dimension::dynamic()};
+        if (u.rank().is_static()) y[0] = u[0], y[1] = u[1];
+        if (A.is_static() && x_conv.is_static() && A.size() == 1 && x_conv.size() == 3) {
+            NODE_VALIDATION_CHECK(this, A[0].get_length() > 0 && x_conv[0].get_length() % A[0].get_length() == 0,
+                                  "the x convolution's channels (", x_conv[0], ") must be a multiple of the heads (", A[0], ")");
+            y[2] = A[0];
+            y[3] = x_conv[0].get_length() / A[0].get_length();
+        }
+        if (get_input_size() == kOutProjectedInputs) {
+            const auto& out = get_input_partial_shape(kOutWeight);
+            NODE_VALIDATION_CHECK(this, out.rank().is_dynamic() || out.rank().get_length() == 2,
+                                  "the output projection's weight must be (h p, outputs), got ", out);
+            y = {y[0], y[1], out.rank().is_static() ? out[1] : ov::Dimension::dynamic()};
+        }
+        set_output_type(0, type, y);
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& inputs) const override {
+        return std::make_shared<ProjectedSelectiveScan>(inputs, m_dt_softplus, m_chunk_size, m_norm_eps, m_groups,
+                                                        m_reversed);
+    }
+
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("dt_softplus", m_dt_softplus);
+        visitor.on_attribute("chunk_size", m_chunk_size);
+        visitor.on_attribute("norm_eps", m_norm_eps);
+        visitor.on_attribute("groups", m_groups);
+        visitor.on_attribute("reversed", m_reversed);
+        return true;
+    }
+
+    bool has_evaluate() const override {
+        const auto type = get_input_element_type(kU);
+        return type == ov::element::f32 || type == ov::element::f16 || type == ov::element::bf16;
+    }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        const auto& u = inputs[kU].get_shape();
+        const auto& weight = inputs[kWeight].get_shape();
+        const auto& x_conv = inputs[kConv].get_shape();
+        const auto& bc_conv = inputs[kConv + 2].get_shape();
+        OPENVINO_ASSERT(u.size() == 3 && weight.size() == 2 && weight[0] == u[2] && x_conv.size() == 3 && bc_conv.size() == 3,
+                        "ProjectedSelectiveScan: u must be (b, l, features), the projection weight (features, columns)");
+        const int64_t heads = int64_t(inputs[kA].get_size()), width = int64_t(x_conv[0]), bc = int64_t(bc_conv[0]);
+        OPENVINO_ASSERT(heads > 0 && width % heads == 0 && bc % m_groups == 0,
+                        "ProjectedSelectiveScan: the x convolution's channels must be a multiple of the heads and B's of groups");
+        scan::Dims d{int64_t(u[0]), int64_t(u[1]), heads, width / heads, m_groups, bc / m_groups};
+        scan::check_dims(d);
+        const int64_t columns = 2 * width + 2 * bc + heads;
+        OPENVINO_ASSERT(int64_t(weight[1]) == columns, "ProjectedSelectiveScan: the projection weight must have ", columns,
+                        " columns (z, x, B, C, dt), got ", weight[1]);
+        std::vector<float> params[3];
+        for (size_t k = 0; k < 3; ++k) {
+            OPENVINO_ASSERT(inputs[kA + k].get_size() == size_t(heads), "ProjectedSelectiveScan: A, D and dt_bias must be (h,)");
+            params[k] = to_floats(inputs[kA + k]);
+        }
+        const Convolution conv = convolution(inputs, kConv, d);
+        OPENVINO_ASSERT(inputs[kNormWeight].get_size() == size_t(width), "ProjectedSelectiveScan: the norm's weight must be (h * p,)");
+        const std::vector<float> norm_weight = to_floats(inputs[kNormWeight]);
+        // The weight in fp32, its columns padded to whole vectors.
+        const int64_t features = int64_t(u[2]), padded = (columns + scan::kLanes - 1) / scan::kLanes * scan::kLanes;
+        const std::vector<float> raw = to_floats(inputs[kWeight]);
+        std::vector<float> projection_weight(features * padded, 0.0f);
+        for (int64_t k = 0; k < features; ++k)
+            std::copy(raw.begin() + k * columns, raw.begin() + (k + 1) * columns, projection_weight.begin() + k * padded);
+        // The output projection's weight, its columns padded the same way.
+        std::vector<float> out_weight;
+        scan::OutProjection out{nullptr, 0, 0};
+        if (inputs.size() == kOutProjectedInputs) {
+            const auto& shape = inputs[kOutWeight].get_shape();
+            OPENVINO_ASSERT(shape.size() == 2 && int64_t(shape[0]) == width,
+                            "ProjectedSelectiveScan: the output projection's weight must be (h p, outputs), got ", shape);
+            out.outputs = int64_t(shape[1]);
+            out.columns = (out.outputs + scan::kLanes - 1) / scan::kLanes * scan::kLanes;
+            const std::vector<float> raw_out = to_floats(inputs[kOutWeight]);
+            out_weight.assign(width * out.columns, 0.0f);
+            for (int64_t k = 0; k < width; ++k)
+                std::copy(raw_out.begin() + k * out.outputs, raw_out.begin() + (k + 1) * out.outputs,
+                          out_weight.begin() + k * out.columns);
+            out.weight = out_weight.data();
+            outputs[0].set_shape({u[0], u[1], shape[1]});
+        } else {
+            outputs[0].set_shape({u[0], u[1], size_t(heads), size_t(width / heads)});
+        }
+        const auto type = inputs[kU].get_element_type();
+        const Parts parts{d, params, conv.args(), norm_weight.data(), projection_weight.data(), features, padded,
+                          out.weight ? &out : nullptr};
+        if (type == ov::element::f32) run<float>(parts, inputs[kU], outputs[0]);
+        else if (type == ov::element::f16) run<scan::Half>(parts, inputs[kU], outputs[0]);
+        else if (type == ov::element::bf16) run<scan::BFloat16>(parts, inputs[kU], outputs[0]);
+        else return false;
+        return true;
+    }
+
+private:
+    struct Parts {
+        scan::Dims dims;
+        const std::vector<float>* params;
+        scan::CausalConv conv;
+        const float *norm_weight, *projection_weight;
+        int64_t features, columns;
+        const scan::OutProjection* out;
+    };
+
+    template <class T>
+    void run(const Parts& parts, const ov::Tensor& u, ov::Tensor& y) const {
+        const scan::GatedNorm<T> norm{nullptr, parts.norm_weight, m_norm_eps};
+        const scan::InProjection<T> projection{static_cast<const T*>(u.data()), parts.projection_weight, parts.features,
+                                               parts.columns, m_reversed};
+        scan::ForwardArgs<T> args{parts.dims, nullptr, nullptr, nullptr, nullptr, parts.params[0].data(),
+                                  parts.params[1].data(), parts.params[2].data(), static_cast<T*>(y.data()),
+                                  m_dt_softplus, &parts.conv, &norm, &projection, parts.out};
+        auto kernel = scan::forward_kernel<T>(parts.dims);
+        ov::parallel_for(size_t(parts.dims.batch), [&](size_t b) {
+            thread_local std::vector<float> scratch;
+            kernel(args, int64_t(b), scratch);
+        });
+    }
+
+    bool m_dt_softplus = true;
+    int64_t m_chunk_size = 64;
+    float m_norm_eps = 0.0f;
+    int64_t m_groups = 1;
+    bool m_reversed = false;
+};
+
 ov::OutputVector convert_onnx_node(const ov::frontend::NodeContext& node, bool lowered) {
     const auto softplus = node.get_attribute<int64_t>("dt_softplus");
     const auto chunk_size = node.get_attribute<int64_t>("chunk_size");
@@ -198,8 +369,26 @@ ov::OutputVector convert_onnx_node(const ov::frontend::NodeContext& node, bool l
     return std::make_shared<SelectiveScan>(inputs, softplus == 1, chunk_size, norm_eps)->outputs();
 }
 
+ov::OutputVector convert_projected_onnx_node(const ov::frontend::NodeContext& node) {
+    const auto softplus = node.get_attribute<int64_t>("dt_softplus");
+    const auto chunk_size = node.get_attribute<int64_t>("chunk_size");
+    const auto groups = node.get_attribute<int64_t>("groups");
+    const auto reversed = node.get_attribute<int64_t>("reversed", 0);
+    FRONT_END_GENERAL_CHECK(softplus == 0 || softplus == 1, "Mamba2ProjectedScan: dt_softplus must be 0 or 1, got ", softplus);
+    FRONT_END_GENERAL_CHECK(chunk_size > 0 && groups > 0, "Mamba2ProjectedScan: chunk_size and groups must be positive");
+    FRONT_END_GENERAL_CHECK(reversed == 0 || reversed == 1, "Mamba2ProjectedScan: reversed must be 0 or 1, got ", reversed);
+    const auto count = node.get_input_size();
+    FRONT_END_GENERAL_CHECK(count == ProjectedSelectiveScan::kInputs || count == ProjectedSelectiveScan::kOutProjectedInputs,
+                            "Mamba2ProjectedScan takes 12 or 13 inputs, got ", count);
+    ov::OutputVector inputs;
+    for (size_t i = 0; i < count; ++i) inputs.push_back(node.get_input(int(i)));
+    return std::make_shared<ProjectedSelectiveScan>(inputs, softplus == 1, chunk_size, node.get_attribute<float>("norm_eps"),
+                                                    groups, reversed == 1)->outputs();
+}
+
 std::vector<ov::Extension::Ptr> selective_scan_openvino_extensions() {
     return {std::make_shared<ov::OpExtension<SelectiveScan>>(),
+            std::make_shared<ov::OpExtension<ProjectedSelectiveScan>>(),
             std::make_shared<ov::frontend::onnx::ConversionExtension>(
                 "SelectiveScan", "ai.onnx.contrib", [](const ov::frontend::NodeContext& node) {
                     return convert_onnx_node(node, false);
@@ -207,7 +396,9 @@ std::vector<ov::Extension::Ptr> selective_scan_openvino_extensions() {
             std::make_shared<ov::frontend::onnx::ConversionExtension>(
                 "Mamba2Scan", "brr.openvino", [](const ov::frontend::NodeContext& node) {
                     return convert_onnx_node(node, true);
-                })};
+                }),
+            std::make_shared<ov::frontend::onnx::ConversionExtension>("Mamba2ProjectedScan", "brr.openvino",
+                                                                      convert_projected_onnx_node)};
 }
 
 }  // namespace brr

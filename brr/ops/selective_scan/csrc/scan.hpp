@@ -17,6 +17,10 @@
 // of steps as it loads it, instead of the engine transposing them to (b, channels, l) and back around a
 // separate convolution (a quarter of a v3 window's time on OpenVINO). It lowers the gated RMS norm that
 // follows the scan too (GatedNorm): each batch row's output is gated and normalised while it is in cache.
+// And, for a narrow model (the edge stream's 16 features), Mamba-2's input projection (InProjection) and output
+// projection (OutProjection): a GEMM of 16 or 32 inputs per output writes far more than it computes, so the
+// kernel projects each batch row in cache instead of reading z, x, B, C and dt back from five engine matmuls'
+// outputs and writing y for a sixth.
 // This header has no dependency beyond the standard library: the Python module, the OpenVINO
 // extension and any other host include it and bring their own threading.
 #pragma once
@@ -28,6 +32,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace brr::scan {
@@ -35,13 +40,6 @@ namespace brr::scan {
 // In: a = dt + dt_bias, (steps, heads). Out: a = softplus(a) (when softplus), decay = exp(a * A[h]) and,
 // when dadu is given, da/du (the softplus' derivative, 1 without it). Defined in discretise.cpp.
 void discretise(float* a, float* decay, float* dadu, const float* A, int64_t steps, int64_t heads, bool softplus);
-
-// v = v * sigmoid(v), in place. Defined in discretise.cpp.
-void silu(float* v, int64_t count);
-
-// Per step t < steps: y_t = g_t / sqrt(mean(g_t^2) + eps) * weight with g_t = y_t * silu(z_t), over `width`
-// values, in place. Defined in discretise.cpp.
-void gated_rms_norm(float* y, const float* z, const float* weight, int64_t steps, int64_t width, float eps);
 
 // Storage types: fp32, IEEE fp16 and bfloat16 as raw bits.
 struct Half { uint16_t bits; };
@@ -121,6 +119,27 @@ struct GatedNorm {
     float eps;
 };
 
+// Mamba-2's input projection of the block's input u (b, l, features): each step's [z | x | B | C | dt] =
+// u_t weight, the columns in mamba_ssm's in_proj order (h p, h p, g n, g n, h values), `columns` of them padded
+// with zeros to a multiple of kLanes. x, dt, B, C and the norm's z are then the kernel's own, not inputs.
+// `reversed`: the block runs backwards in time, y = flip(block(flip(u))) along l (a bidirectional stream's
+// second direction), without the two flipped copies.
+template <class T>
+struct InProjection {
+    const T* u;
+    const float* weight;  // (features, columns), fp32
+    int64_t features, columns;
+    bool reversed = false;
+};
+
+// Mamba-2's output projection of the normalised y, (h p) -> outputs, in the kernel after an InProjection (the
+// edge stream's 32 -> 16): y is then (b, l, outputs). weight (h p, columns) fp32, its columns zero-padded to a
+// multiple of kLanes.
+struct OutProjection {
+    const float* weight;
+    int64_t outputs, columns;
+};
+
 template <class T>
 struct ForwardArgs {
     Dims dims;
@@ -130,6 +149,8 @@ struct ForwardArgs {
     bool dt_softplus;
     const CausalConv* conv = nullptr;   // x, B and C are the convolution's inputs when set
     const GatedNorm<T>* norm = nullptr;  // y is gated and normalised when set
+    const InProjection<T>* projection = nullptr;  // x, dt, B, C (and z) are projected from u when set
+    const OutProjection* out_projection = nullptr;  // with a projection: y is projected when set
 };
 
 template <class T>
@@ -264,20 +285,73 @@ inline Vec vec_at(const float* p) {
     return v;
 }
 
+// e^v in every lane, within 1 ulp: v = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor polynomial of
+// degree 7 (error r^8 / 8! < 2^-26), 2^n built in the exponent bits. Inline, unlike glibc's vector expf: a call
+// per vector made the compiler spill the convolution's and the norm's registers around it. Below -87.3 (e^v
+// under 2^-126) it gives 0, above 88.37 inf; NaN stays NaN.
+inline Vec exp_lanes(Vec v) {
+    const Vec lowest = broadcast(-87.33654f), highest = broadcast(88.37626f);
+    const Vec clamped = v < lowest ? lowest : (v > highest ? highest : v);
+    const Vec scaled = clamped * 1.44269504f;
+    const LaneIndex n = __builtin_convertvector(scaled + (scaled < 0.0f ? broadcast(-0.5f) : broadcast(0.5f)), LaneIndex);
+    const Vec nf = __builtin_convertvector(n, Vec);
+    // ln 2 in two parts (n ln2_high is exact); the empty asm keeps -fassociative-math from merging them again.
+    Vec high = clamped - nf * 0.693359375f;
+    asm("" : "+x"(high));
+    const Vec r = high + nf * 2.12194440e-4f;
+    Vec e = broadcast(1.0f / 5040.0f);
+    for (float c : {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f}) e = e * r + c;
+    const LaneIndex bits = (n + 127) << 23;
+    Vec scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    e *= scale;
+    return v > highest ? broadcast(INFINITY) : (v < lowest ? Vec{} : e);
+}
+
+inline Vec silu_lanes(Vec v) { return v / (1.0f + exp_lanes(-v)); }
+
+inline float silu(float v) { return v / (1.0f + std::exp(-v)); }
+
+// Per step t < steps: y_t = g_t / sqrt(mean(g_t^2) + eps) * weight with g_t = y_t * silu(z_t), over `width`
+// values, in place.
+inline void gated_rms_norm(float* y, const float* z, const float* weight, int64_t steps, int64_t width, float eps) {
+    const int64_t vector_width = width - width % kLanes;
+    for (int64_t t = 0; t < steps; ++t) {
+        float* yt = y + t * width;
+        const float* zt = z + t * width;
+        Vec squares{};
+        float tail = 0.0f;
+        for (int64_t c = 0; c < vector_width; c += kLanes) {
+            const Vec g = vec_at(yt + c) * silu_lanes(vec_at(zt + c));
+            std::memcpy(yt + c, &g, sizeof g);
+            squares += g * g;
+        }
+        for (int64_t c = vector_width; c < width; ++c) {
+            yt[c] *= silu(zt[c]);
+            tail += yt[c] * yt[c];
+        }
+        const float scale = 1.0f / std::sqrt((lane_sum(squares) + tail) / float(width) + eps);
+        for (int64_t c = 0; c < vector_width; c += kLanes) {
+            const Vec normed = vec_at(yt + c) * scale * vec_at(weight + c);
+            std::memcpy(yt + c, &normed, sizeof normed);
+        }
+        for (int64_t c = vector_width; c < width; ++c) yt[c] *= scale * weight[c];
+    }
+}
+
 // out[r * out_stride + c] = silu(bias[c] + sum_j weight[j * weight_stride + c] * in[(r + j) * channels + c]) for
 // r < rows, c < channels: the causal convolution of `width` taps whose input rows start width - 1 steps early.
 // Whole vectors of channels (the loops of a 4-tap filter over 16 to 128 channels are too short for the
-// compiler's own vectorisation to pay), then one SiLU pass over the block: out's lanes beyond `channels`
-// must hold 0 (SiLU keeps them 0).
+// compiler's own vectorisation to pay); out's lanes beyond `channels` are left as they are.
 inline void causal_conv_silu(const float* in, const float* weight, int64_t weight_stride, const float* bias,
                              int64_t rows, int64_t channels, int64_t width, float* out, int64_t out_stride) {
     const int64_t vector_channels = channels - channels % kLanes;
     for (int64_t c = 0; c < vector_channels; c += kLanes) {
-        const Vec b = load_lanes(bias + c, kLanes);
+        const Vec b = vec_at(bias + c);
         for (int64_t r = 0; r < rows; ++r) {
             Vec acc = b;
-            for (int64_t j = 0; j < width; ++j)
-                acc += load_lanes(weight + j * weight_stride + c, kLanes) * load_lanes(in + (r + j) * channels + c, kLanes);
+            for (int64_t j = 0; j < width; ++j) acc += vec_at(weight + j * weight_stride + c) * vec_at(in + (r + j) * channels + c);
+            acc = silu_lanes(acc);
             std::memcpy(out + r * out_stride + c, &acc, sizeof acc);
         }
     }
@@ -285,10 +359,59 @@ inline void causal_conv_silu(const float* in, const float* weight, int64_t weigh
         for (int64_t c = vector_channels; c < channels; ++c) {
             float acc = bias[c];
             for (int64_t j = 0; j < width; ++j) acc += weight[j * weight_stride + c] * in[(r + j) * channels + c];
-            out[r * out_stride + c] = acc;
+            out[r * out_stride + c] = silu(acc);
         }
-    silu(out, rows * out_stride);
 }
+
+// out[t * columns + c] = sum_k u[t * features + k] weight[k * columns + c] for t < steps: V vectors of columns
+// for 4 steps at a time, 4 V accumulators in registers, one load of each weight vector per 4 steps.
+template <int V>
+inline void project_columns(const float* u, const float* weight, int64_t steps, int64_t features, int64_t columns,
+                            int64_t first_column, float* out) {
+    constexpr int64_t kSteps = 4;
+    for (int64_t t = 0; t < steps; t += kSteps) {
+        const int64_t rows = std::min(kSteps, steps - t);
+        Vec acc[kSteps][V] = {};
+        for (int64_t k = 0; k < features; ++k) {
+            Vec w[V];
+            for (int v = 0; v < V; ++v) w[v] = vec_at(weight + k * columns + first_column + v * kLanes);
+            for (int64_t r = 0; r < kSteps; ++r) {
+                const float ur = u[(t + std::min(r, rows - 1)) * features + k];  // a short last block repeats a row
+                for (int v = 0; v < V; ++v) acc[r][v] += ur * w[v];
+            }
+        }
+        for (int64_t r = 0; r < rows; ++r)
+            for (int v = 0; v < V; ++v)
+                std::memcpy(out + (t + r) * columns + first_column + v * kLanes, &acc[r][v], sizeof(Vec));
+    }
+}
+
+// The projection of a batch row, kChunk steps at a time (their u rows stay in L1) and up to 6 vectors of
+// columns per pass (24 accumulators).
+inline void project(const float* u, const float* weight, int64_t steps, int64_t features, int64_t columns, float* out) {
+    constexpr int64_t kWidest = 6;
+    const int64_t vectors = columns / kLanes;
+    for (int64_t t0 = 0; t0 < steps; t0 += kChunk) {
+        const int64_t block = std::min(kChunk, steps - t0);
+        const float* u_block = u + t0 * features;
+        float* out_block = out + t0 * columns;
+        int64_t v = 0;
+        for (; v + kWidest <= vectors; v += kWidest)
+            project_columns<kWidest>(u_block, weight, block, features, columns, v * kLanes, out_block);
+        const int64_t first = v * kLanes;
+        switch (vectors - v) {
+            case 5: project_columns<5>(u_block, weight, block, features, columns, first, out_block); break;
+            case 4: project_columns<4>(u_block, weight, block, features, columns, first, out_block); break;
+            case 3: project_columns<3>(u_block, weight, block, features, columns, first, out_block); break;
+            case 2: project_columns<2>(u_block, weight, block, features, columns, first, out_block); break;
+            case 1: project_columns<1>(u_block, weight, block, features, columns, first, out_block); break;
+            default: break;
+        }
+    }
+}
+
+template <int N, class T>
+void projected_forward_row(const ForwardArgs<T>& args, int64_t b, std::vector<float>& scratch);
 
 // The tile's state: N vectors in registers when N is known at compile time, else in `memory`.
 template <int N>
@@ -306,6 +429,7 @@ struct TileState<0> {
 
 template <int N, class T>
 void forward_row(const ForwardArgs<T>& args, int64_t b, std::vector<float>& scratch) {
+    if (args.projection) return projected_forward_row<N>(args, b, scratch);
     const Dims& d = args.dims;
     const int64_t L = d.length, H = d.heads, p = d.headdim, n = N ? N : d.state, G = d.groups, R = H / G;
     const int64_t W = R * p, tiles = (W + kLanes - 1) / kLanes, Wp = tiles * kLanes;
@@ -391,6 +515,67 @@ void forward_row(const ForwardArgs<T>& args, int64_t b, std::vector<float>& scra
             gated_rms_norm(yf, zf, args.norm->weight, L, x_stride, args.norm->eps);
             for (int64_t i = 0; i < row; ++i) y[i] = from_float<T>(yf[i]);
         }
+    }
+}
+
+// Forward of one batch row whose inputs the kernel projects: the row's projection into cache (its steps in
+// reverse order when reversed), split into the contiguous (1, l, ...) inputs of an fp32 forward_row, which
+// writes y in place (fp32, neither projected nor reversed) or into cache, from where it is projected and / or
+// stored (in l order).
+template <int N, class T>
+void projected_forward_row(const ForwardArgs<T>& args, int64_t b, std::vector<float>& scratch) {
+    const Dims& d = args.dims;
+    const InProjection<T>& projection = *args.projection;
+    const OutProjection* out = args.out_projection;
+    const int64_t L = d.length, H = d.heads, W = H * d.headdim, BC = d.groups * d.state;
+    const int64_t K = projection.features, columns = projection.columns;
+    if (columns % kLanes || columns < 2 * W + 2 * BC + H || (out && (out->columns % kLanes || out->columns < out->outputs)))
+        throw std::invalid_argument("selective scan: a projection's columns must cover its outputs (z, x, B, C and "
+                                    "dt in) and be a multiple of " + std::to_string(kLanes));
+    constexpr bool fp32 = std::is_same_v<T, float>;
+    const bool reversed = projection.reversed, y_in_place = fp32 && !out && !reversed;
+    const int64_t projected_columns = out ? std::max(columns, out->columns) : columns;
+    thread_local std::vector<float> row;
+    row.resize((fp32 && !reversed ? 0 : L * K) + (y_in_place ? 0 : L * W) + L * projected_columns + 2 * L * W +
+               2 * L * BC + L * H);
+    float* cursor = row.data();
+    auto take = [&](int64_t count) { float* at = cursor; cursor += count; return at; };
+    const T* u_row = projection.u + b * L * K;
+    const float* u = nullptr;
+    if (fp32 && !reversed) {
+        u = reinterpret_cast<const float*>(u_row);
+    } else {  // an fp32 copy of the row, its steps in the order the block runs them
+        float* copy = take(L * K);
+        for (int64_t t = 0; t < L; ++t) {
+            const T* from = u_row + (reversed ? L - 1 - t : t) * K;
+            for (int64_t k = 0; k < K; ++k) copy[t * K + k] = to_float(from[k]);
+        }
+        u = copy;
+    }
+    float* y = y_in_place ? reinterpret_cast<float*>(args.y) + b * L * W : take(L * W);
+    float *projected = take(L * projected_columns), *z = take(L * W), *x = take(L * W), *B = take(L * BC);
+    float *C = take(L * BC), *dt = take(L * H);
+    project(u, projection.weight, L, K, columns, projected);
+    const std::pair<float*, int64_t> parts[] = {{z, W}, {x, W}, {B, BC}, {C, BC}, {dt, H}};
+    for (int64_t t = 0; t < L; ++t) {
+        const float* from = projected + t * columns;
+        for (auto [to, count] : parts) {
+            std::memcpy(to + t * count, from, count * sizeof(float));
+            from += count;
+        }
+    }
+    const GatedNorm<float> norm{z, args.norm ? args.norm->weight : nullptr, args.norm ? args.norm->eps : 0.0f};
+    const ForwardArgs<float> row_args{{1, L, H, d.headdim, d.groups, d.state}, x, dt, B, C, args.A, args.D,
+                                      args.dt_bias, y, args.dt_softplus, args.conv, args.norm ? &norm : nullptr};
+    forward_row<N, float>(row_args, 0, scratch);
+    if (y_in_place) return;
+    const int64_t width = out ? out->outputs : W, stride = out ? out->columns : W;
+    if (out) project(y, out->weight, L, W, out->columns, projected);
+    const float* result = out ? projected : y;
+    T* stored = args.y + b * L * width;
+    for (int64_t t = 0; t < L; ++t) {
+        T* to = stored + (reversed ? L - 1 - t : t) * width;
+        for (int64_t c = 0; c < width; ++c) to[c] = from_float<T>(result[t * stride + c]);
     }
 }
 
