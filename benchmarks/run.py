@@ -129,7 +129,8 @@ def openvino_stage_profile(engine_dir: Path, feed: dict, repeats: int = 3) -> di
 
 
 def stage_flops(onnx_path: Path) -> dict[str, float]:
-    """FLOPs per model stage of one window (MatMul, Gemm and Conv of the fp32 export, by its stage map)."""
+    """FLOPs per model stage of one window (MatMul, Gemm, Conv and SelectiveScan of the fp32 export, by its stage
+    map)."""
     import onnx
 
     from brr.artifact.files import STAGES_FILE
@@ -396,7 +397,8 @@ def markdown(report: dict) -> str:
                     lines.append(f"| {stage} | {v['seconds'] * 1e3:.1f} | {v['share']:.0%} | {v['gflop']:.2f} "
                                  f"| {v['bytes'] / 1e6:.0f} | {v['limit_s'] * 1e3:.1f} | {v['bound']} | {distance} |")
     for config, flops in report["model_flops"].items():
-        lines.append(f"\n{config}: {flops / 1e9:.1f} GFLOP per window (MatMul+Gemm+Conv, counted from the ONNX graph)")
+        lines.append(f"\n{config}: {flops / 1e9:.1f} GFLOP per window (MatMul, Gemm, Conv and the selective scan's "
+                     "recurrence, counted from the ONNX graph)")
     return "\n".join(lines)
 
 

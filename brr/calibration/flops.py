@@ -1,7 +1,9 @@
-"""FLOPs per ONNX node (MatMul, Gemm, Conv), counted from inferred shapes at a fixed batch.
+"""FLOPs per ONNX node (MatMul, Gemm, Conv and the plugin graph's SelectiveScan), counted from inferred shapes
+at a fixed batch.
 
-``count_flops`` (totals by op type) is what ``benchmarks/flops.py`` reports; ``node_flops`` gives the
-same count per node, which a precision plan needs for the share of work its fp32 nodes keep.
+``count_flops`` (totals by op type) is the model's count that ``benchmarks/run.py`` measures engines against;
+``node_flops`` gives the same count per node, which a precision plan needs for the share of work its fp32
+nodes keep and the benchmark for each stage's distance to its compute limit.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ import math
 import onnx
 from onnx import shape_inference
 
-COUNTED_OP_TYPES = ("MatMul", "Gemm", "Conv")
+COUNTED_OP_TYPES = ("MatMul", "Gemm", "Conv", "SelectiveScan")
+# The selective scan's recurrence per (token, head, head-dim lane, state): S = exp(a A) S + (a x) B, a multiply
+# and a multiply-add, then y += S C, a multiply-add (a standard graph's decomposition of it is counted as the
+# MatMuls it is made of).
+SCAN_FLOPS_PER_STATE = 5
 
 
 def _static_shape(value_info) -> list[int] | None:
@@ -32,7 +38,8 @@ def fix_batch(model: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
 
 
 def node_flops(model: onnx.ModelProto, batch: int = 1) -> dict[str, float | None]:
-    """Node name -> FLOPs (2 per multiply-add) of every MatMul, Gemm and Conv; None where a shape is unknown."""
+    """Node name -> FLOPs (2 per multiply-add) of every MatMul, Gemm, Conv and SelectiveScan; None where a shape
+    is unknown."""
     inferred = shape_inference.infer_shapes(fix_batch(model, batch), data_prop=True)
     shapes = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
@@ -44,6 +51,10 @@ def node_flops(model: onnx.ModelProto, batch: int = 1) -> dict[str, float | None
     flops: dict[str, float | None] = {}
     for node in inferred.graph.node:
         if node.op_type not in COUNTED_OP_TYPES:
+            continue
+        if node.op_type == "SelectiveScan":  # x (b, l, h, p), B (b, l, g, n)
+            x, B = shapes.get(node.input[0]), shapes.get(node.input[3])
+            flops[node.name] = None if x is None or B is None else SCAN_FLOPS_PER_STATE * math.prod(x) * B[-1]
             continue
         out, a, w = (shapes.get(name) for name in (node.output[0], node.input[0], node.input[1]))
         if out is None or a is None or w is None:

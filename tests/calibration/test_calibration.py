@@ -396,6 +396,25 @@ def test_node_flops_counts_matmuls():
     assert flops == {"mix_matmul": 2.0 * 19 * WINDOW * WINDOW, "head_matmul": 2.0 * 19 * WINDOW * WINDOW}
 
 
+def test_node_flops_counts_the_selective_scans_recurrence():
+    """A plugin graph's SelectiveScan: 5 FLOPs per (token, head, head-dim lane, state), at the given batch; None
+    while its length is unknown."""
+    from onnx import TensorProto, helper
+
+    def scan_model(length):
+        shapes = {"x": [1, length, 4, 3], "dt": [1, length, 4], "A": [4], "B": [1, length, 2, 5],
+                  "C": [1, length, 2, 5], "D": [4], "dt_bias": [4]}
+        node = helper.make_node("SelectiveScan", list(shapes), ["y"], name="scan", domain="ai.onnx.contrib")
+        graph = helper.make_graph([node], "scan", [helper.make_tensor_value_info(k, TensorProto.FLOAT, v)
+                                                   for k, v in shapes.items()],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                       helper.make_opsetid("ai.onnx.contrib", 1)])
+
+    assert node_flops(scan_model(100), batch=3) == {"scan": 5.0 * 3 * 100 * 4 * 3 * 5}
+    assert node_flops(scan_model("length")) == {"scan": None}
+
+
 @pytest.fixture(scope="module")
 def edf(tmp_path_factory):
     """One 2-minute synthetic 19-channel recording."""

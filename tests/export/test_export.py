@@ -258,9 +258,13 @@ def test_openvino_lowers_every_mamba_convolution_into_its_scan(exports, guarded,
     edge_scans = 2 * guarded.config.edge_mamba.layers
     assert guarded.config.edge_mamba.d_model <= PROJECTED_MAX_FEATURES < guarded.config.node_mamba.d_model
     assert built.settings["lowered_projections"] == built.settings["lowered_out_projections"] == edge_scans
-    # Each layer's backward direction runs backwards in the kernel instead of between two flipped copies.
-    assert built.settings["reversed_scans"] == guarded.config.edge_mamba.layers
+    # Each layer's backward direction, in both streams, runs backwards in the kernel instead of between two
+    # flipped copies.
+    node_layers, edge_layers = guarded.config.node_mamba.layers, guarded.config.edge_mamba.layers
+    assert built.settings["reversed_scans"] == node_layers + edge_layers
     layers = list(ET.parse(tmp_path / "model.xml").getroot().iter("layer"))
+    assert [layer.get("type") for layer in layers if layer.find("data") is not None
+            and layer.find("data").get("reversed") == "true"].count("SelectiveScan") == node_layers
     assert "GroupConvolution" not in {layer.get("type") for layer in layers}
     # x, dt, A, B, C, D, dt_bias, the three convolutions' weights and biases, the norm's z and weight.
     assert [len(layer.find("input")) for layer in layers if layer.get("type") == "SelectiveScan"] == \
@@ -317,6 +321,38 @@ def test_a_convolution_read_elsewhere_stays_outside_its_scan(exports):
     lowered_ops = [n.op_type for n in lowered.graph.node]
     assert lowered_ops.count(LOWERED_OP) + lowered_ops.count(PROJECTED_OP) == scans - 1 and _scan_count(lowered) == 1
     assert any(n.op_type == "Conv" and conv.output[0] in n.output for n in lowered.graph.node)
+
+
+def _weight_shape(model: onnx.ModelProto, matmul: onnx.NodeProto) -> tuple[int, ...]:
+    return next(tuple(i.dims) for i in model.graph.initializer if i.name == matmul.input[1])
+
+
+@pytest.mark.parametrize("probed", ["flipped input", "output before its flip back"])
+def test_a_flip_read_elsewhere_keeps_its_scan_forwards(exports, guarded, probed):
+    """A node layer's flipped input, or its output projection before the flip back, that is also a graph output
+    (a probe) keeps both flips: that scan runs forwards between them, the other backward directions backwards
+    in the kernel."""
+    from brr.backends.openvino.lowering import lower_for_openvino
+
+    model = onnx.load(str(exports["plugin"].model))
+    producer = {output: n for n in model.graph.node for output in n.output}
+    readers = {}
+    for n in model.graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    node_features = guarded.config.node_mamba.d_model
+    flips = [n for n in model.graph.node if n.op_type == "Slice"]
+    if probed == "flipped input":  # a flip read by the node stream's in_proj MatMuls
+        probe = next(f.output[0] for f in flips if all(
+            r.op_type == "MatMul" and _weight_shape(model, r)[0] == node_features for r in readers[f.output[0]]))
+    else:  # the node stream's out_proj MatMul that a flip reads
+        probe = next(f.input[0] for f in flips if producer[f.input[0]].op_type == "MatMul"
+                     and _weight_shape(model, producer[f.input[0]])[1] == node_features)
+    model.graph.output.append(onnx.helper.make_tensor_value_info(probe, onnx.TensorProto.FLOAT, None))
+    lowered, counts = lower_for_openvino(model, fp32_everywhere=True)
+    assert counts["reversed_scans"] == guarded.config.node_mamba.layers + guarded.config.edge_mamba.layers - 1
+    flipped = [n for n in lowered.graph.node if n.op_type == "Slice"]
+    assert len(flipped) == len(flips) - 2 * counts["reversed_scans"] and probe in {o.name for o in lowered.graph.output}
 
 
 def test_a_projection_read_elsewhere_stays_outside_its_scan(exports, guarded):

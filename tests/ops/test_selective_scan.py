@@ -344,9 +344,10 @@ CONV_WIDTH = 4
 NORM_EPS = 1e-5
 
 
-def lowered_scan_model(h, p, g, n, with_norm, seed=5) -> tuple[onnx.ModelProto, dict[str, torch.Tensor]]:
+def lowered_scan_model(h, p, g, n, with_norm, seed=5, reversed_=False) -> tuple[onnx.ModelProto, dict[str, torch.Tensor]]:
     """A graph of one ``Mamba2Scan`` node (what ``lower_for_openvino`` makes of Mamba-2's convolution, scan
-    and, ``with_norm``, gated norm), its parameters as initializers; returns it and the parameters."""
+    and, ``with_norm``, gated norm; backwards in time when ``reversed_``), its parameters as initializers;
+    returns it and the parameters."""
     from onnx import TensorProto, helper, numpy_helper
 
     from brr.backends.openvino.lowering import LOWERED_DOMAIN, LOWERED_OP
@@ -369,7 +370,8 @@ def lowered_scan_model(h, p, g, n, with_norm, seed=5) -> tuple[onnx.ModelProto, 
         inputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", "l", h * p]))
         order += ["z", "norm_weight"]
         norm = {"norm_eps": NORM_EPS}
-    node = helper.make_node(LOWERED_OP, order, ["y"], domain=LOWERED_DOMAIN, dt_softplus=1, chunk_size=64, **norm)
+    node = helper.make_node(LOWERED_OP, order, ["y"], domain=LOWERED_DOMAIN, dt_softplus=1, chunk_size=64,
+                            reversed=int(reversed_), **norm)
     graph = helper.make_graph([node], "lowered", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               initializer=[numpy_helper.from_array(t.numpy(), name) for name, t in params.items()])
     opsets = [helper.make_opsetid("", registry.ONNX_OPSET), helper.make_opsetid(LOWERED_DOMAIN, 1)]
@@ -396,15 +398,16 @@ def conv_then_scan_reference(params, x, dt, B, C, z=None) -> np.ndarray:
         return y.numpy()
 
 
-# Two groups, and lanes and states that fill no vector (3 x 4 = 12 lanes per group, 2 x 5 = 10 B and C values).
-@pytest.mark.parametrize("with_norm", [False, True])
+# Two groups, and lanes and states that fill no vector (3 x 4 = 12 lanes per group, 2 x 5 = 10 B and C values);
+# forwards and backwards in time.
+@pytest.mark.parametrize(("with_norm", "reversed_"), [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("hint", ["f32", "bf16"])
 @pytest.mark.parametrize(("b", "length"), [(2, 2), *RUN_SIZES])
-def test_openvino_lowered_mamba2_scan_matches_reference(with_norm, hint, b, length, tmp_path):
+def test_openvino_lowered_mamba2_scan_matches_reference(with_norm, reversed_, hint, b, length, tmp_path):
     import openvino as ov
 
     h, p, g, n = 4, 3, 2, 5
-    model, params = lowered_scan_model(h, p, g, n, with_norm)
+    model, params = lowered_scan_model(h, p, g, n, with_norm, reversed_=reversed_)
     path = tmp_path / "lowered.onnx"
     onnx.save(model, str(path))
     extension = str(registry.openvino_extension())
@@ -418,7 +421,33 @@ def test_openvino_lowered_mamba2_scan_matches_reference(with_norm, hint, b, leng
         feed["z"] = z.numpy()
     y = compiled(feed)[0]
     assert y.shape == (b, length, h, p)
-    assert relative_error(y, conv_then_scan_reference(params, x, dt, B, C, z)) < 1e-5
+    if reversed_:  # flip(block(flip(inputs))): the norm pairs each step's y with that step's z
+        x, dt, B, C, z = (None if t is None else t.flip(1) for t in (x, dt, B, C, z))
+    expected = conv_then_scan_reference(params, x, dt, B, C, z)
+    assert relative_error(y, np.flip(expected, 1) if reversed_ else expected) < 1e-5
+
+
+@pytest.mark.parametrize("reversed_", [False, True])
+def test_openvino_lowered_scan_carries_a_nan_forward_and_no_further(reversed_, tmp_path):
+    """A NaN in one step of dt reaches that batch row's outputs from that step on in the scan's direction, and
+    nothing before it or in another row; a NaN in one step of z (read in place, whatever the direction) only
+    that step's outputs."""
+    import openvino as ov
+
+    h, p, g, n = 4, 3, 1, 5
+    model, _ = lowered_scan_model(h, p, g, n, with_norm=True, reversed_=reversed_)
+    path = tmp_path / "lowered.onnx"
+    onnx.save(model, str(path))
+    compiled = ov.Core().compile_model(ov.convert_model(str(path), extension=[str(registry.openvino_extension())]), "CPU")
+    x, dt, _, B, C, _, _ = random_scan_inputs(3, 100, h=h, p=p, g=g, n=n, seed=6)
+    z = torch.randn(3, 100, h * p, generator=torch.Generator().manual_seed(7))
+    feed = {"x": x.numpy(), "dt": dt.numpy(), "B": B.numpy(), "C": C.numpy(), "z": z.numpy()}
+    feed["dt"][0, 40, 1] = np.nan
+    feed["z"][1, 70, 5] = np.nan
+    y = compiled(feed)[0]
+    reached, untouched = (y[0, :41], y[0, 41:]) if reversed_ else (y[0, 40:], y[0, :40])
+    assert np.isnan(reached).all() and np.isfinite(untouched).all()
+    assert np.isnan(y[1, 70]).all() and np.isfinite(np.delete(y[1], 70, axis=0)).all() and np.isfinite(y[2]).all()
 
 
 FEATURES = 7

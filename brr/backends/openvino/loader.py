@@ -4,8 +4,10 @@ A plugin-mode export (``--ops plugin``) converts with brr's OpenVINO extension
 (``brr.ops.registry.openvino_extension()``): each custom node becomes the extension's operation, run
 by the ops' native CPU kernels, and ``CompiledModel`` adds the same extension before reading the IR.
 Before converting, the build lowers Mamba-2's convolutions and gated norms into the scans between them,
-and a narrow block's input projection too (``lowering.lower_for_openvino``); the manifest's
-``settings.lowered_scans``, ``lowered_gated_norms`` and ``lowered_projections`` count them. In both modes it runs the widely dilated convolutions that stay in fp32 on phases
+and a narrow block's input projection too, and runs each backward direction backwards in the kernel
+(``lowering.lower_for_openvino``); the manifest's ``settings.lowered_scans``, ``lowered_gated_norms``,
+``lowered_projections`` and ``reversed_scans`` count them. In both modes it runs the widely dilated
+convolutions that stay in fp32 on phases
 (``settings.phased_convolutions``).
 
 The IR keeps fp32 weights (no fp16 compression) so one IR serves every precision; the manifest's

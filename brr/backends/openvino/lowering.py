@@ -30,10 +30,15 @@ side by side. With 16 features (the edge stream) a GEMM writes five values for e
 per input: OpenVINO's five MatMuls wrote 58 MB per v3 window and layer that the scan read back, and took
 about as long as the scan itself; the kernel projects each batch row into cache instead. The output projection
 that follows (Reshape -> MatMul, 32 -> 16 features) moves in too: the scan's 32-wide output then never leaves
-the cache. And the backward direction's flips of u and of its output (two Slices with step -1 along l, each a
-copy) become the node's ``reversed`` attribute: the kernel reads u's rows and writes the output's from the
-end. The node stream's 64 features keep OpenVINO's GEMMs, which run near the compute peak there (projecting
+the cache. The node stream's 64 features keep OpenVINO's GEMMs, which run near the compute peak there (projecting
 them inside made a v3 window slower).
+
+**Backward directions run backwards in the kernel.** A bidirectional layer's backward direction is
+flip(block(flip(u))) along l, two Slices with step -1, each a full copy. Either lowered node takes the flip of
+u away (the projections between it and a ``Mamba2Scan`` act on each step alone, so they read u itself) and the
+flip back (likewise after per-step nodes: the output projection), and gets the attribute ``reversed``: the
+kernel walks each row's steps from the last, reading its inputs and writing its output in place; the gated
+norm pairs each step's output with that step's z, whichever the direction.
 
 Both exist only between the ONNX file and the IR an OpenVINO build writes: the exported ONNX keeps the
 standard graph that every other engine runs. A scan whose three inputs do not all match the pattern, or
@@ -57,6 +62,9 @@ PROJECTED_MAX_FEATURES = 16
 _SCAN_INPUTS = {"x": (0, "Reshape"), "B": (3, "Unsqueeze"), "C": (4, "Unsqueeze")}
 _SCAN_ATTRIBUTES = ("dt_softplus", "chunk_size")
 PHASE_DILATION = 64
+# Mamba2Scan's inputs in mamba_ssm's in_proj order: z (13), x (0, a Reshape of its projection), B and C (3, 4,
+# Unsqueezes: one group), dt (1).
+_PROJECTED_INPUTS = ((13, None), (0, "Reshape"), (3, "Unsqueeze"), (4, "Unsqueeze"), (1, None))
 
 
 @dataclass
@@ -209,9 +217,7 @@ def _projection_of(value: ir.Value | None, through: str | None) -> tuple[ir.Valu
 def _project_inside(graph: ir.Graph, fused: ir.Node, shapes: dict[str, tuple[int | None, ...]]) -> ir.Node | None:
     """Replace the lowered scan-with-norm ``fused`` by ``PROJECTED_OP`` when z, x, B, C and dt are projections
     of one narrow u; returns the new node."""
-    # Mamba2Scan's inputs: x (Reshape of its projection), dt, B and C (Unsqueezes: one group), z (13).
-    parts = [_projection_of(fused.inputs[i], through) for i, through in
-             ((13, None), (0, "Reshape"), (3, "Unsqueeze"), (4, "Unsqueeze"), (1, None))]
+    parts = [_projection_of(fused.inputs[i], through) for i, through in _PROJECTED_INPUTS]
     if any(part is None for part in parts) or len({id(u) for u, _, _ in parts}) != 1:
         return None
     u = parts[0][0]
@@ -244,20 +250,71 @@ def _is_time_flip(node: ir.Node | None) -> bool:
             and int(ends[0]) <= np.iinfo(np.int32).min and int(axes[0]) == 1 and int(steps[0]) == -1)
 
 
-def _run_backwards_inside(graph: ir.Graph, projected: ir.Node) -> bool:
-    """Drop the flips around ``projected`` (its u flipped along l, its output flipped back, each read only
-    there) and have it run backwards in time instead: flip(block(flip(u))) without the two flipped copies."""
-    into = projected.inputs[0].producer()
-    back = _sole_user(projected.outputs[0], "Slice")
-    if not _is_time_flip(into) or not _is_time_flip(back) or len(_users(projected.inputs[0])) != 1 \
-            or back.outputs[0].is_graph_output():
+def _per_step(node: ir.Node, shapes: dict[str, tuple[int | None, ...]]) -> bool:
+    """A node that maps each step of a (b, l, ...) tensor on its own, so that it commutes with a flip along l:
+    MatMul by a constant 2-D weight, Unsqueeze after the first two axes, Reshape of the axes after them."""
+    if node.domain != "":
         return False
-    projected.replace_input_with(0, into.inputs[0])
-    projected.attributes["reversed"] = ir.AttrInt64("reversed", 1)
-    back.outputs[0].replace_all_uses_with(projected.outputs[0])
-    output_name = back.outputs[0].name
+    if node.op_type == "MatMul":
+        weight = _constant(node.inputs[1])
+        return weight is not None and weight.ndim == 2
+    if node.op_type == "Unsqueeze":
+        axes = _constant(node.inputs[1]) if len(node.inputs) == 2 else None
+        return axes is not None and bool((axes >= 2).all())
+    if node.op_type == "Reshape":
+        source, target = shapes.get(node.inputs[0].name), shapes.get(node.outputs[0].name)
+        return (source is not None and target is not None and min(len(source), len(target)) >= 3
+                and source[1] is not None and source[:2] == target[:2])
+    return False
+
+
+def _flip_after(value: ir.Value, shapes: dict[str, tuple[int | None, ...]]) -> ir.Node | None:
+    """The time flip ``value`` reaches through per-step nodes, each value on the way read only by the next."""
+    while len(users := _users(value)) == 1:
+        node = users[0]
+        if _is_time_flip(node) and node.inputs[0] is value:
+            return None if node.outputs[0].is_graph_output() else node
+        if not _per_step(node, shapes) or node.inputs[0] is not value:
+            return None
+        value = node.outputs[0]
+    return None
+
+
+def _flipped_projections(scan: ir.Node, shapes: dict[str, tuple[int | None, ...]]) -> tuple[ir.Node, list[ir.Node]] | None:
+    """(flip, MatMuls) when the lowered scan-with-norm ``scan``'s z, x, B, C and dt are per-step projections of one
+    flip(u) along l that nothing else reads."""
+    parts = [_projection_of(scan.inputs[i], through) for i, through in _PROJECTED_INPUTS]
+    if any(part is None for part in parts) or not all(_per_step(n, shapes) for _, _, nodes in parts for n in nodes):
+        return None
+    matmuls = [nodes[-1] for _, _, nodes in parts]
+    into = matmuls[0].inputs[0].producer()
+    if not _is_time_flip(into) or {id(n) for n in _users(into.outputs[0])} != {id(m) for m in matmuls}:
+        return None
+    return into, matmuls
+
+
+def _run_backwards_inside(graph: ir.Graph, scan: ir.Node, shapes: dict[str, tuple[int | None, ...]]) -> bool:
+    """Drop the flips along l around the lowered scan-with-norm ``scan`` (of u, or of u's projections, into it;
+    of its output, after per-step nodes, out of it; each read only there) and have it run backwards in time
+    instead: flip(block(flip(u))) without the two flipped copies."""
+    back = _flip_after(scan.outputs[0], shapes)
+    if back is None:
+        return False
+    if scan.op_type == PROJECTED_OP:
+        into = scan.inputs[0].producer()
+        if not _is_time_flip(into) or len(_users(scan.inputs[0])) != 1:
+            return False
+        readers = [scan]
+    else:
+        flipped = _flipped_projections(scan, shapes)
+        if flipped is None:
+            return False
+        into, readers = flipped
+    for reader in readers:
+        reader.replace_input_with(0, into.inputs[0])
+    scan.attributes["reversed"] = ir.AttrInt64("reversed", 1)
+    back.outputs[0].replace_all_uses_with(back.inputs[0])
     graph.remove([back, into], safe=True)
-    projected.outputs[0].name = output_name
     return True
 
 
@@ -353,8 +410,9 @@ def lower_for_openvino(model: onnx.ModelProto, fp32_everywhere: bool, fp32_nodes
     ``fp32_everywhere``, else those named in ``fp32_nodes``) on phases, and (``scans``) every
     ``SelectiveScan`` whose x, B and C come out of Mamba-2's causal depthwise convolution replaced by
     ``Mamba2Scan``, with its gated norm where it matches, and its input projection where that is narrow
-    (``Mamba2ProjectedScan``, with the output projection after it and the time flips around it where those
-    match); returns the copy and how many convolutions (``phased_convolutions``), scans (``lowered_scans``),
+    (``Mamba2ProjectedScan``, with the output projection after it where that matches), running backwards
+    between a backward direction's time flips; returns the copy and how many convolutions
+    (``phased_convolutions``), scans (``lowered_scans``),
     norms (``lowered_gated_norms``), input projections (``lowered_projections``), output projections
     (``lowered_out_projections``) and flipped pairs (``reversed_scans``) it rewrote."""
     lowered = ir.from_proto(model)
@@ -393,7 +451,8 @@ def lower_for_openvino(model: onnx.ModelProto, fp32_everywhere: bool, fp32_nodes
         if projected is not None:
             counts["lowered_projections"] += 1
             counts["lowered_out_projections"] += _project_output_inside(graph, projected)
-            counts["reversed_scans"] += _run_backwards_inside(graph, projected)
+        if norm is not None:
+            counts["reversed_scans"] += _run_backwards_inside(graph, projected or fused, shapes)
     if counts["lowered_scans"]:
         lowered.opset_imports[LOWERED_DOMAIN] = 1
     return ir.to_proto(lowered), counts

@@ -29,7 +29,8 @@ and ``brr.ops.selective_scan.ort`` imported; details in ``onnx.py``, ``ort.py`` 
 OpenVINO builds lower each node, with Mamba-2's causal convolution of x, B and C before it and gated RMS norm
 after it, into ``brr.openvino::Mamba2Scan`` (``brr/backends/openvino/lowering.py``), which the extension's
 kernel runs in one pass, and where the block's input is narrow, with its input projection too
-(``brr.openvino::Mamba2ProjectedScan``); the exported ONNX keeps the node above.
+(``brr.openvino::Mamba2ProjectedScan``); a backward direction's flips along l become either node's
+``reversed`` attribute. The exported ONNX keeps the node above.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 // (brr/backends/openvino/lowering.py). Inputs: x, dt, A, B, C, D, dt_bias; then, lowered, the causal depthwise
 // convolution (+ SiLU) of x, B and C (weight (channels, 1, width), bias (channels,) each), which the kernel
 // applies as it reads them; then, optionally, the gated RMS norm's z (b, l, h * p) and weight (h * p,) with
-// the attribute norm_eps, which the kernel applies to its output. ``ProjectedSelectiveScan``, from
+// the attribute norm_eps, which the kernel applies to its output; lowered, the attribute reversed runs the block
+// backwards in time (y = flip(scan(flip(x, dt, B, C))) along l, z read in place). ``ProjectedSelectiveScan``, from
 // ``brr.openvino::Mamba2ProjectedScan``, computes x, dt, B, C and z itself from the block's input, then
 // optionally the output projection, forwards or backwards in time (a narrow stream's whole Mamba-2 block but
 // its residual, in the lowering).
@@ -92,8 +93,9 @@ public:
     // Input counts: the scan alone, with the convolution, with the convolution and the gated norm.
     static constexpr size_t kScanInputs = 7, kConvInputs = 13, kNormInputs = 15;
 
-    SelectiveScan(const ov::OutputVector& inputs, bool dt_softplus, int64_t chunk_size, float norm_eps = 0.0f)
-        : Op(inputs), m_dt_softplus(dt_softplus), m_chunk_size(chunk_size), m_norm_eps(norm_eps) {
+    SelectiveScan(const ov::OutputVector& inputs, bool dt_softplus, int64_t chunk_size, float norm_eps = 0.0f,
+                  bool reversed = false)
+        : Op(inputs), m_dt_softplus(dt_softplus), m_chunk_size(chunk_size), m_norm_eps(norm_eps), m_reversed(reversed) {
         constructor_validate_and_infer_types();
     }
 
@@ -113,13 +115,14 @@ public:
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& inputs) const override {
-        return std::make_shared<SelectiveScan>(inputs, m_dt_softplus, m_chunk_size, m_norm_eps);
+        return std::make_shared<SelectiveScan>(inputs, m_dt_softplus, m_chunk_size, m_norm_eps, m_reversed);
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
         visitor.on_attribute("dt_softplus", m_dt_softplus);
         visitor.on_attribute("chunk_size", m_chunk_size);
         visitor.on_attribute("norm_eps", m_norm_eps);
+        visitor.on_attribute("reversed", m_reversed);
         return true;
     }
 
@@ -176,9 +179,9 @@ private:
              const scan::CausalConv* conv, const float* norm_weight) const {
         auto data = [](const ov::Tensor& t) { return static_cast<const T*>(t.data()); };
         const scan::GatedNorm<T> norm{norm_weight ? data(in[13]) : nullptr, norm_weight, m_norm_eps};
-        scan::ForwardArgs<T> args{d, data(in[0]), data(in[1]), data(in[3]), data(in[4]), params[0].data(),
-                                  params[1].data(), params[2].data(), static_cast<T*>(y.data()), m_dt_softplus, conv,
-                                  norm_weight ? &norm : nullptr};
+        const scan::ForwardArgs<T> args{d, data(in[0]), data(in[1]), data(in[3]), data(in[4]), params[0].data(),
+                                        params[1].data(), params[2].data(), static_cast<T*>(y.data()), m_dt_softplus,
+                                        conv, norm_weight ? &norm : nullptr, nullptr, nullptr, m_reversed};
         auto kernel = scan::forward_kernel<T>(d);
         ov::parallel_for(size_t(d.batch), [&](size_t b) {
             thread_local std::vector<float> scratch;
@@ -189,6 +192,7 @@ private:
     bool m_dt_softplus = true;
     int64_t m_chunk_size = 64;
     float m_norm_eps = 0.0f;
+    bool m_reversed = false;
 };
 
 // SelectiveScan that computes its own x, dt, B, C and z: Mamba-2's input projection of u, then the convolution,
@@ -336,10 +340,10 @@ private:
     void run(const Parts& parts, const ov::Tensor& u, ov::Tensor& y) const {
         const scan::GatedNorm<T> norm{nullptr, parts.norm_weight, m_norm_eps};
         const scan::InProjection<T> projection{static_cast<const T*>(u.data()), parts.projection_weight, parts.features,
-                                               parts.columns, m_reversed};
-        scan::ForwardArgs<T> args{parts.dims, nullptr, nullptr, nullptr, nullptr, parts.params[0].data(),
-                                  parts.params[1].data(), parts.params[2].data(), static_cast<T*>(y.data()),
-                                  m_dt_softplus, &parts.conv, &norm, &projection, parts.out};
+                                               parts.columns};
+        const scan::ForwardArgs<T> args{parts.dims, nullptr, nullptr, nullptr, nullptr, parts.params[0].data(),
+                                        parts.params[1].data(), parts.params[2].data(), static_cast<T*>(y.data()),
+                                        m_dt_softplus, &parts.conv, &norm, &projection, parts.out, m_reversed};
         auto kernel = scan::forward_kernel<T>(parts.dims);
         ov::parallel_for(size_t(parts.dims.batch), [&](size_t b) {
             thread_local std::vector<float> scratch;
@@ -364,9 +368,11 @@ ov::OutputVector convert_onnx_node(const ov::frontend::NodeContext& node, bool l
                                     : count == SelectiveScan::kScanInputs,
                             node.get_op_type(), lowered ? " takes 13 or 15 inputs" : " takes 7 inputs", ", got ", count);
     const auto norm_eps = count == SelectiveScan::kNormInputs ? node.get_attribute<float>("norm_eps") : 0.0f;
+    const auto reversed = lowered ? node.get_attribute<int64_t>("reversed", 0) : 0;
+    FRONT_END_GENERAL_CHECK(reversed == 0 || reversed == 1, node.get_op_type(), ": reversed must be 0 or 1, got ", reversed);
     ov::OutputVector inputs;
     for (size_t i = 0; i < count; ++i) inputs.push_back(node.get_input(int(i)));
-    return std::make_shared<SelectiveScan>(inputs, softplus == 1, chunk_size, norm_eps)->outputs();
+    return std::make_shared<SelectiveScan>(inputs, softplus == 1, chunk_size, norm_eps, reversed == 1)->outputs();
 }
 
 ov::OutputVector convert_projected_onnx_node(const ov::frontend::NodeContext& node) {

@@ -21,6 +21,9 @@
 // projection (OutProjection): a GEMM of 16 or 32 inputs per output writes far more than it computes, so the
 // kernel projects each batch row in cache instead of reading z, x, B, C and dt back from five engine matmuls'
 // outputs and writing y for a sixth.
+// A bidirectional stream's backward direction, y = flip(block(flip(u))) along l, runs as the forward pass with
+// `reversed` set: the kernel walks each row's steps from the last, so the engine never copies the flipped
+// inputs and output.
 // This header has no dependency beyond the standard library: the Python module, the OpenVINO
 // extension and any other host include it and bring their own threading.
 #pragma once
@@ -122,14 +125,11 @@ struct GatedNorm {
 // Mamba-2's input projection of the block's input u (b, l, features): each step's [z | x | B | C | dt] =
 // u_t weight, the columns in mamba_ssm's in_proj order (h p, h p, g n, g n, h values), `columns` of them padded
 // with zeros to a multiple of kLanes. x, dt, B, C and the norm's z are then the kernel's own, not inputs.
-// `reversed`: the block runs backwards in time, y = flip(block(flip(u))) along l (a bidirectional stream's
-// second direction), without the two flipped copies.
 template <class T>
 struct InProjection {
     const T* u;
     const float* weight;  // (features, columns), fp32
     int64_t features, columns;
-    bool reversed = false;
 };
 
 // Mamba-2's output projection of the normalised y, (h p) -> outputs, in the kernel after an InProjection (the
@@ -151,6 +151,9 @@ struct ForwardArgs {
     const GatedNorm<T>* norm = nullptr;  // y is gated and normalised when set
     const InProjection<T>* projection = nullptr;  // x, dt, B, C (and z) are projected from u when set
     const OutProjection* out_projection = nullptr;  // with a projection: y is projected when set
+    // The block runs backwards in time: step t of the recurrence is each row's step l - 1 - t, in and out.
+    // The gated norm is per step, so it is indifferent.
+    bool reversed = false;
 };
 
 template <class T>
@@ -225,11 +228,12 @@ inline float lane_sum(Vec v) {
 }
 
 // Step sizes of a batch row: a, decay (and da/du) for every (t, h).
+// dt's step t is at dt + t * step (step = -H: the row read backwards).
 template <class T>
-void row_step_sizes(const T* dt, const float* bias, const float* A, int64_t L, int64_t H, bool softplus,
+void row_step_sizes(const T* dt, int64_t step, const float* bias, const float* A, int64_t L, int64_t H, bool softplus,
                     float* a, float* decay, float* dadu) {
     for (int64_t t = 0; t < L; ++t)
-        for (int64_t h = 0; h < H; ++h) a[t * H + h] = to_float(dt[t * H + h]) + bias[h];
+        for (int64_t h = 0; h < H; ++h) a[t * H + h] = to_float(dt[t * step + h]) + bias[h];
     discretise(a, decay, dadu, A, L, H, softplus);
 }
 
@@ -371,12 +375,19 @@ inline void project_columns(const float* u, const float* weight, int64_t steps, 
     constexpr int64_t kSteps = 4;
     for (int64_t t = 0; t < steps; t += kSteps) {
         const int64_t rows = std::min(kSteps, steps - t);
+        // Every loop unrolled: otherwise GCC keeps the accumulators on the stack.
         Vec acc[kSteps][V] = {};
+        const float* u_rows[kSteps];
+#pragma GCC unroll 4
+        for (int64_t r = 0; r < kSteps; ++r) u_rows[r] = u + (t + std::min(r, rows - 1)) * features;  // a short last block repeats a row
         for (int64_t k = 0; k < features; ++k) {
             Vec w[V];
+#pragma GCC unroll 6
             for (int v = 0; v < V; ++v) w[v] = vec_at(weight + k * columns + first_column + v * kLanes);
+#pragma GCC unroll 4
             for (int64_t r = 0; r < kSteps; ++r) {
-                const float ur = u[(t + std::min(r, rows - 1)) * features + k];  // a short last block repeats a row
+                const float ur = u_rows[r][k];
+#pragma GCC unroll 6
                 for (int v = 0; v < V; ++v) acc[r][v] += ur * w[v];
             }
         }
@@ -444,26 +455,28 @@ void forward_row(const ForwardArgs<T>& args, int64_t b, std::vector<float>& scra
     float *bc = DL + Wp, *xc = bc + 2 * kChunk * n;
     float *rows = xc + (conv ? kChunk * Wp : 0), *raw = rows + conv_floats;
     Vec* states = reinterpret_cast<Vec*>(raw + (-reinterpret_cast<uintptr_t>(raw) / sizeof(float)) % kLanes);
-    row_step_sizes(args.dt + b * L * H, args.dt_bias, args.A, L, H, args.dt_softplus, a, decay, nullptr);
+    // Row b's step t (of the recurrence) is at memory step first + t * direction.
+    const int64_t first = b * L + (args.reversed ? L - 1 : 0), direction = args.reversed ? -1 : 1;
+    row_step_sizes(args.dt + first * H, direction * H, args.dt_bias, args.A, L, H, args.dt_softplus, a, decay, nullptr);
     std::fill(a + L * H, a + L * H + kLanes, 0.0f);
     std::fill(decay + L * H, decay + L * H + kLanes, 0.0f);
-    const int64_t x_stride = H * p, bc_stride = G * n;
+    const int64_t x_stride = H * p, bc_stride = G * n, x_step = direction * x_stride;
     if (conv) std::fill(xc, xc + kChunk * Wp, 0.0f);  // padding lanes stay 0
     for (int64_t g = 0; g < G; ++g) {
         spread(args.D, 0, 1, 0, g, R, p, Wp, DL);
         std::fill(states, states + tiles * n, Vec{});
-        const int64_t bc_base = b * L * bc_stride + g * n;
+        const int64_t bc_base = first * bc_stride + g * n;
         for (int64_t t0 = 0; t0 < L; t0 += kChunk) {
             const int64_t t1 = std::min(L, t0 + kChunk);
             if (conv) {
                 const int64_t w = conv->width;
-                gather_rows(args.x + b * L * x_stride + g * W, x_stride, t0, t1, history, W, W, rows);
+                gather_rows(args.x + first * x_stride + g * W, x_step, t0, t1, history, W, W, rows);
                 causal_conv_silu(rows, conv->x_weight + g * W, x_stride, conv->x_bias + g * W, t1 - t0, W, w, xc, Wp);
-                load_bc(args.B, args.C, bc_base, bc_stride, t0, t1, history, n, rows);
+                load_bc(args.B, args.C, bc_base, direction * bc_stride, t0, t1, history, n, rows);
                 causal_conv_silu(rows, conv->bc_weight + g * 2 * n, 2 * bc_stride, conv->bc_bias + g * 2 * n, t1 - t0,
                                  2 * n, w, bc, 2 * n);
             } else {
-                load_bc(args.B, args.C, bc_base, bc_stride, t0, t1, 0, n, bc);
+                load_bc(args.B, args.C, bc_base, direction * bc_stride, t0, t1, 0, n, bc);
             }
             // x from the convolved block or straight from the input: chosen outside the step loop, whose tile
             // states must stay in registers.
@@ -480,9 +493,9 @@ void forward_row(const ForwardArgs<T>& args, int64_t b, std::vector<float>& scra
                     for (int64_t i = 0; i < kLanes; ++i)
                         head_of_lane[i] = int32_t(std::min(k * kLanes + i, W - 1) / p - first_head);
                     const float *a_t = a + t0 * H + g * R + first_head, *decay_t = decay + t0 * H + g * R + first_head;
-                    const T* x = args.x + (b * L + t0) * x_stride + g * W + k * kLanes;
-                    T* y = args.y + (b * L + t0) * x_stride + g * W + k * kLanes;
-                    for (int64_t t = 0; t < t1 - t0; ++t, x += x_stride, y += x_stride, a_t += H, decay_t += H) {
+                    const T* x = args.x + (first + direction * t0) * x_stride + g * W + k * kLanes;
+                    T* y = args.y + (first + direction * t0) * x_stride + g * W + k * kLanes;
+                    for (int64_t t = 0; t < t1 - t0; ++t, x += x_step, y += x_step, a_t += H, decay_t += H) {
                         Vec xv;
                         if constexpr (decltype(convolved)::value) xv = vec_at(xc + t * Wp + k * kLanes);
                         else xv = load_lanes(x, lanes);
@@ -533,7 +546,7 @@ void projected_forward_row(const ForwardArgs<T>& args, int64_t b, std::vector<fl
         throw std::invalid_argument("selective scan: a projection's columns must cover its outputs (z, x, B, C and "
                                     "dt in) and be a multiple of " + std::to_string(kLanes));
     constexpr bool fp32 = std::is_same_v<T, float>;
-    const bool reversed = projection.reversed, y_in_place = fp32 && !out && !reversed;
+    const bool reversed = args.reversed, y_in_place = fp32 && !out && !reversed;
     const int64_t projected_columns = out ? std::max(columns, out->columns) : columns;
     thread_local std::vector<float> row;
     row.resize((fp32 && !reversed ? 0 : L * K) + (y_in_place ? 0 : L * W) + L * projected_columns + 2 * L * W +
@@ -601,7 +614,7 @@ void backward_row(const BackwardArgs<T>& args, int64_t b, std::vector<float>& sc
     float *gyxL = dsL + K * Wp, *raw = gyxL + K * Wp;
     Vec* ckpt = reinterpret_cast<Vec*>(raw + (-reinterpret_cast<uintptr_t>(raw) / sizeof(float)) % kLanes);
     Vec *carry = ckpt + chunks * tiles * n, *buf = carry + tiles * n, *dBv = buf + K * n, *dCv = dBv + K * n;
-    row_step_sizes(args.dt + b * L * H, args.dt_bias, args.A, L, H, args.dt_softplus, a, decay, dadu);
+    row_step_sizes(args.dt + b * L * H, H, args.dt_bias, args.A, L, H, args.dt_softplus, a, decay, dadu);
     std::vector<double> dA_row(H, 0.0), dD_row(H, 0.0), dbias_row(H, 0.0);
     const int64_t x_stride = H * p, bc_stride = G * n;
 
