@@ -263,8 +263,10 @@ def _per_step(node: ir.Node, shapes: dict[str, tuple[int | None, ...]]) -> bool:
         return axes is not None and bool((axes >= 2).all())
     if node.op_type == "Reshape":
         source, target = shapes.get(node.inputs[0].name), shapes.get(node.outputs[0].name)
+        # l kept and the values per step kept (then so is b, symbolic or not): only the axes after l regroup.
         return (source is not None and target is not None and min(len(source), len(target)) >= 3
-                and source[1] is not None and source[:2] == target[:2])
+                and None not in (*source[1:], *target[1:]) and source[1] == target[1]
+                and np.prod(source[2:]) == np.prod(target[2:]))
     return False
 
 
