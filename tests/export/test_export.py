@@ -23,7 +23,7 @@ from brr.export.onnx_export import export_onnx
 from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError, default_plan
 from brr.export.run import engine_plan
 from brr.machine import has_bf16
-from brr.model import PROBE_NAMES, build_detector, save_checkpoint
+from brr.model import PROBE_NAMES, build_detector, guards, save_checkpoint
 from brr.onnx.stages import STAGE_METADATA_KEY, node_stages
 from brr.ops.selective_scan import native as selective_scan_native
 
@@ -266,6 +266,19 @@ def test_openvino_lowers_every_mamba_convolution_into_its_scan(exports, guarded,
     assert [layer.get("type") for layer in layers if layer.find("data") is not None
             and layer.find("data").get("reversed") == "true"].count("SelectiveScan") == node_layers
     assert "GroupConvolution" not in {layer.get("type") for layer in layers}
+    # The first edge layer's u is the lifted similarity s w: its two scans read s and project it by w's
+    # product with their input projection. Each layer's Linear over its two directions' concatenation is
+    # absorbed into their output projections, whose sum replaces it: no Concat is left in either stack.
+    assert built.settings["folded_lifts"] == 2
+    assert built.settings["summed_directions"] == node_layers + edge_layers
+    projected_features = sorted(int(layer.find("input")[0].findall("dim")[-1].text) for layer in layers
+                                if layer.get("type") == "ProjectedSelectiveScan")
+    assert projected_features == [1, 1] + [guarded.config.edge_mamba.d_model] * (edge_scans - 2)
+    source = onnx.load(str(exports["plugin"].model), load_external_data=False).graph
+    combined = {n.name for n in source.node if n.op_type == "Concat" and any(
+        r.op_type == "MatMul" and r.input[0] == n.output[0] for r in source.node)}
+    assert len(combined) == node_layers + edge_layers
+    assert not combined & {layer.get("name") for layer in layers}
     # x, dt, A, B, C, D, dt_bias, the three convolutions' weights and biases, the norm's z and weight.
     assert [len(layer.find("input")) for layer in layers if layer.get("type") == "SelectiveScan"] == \
         [15] * (scans - edge_scans)
@@ -280,6 +293,35 @@ def test_openvino_lowers_every_mamba_convolution_into_its_scan(exports, guarded,
     # Logits on the first window only: the spiked third has near-degenerate PE eigenvectors, whose basis
     # any fp32 engine may pick differently (the diff's basis_ambiguous).
     np.testing.assert_allclose(outputs["logits"][:1], expected[:1], atol=PARITY_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["unguarded", "lift that clips"])
+def test_openvino_folds_the_edge_lift_only_where_it_is_linear(variant, windows, tmp_path):
+    """The first edge layer projects the scalar similarity instead of its lift when u = s w exactly: always
+    without guards, and with them only when the lift's clamp cannot bind (|s| <= 0.99 times max |w| inside
+    +-3). A lift whose clamp binds is kept, and either way the engine's edge weights are PyTorch's."""
+    model = _model(guards=False) if variant == "unguarded" else _model()
+    x = torch.from_numpy(windows[0][:1])
+    with torch.no_grad():
+        _, probes = model(x, return_probes=True)
+        if variant == "lift that clips":  # twice the clamp's reach at this window's largest similarity
+            lift = model.edge_stream.lift.weight
+            lift.mul_(2 * guards.LIFT_LIMIT / (lift.abs().max() * probes["edge_similarity"].abs().max()))
+            _, probes = model(x, return_probes=True)
+    export = export_onnx(model, tmp_path / "onnx", "plugin")
+    _reference_manifest(export, model)
+    engine = tmp_path / "openvino"
+    built = BACKENDS["openvino"].build(export.model, "plugin", engine, "fp32", [], (1, 1, 1), model.config, None)
+    assert built.settings["folded_lifts"] == (2 if variant == "unguarded" else 0)
+    write_manifest(engine, source={}, config=model.config, backend="openvino", precision="fp32", ops="plugin",
+                   opset=18, model_file=built.model_file, pinned_nodes=built.pinned_nodes, settings=built.settings)
+    outputs = _run(engine, x.numpy(), probes=True)
+    tolerance = PARITY_ATOL
+    if variant == "lift that clips":  # the clamp binds on this window: a fold would be wrong here
+        lifted = model.edge_stream.lift(probes["edge_similarity"].unsqueeze(-1))
+        assert (lifted.abs() > guards.LIFT_LIMIT).any()
+        tolerance *= 5  # the enlarged lift enlarges the similarity's rounding (a wrong fold errs by 1e-3)
+    np.testing.assert_allclose(outputs["edge_weights"], probes["edge_weights"].numpy(), atol=tolerance, rtol=0)
 
 
 def test_openvino_runs_each_batch_size_compiled_for_its_static_shape(exports, guarded, windows, tmp_path):
@@ -377,6 +419,23 @@ def test_a_projection_read_elsewhere_stays_outside_its_scan(exports, guarded):
     ops = {n.name: n.op_type for n in lowered.graph.node}
     assert ops[edge_scan.name] == LOWERED_OP and list(ops.values()).count(PROJECTED_OP) == edge_scans - 1
     assert edge_scan.input[1] in {o.name for o in lowered.graph.output}
+
+
+def test_a_combining_linear_pinned_apart_from_its_directions_stays(exports, guarded):
+    """A layer's Linear over its two directions' concatenation that a precision plan keeps in fp32 while their
+    output projections may run in bf16 stays where it is: absorbing it would move its products to bf16. The
+    other layers' are still absorbed, and an fp32 engine absorbs every one."""
+    from brr.backends.openvino.lowering import lower_for_openvino
+
+    model = onnx.load(str(exports["plugin"].model))
+    concats = {n.output[0] for n in model.graph.node if n.op_type == "Concat"}
+    combining = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[0] in concats]
+    layers = guarded.config.node_mamba.layers + guarded.config.edge_mamba.layers
+    assert len(combining) == layers
+    _, counts = lower_for_openvino(model, fp32_everywhere=False, fp32_nodes=combining[:1])
+    assert counts["summed_directions"] == layers - 1
+    _, counts = lower_for_openvino(model, fp32_everywhere=True, fp32_nodes=combining[:1])
+    assert counts["summed_directions"] == layers
 
 
 def test_precision_plan_refuses_unknown_nodes(exports, tmp_path):

@@ -5,8 +5,10 @@ A plugin-mode export (``--ops plugin``) converts with brr's OpenVINO extension
 by the ops' native CPU kernels, and ``CompiledModel`` adds the same extension before reading the IR.
 Before converting, the build lowers Mamba-2's convolutions and gated norms into the scans between them,
 and a narrow block's input projection too, and runs each backward direction backwards in the kernel
-(``lowering.lower_for_openvino``); the manifest's ``settings.lowered_scans``, ``lowered_gated_norms``,
-``lowered_projections`` and ``reversed_scans`` count them. In both modes it runs the widely dilated
+(``lowering.lower_for_openvino``), absorbs each bidirectional layer's combining Linear into its two
+directions' output projections and folds the edge stream's linear lift into its first projections; the
+manifest's ``settings.lowered_scans``, ``lowered_gated_norms``, ``lowered_projections``, ``reversed_scans``,
+``summed_directions`` and ``folded_lifts`` count them. In both modes it runs the widely dilated
 convolutions that stay in fp32 on phases
 (``settings.phased_convolutions``).
 
