@@ -143,7 +143,8 @@ def main() -> int:
             bound = {}
             for windows in (2, 8):
                 bound[windows] = measure(["brr-diff", paths["checkpoint"], paths["engine"], "--synthetic", str(windows),
-                                          "--no-node-level", "--out", args.workdir / config / f"diff-{windows}"],
+                                          "--no-node-level", "--no-adversarial",
+                                          "--out", args.workdir / config / f"diff-{windows}"],
                                          logs / f"bound-{windows}.log")
             ratio = bound[8]["peak_rss_mb"] / max(bound[2]["peak_rss_mb"], 1)
             rows.append({"command": "bound", "config": config, "peak_rss_mb_2_windows": bound[2]["peak_rss_mb"],

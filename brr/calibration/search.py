@@ -69,7 +69,8 @@ from brr.diff.engines import Engine
 from brr.diff.inputs import WindowLoader
 from brr.diff.localise import NodeLocaliser
 from brr.diff.probes import compare_outputs
-from brr.diff.results import PRECISION_LIMITS, InputResult
+from brr.diff.results import PRECISION_LIMITS, InputResult, NonfiniteOrigin
+from brr.diff.verdict import NonfiniteKind, Verdict
 from brr.errors import CheckFailed
 from brr.model import DetectorConfig
 from brr.onnx.precision import low_precision_model
@@ -80,8 +81,8 @@ from brr.resources import peak_rss_mb
 log = logging.getLogger(__name__)
 
 REDUCED_PRECISIONS = ("fp16", "bf16")
-ACCEPTED_VERDICTS = ("clean", "basis_ambiguous")
-FIXABLE_VERDICTS = ("nonfinite_precision", "divergence")
+# The failures a plan can fix: the others come from the input or the fp32 model.
+FIXABLE_VERDICTS = (Verdict.NONFINITE_PRECISION, Verdict.DIVERGENCE)
 
 
 class SearchError(CheckFailed):
@@ -123,7 +124,7 @@ class Evaluation:
 
     @property
     def failures(self) -> list[InputResult]:
-        return [i for i in self.inputs if i.verdict not in ACCEPTED_VERDICTS]
+        return [i for i in self.inputs if not i.verdict.accepted]
 
     @property
     def failure(self) -> InputResult | None:
@@ -136,12 +137,34 @@ class Evaluation:
     def rank(self) -> tuple[int, int]:
         """Better plans rank higher: more windows accepted, then fewer non-finite windows."""
         return (len(self.inputs) - len(self.failures),
-                -sum(i.verdict.startswith("nonfinite") for i in self.failures))
+                -sum(i.verdict.nonfinite for i in self.failures))
 
     def not_accepted(self) -> list[dict]:
         """Each window the plan fails, how, and at which stage."""
         return [{"window": i.input, "verdict": i.verdict, "stage": i.first_nonfinite_stage or i.first_divergent_stage,
                  "nonfinite_hidden": i.nonfinite_hidden} for i in self.failures]
+
+
+class _StageTrial:
+    """One stage's tolerance search: the graph cut down to the stage, the windows failing there, and the
+    pins it starts from; each trial evaluates that graph with some more nodes in fp32."""
+
+    def __init__(self, search: PlanSearch, stage: str, labels: list[str]):
+        self.search, self.stage, self.labels = search, stage, labels
+        self.cut = search.cut_to(stage)
+        self.in_cut = {n.name for n in self.cut.graph.node}
+        self.pinned = set(search.pins)
+        self.windows = f"{stage} on {len(labels)} window(s)"
+
+    def evaluate(self, extra: list[str]) -> Evaluation:
+        return self.search.evaluate(self.search.engine(self.pinned | set(extra), self.cut), labels=self.labels)
+
+    def accepted(self, extra: list[str], what: str) -> bool:
+        """Whether the stage is within tolerance with ``extra`` in fp32 too; one line logged, saying ``what``."""
+        evaluation = self.evaluate(extra)
+        self.search._log(f"tolerance search, {self.windows}, {what}: "
+                         f"{'within' if evaluation.accepted else 'beyond'} tolerance")
+        return evaluation.accepted
 
 
 class PlanSearch:
@@ -320,9 +343,9 @@ class PlanSearch:
                 if progress:
                     where = outcome.first_nonfinite_stage or outcome.first_divergent_stage
                     self._log(f"{progress}: window {count}/{len(chosen)} {label}: {outcome.verdict}"
-                              + (f" at {where}" if where and outcome.verdict not in ACCEPTED_VERDICTS else "")
+                              + (f" at {where}" if where and not outcome.verdict.accepted else "")
                               + (" (hidden inside the engine)" if outcome.nonfinite_hidden else ""))
-                if outcome.verdict not in ACCEPTED_VERDICTS:
+                if not outcome.verdict.accepted:
                     self.order.remove(label)
                     self.order.insert(0, label)
                     if stop_at_failure:
@@ -338,8 +361,8 @@ class PlanSearch:
         if not bad:
             return
         result.first_nonfinite[outcome.input] = bad[0].name
-        if outcome.verdict in (*ACCEPTED_VERDICTS, "divergence"):
-            outcome.verdict = "nonfinite_precision"
+        if outcome.verdict.accepted or outcome.verdict is Verdict.DIVERGENCE:
+            outcome.verdict = Verdict.NONFINITE_PRECISION
             outcome.nonfinite_hidden = outcome.first_nonfinite_stage is None
             outcome.first_nonfinite_stage = outcome.first_nonfinite_stage or bad[0].stage
 
@@ -356,7 +379,7 @@ class PlanSearch:
         def position(stage: str | None) -> int:
             return stage_order.index(stage) if stage in stage_order else len(stage_order)
 
-        nonfinite = sorted((i for i in failures if i.verdict == "nonfinite_precision"),
+        nonfinite = sorted((i for i in failures if i.verdict is Verdict.NONFINITE_PRECISION),
                            key=lambda i: position(i.first_nonfinite_stage))
         if nonfinite:
             return self._fix_nonfinite(nonfinite, evaluation)
@@ -378,20 +401,20 @@ class PlanSearch:
                 self._check_time()
                 localised = localiser.scan(self.store.feed(failure.input))
                 origins = [o for o in (localised.first_nonfinite, *localised.more_nonfinite)
-                           if o is not None and o["kind"] == "precision"]
+                           if o is not None and o.kind is NonfiniteKind.PRECISION]
                 if not origins:
                     raise SearchError(f"window {failure.input}: {engine.name} output is non-finite but no node output "
                                       "is: cannot localise")
                 for origin in origins:
-                    if origin["node"] not in {p.node for p in new}:
+                    if origin.node not in {p.node for p in new}:
                         new += self._pin_nonfinite(origin, failure.input, engine.name, {p.node for p in new})
                 scanned_firsts.add(first)
         finally:
             localiser.close()
         return new
 
-    def _pin_nonfinite(self, evidence: dict, window: str, engine: str, this_round: set[str]) -> list[Pin]:
-        offender = evidence["node"]
+    def _pin_nonfinite(self, origin: NonfiniteOrigin, window: str, engine: str, this_round: set[str]) -> list[Pin]:
+        offender = origin.node
         targets = [offender] if offender in self.pinnable and offender not in self.pins else \
             [p for p in self._producers(offender) if p not in this_round]
         if not targets:
@@ -400,61 +423,85 @@ class PlanSearch:
             raise SearchError(f"window {window}: non-finite at {offender} and every producer of its inputs is "
                               f"already fp32: {self.precision} cannot be made acceptable by pinning")
         self._check_pin_limit(len(targets), f"non-finite at {offender} on {window}")
+        evidence = origin.to_dict()
         new = [Pin(name, self.nodes[name].op_type, self.stages.get(name),
                    "nonfinite" if name == offender else "nonfinite_input", window, engine,
                    evidence if name == offender else {"consumer": offender} | evidence) for name in targets]
         self.pins.update((pin.node, pin) for pin in new)
-        self._log(f"pin {', '.join(targets)}: non-finite at {offender} ({evidence['op_type']}, {evidence['stage']}) "
-                  f"on {window}: {evidence.get('explanation', '')}")
+        self._log(f"pin {', '.join(targets)}: non-finite at {offender} ({origin.op_type}, {origin.stage}) "
+                  f"on {window}: {origin.explanation}")
         return new
 
     def _settle(self, stage: str, labels: list[str]) -> list[Pin]:
         """Pin the fewest nodes that bring ``stage`` back within tolerance on ``labels`` (docstring)."""
-        cut = self.cut_to(stage)
-        in_cut = {n.name for n in cut.graph.node}
-        pinned = set(self.pins)
-        windows = f"{stage} on {len(labels)} window(s)"
+        trial = _StageTrial(self, stage, labels)
+        kept = self._necessary(trial, self._sufficient(trial))
+        new = self._tolerance_pins(trial, kept)
+        if not new:
+            raise SearchError(f"{stage} fails on {', '.join(labels)} on the whole graph but not on the graph cut "
+                              "down to it: the search cannot make progress")
+        self.pins.update((pin.node, pin) for pin in reversed(new))
+        self._log(f"pin {', '.join(p.node for p in reversed(new))}: {stage} out of tolerance")
+        return new
 
-        def accepted(extra: list[str], what: str) -> bool:
-            evaluation = self.evaluate(self.engine(pinned | set(extra), cut), labels=labels)
-            self._log(f"tolerance search, {windows}, {what}: "
-                      f"{'within' if evaluation.accepted else 'beyond'} tolerance")
-            return evaluation.accepted
+    def _sufficient(self, trial: _StageTrial) -> list[str]:
+        """Candidates that, all in fp32, bring the stage back: its own unpinned nodes, else every unpinned
+        node it is computed from (in topological order)."""
+        upstream = [n for n in self.nodes if n in trial.in_cut and n in self.pinnable and n not in trial.pinned]
+        own = [n for n in upstream if self.stages.get(n) == trial.stage]
+        for candidates, what in ((own, f"its {len(own)} own nodes in fp32"),
+                                 (upstream, f"all {len(upstream)} nodes it needs in fp32")):
+            if candidates and trial.accepted(candidates, what):
+                return candidates
+        raise SearchError(f"{trial.stage} stays out of tolerance on {', '.join(trial.labels)} even with every "
+                          "node it is computed from in fp32: raise the tolerance")
 
-        upstream = [n for n in self.nodes if n in in_cut and n in self.pinnable and n not in pinned]
-        own = [n for n in upstream if self.stages.get(n) == stage]
-        candidates = next((c for c, what in ((own, f"its {len(own)} own nodes in fp32"),
-                                             (upstream, f"all {len(upstream)} nodes it needs in fp32"))
-                           if c and accepted(c, what)), None)
-        if candidates is None:
-            raise SearchError(f"{stage} stays out of tolerance on {', '.join(labels)} even with every node it is "
-                              f"computed from in fp32: raise the tolerance")
+    def _necessary(self, trial: _StageTrial, candidates: list[str]) -> list[str]:
+        """The candidates that must stay fp32, in topological order: from the last one found, the next is the
+        one whose return to reduced precision makes the stage fail."""
         kept: list[str] = []
         rest = candidates
-        while rest and not accepted(kept, f"{len(kept)} kept in fp32, {len(rest)} left in {self.precision}"):
-            # f(j): accepted with rest[:j] back in reduced precision. f(good) holds, f(bad) does not.
-            good, bad, step = 0, len(rest), 1
-            while good + step < bad:
-                if accepted(kept + rest[good + step:], f"the next {good + step} of {len(rest)} back in {self.precision}"):
-                    good, step = good + step, step * 2
-                else:
-                    bad = good + step
-            while bad - good > 1:
-                mid = (good + bad) // 2
-                if accepted(kept + rest[mid:], f"the next {mid} of {len(rest)} back in {self.precision}"):
-                    good = mid
-                else:
-                    bad = mid
+        while rest and not trial.accepted(kept, f"{len(kept)} kept in fp32, {len(rest)} left in {self.precision}"):
+            good, bad = self._gallop(trial, kept, rest)
+            good = self._bisect(trial, kept, rest, good, bad)
             kept.append(rest[good])
             rest = rest[good + 1:]
-            self._check_pin_limit(len(kept), f"{stage} out of tolerance on {', '.join(labels)}")
+            self._check_pin_limit(len(kept), f"{trial.stage} out of tolerance on {', '.join(trial.labels)}")
+        return kept
+
+    def _gallop(self, trial: _StageTrial, kept: list[str], rest: list[str]) -> tuple[int, int]:
+        """(good, bad) around the next necessary candidate, 1, 2, 4, ... more of ``rest`` back in reduced
+        precision at a time. f(j): accepted with rest[:j] back in reduced precision; f(0) holds (the
+        candidates were accepted in fp32), f(len(rest)) does not (``kept`` alone is not accepted)."""
+        good, bad, step = 0, len(rest), 1
+        while good + step < bad:
+            what = f"the next {good + step} of {len(rest)} back in {self.precision}"
+            if trial.accepted(kept + rest[good + step:], what):
+                good, step = good + step, step * 2
+            else:
+                bad = good + step
+        return good, bad
+
+    def _bisect(self, trial: _StageTrial, kept: list[str], rest: list[str], good: int, bad: int) -> int:
+        """The last j with f(j) (see ``_gallop``), given f(good) and not f(bad): rest[j] is necessary."""
+        while bad - good > 1:
+            mid = (good + bad) // 2
+            if trial.accepted(kept + rest[mid:], f"the next {mid} of {len(rest)} back in {self.precision}"):
+                good = mid
+            else:
+                bad = mid
+        return good
+
+    def _tolerance_pins(self, trial: _StageTrial, kept: list[str]) -> list[Pin]:
+        """Each kept node alone back in reduced precision once more: a pin, with the failure that causes as
+        its evidence, where the stage fails again; dropped where it does not."""
         new = []
-        for name in reversed(kept):  # each kept node alone back in reduced precision: the evidence
+        for name in reversed(kept):  # ``kept`` loses the unneeded ones as they are found
             others = [k for k in kept if k != name]
-            without = self.evaluate(self.engine(pinned | set(others), cut), labels=labels)
+            without = trial.evaluate(others)
             if without.accepted:
                 kept.remove(name)
-                self._log(f"tolerance search, {windows}: {name} is not needed once the others are fp32")
+                self._log(f"tolerance search, {trial.windows}: {name} is not needed once the others are fp32")
                 continue
             failing = without.failure
             failed_stage = failing.first_divergent_stage or failing.first_nonfinite_stage
@@ -467,11 +514,6 @@ class PlanSearch:
                                "explanation": (f"unpinned alone, {failed_stage} leaves the tolerance on "
                                                f"{failing.input} (max abs err {stats.max_abs_err:.3g})"),
                            }))
-        if not new:
-            raise SearchError(f"{stage} fails on {', '.join(labels)} on the whole graph but not on the graph cut "
-                              "down to it: the search cannot make progress")
-        self.pins.update((pin.node, pin) for pin in reversed(new))
-        self._log(f"pin {', '.join(p.node for p in reversed(new))}: {stage} out of tolerance")
         return new
 
     def _check_pin_limit(self, adding: int, why: str) -> None:

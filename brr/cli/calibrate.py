@@ -14,8 +14,7 @@ from pathlib import Path
 
 from brr.calibration import SearchError, calibrate
 from brr.calibration.run import PRECISIONS
-from brr.cli.common import command_parser, run_main
-from brr.diff import TOLERANCES
+from brr.cli.common import add_tolerance_options, add_window_options, command_parser, run_main
 from brr.errors import EXIT_FAILED
 
 
@@ -26,18 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
         "brr-export --precision-plan), or calibrate INT8, on EDF or synthetic windows; report error, FLOP share and speed.",
     )
     parser.add_argument("source", type=Path, help="checkpoint directory, export directory or fp32 .onnx file")
-    windows = parser.add_mutually_exclusive_group(required=True)
-    windows.add_argument("--data", type=Path, nargs="+", metavar="EDF_OR_DIR",
-                         help="EDF/BDF recordings or folders of them")
-    windows.add_argument("--synthetic", type=int, metavar="N", help="N seeded synthetic windows instead (fp16/bf16)")
+    add_window_options(parser, required=True, synthetic_help="N seeded synthetic windows instead (fp16/bf16)",
+                       max_windows=8)
     parser.add_argument("--precision", choices=PRECISIONS, default="fp16")
-    defaults = ", ".join(f"{p} {TOLERANCES[p][0]:g}/{TOLERANCES[p][1]:g}" for p in PRECISIONS)
-    parser.add_argument("--atol", type=float, default=None,
-                        help=f"absolute tolerance (default: the precision's, as brr-export verifies: atol/rtol {defaults})")
-    parser.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: the precision's)")
-    parser.add_argument("--adversarial", action=argparse.BooleanOptionalAction, default=True,
-                        help="also require the adversarial suite (flat, pops, saturation, zeros, mains)")
-    parser.add_argument("--max-windows", type=int, default=8, help="EDF windows used")
+    add_tolerance_options(parser)
     parser.add_argument("--max-pins", type=int, default=64, help="give up beyond this many fp32 nodes")
     parser.add_argument("--budget", type=float, default=None, metavar="MINUTES",
                         help="stop searching MINUTES after the fp32 pass starts and write the best verified plan so "

@@ -4,7 +4,10 @@
 only, no progress display) and ``--debug``, and shows each option's default in ``--help``. One
 vocabulary runs through the commands, Polygraphy's and trtexec's words where they have one:
 ``--precision``, ``--data`` (recordings), ``-o/--out``, ``--trt-batch-range``. An old spelling
-(:func:`deprecated_alias`) keeps working for one release and says so on stderr.
+(:func:`deprecated_alias`) keeps working for one release and says so on stderr. Options that several
+commands take are defined once, as Polygraphy's argument groups are: :func:`add_window_options`
+(``--data``/``--synthetic``/``--max-windows``/``--adversarial``) and :func:`add_tolerance_options`
+(``--atol``/``--rtol``, their defaults shown from ``brr.tolerances``).
 
 :func:`run_main` configures logging (:func:`configure_logging`: brr's messages to stderr as
 ``brr-<tool>: message`` lines), parses the arguments, checks that the command's output folders can
@@ -27,6 +30,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from polygraphy.logger import G_LOGGER
@@ -38,8 +42,10 @@ from brr import __version__
 from brr.errors import EXIT_FAILED, EXIT_UNUSABLE, BrrError
 from brr.output_folder import check_output_folder
 from brr.resources import return_freed_memory
+from brr.tolerances import describe_tolerances
 
-__all__ = ["EXIT_INTERRUPTED", "command_parser", "configure_logging", "deprecated_alias", "error_line", "run_main"]
+__all__ = ["EXIT_INTERRUPTED", "add_tolerance_options", "add_window_options", "command_parser", "configure_logging",
+           "deprecated_alias", "error_line", "run_main"]
 
 EXIT_INTERRUPTED = 130
 
@@ -89,6 +95,31 @@ def command_parser(tool: str, description: str | None, **options: Any) -> argpar
     verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress display")
     parser.add_argument("--debug", action="store_true", help="print the Python traceback of an error")
     return parser
+
+
+def add_window_options(parser: argparse.ArgumentParser, *, required: bool, synthetic_help: str,
+                       max_windows: int | None) -> argparse.Action:
+    """The windows a command judges on: ``--data`` EDF/BDF files or folders, or ``--synthetic N`` seeded windows,
+    at most ``--max-windows`` from the recordings, plus the adversarial suite unless ``--no-adversarial``.
+
+    The suite is on by default everywhere: export verifies every engine on it, so a diff or a calibration
+    that left it out would accept what export then refuses. Returns the ``--data`` action (for aliases)."""
+    source = parser.add_mutually_exclusive_group(required=required)
+    data = source.add_argument("--data", type=Path, nargs="+", metavar="EDF_OR_DIR",
+                               help="EDF/BDF recordings or folders of them")
+    source.add_argument("--synthetic", type=int, metavar="N", help=synthetic_help)
+    parser.add_argument("--max-windows", type=int, default=max_windows, help="windows taken from the recordings")
+    parser.add_argument("--adversarial", action=argparse.BooleanOptionalAction, default=True,
+                        help="also judge flat, saturated, 1000 uV pop, all-zero and pure 60 Hz windows, as export's "
+                             "verification does")
+    return data
+
+
+def add_tolerance_options(parser: argparse.ArgumentParser) -> None:
+    """``--atol``/``--rtol``: None follows the engine precision's tolerance, the one export verifies with."""
+    parser.add_argument("--atol", type=float, default=None,
+                        help=f"absolute tolerance (default: the precision's atol/rtol: {describe_tolerances()})")
+    parser.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: the precision's)")
 
 
 class _DeprecatedAlias(argparse.Action):

@@ -10,8 +10,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from brr.cli.common import command_parser, deprecated_alias, run_main
+from brr.cli.common import (
+    add_tolerance_options,
+    add_window_options,
+    command_parser,
+    deprecated_alias,
+    run_main,
+)
 from brr.diff import AdversarialWindows, ChainedWindows, EdfWindows, SyntheticWindows, run_diff, write_report
+from brr.diff.verdict import FailOn
 from brr.model import load_checkpoint
 
 
@@ -25,24 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("engines", nargs="*",
                         help="brr-export artifact folders or the folder its --out wrote (every engine in it), "
                              "or torch:fp16 / torch:bf16")
-    source = parser.add_mutually_exclusive_group()
-    data = source.add_argument("--data", nargs="+", metavar="EDF_OR_DIR", help="EDF/BDF files or folders")
-    deprecated_alias(source, "--inputs", data)
-    source.add_argument("--synthetic", type=int, metavar="N", help="N seeded synthetic windows (default 2)")
-    parser.add_argument("--max-windows", type=int, default=None, help="stop after this many EDF windows")
-    parser.add_argument("--adversarial", action="store_true",
-                        help="add flat, 1000 uV pops, saturated, all-zero and pure 60 Hz windows")
-    parser.add_argument("--atol", type=float, default=None,
-                        help="absolute tolerance (default: the engine precision's: fp32 1e-3, fp16 0.1, bf16 0.25, "
-                        "int8 0.5)")
-    parser.add_argument("--rtol", type=float, default=None,
-                        help="relative tolerance (default: the engine precision's: fp32 1e-3, fp16 0.05, bf16 0.05, "
-                        "int8 0.1)")
+    data = add_window_options(parser, required=False, synthetic_help="N seeded synthetic windows (default 2)",
+                              max_windows=None)
+    deprecated_alias(parser, "--inputs", data)
+    add_tolerance_options(parser)
     parser.add_argument("--no-node-level", dest="node_level", action="store_false",
                         help="compare stages only; skip the search for the node where values go wrong")
     out = parser.add_argument("-o", "--out", default="diff-report", metavar="DIR", help="report folder")
     deprecated_alias(parser, "--report", out)
-    parser.add_argument("--fail-on", choices=("nonfinite", "divergence", "never"), default="nonfinite",
+    parser.add_argument("--fail-on", type=FailOn, choices=list(FailOn), default=FailOn.NONFINITE,
                         help="what makes the exit status 1")
     return parser
 
@@ -57,7 +55,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         loaders.append(AdversarialWindows(window))
     report = run_diff(args.checkpoint, args.engines, ChainedWindows(loaders), args.atol, args.rtol,
                       fail_on=args.fail_on, node_level=args.node_level)
-    report.data_arguments = ["--data", *args.data] if args.data else ["--synthetic", str(args.synthetic or 2)]
+    report.data_arguments = ["--data", *map(str, args.data)] if args.data else ["--synthetic", str(args.synthetic or 2)]
     write_report(report, args.out)
     print(Path(args.out, "report.md").read_text(), end="")
     return 1 if report.failed else 0

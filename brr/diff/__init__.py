@@ -9,9 +9,10 @@ from brr.diff.inputs import AdversarialWindows, ChainedWindows, EdfWindows, Synt
 from brr.diff.report import validate, write_report
 from brr.diff.results import DiffReport
 from brr.diff.run import TOLERANCES, run_diff
+from brr.diff.verdict import Verdict
 
 __all__ = [
     "TOLERANCES", "AdversarialWindows", "ArtifactError", "ChainedWindows", "DiffReport", "EdfWindows", "Engine",
-    "SyntheticWindows", "artifact_engines", "onnxruntime_engine", "run_diff", "validate",
+    "SyntheticWindows", "Verdict", "artifact_engines", "onnxruntime_engine", "run_diff", "validate",
     "write_report",
 ]

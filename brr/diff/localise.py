@@ -43,9 +43,21 @@ from onnx import numpy_helper
 
 from brr.diff.compare import TensorStats
 from brr.diff.engines import Engine
-from brr.diff.results import PRECISION_LIMITS, Localisation
+from brr.diff.results import (
+    PRECISION_LIMITS,
+    Cause,
+    DivergentNode,
+    Localisation,
+    NodeRef,
+    NonfiniteOrigin,
+    OperandRange,
+    OutputRange,
+    ValueRange,
+)
+from brr.diff.verdict import NonfiniteKind
 from brr.model.contract import OUTPUT_NAME
 from brr.onnx.marking import mark_outputs, read_marked
+from brr.onnx.precision import unrounded_name
 from brr.onnx.stages import node_stages
 from brr.onnx.statistics import TensorRange, float_tensors, instrument, read_ranges
 
@@ -190,25 +202,21 @@ class NodeLocaliser:
         start = time.perf_counter()
         result = Localisation("statistics")
         result.ranges, fp32_ranges = self._statistics(feed, result, engine_logits)
-        for kind in ("precision", "fp32"):
+        for kind in NonfiniteKind:
             origins = self._origins(result.ranges, kind)
             if not origins:
                 continue
             resolved = []
             for origin in origins[:MAX_ORIGINS]:
                 fused = []
-                if kind == "precision" and result.unobserved and self.engine.tensor_statistics:
+                if kind is NonfiniteKind.PRECISION and result.unobserved and self.engine.tensor_statistics:
                     fused = self._fused_into(origin, set(result.ranges))
                 if fused:
                     origin = self._first_within(origin, fused, fp32_ranges, feed, result, engine_logits)
                 resolved.append((origin, fused))
             values = self._marked_values([origin for origin, _ in resolved], fp32_ranges, feed, result, engine_logits)
-            described = []
-            for origin, fused in resolved:
-                found = self._describe(origin, result.ranges, feed, kind, values)
-                if fused:
-                    found["fused_with"] = [t.name for t in fused]
-                described.append(found)
+            described = [self._describe(origin, result.ranges, feed, kind, values, fused)
+                         for origin, fused in resolved]
             result.first_nonfinite, result.more_nonfinite = described[0], described[1:]
             break
         result.seconds = time.perf_counter() - start
@@ -245,17 +253,22 @@ class NodeLocaliser:
                 return tensor
         return seen
 
-    def _origins(self, ranges: dict[str, tuple[TensorRange, TensorRange]], kind: str) -> list[Tensor]:
+    @staticmethod
+    def _nonfinite(ranges: dict[str, tuple[TensorRange, TensorRange]], kind: NonfiniteKind) -> set[str]:
+        """The tensors non-finite in the engine (``kind`` precision) or in fp32."""
+        side = 1 if kind is NonfiniteKind.PRECISION else 0
+        return {name for name, pair in ranges.items() if not pair[side].finite}
+
+    def _origins(self, ranges: dict[str, tuple[TensorRange, TensorRange]], kind: NonfiniteKind) -> list[Tensor]:
         """Tensors that go non-finite (of ``kind``) from inputs that are all finite, in topological order:
         the first, and any later fault independent of it."""
-        side = 1 if kind == "precision" else 0
-        bad = {name for name, pair in ranges.items() if not pair[side].finite}
+        bad = self._nonfinite(ranges, kind)
         found = []
         for tensor in self.tensors:
             if tensor.name not in ranges:
                 continue
             ref, eng = ranges[tensor.name]
-            starts = (kind == "precision" and ref.finite and not eng.finite) or (kind == "fp32" and not ref.finite)
+            starts = not eng.finite and ref.finite if kind is NonfiniteKind.PRECISION else not ref.finite
             if starts and not bad.intersection(self.nodes[tensor.position].input):
                 found.append(tensor)
         return found
@@ -284,37 +297,39 @@ class NodeLocaliser:
             eng_values.update(eng)
         return ref_values, eng_values
 
-    def _describe(self, origin: Tensor, ranges, feed: dict, kind: str,
-                  values: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]) -> dict:
+    def _describe(self, origin: Tensor, ranges, feed: dict, kind: NonfiniteKind,
+                  values: tuple[dict[str, np.ndarray], dict[str, np.ndarray]], fused: list[Tensor]
+                  ) -> NonfiniteOrigin:
         node = self.nodes[origin.position]
-        side = 1 if kind == "precision" else 0
-        bad = {name for name, pair in ranges.items() if not pair[side].finite}
-        hiders = []
+        bad = self._nonfinite(ranges, kind)
+        hiders = self._hiders(origin, ranges, bad)
+        inputs, output = self._input_ranges(node, origin, feed, *values)
+        cause, explanation = self._explain(node.op_type, inputs, output, kind)
+        return NonfiniteOrigin(
+            node=node.name, op_type=node.op_type, stage=origin.stage, tensor=origin.name, kind=kind, inputs=inputs,
+            output=output, hidden_by=hiders[:5], hidden_by_count=len(hiders),
+            nonfinite_outputs=[o.name for o in self.fp32.graph.output if o.name in bad],
+            contaminated=len([t for t in self.tensors if t.position > origin.position and t.name in bad]),
+            cause=cause, explanation=explanation, fused_with=[t.name for t in fused] if fused else None)
+
+    def _hiders(self, origin: Tensor, ranges, bad: set[str]) -> list[NodeRef]:
+        """The nodes after ``origin`` that take a non-finite input and give finite outputs."""
+        hiders: list[NodeRef] = []
         for tensor in self.tensors:
             # A hider gives a finite output seen in the engine; an output it did not store tells nothing.
             if tensor.position <= origin.position or tensor.name in bad or tensor.name not in ranges:
                 continue
             consumer = self.nodes[tensor.position]
-            if bad.intersection(consumer.input) and not any(
-                    out in bad for out in consumer.output if out in self.by_name):
-                if not hiders or hiders[-1]["node"] != tensor.node:
-                    hiders.append({"node": tensor.node, "op_type": tensor.op_type, "stage": tensor.stage})
-        bad_outputs = [o.name for o in self.fp32.graph.output if o.name in bad]
-        inputs = self._input_ranges(node, origin, feed, *values)
-        description = {
-            "node": node.name, "op_type": node.op_type, "stage": origin.stage, "tensor": origin.name,
-            "kind": kind, "inputs": inputs["inputs"], "output": inputs["output"],
-            "hidden_by": hiders[:5], "hidden_by_count": len(hiders),
-            "nonfinite_outputs": bad_outputs,
-            "contaminated": len([t for t in self.tensors if t.position > origin.position and t.name in bad]),
-        }
-        description["cause"], description["explanation"] = self._explain(description, kind)
-        return description
+            hides = bad.intersection(consumer.input) and not any(
+                out in bad for out in consumer.output if out in self.by_name)
+            if hides and (not hiders or hiders[-1].node != tensor.node):
+                hiders.append(NodeRef(tensor.node, tensor.op_type, tensor.stage))
+        return hiders
 
     def _engine_inputs(self, origin: Tensor, node: onnx.NodeProto) -> tuple[list[str], str | None]:
         """What the engine's node computing ``origin`` reads, paired by position with ``node.input``,
         and the name of its result before it is stored (rounding engines keep both)."""
-        unrounded = f"{origin.name}_unrounded"
+        unrounded = unrounded_name(origin.name)
         compute = self.engine_producers.get(unrounded) or self.engine_producers.get(origin.name)
         if compute is None or len(compute.input) != len(node.input):
             return list(node.input), None
@@ -330,7 +345,7 @@ class NodeLocaliser:
                 [e for _, e in computed] + [origin.name] + ([unrounded] if unrounded else []))
 
     def _input_ranges(self, node: onnx.NodeProto, origin: Tensor, feed: dict, ref_values: dict[str, np.ndarray],
-                      eng_values: dict[str, np.ndarray]) -> dict:
+                      eng_values: dict[str, np.ndarray]) -> tuple[list[OperandRange], OutputRange]:
         engine_inputs, unrounded = self._engine_inputs(origin, node)
         pairs = [(ref, eng) for ref, eng in zip(node.input, engine_inputs) if ref]
 
@@ -349,60 +364,57 @@ class NodeLocaliser:
             ref, eng = value(ref_name, ref_values, self.initializers), value(eng_name, eng_values,
                                                                             self.engine_initializers)
             producer = producers.get(ref_name)
-            inputs.append({"name": ref_name, "producer": producer.name if producer is not None else None,
-                           "producer_op": producer.op_type if producer is not None else None,
-                           "fp32": value_range(ref), "engine": value_range(eng)})
+            inputs.append(OperandRange(ref_name, producer.name if producer is not None else None,
+                                       producer.op_type if producer is not None else None,
+                                       ValueRange.of(ref), ValueRange.of(eng)))
         ref_out, eng_out = ref_values[origin.name], eng_values[origin.name]
         stats = TensorStats()
         stats.add(np.asarray(ref_out), np.asarray(eng_out, dtype=np.float32), 0.0, 0.0)
-        output = {"name": origin.name, "fp32": value_range(ref_out), "engine": value_range(eng_out),
-                  "precision_nonfinite": stats.precision_nonfinite, "elements": stats.elements}
-        if unrounded:
-            output["engine_before_storing"] = value_range(eng_values[unrounded])
-        return {"inputs": inputs, "output": output}
+        output = OutputRange(origin.name, ValueRange.of(ref_out), ValueRange.of(eng_out), stats.precision_nonfinite,
+                             stats.elements, ValueRange.of(eng_values[unrounded]) if unrounded else None)
+        return inputs, output
 
-    def _explain(self, found: dict, kind: str) -> tuple[str, str]:
-        op = found["op_type"]
-        if kind == "fp32":
-            return "fp32", f"{op} output is already non-finite in fp32: a model defect, not precision"
+    def _explain(self, op: str, inputs: list[OperandRange], out: OutputRange, kind: NonfiniteKind
+                 ) -> tuple[Cause, str]:
+        if kind is NonfiniteKind.FP32:
+            return Cause.FP32, f"{op} output is already non-finite in fp32: a model defect, not precision"
         precision = self.engine.precision
         limits = PRECISION_LIMITS.get(precision)
-        out = found["output"]
-        count = f"{out['engine']['nonfinite']:,} of {out['elements']:,} values"
+        count = f"{out.engine.nonfinite:,} of {out.elements:,} values"
         if limits is None:
-            return "unknown", f"{op} gives {count} non-finite in {precision} where fp32 is finite"
+            return Cause.UNKNOWN, f"{op} gives {count} non-finite in {precision} where fp32 is finite"
         largest, normal, subnormal = limits
-        peak = out["fp32"]["abs_max"]
+        peak = out.fp32.abs_max
         if peak is not None and peak > largest:
-            stored = out.get("engine_before_storing")
-            where = (" when its result is stored in " + precision if stored is not None and stored["nonfinite"] == 0
+            stored = out.engine_before_storing
+            where = (" when its result is stored in " + precision if stored is not None and stored.nonfinite == 0
                      else "")
-            return "overflow", (f"overflow: {op} reaches {peak:.3g} in fp32, beyond {precision}'s largest finite "
-                                f"{largest:g}{where}: {count} become inf/NaN")
-        for entry in found["inputs"]:
-            ref, eng = entry["fp32"], entry["engine"]
+            return Cause.OVERFLOW, (f"overflow: {op} reaches {peak:.3g} in fp32, beyond {precision}'s largest "
+                                    f"finite {largest:g}{where}: {count} become inf/NaN")
+        for entry in inputs:
+            ref, eng = entry.fp32, entry.engine
             if ref is None or eng is None:
                 continue
-            if eng["abs_max"] is not None and eng["abs_max"] > largest:
-                return "overflow", (f"overflow: input {entry['name']} reaches {eng['abs_max']:.3g}, beyond "
-                                    f"{precision}'s largest finite {largest:g}")
-            if eng["zeros"] > ref["zeros"] and op in ZERO_SENSITIVE_OPS:
-                made_by = f" (made by {entry['producer']}, {entry['producer_op']})" if entry["producer"] else ""
-                tiny = ref["abs_min_nonzero"]
-                lost = f"{eng['zeros'] - ref['zeros']:,} places where fp32 holds values down to {tiny:.2g}"
+            if eng.abs_max is not None and eng.abs_max > largest:
+                return Cause.OVERFLOW, (f"overflow: input {entry.name} reaches {eng.abs_max:.3g}, beyond "
+                                        f"{precision}'s largest finite {largest:g}")
+            if eng.zeros > ref.zeros and op in ZERO_SENSITIVE_OPS:
+                made_by = f" (made by {entry.producer}, {entry.producer_op})" if entry.producer else ""
+                tiny = ref.abs_min_nonzero
+                lost = f"{eng.zeros - ref.zeros:,} places where fp32 holds values down to {tiny:.2g}"
                 if tiny is not None and tiny < normal:
-                    return "underflow", (f"underflow: input {entry['name']}{made_by} is 0 in {precision} at {lost} "
-                                         f"(smallest {precision} normal {normal:.2g}, subnormal {subnormal:.2g}); "
-                                         f"{op} of 0 gives {count} inf/NaN")
-                return "cancellation", (f"cancellation: input {entry['name']}{made_by} is 0 in {precision} at {lost}, "
-                                        f"far above {precision}'s smallest normal: its digits were lost to rounding "
-                                        f"upstream; {op} of 0 gives {count} inf/NaN")
-            if (op in NEGATIVE_SENSITIVE_OPS and eng["min"] is not None and eng["min"] < 0
-                    and ref["min"] is not None and ref["min"] >= 0):
-                return "cancellation", (f"cancellation: input {entry['name']} goes down to {eng['min']:.3g} in "
-                                        f"{precision} where fp32 stays >= 0; {op} of it gives {count} NaN")
-        return "unknown", (f"{op} gives {count} non-finite in {precision} while fp32 is finite "
-                           f"(fp32 output up to {peak if peak is not None else float('nan'):.3g})")
+                    return Cause.UNDERFLOW, (f"underflow: input {entry.name}{made_by} is 0 in {precision} at "
+                                             f"{lost} (smallest {precision} normal {normal:.2g}, subnormal "
+                                             f"{subnormal:.2g}); {op} of 0 gives {count} inf/NaN")
+                return Cause.CANCELLATION, (f"cancellation: input {entry.name}{made_by} is 0 in {precision} "
+                                            f"at {lost}, far above {precision}'s smallest normal: its digits were "
+                                            f"lost to rounding upstream; {op} of 0 gives {count} inf/NaN")
+            if (op in NEGATIVE_SENSITIVE_OPS and eng.min is not None and eng.min < 0
+                    and ref.min is not None and ref.min >= 0):
+                return Cause.CANCELLATION, (f"cancellation: input {entry.name} goes down to {eng.min:.3g} in "
+                                            f"{precision} where fp32 stays >= 0; {op} of it gives {count} NaN")
+        return Cause.UNKNOWN, (f"{op} gives {count} non-finite in {precision} while fp32 is finite "
+                               f"(fp32 output up to {peak if peak is not None else float('nan'):.3g})")
 
     # ------------------------------------------------------------------------------------ tolerance
     def first_divergent(self, feed: dict, stage: str | None, atol: float, rtol: float,
@@ -411,19 +423,19 @@ class NodeLocaliser:
         start = time.perf_counter()
         result = Localisation("bisection")
         candidates = [t for t in self.tensors if stage is None or t.stage == stage]
-        verdicts: dict[str, TensorStats] = {}
+        compared: dict[str, TensorStats] = {}
 
         def cut_is_off(index: int) -> bool:
             at = candidates[index].position
             cut = [t for t in candidates if t.position <= at < t.last_use or t.position == at]
-            todo = [t.name for t in cut if t.name not in verdicts]
+            todo = [t.name for t in cut if t.name not in compared]
             if todo:
                 ref, eng = self.marked(todo, feed, result, engine_logits)
                 for name in todo:
                     stats = TensorStats()
                     stats.add(np.asarray(ref[name]), np.asarray(eng[name], dtype=np.float32), atol, rtol)
-                    verdicts[name] = stats
-            return any(not verdicts[t.name].passed for t in cut)
+                    compared[name] = stats
+            return any(not compared[t.name].passed for t in cut)
 
         if candidates and cut_is_off(len(candidates) - 1):
             lo, hi = 0, len(candidates) - 1
@@ -434,10 +446,10 @@ class NodeLocaliser:
                 else:
                     lo = mid + 1
             at = candidates[lo].position
-            off = [t for t in candidates if t.name in verdicts and not verdicts[t.name].passed and t.position <= at]
+            off = [t for t in candidates if t.name in compared and not compared[t.name].passed and t.position <= at]
             first = min(off, key=lambda t: t.position)
-            result.first_divergent = {"node": first.node, "op_type": first.op_type, "stage": first.stage,
-                                      "tensor": first.name, "stats": verdicts[first.name].to_dict()}
+            result.first_divergent = DivergentNode(first.node, first.op_type, first.stage, first.name,
+                                                   compared[first.name])
         else:
             where = f"stage {stage}" if stage else "the graph"
             result.note = (f"no tensor of {where} differs from the fp32 ONNX graph beyond tolerance: the divergence "
@@ -445,21 +457,3 @@ class NodeLocaliser:
         result.seconds = time.perf_counter() - start
         return result
 
-
-def value_range(array) -> dict | None:
-    """Counts and magnitudes of one tensor: what decides overflow and underflow."""
-    if array is None:
-        return None
-    values = np.asarray(array, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    magnitudes = np.abs(finite)
-    nonzero = magnitudes[magnitudes > 0]
-    return {
-        "min": float(finite.min()) if finite.size else None,
-        "max": float(finite.max()) if finite.size else None,
-        "abs_max": float(magnitudes.max()) if finite.size else None,
-        "abs_min_nonzero": float(nonzero.min()) if nonzero.size else None,
-        "zeros": int(finite.size - nonzero.size),
-        "nonfinite": int(values.size - finite.size),
-        "elements": int(values.size),
-    }

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brr.diff.results import PRECISION_LIMITS, DiffReport, EngineResult, NodeRange
+from brr.diff.verdict import NonfiniteKind
 
 # Tensors named on the per-tensor figure besides the origin; more would not stay legible.
 OFFENDERS_SHOWN = 5
@@ -27,6 +28,8 @@ STAGE_COLOURS = ("#cfe3f2", "#f6dfc4", "#d7ecd0", "#ead7ef", "#f3e5a8", "#c8e6e2
                  "#e6dcc8", "#dcefb8", "#f7cdb8", "#e3d0e8")
 UNASSIGNED_COLOUR = "#e4e4e4"
 LABEL_FONT = 7.5
+# The per-tensor figure's axes span these fractions of its width.
+AXES_LEFT, AXES_RIGHT = 0.08, 0.985
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ def offenders(engine: EngineResult, count: int = OFFENDERS_SHOWN) -> list[Offend
     limits = PRECISION_LIMITS.get(engine.precision)
     ranked = []
     for position, node in enumerate(engine.nodes.values()):
-        if origin is not None and node.tensor == origin["tensor"] or node.fp32_nonfinite_inputs:
+        if origin is not None and node.tensor == origin.tensor or node.fp32_nonfinite_inputs:
             continue
         fp32 = node.fp32_abs_max
         if limits is not None and fp32 > limits[0]:
@@ -174,119 +177,152 @@ def _short(name: str, limit: int = 34) -> str:
 def plot_magnitudes_per_tensor(engine: EngineResult, path: Path) -> list[Offender]:
     """fp32 and engine largest magnitude per compared tensor, in topological order; returns the offenders
     it names (the origin is named too, when node level found one)."""
-    plt = _pyplot()
-    from matplotlib.patches import Patch
-    from matplotlib.ticker import MaxNLocator
-
-    nodes = list(engine.nodes.values())
-    limits = PRECISION_LIMITS.get(engine.precision)
-    values = [v for n in nodes for v in (n.fp32_abs_max, n.engine_abs_max)]
-    finite_values = [v for v in values if v > 0] or [1.0]
-    drawn_limits = []
-    if limits is not None:
-        low, high = min(finite_values) / 10**LIMIT_LINE_DECADES, max(finite_values) * 10**LIMIT_LINE_DECADES
-        drawn_limits = [(value, label) for value, label in
-                        ((limits[0], f"{engine.precision} largest finite {limits[0]:.6g}"),
-                         (limits[1], f"{engine.precision} smallest normal {limits[1]:.2g}")) if low <= value <= high]
-    zero_row, nonfinite_row, ylim = _special_rows(values, tuple(v for v, _ in drawn_limits))
-
-    fig = plt.figure(figsize=(11, 5.6))
-    grid = fig.add_gridspec(3, 1, height_ratios=[1.0, 3.6, 0.28], hspace=0.04, left=0.08, right=0.985,
-                            top=0.99, bottom=0.15)
-    labels_ax, ax, strip = fig.add_subplot(grid[0]), fig.add_subplot(grid[1]), fig.add_subplot(grid[2])
-    xlim = (-0.5, len(nodes) - 0.5)
-    for axis in (labels_ax, ax, strip):
-        axis.set_xlim(*xlim)
-
-    stages = list(dict.fromkeys(node.stage or "unassigned" for node in nodes))
-    colour_of = {stage: STAGE_COLOURS[i % len(STAGE_COLOURS)] for i, stage in enumerate(stages)}
-    colour_of["unassigned"] = UNASSIGNED_COLOUR
-    axes_width_in = fig.get_figwidth() * (0.985 - 0.08)
-    per_tensor_in = axes_width_in / max(len(nodes), 1)
-    widest = {}
-    for stage, first, last in _stage_runs(nodes):
-        ax.axvspan(first - 0.5, last + 0.5, color=colour_of[stage], alpha=0.45, lw=0, zorder=0)
-        strip.axvspan(first - 0.5, last + 0.5, color=colour_of[stage], lw=0)
-        if stage not in widest or last - first > widest[stage][1] - widest[stage][0]:
-            widest[stage] = (first, last)
-    unlabelled = []
-    for stage, (first, last) in widest.items():
-        if (last - first + 1) * per_tensor_in >= len(stage) * LABEL_FONT * 0.62 / 72:
-            strip.text((first + last) / 2, 0.5, stage, ha="center", va="center", fontsize=LABEL_FONT)
-        else:
-            unlabelled.append(stage)
-    strip.set_yticks([])
-    strip.set_xlabel("compared tensor, in the fp32 graph's topological order (shading: model stage)", fontsize=8)
-    strip.tick_params(axis="x", labelsize=7)
-    strip.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.tick_params(axis="x", labelbottom=False)
-    for spine in (*labels_ax.spines.values(), *strip.spines.values()):
-        spine.set_visible(False)
-    labels_ax.axis("off")
-    labels_ax.set_ylim(0.0, 1.0)
-
-    xs = range(len(nodes))
-    ax.plot(xs, [n.fp32_abs_max if n.fp32_abs_max > 0 else zero_row for n in nodes], color=FP32_COLOUR, lw=1.3,
-            label="fp32", zorder=2)
-    finite = [(i, n.engine_abs_max if n.engine_abs_max > 0 else zero_row) for i, n in enumerate(nodes)
-              if not n.engine_nonfinite_inputs]
-    ax.scatter([i for i, _ in finite], [v for _, v in finite], s=9, color=ENGINE_COLOUR, zorder=3,
-               label=engine.precision if engine.precision != "fp32" else engine.name)
-    nonfinite = [i for i, n in enumerate(nodes) if n.engine_nonfinite_inputs]
-    ax.scatter(nonfinite, [nonfinite_row] * len(nonfinite), marker="x", s=16, color=NONFINITE_COLOUR, zorder=3,
-               label=f"non-finite in {engine.precision}")
-    fp32_bad = [i for i, n in enumerate(nodes) if n.fp32_nonfinite_inputs]
-    if fp32_bad:
-        ax.scatter(fp32_bad, [nonfinite_row] * len(fp32_bad), marker="+", s=30, color="black", zorder=3,
-                   label="non-finite in fp32")
-    for value, label in drawn_limits:
-        ax.axhline(value, color=LIMIT_COLOUR, lw=1.0, ls="--", zorder=1)
-        ax.text(xlim[1], value, label + " ", ha="right", va="bottom", fontsize=LABEL_FONT, color=LIMIT_COLOUR)
-    ax.set_yscale("log")
-    ax.set_ylim(*ylim)
-    _label_special_rows(ax, zero_row, nonfinite_row, "inf/NaN")
-    ax.set_ylabel("largest |value| over the inputs")
-    ax.grid(axis="y", color="#ffffff", lw=0.6, alpha=0.6)
-    ax.spines[["top", "right"]].set_visible(False)
-
-    # Names above the plot, spread so that they never overlap, each with a line to its tensor.
-    origin = engine.origin
-    named = []
-    if origin is not None:
-        position = next((i for i, n in enumerate(nodes) if n.tensor == origin["tensor"]), None)
-        if position is not None:
-            ax.axvline(position, color=NONFINITE_COLOUR, lw=1.2, zorder=1)
-            cause = origin["cause"] if origin["kind"] == "precision" else "already in fp32"
-            named.append((position, f"first non-finite: {_short(origin['node'])}\n{origin['op_type']}, {cause}", True))
+    figure = _MagnitudeFigure(_pyplot(), engine)
+    figure.shade_stages()
+    figure.plot_magnitudes()
     found = offenders(engine)
-    named += [(o.position, f"{_short(o.node.node)} ({o.node.op_type})\n{o.reason}", False) for o in found]
-    named.sort()
-    rows = ([], [])
-    for index, item in enumerate(named):
-        rows[index % 2].append(item)
-    data_per_inch = (xlim[1] - xlim[0]) / axes_width_in
-    for row, y in zip(rows, (0.74, 0.26)):
+    figure.name_tensors(found)
+    figure.save(path)
+    return found
+
+
+class _MagnitudeFigure:
+    """The per-tensor figure: the names above, the magnitudes on a log axis, the stages in a strip below."""
+
+    def __init__(self, plt, engine: EngineResult):
+        self.plt, self.engine = plt, engine
+        self.nodes = nodes = list(engine.nodes.values())
+        limits = PRECISION_LIMITS.get(engine.precision)
+        values = [v for n in nodes for v in (n.fp32_abs_max, n.engine_abs_max)]
+        finite_values = [v for v in values if v > 0] or [1.0]
+        self.drawn_limits = []
+        if limits is not None:
+            low, high = min(finite_values) / 10**LIMIT_LINE_DECADES, max(finite_values) * 10**LIMIT_LINE_DECADES
+            self.drawn_limits = [(value, label) for value, label in
+                                 ((limits[0], f"{engine.precision} largest finite {limits[0]:.6g}"),
+                                  (limits[1], f"{engine.precision} smallest normal {limits[1]:.2g}"))
+                                 if low <= value <= high]
+        self.zero_row, self.nonfinite_row, self.ylim = _special_rows(values, tuple(v for v, _ in self.drawn_limits))
+
+        self.fig = fig = plt.figure(figsize=(11, 5.6))
+        grid = fig.add_gridspec(3, 1, height_ratios=[1.0, 3.6, 0.28], hspace=0.04, left=AXES_LEFT, right=AXES_RIGHT,
+                                top=0.99, bottom=0.15)
+        self.labels_ax, self.ax, self.strip = (fig.add_subplot(grid[0]), fig.add_subplot(grid[1]),
+                                               fig.add_subplot(grid[2]))
+        self.xlim = (-0.5, len(nodes) - 0.5)
+        for axis in (self.labels_ax, self.ax, self.strip):
+            axis.set_xlim(*self.xlim)
+        self.axes_width_in = fig.get_figwidth() * (AXES_RIGHT - AXES_LEFT)
+        self.colour_of: dict[str, str] = {}
+        self.unlabelled: list[str] = []  # stages too narrow for their name in the strip: named in the legend
+
+    def shade_stages(self) -> None:
+        """Each run of one stage's tensors shaded behind the data and in the strip, named where it fits."""
+        from matplotlib.ticker import MaxNLocator
+
+        nodes, ax, strip, labels_ax = self.nodes, self.ax, self.strip, self.labels_ax
+        stages = list(dict.fromkeys(node.stage or "unassigned" for node in nodes))
+        colour_of = self.colour_of
+        colour_of.update({stage: STAGE_COLOURS[i % len(STAGE_COLOURS)] for i, stage in enumerate(stages)})
+        colour_of["unassigned"] = UNASSIGNED_COLOUR
+        per_tensor_in = self.axes_width_in / max(len(nodes), 1)
+        widest = {}
+        for stage, first, last in _stage_runs(nodes):
+            ax.axvspan(first - 0.5, last + 0.5, color=colour_of[stage], alpha=0.45, lw=0, zorder=0)
+            strip.axvspan(first - 0.5, last + 0.5, color=colour_of[stage], lw=0)
+            if stage not in widest or last - first > widest[stage][1] - widest[stage][0]:
+                widest[stage] = (first, last)
+        for stage, (first, last) in widest.items():
+            if (last - first + 1) * per_tensor_in >= len(stage) * LABEL_FONT * 0.62 / 72:
+                strip.text((first + last) / 2, 0.5, stage, ha="center", va="center", fontsize=LABEL_FONT)
+            else:
+                self.unlabelled.append(stage)
+        strip.set_yticks([])
+        strip.set_xlabel("compared tensor, in the fp32 graph's topological order (shading: model stage)", fontsize=8)
+        strip.tick_params(axis="x", labelsize=7)
+        strip.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(axis="x", labelbottom=False)
+        for spine in (*labels_ax.spines.values(), *strip.spines.values()):
+            spine.set_visible(False)
+        labels_ax.axis("off")
+        labels_ax.set_ylim(0.0, 1.0)
+
+    def plot_magnitudes(self) -> None:
+        """fp32 as a line, the engine as dots, non-finite values on their row, the precision's limits."""
+        ax, nodes, engine = self.ax, self.nodes, self.engine
+        zero_row, nonfinite_row = self.zero_row, self.nonfinite_row
+        xs = range(len(nodes))
+        ax.plot(xs, [n.fp32_abs_max if n.fp32_abs_max > 0 else zero_row for n in nodes], color=FP32_COLOUR, lw=1.3,
+                label="fp32", zorder=2)
+        finite = [(i, n.engine_abs_max if n.engine_abs_max > 0 else zero_row) for i, n in enumerate(nodes)
+                  if not n.engine_nonfinite_inputs]
+        ax.scatter([i for i, _ in finite], [v for _, v in finite], s=9, color=ENGINE_COLOUR, zorder=3,
+                   label=engine.precision if engine.precision != "fp32" else engine.name)
+        nonfinite = [i for i, n in enumerate(nodes) if n.engine_nonfinite_inputs]
+        ax.scatter(nonfinite, [nonfinite_row] * len(nonfinite), marker="x", s=16, color=NONFINITE_COLOUR, zorder=3,
+                   label=f"non-finite in {engine.precision}")
+        fp32_bad = [i for i, n in enumerate(nodes) if n.fp32_nonfinite_inputs]
+        if fp32_bad:
+            ax.scatter(fp32_bad, [nonfinite_row] * len(fp32_bad), marker="+", s=30, color="black", zorder=3,
+                       label="non-finite in fp32")
+        for value, label in self.drawn_limits:
+            ax.axhline(value, color=LIMIT_COLOUR, lw=1.0, ls="--", zorder=1)
+            ax.text(self.xlim[1], value, label + " ", ha="right", va="bottom", fontsize=LABEL_FONT,
+                    color=LIMIT_COLOUR)
+        ax.set_yscale("log")
+        ax.set_ylim(*self.ylim)
+        _label_special_rows(ax, zero_row, nonfinite_row, "inf/NaN")
+        ax.set_ylabel("largest |value| over the inputs")
+        ax.grid(axis="y", color="#ffffff", lw=0.6, alpha=0.6)
+        ax.spines[["top", "right"]].set_visible(False)
+
+    def name_tensors(self, found: list[Offender]) -> None:
+        """The origin and ``found`` named above the plot, spread so that they never overlap, each with a line
+        to its tensor."""
+        ax, nodes, origin = self.ax, self.nodes, self.engine.origin
+        named = []
+        if origin is not None:
+            position = next((i for i, n in enumerate(nodes) if n.tensor == origin.tensor), None)
+            if position is not None:
+                ax.axvline(position, color=NONFINITE_COLOUR, lw=1.2, zorder=1)
+                cause = origin.cause if origin.kind is NonfiniteKind.PRECISION else "already in fp32"
+                named.append((position, f"first non-finite: {_short(origin.node)}\n{origin.op_type}, {cause}", True))
+        named += [(o.position, f"{_short(o.node.node)} ({o.node.op_type})\n{o.reason}", False) for o in found]
+        named.sort()
+        rows = ([], [])
+        for index, item in enumerate(named):
+            rows[index % 2].append(item)
+        for row, y in zip(rows, (0.74, 0.26)):
+            self._name_row(row, y)
+
+    def _name_row(self, row: list[tuple[int, str, bool]], y: float) -> None:
+        """One row of names at height ``y`` of the names' axes."""
+        xlim, ylim, zero_row = self.xlim, self.ylim, self.zero_row
+        data_per_inch = (xlim[1] - xlim[0]) / self.axes_width_in
         widths = [(max(map(len, text.split("\n"))) * LABEL_FONT * 0.6 / 72 + 0.12) * data_per_inch
                   for _, text, _ in row]
         centres = _spread([p for p, _, _ in row], widths, *xlim)
         for (position, text, is_origin), centre in zip(row, centres):
             colour = NONFINITE_COLOUR if is_origin else "#333333"
-            labels_ax.text(centre, y, text, ha="center", va="center", fontsize=LABEL_FONT, color=colour, zorder=3,
-                           fontweight="bold" if is_origin else "normal", linespacing=1.25,
-                           bbox={"boxstyle": "round,pad=0.3", "fc": "white",
-                                 "ec": colour if is_origin else "#bbbbbb", "lw": 1.0})
+            self.labels_ax.text(centre, y, text, ha="center", va="center", fontsize=LABEL_FONT, color=colour,
+                                zorder=3, fontweight="bold" if is_origin else "normal", linespacing=1.25,
+                                bbox={"boxstyle": "round,pad=0.3", "fc": "white",
+                                      "ec": colour if is_origin else "#bbbbbb", "lw": 1.0})
             # The leader runs behind the labels (lower zorder) from the box to the tensor's fp32 value.
-            labels_ax.plot([centre, position], [y, 0.0], color=colour, lw=0.7, zorder=1)
-            node = nodes[position]
+            self.labels_ax.plot([centre, position], [y, 0.0], color=colour, lw=0.7, zorder=1)
+            node = self.nodes[position]
             target = node.fp32_abs_max if node.fp32_abs_max > 0 else zero_row
-            ax.plot([position, position], [target, ylim[1]], color=colour, lw=0.7, zorder=1.5)
-            ax.scatter([position], [target], s=42, facecolors="none", edgecolors=colour, lw=1.3, zorder=4)
+            self.ax.plot([position, position], [target, ylim[1]], color=colour, lw=0.7, zorder=1.5)
+            self.ax.scatter([position], [target], s=42, facecolors="none", edgecolors=colour, lw=1.3, zorder=4)
 
-    handles, texts = ax.get_legend_handles_labels()
-    handles += [Patch(color=colour_of[s]) for s in unlabelled]
-    texts += [f"stage {s}" for s in unlabelled]
-    fig.legend(handles, texts, loc="lower center", ncol=min(len(texts), 6), fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, 0.0))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return found
+    def save(self, path: Path) -> None:
+        """The legend (with the stages the strip could not name) below, then the file."""
+        from matplotlib.patches import Patch
+
+        handles, texts = self.ax.get_legend_handles_labels()
+        handles += [Patch(color=self.colour_of[s]) for s in self.unlabelled]
+        texts += [f"stage {s}" for s in self.unlabelled]
+        self.fig.legend(handles, texts, loc="lower center", ncol=min(len(texts), 6), fontsize=8, frameon=False,
+                        bbox_to_anchor=(0.5, 0.0))
+        self.fig.savefig(path, dpi=100)
+        self.plt.close(self.fig)

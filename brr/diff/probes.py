@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from brr.diff.compare import EigenspaceStats, LaplacianSpectra, SelectionStats, TensorStats
-from brr.diff.results import NONFINITE_KINDS, InputResult, StageResult
+from brr.diff.results import InputResult, StageResult
+from brr.diff.verdict import Verdict
 from brr.model import PROBE_NAMES
 
 
@@ -29,41 +30,46 @@ def compare_outputs(label: str, feed: dict, ref_out, eng_out, spectrum: Laplacia
         stats = TensorStats()
         stats.add(ref, eng, atol, rtol)
         stage = StageResult(_status(stats), stats)
-        if name == "laplacian_pe" and spectrum is not None and stage.status == "divergence":
+        if name == "laplacian_pe" and spectrum is not None and stage.status is Verdict.DIVERGENCE:
             stage.eigenspace = EigenspaceStats()
             steps = eng[:, ::spectrum.interval].reshape(len(spectrum.values), *eng.shape[-2:])
             # (an IterationResult has no .get)
             engine_adjacency = eng_out["adjacency"] if "adjacency" in eng_out else None
             stage.eigenspace.add(spectrum, steps, engine_adjacency, atol, rtol)
-            stage.status = "basis_ambiguous" if stage.eigenspace.passed else "divergence"
-        elif name == "adjacency" and stage.status == "divergence":
+            stage.status = Verdict.BASIS_AMBIGUOUS if stage.eigenspace.passed else Verdict.DIVERGENCE
+        elif name == "adjacency" and stage.status is Verdict.DIVERGENCE:
             stage.selection = SelectionStats()
             stage.selection.add(ref, eng, atol, rtol,
                                 ref_out["edge_weights"] if "edge_weights" in ref_out else None, top_k)
             # Flips at near-ties are as correct as a rotated eigenbasis: ambiguous, not divergent.
-            stage.status = ("basis_ambiguous" if stage.selection.tie_ambiguous else
-                            "clean" if stage.selection.passed else "divergence")
+            stage.status = (Verdict.BASIS_AMBIGUOUS if stage.selection.tie_ambiguous else
+                            Verdict.CLEAN if stage.selection.passed else Verdict.DIVERGENCE)
         stages[name] = stage
-    statuses = [s.status for s in stages.values()]
-    first_nonfinite = next((n for n, s in stages.items() if s.status in NONFINITE_KINDS), None)
-    first_off = next((n for n, s in stages.items() if s.status in ("divergence", "basis_ambiguous")), None)
+    first_nonfinite = next((n for n, s in stages.items() if s.status.nonfinite_kind is not None), None)
+    first_off = next((n for n, s in stages.items() if s.status in (Verdict.DIVERGENCE, Verdict.BASIS_AMBIGUOUS)),
+                     None)
+    return InputResult(label, _verdict(feed, stages, first_off), first_off, stages,
+                       first_nonfinite_stage=first_nonfinite)
+
+
+def _verdict(feed: dict, stages: dict[str, StageResult], first_off: str | None) -> Verdict:
+    """The input's verdict: its own non-finite values first, then the stages' non-finite ones (fp32's before
+    the engine's), then the first stage off tolerance."""
+    statuses = {s.status for s in stages.values()}
     if not all(np.isfinite(v).all() for v in feed.values()):
-        verdict = "nonfinite_input"
-    elif "nonfinite_fp32" in statuses:
-        verdict = "nonfinite_fp32"
-    elif "nonfinite_precision" in statuses:
-        verdict = "nonfinite_precision"
-    elif first_off is None:
-        verdict = "clean"
-    else:
-        # Stages after a basis-ambiguous eigendecomposition inherit its (correct) difference.
-        verdict = "basis_ambiguous" if stages[first_off].status == "basis_ambiguous" else "divergence"
-    return InputResult(label, verdict, first_off, stages, first_nonfinite_stage=first_nonfinite)
+        return Verdict.NONFINITE_INPUT
+    for nonfinite in (Verdict.NONFINITE_FP32, Verdict.NONFINITE_PRECISION):
+        if nonfinite in statuses:
+            return nonfinite
+    if first_off is None:
+        return Verdict.CLEAN
+    # Stages after a basis-ambiguous eigendecomposition inherit its (correct) difference.
+    return stages[first_off].status
 
 
-def _status(stats: TensorStats) -> str:
+def _status(stats: TensorStats) -> Verdict:
     if stats.ref_nonfinite:
-        return "nonfinite_fp32"
+        return Verdict.NONFINITE_FP32
     if stats.precision_nonfinite:
-        return "nonfinite_precision"
-    return "clean" if stats.passed else "divergence"
+        return Verdict.NONFINITE_PRECISION
+    return Verdict.CLEAN if stats.passed else Verdict.DIVERGENCE

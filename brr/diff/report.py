@@ -18,24 +18,12 @@ import jsonschema
 from markupsafe import Markup, escape
 
 from brr.diff.plots import offenders, plot_errors_per_stage, plot_magnitudes_per_tensor
-from brr.diff.results import SCHEMA_VERSION, DiffReport, EngineResult, most_severe
+from brr.diff.results import SCHEMA_VERSION, DiffReport, EngineResult, NonfiniteOrigin
+from brr.diff.verdict import NonfiniteKind, Verdict
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 PLOT_FILE = "error_per_stage.png"
 NEXT_STEP_INTRO = "Next step: find the nodes to keep in fp32, then export with that plan:"
-# What each verdict means: the page's banner when no engine names an origin.
-VERDICT_MEANINGS = {
-    "clean": "every engine matches fp32 within its tolerance on every input",
-    "basis_ambiguous": "engines differ from fp32 only where two answers are equally correct "
-                       "(repeated eigenvalues, top-k near-ties)",
-    "nonfinite_input": "an input itself holds non-finite values",
-    "divergence": "values stay finite, but an engine is beyond its tolerance",
-    "nonfinite_precision": "an engine's reduced precision makes values non-finite where fp32 stays finite",
-    "nonfinite_fp32": "the fp32 reference itself goes non-finite",
-}
-# The page's colour class per verdict: the banner and the verdict cells.
-VERDICT_TONES = {"clean": "ok", "basis_ambiguous": "ok", "nonfinite_input": "neutral", "divergence": "warn",
-                 "nonfinite_precision": "bad", "nonfinite_fp32": "bad"}
 
 __all__ = ["SCHEMA_VERSION", "findings", "markdown", "origin_sentences", "validate", "write_report"]
 
@@ -84,20 +72,20 @@ def origin_sentences(engine: EngineResult) -> list[str]:
     return [origin_sentence(engine, origin) for origin in engine.origins]
 
 
-def origin_sentence(engine: EngineResult, origin: dict) -> str:
-    where = f"`{origin['node']}` ({origin['op_type']}, stage `{origin['stage']}`)"
-    if origin["kind"] == "fp32":
-        return f"{engine.name}: non-finite values already in fp32 at {where}: {origin['explanation']}"
-    sentence = f"{engine.name}: {engine.precision} {origin['cause']} at {where} on `{origin['input']}`: " \
-               f"{origin['explanation']}."
-    hidden = origin["hidden_by"]
+def origin_sentence(engine: EngineResult, origin: NonfiniteOrigin) -> str:
+    where = f"`{origin.node}` ({origin.op_type}, stage `{origin.stage}`)"
+    if origin.kind is NonfiniteKind.FP32:
+        return f"{engine.name}: non-finite values already in fp32 at {where}: {origin.explanation}"
+    sentence = f"{engine.name}: {engine.precision} {origin.cause} at {where} on `{origin.input}`: " \
+               f"{origin.explanation}."
+    hidden = origin.hidden_by
     if hidden:
         first = hidden[0]
-        more = origin["hidden_by_count"] - 1
-        sentence += (f" Hidden downstream by `{first['node']}` ({first['op_type']}, stage `{first['stage']}`)"
+        more = origin.hidden_by_count - 1
+        sentence += (f" Hidden downstream by `{first.node}` ({first.op_type}, stage `{first.stage}`)"
                      + (f" and {more} more" if more > 0 else ""))
         logits = engine.stages.get("logits")
-        if origin["nonfinite_outputs"] and "logits" in origin["nonfinite_outputs"]:
+        if "logits" in origin.nonfinite_outputs:
             sentence += "; the logits are non-finite all the same."
         elif logits is not None:
             sentence += (f": the logits stay finite but are off by up to {logits.max_abs_err:.3g} "
@@ -112,18 +100,17 @@ def findings(engine: EngineResult) -> list[str]:
     lines = []
     node = engine.first_divergent_node
     if node is not None:
-        stats = node["stats"]
-        lines.append(f"first node beyond tolerance (atol {engine.atol:g}, rtol {engine.rtol:g}): `{node['node']}` "
-                     f"({node['op_type']}, stage `{node['stage']}`) on `{node['input']}`, max abs error "
-                     f"{float(stats['max_abs_err']):.3g}")
-    ambiguous = [i for i in engine.inputs if i.verdict == "basis_ambiguous"]
+        lines.append(f"first node beyond tolerance (atol {engine.atol:g}, rtol {engine.rtol:g}): `{node.node}` "
+                     f"({node.op_type}, stage `{node.stage}`) on `{node.input}`, max abs error "
+                     f"{float(node.stats.max_abs_err):.3g}")
+    ambiguous = [i for i in engine.inputs if i.verdict is Verdict.BASIS_AMBIGUOUS]
     if ambiguous:
         stages = sorted({i.first_divergent_stage for i in ambiguous})
         why = {"adjacency": "top-k near-ties", "laplacian_pe": "repeated eigenvalues"}
         causes = ", ".join(f"{s} ({why.get(s, 'ambiguous')})" for s in stages)
         lines.append(f"two correct answers at {causes} on {len(ambiguous)} inputs: "
                      f"{', '.join(sorted(i.input for i in ambiguous)[:5])}")
-    bad = [i.input for i in engine.inputs if i.verdict not in ("clean", "basis_ambiguous")]
+    bad = [i.input for i in engine.inputs if not i.verdict.accepted]
     if bad:
         lines.append(f"{len(bad)} of {len(engine.inputs)} inputs off: {', '.join(bad[:6])}")
     lines += engine.node_level_notes
@@ -177,26 +164,26 @@ def _engine_view(engine: EngineResult, directory: Path) -> dict:
     """What the page shows of one engine, in the order the template reads it."""
     stages = []
     for name, stats in engine.stages.items():
-        status = most_severe(i.stages[name].status for i in engine.inputs if name in i.stages)
-        stages.append({"name": name, "status": status, "tone": VERDICT_TONES.get(status, "neutral"), "stats": stats,
+        status = Verdict.most_severe(i.stages[name].status for i in engine.inputs if name in i.stages)
+        stages.append({"name": name, "status": status, "tone": status.tone, "stats": stats,
                        "first_nonfinite": name == engine.first_nonfinite_stage,
                        "first_divergent": name == engine.first_divergent_stage})
     origin = engine.origin
     marked = []
-    if origin is not None and origin["tensor"] in engine.nodes:
-        marked.append({"range": engine.nodes[origin["tensor"]], "origin": True,
-                       "why": f"first non-finite ({origin['cause'] if origin['kind'] == 'precision' else 'fp32'})"})
+    if origin is not None and origin.tensor in engine.nodes:
+        cause = origin.cause if origin.kind is NonfiniteKind.PRECISION else "fp32"
+        marked.append({"range": engine.nodes[origin.tensor], "origin": True, "why": f"first non-finite ({cause})"})
     marked += [{"range": o.node, "origin": False, "why": o.reason} for o in offenders(engine)]
     figure = directory / magnitudes_file(engine)
     inputs = []
     for i in engine.inputs:
         level = i.node_level
         named = level and (level.first_nonfinite or level.first_divergent)
-        inputs.append({"input": i.input, "verdict": i.verdict, "tone": VERDICT_TONES[i.verdict],
+        inputs.append({"input": i.input, "verdict": i.verdict, "tone": i.verdict.tone,
                        "first_nonfinite_stage": i.first_nonfinite_stage,
                        "first_divergent_stage": i.first_divergent_stage,
-                       "node": f"{named['node']} ({named['op_type']})" if named else None})
-    return {"engine": engine, "tone": VERDICT_TONES[engine.verdict], "logits": engine.stages.get("logits"),
+                       "node": f"{named.node} ({named.op_type})" if named else None})
+    return {"engine": engine, "tone": engine.verdict.tone, "logits": engine.stages.get("logits"),
             "findings": findings(engine), "stages": stages, "inputs": inputs, "marked": marked,
             "figure": _data_uri(figure) if engine.nodes and figure.is_file() else None,
             "figure_file": figure.name}
@@ -209,7 +196,7 @@ def html_page(report: DiffReport, directory: Path) -> str:
     environment.filters.update(code=inline_code, number=number)
     stage_plot = Path(directory) / PLOT_FILE
     return environment.get_template("report.html.j2").render(
-        report=report, tone=VERDICT_TONES[report.verdict], meaning=VERDICT_MEANINGS[report.verdict],
+        report=report, tone=report.verdict.tone, meaning=report.verdict.meaning,
         origins=[s for e in report.engines for s in origin_sentences(e)], reference_line=reference_line(report),
         engines=[_engine_view(e, Path(directory)) for e in report.engines],
         stage_plot=_data_uri(stage_plot) if any(e.stages for e in report.engines) else None,

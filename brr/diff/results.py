@@ -13,25 +13,20 @@ import math
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
 
 from brr.diff.compare import EigenspaceStats, SelectionStats, TensorStats
+from brr.diff.verdict import FailOn, NonfiniteKind, Verdict
 from brr.onnx.statistics import TensorRange
 
-# Least to most severe; an engine's (and the report's) verdict is the most severe of its inputs'.
-VERDICTS = ("clean", "basis_ambiguous", "nonfinite_input", "divergence", "nonfinite_precision", "nonfinite_fp32")
-FAILING = {
-    "nonfinite": {"nonfinite_precision", "nonfinite_fp32"},
-    "divergence": {"divergence", "nonfinite_precision", "nonfinite_fp32"},
-    "never": set(),
-}
 REDUCED_PRECISIONS = ("fp16", "bf16")
 # (largest finite, smallest normal, smallest subnormal) of the reduced precisions an engine may store in.
 PRECISION_LIMITS: dict[str, tuple[float, float, float]] = {
     "fp16": (65504.0, 2.0**-14, 2.0**-24),
     "bf16": (3.3895e38, 2.0**-126, 2.0**-133),
 }
-# Verdicts of values non-finite in the engine only ("precision") or already in fp32.
-NONFINITE_KINDS = {"nonfinite_precision": "precision", "nonfinite_fp32": "fp32"}
 # Localisation.observed_by, in words.
 OBSERVATION = {
     "instrumented_graph": "statistics nodes in a copy of its graph",
@@ -39,10 +34,6 @@ OBSERVATION = {
     "marked_debug_tensors": "TensorRT debug tensors marked one by one (not fused across)",
     "marked_outputs": "a copy with the tensors marked as outputs (origin details, bisection)",
 }
-
-
-def most_severe(verdicts) -> str:
-    return max(verdicts, key=VERDICTS.index, default="clean")
 
 
 def json_floats(value):
@@ -54,6 +45,151 @@ def json_floats(value):
     if isinstance(value, list):
         return [json_floats(v) for v in value]
     return value
+
+
+class Cause(StrEnum):
+    """Why values went non-finite at an origin."""
+
+    OVERFLOW = "overflow"  # beyond the precision's largest finite value
+    UNDERFLOW = "underflow"  # below its smallest normal, flushed to 0, then divided by or the like
+    CANCELLATION = "cancellation"  # digits lost to rounding upstream (a difference of near-equal values)
+    FP32 = "fp32"  # already non-finite in fp32
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class ValueRange:
+    """Counts and magnitudes of one tensor's values: what decides overflow and underflow."""
+
+    min: float | None
+    max: float | None
+    abs_max: float | None
+    abs_min_nonzero: float | None
+    zeros: int
+    nonfinite: int
+    elements: int
+
+    @classmethod
+    def of(cls, array) -> ValueRange | None:
+        if array is None:
+            return None
+        values = np.asarray(array, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        magnitudes = np.abs(finite)
+        nonzero = magnitudes[magnitudes > 0]
+        return cls(min=float(finite.min()) if finite.size else None,
+                   max=float(finite.max()) if finite.size else None,
+                   abs_max=float(magnitudes.max()) if finite.size else None,
+                   abs_min_nonzero=float(nonzero.min()) if nonzero.size else None,
+                   zeros=int(finite.size - nonzero.size), nonfinite=int(values.size - finite.size),
+                   elements=int(values.size))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _range_dict(value: ValueRange | None) -> dict | None:
+    return None if value is None else value.to_dict()
+
+
+@dataclass(frozen=True)
+class OperandRange:
+    """One input of an origin's node, in fp32 and in the engine (None where it has no value)."""
+
+    name: str
+    producer: str | None  # the fp32 node that makes it; None for a graph input or a weight
+    producer_op: str | None
+    fp32: ValueRange | None
+    engine: ValueRange | None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "producer": self.producer, "producer_op": self.producer_op,
+                "fp32": _range_dict(self.fp32), "engine": _range_dict(self.engine)}
+
+
+@dataclass(frozen=True)
+class OutputRange:
+    """The origin's tensor, in fp32 and in the engine."""
+
+    name: str
+    fp32: ValueRange
+    engine: ValueRange
+    precision_nonfinite: int  # elements non-finite in the engine and finite in fp32
+    elements: int
+    # A rounding engine's result before it is stored in the precision (``brr.onnx.precision``).
+    engine_before_storing: ValueRange | None = None
+
+    def to_dict(self) -> dict:
+        out = {"name": self.name, "fp32": self.fp32.to_dict(), "engine": self.engine.to_dict(),
+               "precision_nonfinite": self.precision_nonfinite, "elements": self.elements}
+        if self.engine_before_storing is not None:
+            out["engine_before_storing"] = self.engine_before_storing.to_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class NodeRef:
+    """A node named in a finding."""
+
+    node: str
+    op_type: str
+    stage: str | None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class NonfiniteOrigin:
+    """A node whose output goes non-finite from finite inputs: where, how, why, and what hid it."""
+
+    node: str
+    op_type: str
+    stage: str | None
+    tensor: str
+    kind: NonfiniteKind
+    inputs: list[OperandRange]
+    output: OutputRange
+    hidden_by: list[NodeRef]  # the first downstream nodes that take a non-finite input and give finite outputs
+    hidden_by_count: int
+    nonfinite_outputs: list[str]  # graph outputs (probes) that are non-finite
+    contaminated: int  # compared tensors after it that are non-finite the same way
+    cause: Cause
+    explanation: str
+    # Tensors fused, in the engine as built, into the kernel where the value was first seen non-finite.
+    fused_with: list[str] | None = None
+    input: str | None = None  # the input it was found on (engine level)
+
+    def to_dict(self) -> dict:
+        out = {"node": self.node, "op_type": self.op_type, "stage": self.stage, "tensor": self.tensor,
+               "kind": self.kind, "inputs": [i.to_dict() for i in self.inputs], "output": self.output.to_dict(),
+               "hidden_by": [h.to_dict() for h in self.hidden_by], "hidden_by_count": self.hidden_by_count,
+               "nonfinite_outputs": list(self.nonfinite_outputs), "contaminated": self.contaminated,
+               "cause": self.cause, "explanation": self.explanation}
+        if self.fused_with is not None:
+            out["fused_with"] = list(self.fused_with)
+        if self.input is not None:
+            out["input"] = self.input
+        return out
+
+
+@dataclass(frozen=True)
+class DivergentNode:
+    """The first node whose output is beyond tolerance (bisection), with its statistics."""
+
+    node: str
+    op_type: str
+    stage: str | None
+    tensor: str
+    stats: TensorStats
+    input: str | None = None  # the input it was found on (engine level)
+
+    def to_dict(self) -> dict:
+        out = {"node": self.node, "op_type": self.op_type, "stage": self.stage, "tensor": self.tensor,
+               "stats": self.stats.to_dict()}
+        if self.input is not None:
+            out["input"] = self.input
+        return out
 
 
 @dataclass
@@ -71,10 +207,10 @@ class Localisation:
     seconds: float = 0.0
     reproduced: bool | None = None
     reproduction_error: float = 0.0
-    first_nonfinite: dict | None = None
+    first_nonfinite: NonfiniteOrigin | None = None
     # Further places on the same input where values go non-finite from finite inputs (independent faults).
-    more_nonfinite: list[dict] = field(default_factory=list)
-    first_divergent: dict | None = None
+    more_nonfinite: list[NonfiniteOrigin] = field(default_factory=list)
+    first_divergent: DivergentNode | None = None
     note: str | None = None
     # tensor name -> (fp32 range, engine range) of a statistics scan, for the per-node plot.
     ranges: dict[str, tuple[TensorRange, TensorRange]] = field(default_factory=dict)
@@ -82,8 +218,9 @@ class Localisation:
     def to_dict(self) -> dict:
         return {"method": self.method, "runs": self.runs, "seconds": round(self.seconds, 3),
                 "reproduced": self.reproduced, "reproduction_error": self.reproduction_error,
-                "first_nonfinite": self.first_nonfinite, "more_nonfinite": self.more_nonfinite,
-                "first_divergent": self.first_divergent,
+                "first_nonfinite": _dict_or_none(self.first_nonfinite),
+                "more_nonfinite": [o.to_dict() for o in self.more_nonfinite],
+                "first_divergent": _dict_or_none(self.first_divergent),
                 "note": self.note, "observed_by": self.observed_by, "unobserved": self.unobserved}
 
     def observed(self, method: str) -> None:
@@ -91,9 +228,13 @@ class Localisation:
             self.observed_by.append(method)
 
 
+def _dict_or_none(finding: NonfiniteOrigin | DivergentNode | None) -> dict | None:
+    return None if finding is None else finding.to_dict()
+
+
 @dataclass
 class StageResult:
-    status: str
+    status: Verdict
     stats: TensorStats
     eigenspace: EigenspaceStats | None = None
     selection: SelectionStats | None = None
@@ -110,7 +251,7 @@ class StageResult:
 @dataclass
 class InputResult:
     input: str
-    verdict: str
+    verdict: Verdict
     first_divergent_stage: str | None  # first stage beyond tolerance with finite values (or basis-ambiguous)
     stages: dict[str, StageResult]
     node_level: Localisation | None = None
@@ -176,8 +317,8 @@ class EngineResult:
                 entry.add(*ranges[tensor.name], label)
 
     @property
-    def verdict(self) -> str:
-        return most_severe(i.verdict for i in self.inputs)
+    def verdict(self) -> Verdict:
+        return Verdict.most_severe(i.verdict for i in self.inputs)
 
     @property
     def first_nonfinite_stage(self) -> str | None:
@@ -186,31 +327,32 @@ class EngineResult:
     @property
     def first_divergent_stage(self) -> str | None:
         """First stage beyond tolerance, from the inputs that only diverge (never a non-finite input's)."""
-        for verdict in ("divergence", "basis_ambiguous"):
+        for verdict in (Verdict.DIVERGENCE, Verdict.BASIS_AMBIGUOUS):
             found = next((i.first_divergent_stage for i in self.inputs if i.verdict == verdict), None)
             if found:
                 return found
         return None
 
     @property
-    def origins(self) -> list[dict]:
+    def origins(self) -> list[NonfiniteOrigin]:
         """Every distinct node where non-finite values start, each on the first input it was found on."""
-        found: dict[str, dict] = {}
+        found: dict[str, NonfiniteOrigin] = {}
         for i in self.inputs:
             level = i.node_level
             if level is not None and level.first_nonfinite:
                 for origin in [level.first_nonfinite, *level.more_nonfinite]:
-                    found.setdefault(origin["node"], origin | {"input": i.input})
+                    if origin.node not in found:
+                        found[origin.node] = dataclasses.replace(origin, input=i.input)
         return list(found.values())
 
     @property
-    def origin(self) -> dict | None:
+    def origin(self) -> NonfiniteOrigin | None:
         """The first of ``origins``."""
         return next(iter(self.origins), None)
 
     @property
-    def first_divergent_node(self) -> dict | None:
-        return next((i.node_level.first_divergent | {"input": i.input} for i in self.inputs
+    def first_divergent_node(self) -> DivergentNode | None:
+        return next((dataclasses.replace(i.node_level.first_divergent, input=i.input) for i in self.inputs
                      if i.node_level is not None and i.node_level.first_divergent), None)
 
     @property
@@ -249,9 +391,9 @@ class EngineResult:
         return {
             "name": self.name, "precision": self.precision, "path": self.path, "atol": self.atol, "rtol": self.rtol,
             "verdict": self.verdict, "first_nonfinite_stage": self.first_nonfinite_stage,
-            "first_divergent_stage": self.first_divergent_stage, "origin": json_floats(self.origin),
-            "origins": json_floats(self.origins),
-            "first_divergent_node": json_floats(self.first_divergent_node),
+            "first_divergent_stage": self.first_divergent_stage, "origin": json_floats(_dict_or_none(self.origin)),
+            "origins": json_floats([o.to_dict() for o in self.origins]),
+            "first_divergent_node": json_floats(_dict_or_none(self.first_divergent_node)),
             "node_level_notes": self.node_level_notes,
             "stages": {k: json_floats(v.to_dict()) for k, v in self.stages.items()},
             "inputs": [i.to_dict() for i in self.inputs],
@@ -262,7 +404,7 @@ class EngineResult:
 @dataclass
 class DiffReport:
     reference: str
-    fail_on: str
+    fail_on: FailOn
     inputs: list[str] = field(default_factory=list)
     engines: list[EngineResult] = field(default_factory=list)
     cost: dict = field(default_factory=dict)
@@ -270,12 +412,12 @@ class DiffReport:
     data_arguments: list[str] = field(default_factory=list)
 
     @property
-    def verdict(self) -> str:
-        return most_severe(e.verdict for e in self.engines)
+    def verdict(self) -> Verdict:
+        return Verdict.most_severe(e.verdict for e in self.engines)
 
     @property
     def failed(self) -> bool:
-        return any(e.verdict in FAILING[self.fail_on] for e in self.engines)
+        return any(e.verdict in FailOn(self.fail_on).failing for e in self.engines)
 
     def engine(self, name: str) -> EngineResult:
         return next(e for e in self.engines if e.name == name)
@@ -284,13 +426,14 @@ class DiffReport:
         """The commands that fix a reduced-precision engine that went non-finite or diverged."""
         steps = []
         for e in self.engines:
-            if e.precision not in REDUCED_PRECISIONS or e.verdict not in ("nonfinite_precision", "divergence"):
+            if e.precision not in REDUCED_PRECISIONS or e.verdict not in (Verdict.NONFINITE_PRECISION,
+                                                                          Verdict.DIVERGENCE):
                 continue
             plan_dir = f"calibration-{e.precision}"
             data = self.data_arguments or ["--synthetic", "2"]
             steps.append(shlex.join(["brr-calibrate", self.reference, *data, "--precision", e.precision,
                                      "--out", plan_dir]))
-            steps.append(shlex.join(["brr-export", self.reference, "--engine", e.precision, "--precision-plan",
+            steps.append(shlex.join(["brr-export", self.reference, "--precision", e.precision, "--precision-plan",
                                      f"{plan_dir}/precision_plan.json", "--out", f"export-{e.precision}-planned"]))
         return list(dict.fromkeys(steps))
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from polygraphy.backend.base import BaseRunner
@@ -32,18 +32,17 @@ from brr.diff.inputs import WindowLoader
 from brr.diff.localise import NodeLocaliser
 from brr.diff.probes import compare_outputs
 from brr.diff.report import write_report
-from brr.diff.results import NONFINITE_KINDS, DiffReport, EngineResult, InputResult
+from brr.diff.results import DiffReport, EngineResult, InputResult
+from brr.diff.verdict import FailOn, Verdict
 from brr.errors import UsageError
 from brr.model import V3Detector
 from brr.model.contract import OUTPUT_NAME
 from brr.resources import peak_rss_mb
+from brr.tolerances import TOLERANCES
 
 log = logging.getLogger(__name__)
 
 TORCH_ENGINE_PREFIX = "torch:"  # "torch:fp16", "torch:bf16": the reference under autocast
-# (atol, rtol) per engine precision: what the precision can hold over this network's stages.
-TOLERANCES = {"fp32": (1e-3, 1e-3), "fp16": (0.1, 0.05), "bf16": (0.25, 0.05), "int8": (0.5, 0.1)}
-NONFINITE_VERDICTS = {kind: verdict for verdict, kind in NONFINITE_KINDS.items()}
 
 
 def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[Engine | BaseRunner | str | Path],
@@ -60,55 +59,27 @@ def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[
     ``report.failed`` says whether ``fail_on`` ('nonfinite' | 'divergence' | 'never') is met.
     One line per input and per node-level search is logged.
     """
-    if fail_on not in ("nonfinite", "divergence", "never"):
-        raise UsageError(f"fail_on must be 'nonfinite', 'divergence' or 'never', got {fail_on!r}")
+    try:
+        failing = FailOn(fail_on)
+    except ValueError:
+        raise UsageError(f"fail_on must be 'nonfinite', 'divergence' or 'never', got {fail_on!r}") from None
     started = time.perf_counter()
     reference_runner = reference if isinstance(reference, BaseRunner) else TorchRunner(reference, probes=True,
                                                                                       name="fp32-reference")
     engine_list = _engines(reference, list(engines))
-    report = DiffReport(str(reference.name if isinstance(reference, BaseRunner) else
-                            getattr(reference, "config", None) and reference.config.name or reference), fail_on)
+    report = DiffReport(_reference_name(reference), failing)
     results = [EngineResult(e.name, e.precision, *_tolerance(e.precision, atol, rtol), path=e.path,
                             node_level_note=e.node_level_note) for e in engine_list]
-    localisers: dict[str, NodeLocaliser] = {}
-    bisected: set[tuple[str, str | None]] = set()  # (engine, stage) pairs already searched node by node
-    labels: list[str] = []
-    current: dict = {}  # the feed of the iteration being compared: Comparator pulls one per iteration
-    loader = inputs.labelled() if isinstance(inputs, WindowLoader) else ((f"input-{i}", f) for i, f in enumerate(inputs))
-
-    def feeds():
-        for label, feed in loader:
-            labels.append(label)
-            current["feed"] = feed
-            yield feed
-
-    with contextlib.ExitStack() as cleanup:
-        cleanup.callback(lambda: [localiser.close() for localiser in localisers.values()])
-        stream = Comparator.run([reference_runner] + [e.runner for e in engine_list], data_loader=feeds(),
+    fed = FedInputs(inputs)
+    with contextlib.closing(NodeLevel()) as localisation:
+        stream = Comparator.run([reference_runner] + [e.runner for e in engine_list], data_loader=iter(fed),
                                 streaming=True)
         for run in stream:
-            feed = current["feed"]
-            ref_out = run[reference_runner.name][0]
-            spectrum = _spectrum(reference_runner, ref_out)
-            model = getattr(reference_runner, "model", None)
-            top_k = model.config.edge_top_k if isinstance(model, V3Detector) else None
-            for engine, result in zip(engine_list, results):
-                eng_out = run[engine.runner.name][0]
-                outcome = compare_outputs(labels[-1], feed, ref_out, eng_out, spectrum, result.atol, result.rtol,
-                                          top_k)
-                for name, stage in outcome.stages.items():
-                    result.stages.setdefault(name, TensorStats()).merge(stage.stats)
-                if node_level and engine.localisable:
-                    localiser = localisers.get(engine.name) or localisers.setdefault(
-                        engine.name, NodeLocaliser(engine, lean_onnxruntime_runner))
-                    _localise(localiser, outcome, feed, eng_out, result, bisected)
-                    log.info(f"{engine.name} {labels[-1]}: node level ({outcome.node_level.method}) "
-                             f"{outcome.node_level.runs} runs, {outcome.node_level.seconds:.1f} s")
-                result.inputs.append(outcome)
-            log.info(f"input {len(labels)} {labels[-1]}: "
+            _compare_input(run, fed, reference_runner, engine_list, results, localisation if node_level else None)
+            log.info(f"input {len(fed.labels)} {fed.label}: "
                      + ", ".join(f"{r.name} {r.inputs[-1].verdict}" for r in results)
                      + f"; {time.perf_counter() - started:.0f} s, peak RSS {peak_rss_mb():.0f} MB")
-    report.inputs = labels
+    report.inputs = fed.labels
     report.engines = results
     report.cost = {"seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak_rss_mb()),
                    "node_level_runs": sum(i.node_level.runs for r in results for i in r.inputs if i.node_level)}
@@ -117,37 +88,99 @@ def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[
     return report
 
 
-def _localise(localiser: NodeLocaliser, outcome: InputResult, feed: dict, eng_out, result: EngineResult,
-              bisected: set) -> None:
-    """Node level on one input: every input is scanned for non-finite tensors, so a value sanitised
-    before any probe (a guard's clamp or nan_to_num) is still a failure with its origin named; an
-    input that only diverges gets the first node beyond tolerance, once per stage."""
-    logits = eng_out[OUTPUT_NAME] if OUTPUT_NAME in eng_out else None
-    level = localiser.scan(feed, logits)
-    result.merge_ranges(localiser.tensors, level.ranges, outcome.input)
-    level.ranges = {}  # merged into the engine's; keep no copy per input
-    found = level.first_nonfinite
-    if found is None and outcome.verdict in NONFINITE_KINDS:
-        level.note = ("every tensor the engine shares with its fp32 graph is finite: the non-finite values arise "
-                      "where the two graphs have no tensor in common")
-    if found is not None and NONFINITE_VERDICTS.get(found["kind"]) != outcome.verdict:
-        if outcome.verdict != "nonfinite_fp32":
+class FedInputs:
+    """The inputs as ``Comparator.run`` pulls them, one per iteration, each remembered with its label.
+
+    Comparator yields an iteration's outputs right after pulling its feed, and the outputs do not carry
+    the feed: the last feed pulled (``feed``, ``label``) is the one whose outputs are being compared.
+    """
+
+    def __init__(self, inputs: WindowLoader | Iterable[dict]):
+        self._labelled = inputs.labelled() if isinstance(inputs, WindowLoader) else (
+            (f"input-{i}", f) for i, f in enumerate(inputs))
+        self.labels: list[str] = []
+        self.feed: dict = {}
+
+    def __iter__(self) -> Iterator[dict]:
+        for label, feed in self._labelled:
+            self.labels.append(label)
+            self.feed = feed
+            yield feed
+
+    @property
+    def label(self) -> str:
+        return self.labels[-1]
+
+
+def _compare_input(run, fed: FedInputs, reference_runner: BaseRunner, engines: list[Engine],
+                   results: list[EngineResult], node_level: NodeLevel | None) -> None:
+    """One input: each engine's probes against the reference's, then node level where it can run."""
+    ref_out = run[reference_runner.name][0]
+    spectrum = _spectrum(reference_runner, ref_out)
+    model = getattr(reference_runner, "model", None)
+    top_k = model.config.edge_top_k if isinstance(model, V3Detector) else None
+    for engine, result in zip(engines, results):
+        eng_out = run[engine.runner.name][0]
+        outcome = compare_outputs(fed.label, fed.feed, ref_out, eng_out, spectrum, result.atol, result.rtol, top_k)
+        for name, stage in outcome.stages.items():
+            result.stages.setdefault(name, TensorStats()).merge(stage.stats)
+        if node_level is not None and engine.localisable:
+            node_level.localise(engine, outcome, fed.feed, eng_out, result)
+            log.info(f"{engine.name} {fed.label}: node level ({outcome.node_level.method}) "
+                     f"{outcome.node_level.runs} runs, {outcome.node_level.seconds:.1f} s")
+        result.inputs.append(outcome)
+
+
+class NodeLevel:
+    """Node level over a diff's inputs: one localiser per engine, its sessions kept from input to input,
+    and the (engine, stage) pairs already searched node by node (one bisection each is enough)."""
+
+    def __init__(self):
+        self.localisers: dict[str, NodeLocaliser] = {}
+        self.bisected: set[tuple[str, str | None]] = set()
+
+    def close(self) -> None:
+        for localiser in self.localisers.values():
+            localiser.close()
+
+    def localise(self, engine: Engine, outcome: InputResult, feed: dict, eng_out, result: EngineResult) -> None:
+        """Node level on one input: every input is scanned for non-finite tensors, so a value sanitised
+        before any probe (a guard's clamp or nan_to_num) is still a failure with its origin named; an
+        input that only diverges gets the first node beyond tolerance, once per stage."""
+        localiser = self.localisers.get(engine.name) or self.localisers.setdefault(
+            engine.name, NodeLocaliser(engine, lean_onnxruntime_runner))
+        logits = eng_out[OUTPUT_NAME] if OUTPUT_NAME in eng_out else None
+        level = localiser.scan(feed, logits)
+        result.merge_ranges(localiser.tensors, level.ranges, outcome.input)
+        level.ranges = {}  # merged into the engine's; keep no copy per input
+        found = level.first_nonfinite
+        if found is None and outcome.verdict.nonfinite_kind is not None:
+            level.note = ("every tensor the engine shares with its fp32 graph is finite: the non-finite values "
+                          "arise where the two graphs have no tensor in common")
+        if (found is not None and found.kind.verdict != outcome.verdict
+                and outcome.verdict is not Verdict.NONFINITE_FP32):
             # Non-finite inside the engine though every probe is finite: hidden, not harmless.
-            outcome.verdict = NONFINITE_VERDICTS[found["kind"]]
+            outcome.verdict = found.kind.verdict
             outcome.nonfinite_hidden = outcome.first_nonfinite_stage is None
-            outcome.first_nonfinite_stage = outcome.first_nonfinite_stage or found["stage"]
-    key = (localiser.engine.name, outcome.first_divergent_stage)
-    if found is None and outcome.verdict == "divergence" and key not in bisected:
-        bisected.add(key)
-        divergent = localiser.first_divergent(feed, outcome.first_divergent_stage, result.atol, result.rtol,
-                                              logits)
-        level.runs += divergent.runs
-        level.seconds += divergent.seconds
-        level.method, level.first_divergent, level.note = "statistics+bisection", divergent.first_divergent, \
-            divergent.note or level.note
-        if divergent.reproduced is False:
-            level.reproduced, level.reproduction_error = False, divergent.reproduction_error
-    outcome.node_level = level
+            outcome.first_nonfinite_stage = outcome.first_nonfinite_stage or found.stage
+        key = (engine.name, outcome.first_divergent_stage)
+        if found is None and outcome.verdict is Verdict.DIVERGENCE and key not in self.bisected:
+            self.bisected.add(key)
+            divergent = localiser.first_divergent(feed, outcome.first_divergent_stage, result.atol, result.rtol,
+                                                  logits)
+            level.runs += divergent.runs
+            level.seconds += divergent.seconds
+            level.method, level.first_divergent, level.note = "statistics+bisection", divergent.first_divergent, \
+                divergent.note or level.note
+            if divergent.reproduced is False:
+                level.reproduced, level.reproduction_error = False, divergent.reproduction_error
+        outcome.node_level = level
+
+
+def _reference_name(reference: str | Path | V3Detector | BaseRunner) -> str:
+    if isinstance(reference, BaseRunner):
+        return str(reference.name)
+    return str(getattr(reference, "config", None) and reference.config.name or reference)
 
 
 def _tolerance(precision: str, atol: float | None, rtol: float | None) -> tuple[float, float]:

@@ -55,7 +55,7 @@ class Verification:
             if origins:
                 line += "".join(f"\n  {sentence}" for sentence in origins)
             elif node:
-                line += f"\n  first node beyond tolerance: {node['node']} ({node['op_type']}, stage {node['stage']})"
+                line += f"\n  first node beyond tolerance: {node.node} ({node.op_type}, stage {node.stage})"
             steps = self.report.next_steps()
             if steps:
                 line += "\n  next: " + "\n  then: ".join(steps)
@@ -79,7 +79,7 @@ def verify_engine(reference, engine_path: str | Path, precision: str, report_dir
         "passed": verification.passed, "verdict": report.verdict, "report": str(Path(report_dir).resolve()),
         "atol": engine.atol, "rtol": engine.rtol, "inputs": report.inputs,
         "first_nonfinite_stage": engine.first_nonfinite_stage, "first_divergent_stage": engine.first_divergent_stage,
-        "origin_node": origin["node"] if origin else None,
+        "origin_node": origin.node if origin else None,
     })
     return verification
 

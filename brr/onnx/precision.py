@@ -31,7 +31,7 @@ class RoundThroughLowPrecision(BaseLoader):
     ``subgraphs``: round inside Loop/If bodies too; otherwise a body is one unit rounded at its boundary.
 
     A rounded node output is stored under the original tensor's name (in the low precision) by a Cast
-    that also takes the node's name (the node itself becomes ``<name>_unrounded``), and each consumer
+    that also takes the node's name (the node itself becomes ``unrounded_name(<name>)``), and each consumer
     casts it back to fp32 just before it runs: node-level comparisons, which align tensors by name,
     see what the consumers see (an fp32 result that overflows only when stored shows up as inf where
     it was made), and between nodes only low-precision tensors live.
@@ -53,51 +53,77 @@ class RoundThroughLowPrecision(BaseLoader):
         # Element types of the intermediate tensors decide what is rounded; a graph without value_info
         # would have none.
         model = ir.from_proto(onnx.shape_inference.infer_shapes(proto))
-        graph = model.graph
-        graph_outputs = {id(v) for v in graph.outputs}
-        low, numpy_low = self.DTYPES[self.precision]
-        tag = self.precision
+        rounding = _Rounding(model.graph, self.fp32_nodes, self.precision, self.subgraphs)
+        rounding.store_weights()
+        rounding.store_boundary(rounding.round_node_outputs())
+        return ir.to_proto(model)
 
-        def in_scope(node: ir.Node) -> bool:
-            return node.graph is graph or self.subgraphs
 
+def unrounded_name(name: str) -> str:
+    """What a rounded node and its fp32 result are renamed to: the Cast that stores the result takes the
+    original names, so that comparisons by name see the stored value, and the result before storing
+    is found under this one."""
+    return f"{name}_unrounded"
+
+
+# An fp32 value entering low-precision consumers: (value, the node after which it is stored, or None for a
+# graph input, and the graph it lives in).
+Boundary = tuple[ir.Value, ir.Node | None, ir.Graph]
+
+
+class _Rounding:
+    """One conversion of ``graph`` in place: which nodes compute in ``precision``, and the Casts that store
+    their values in it (see ``RoundThroughLowPrecision``)."""
+
+    def __init__(self, graph: ir.Graph, fp32_nodes: set[str], precision: str, subgraphs: bool):
+        self.graph, self.fp32_nodes, self.subgraphs = graph, fp32_nodes, subgraphs
+        self.graph_outputs = {id(v) for v in graph.outputs}
+        self.low, self.numpy_low = RoundThroughLowPrecision.DTYPES[precision]
+        self.tag = precision
         # A pinned Loop or If computes its body in fp32 too: the body is part of the node.
-        pinned_bodies = {id(inner) for node in graph if node.name in self.fp32_nodes
-                         for attribute in node.attributes.values() if attribute.type == ir.AttributeType.GRAPH
-                         for inner in ir.traversal.RecursiveGraphIterator(attribute.value)}
+        self.pinned_bodies = {id(inner) for node in graph if node.name in fp32_nodes
+                              for attribute in node.attributes.values() if attribute.type == ir.AttributeType.GRAPH
+                              for inner in ir.traversal.RecursiveGraphIterator(attribute.value)}
 
-        def low_precision(node: ir.Node) -> bool:
-            return (node.name not in self.fp32_nodes and id(node) not in pinned_bodies and node.op_type != "Cast"
-                    and in_scope(node))
+    def in_scope(self, node: ir.Node) -> bool:
+        return node.graph is self.graph or self.subgraphs
 
-        def store(value: ir.Value, stored_name: str, after: ir.Node | None, owner: ir.Graph,
-                  uses: list[tuple[ir.Node, int]]) -> ir.Node:
-            """Store ``value`` in the low precision (a Cast after ``after``) and give each of ``uses`` its own
-            fp32 copy (a Cast right before the user): between nodes only the low-precision tensor lives,
-            as in a real fp16 engine, so rounding costs no memory beyond one consumer's input."""
-            down = ir.node("Cast", [value], {"to": low}, name=f"{stored_name}_to_{tag}")
-            down.outputs[0].name, down.outputs[0].dtype, down.outputs[0].shape = stored_name, low, value.shape
-            if after is None:
-                owner.insert_before(next(iter(owner)), down)
-            else:
-                owner.insert_after(after, down)
-            for user, index in uses:
-                up = ir.node("Cast", [down.outputs[0]], {"to": ir.DataType.FLOAT},
-                             name=f"{stored_name}_for_{user.name}_{index}")
-                up.outputs[0].name = up.name
-                up.outputs[0].dtype, up.outputs[0].shape = ir.DataType.FLOAT, value.shape
-                user.graph.insert_before(user, up)
-                user.replace_input_with(index, up.outputs[0])
-            return down
+    def low_precision(self, node: ir.Node) -> bool:
+        return (node.name not in self.fp32_nodes and id(node) not in self.pinned_bodies and node.op_type != "Cast"
+                and self.in_scope(node))
 
+    def store(self, value: ir.Value, stored_name: str, after: ir.Node | None, owner: ir.Graph,
+              uses: list[tuple[ir.Node, int]]) -> ir.Node:
+        """Store ``value`` in the low precision (a Cast after ``after``) and give each of ``uses`` its own
+        fp32 copy (a Cast right before the user): between nodes only the low-precision tensor lives,
+        as in a real fp16 engine, so rounding costs no memory beyond one consumer's input."""
+        down = ir.node("Cast", [value], {"to": self.low}, name=f"{stored_name}_to_{self.tag}")
+        down.outputs[0].name, down.outputs[0].dtype, down.outputs[0].shape = stored_name, self.low, value.shape
+        if after is None:
+            owner.insert_before(next(iter(owner)), down)
+        else:
+            owner.insert_after(after, down)
+        for user, index in uses:
+            up = ir.node("Cast", [down.outputs[0]], {"to": ir.DataType.FLOAT},
+                         name=f"{stored_name}_for_{user.name}_{index}")
+            up.outputs[0].name = up.name
+            up.outputs[0].dtype, up.outputs[0].shape = ir.DataType.FLOAT, value.shape
+            user.graph.insert_before(user, up)
+            user.replace_input_with(index, up.outputs[0])
+        return down
+
+    def store_weights(self) -> None:
+        """Float weights used only by low-precision nodes of the main graph: stored in the low precision,
+        cast back to fp32 once at the top of the graph."""
+        graph, tag = self.graph, self.tag
         for name, init in list(graph.initializers.items()):
             users = [node for node, _ in init.uses()]
             if init.dtype != ir.DataType.FLOAT or not users or not all(
-                low_precision(u) and u.graph is graph for u in users
+                self.low_precision(u) and u.graph is graph for u in users
             ):
                 continue
-            stored = ir.Value(name=f"{name}_{tag}_weight", type=ir.TensorType(low), shape=init.shape,
-                              const_value=ir.tensor(init.const_value.numpy().astype(numpy_low)))
+            stored = ir.Value(name=f"{name}_{tag}_weight", type=ir.TensorType(self.low), shape=init.shape,
+                              const_value=ir.tensor(init.const_value.numpy().astype(self.numpy_low)))
             graph.register_initializer(stored)
             up = ir.node("Cast", [stored], {"to": ir.DataType.FLOAT}, name=f"{name}_from_{tag}")
             up.outputs[0].name, up.outputs[0].dtype, up.outputs[0].shape = f"{name}_fp32", ir.DataType.FLOAT, init.shape
@@ -105,31 +131,36 @@ class RoundThroughLowPrecision(BaseLoader):
             init.replace_all_uses_with(up.outputs[0])
             graph.initializers.pop(name)
 
-        def stored_low(value: ir.Value) -> bool:
-            return value.dtype == ir.DataType.FLOAT and id(value) not in graph_outputs and bool(value.uses())
+    def _stored_low(self, value: ir.Value) -> bool:
+        return value.dtype == ir.DataType.FLOAT and id(value) not in self.graph_outputs and bool(value.uses())
 
-        # Fp32 values entering low-precision consumers: the graph inputs and the pinned nodes' outputs.
-        boundary = [(v, None, graph) for v in graph.inputs]
-        nodes = list(ir.traversal.RecursiveGraphIterator(graph) if self.subgraphs else graph)
+    def round_node_outputs(self) -> list[Boundary]:
+        """Store every low-precision node's float outputs in the low precision; return the fp32 values that
+        enter low-precision consumers: the graph inputs, the pinned nodes' outputs and the probes."""
+        boundary: list[Boundary] = [(v, None, self.graph) for v in self.graph.inputs]
+        nodes = list(ir.traversal.RecursiveGraphIterator(self.graph) if self.subgraphs else self.graph)
         for node in nodes:
-            if low_precision(node):
-                rounded = [v for v in node.outputs if stored_low(v)]
+            if self.low_precision(node):
+                rounded = [v for v in node.outputs if self._stored_low(v)]
                 for value in rounded:
                     uses, name = list(value.uses()), value.name
-                    value.name = f"{name}_unrounded"
-                    down = store(value, name, node, node.graph, uses)
+                    value.name = unrounded_name(name)
+                    down = self.store(value, name, node, node.graph, uses)
                 if len(node.outputs) == 1 and rounded:
-                    down.name, node.name = node.name, f"{node.name}_unrounded"
+                    down.name, node.name = node.name, unrounded_name(node.name)
                 # A probe keeps its name and computed value; the nodes consuming it still see it stored.
-                boundary += [(v, node, node.graph) for v in node.outputs if id(v) in graph_outputs]
-            elif node.op_type != "Cast" and in_scope(node):
+                boundary += [(v, node, node.graph) for v in node.outputs if id(v) in self.graph_outputs]
+            elif node.op_type != "Cast" and self.in_scope(node):
                 boundary += [(v, node, node.graph) for v in node.outputs]
+        return boundary
+
+    def store_boundary(self, boundary: list[Boundary]) -> None:
+        """Each fp32 value of ``boundary`` stored in the low precision for its low-precision consumers only."""
         for value, producer, owner in boundary:
-            uses = [(user, index) for user, index in value.uses() if low_precision(user)]
+            uses = [(user, index) for user, index in value.uses() if self.low_precision(user)]
             if value.dtype != ir.DataType.FLOAT or not uses:
                 continue
-            store(value, f"{value.name}_{tag}", producer, owner, uses)
-        return ir.to_proto(model)
+            self.store(value, f"{value.name}_{self.tag}", producer, owner, uses)
 
 
 def low_precision_model(model: onnx.ModelProto, fp32_nodes: Iterable[str], precision: str) -> onnx.ModelProto:

@@ -33,14 +33,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from brr.atomic import atomic_write_text
 from brr.errors import CheckFailed
-from brr.model import PROBE_NAMES, NonFiniteInputError, build_detector, load_checkpoint, save_checkpoint
+from brr.model import (
+    PROBE_NAMES,
+    NonFiniteInputError,
+    V3Detector,
+    build_detector,
+    load_checkpoint,
+    save_checkpoint,
+)
 from brr.output_folder import OutputLock, prepare_output_folder, remove_stale_temporaries
 from brr.train.dataset import WindowDataset, find_corpus, load_recording, split_corpus
 from brr.train.evaluate import predict_corpus, score_probabilities, selection_key, tune_enter_threshold
 from brr.train.losses import focal_loss
 from brr.train.optim import build_optimizer, learning_rate
 from brr.train.settings import SettingsError, TrainSettings
-from brr.train.state import load_training_state, save_training_state
+from brr.train.state import LoopState, load_training_state, save_training_state
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +134,6 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
     return float(loss.detach()), None
 
 
-def _fresh_loop_state(settings: TrainSettings) -> dict[str, Any]:
-    return {
-        "epoch": 0, "batch": 0, "step": 0, "skipped": [], "history": [], "best_key": None,
-        "best_metrics": None, "epoch_loss_sum": 0.0, "epoch_applied": 0, "epoch_skipped": 0,
-        "settings": settings.to_dict(),
-    }
-
-
 def _check_resumable(saved: dict[str, Any], settings: TrainSettings, where: Path) -> None:
     current = settings.to_dict()
     for key in RESUME_FIXED:
@@ -155,105 +154,173 @@ def train(settings: TrainSettings) -> TrainResult:
 
 
 def _train(settings: TrainSettings) -> TrainResult:
-    started = time.monotonic()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    device = torch.device(settings.device)
-    out = Path(settings.out)
-    last_dir, best_dir = out / "last", out / "best"
-    seed_everything(settings.seed)
+    return _Trainer(settings).run()
 
-    model = build_detector(settings.model, guards=settings.guards)
-    window_s = model.config.window_samples / model.config.sampling_rate
-    crop_s = training_crop_s(model.config, settings.crop_s)
-    for key, limit in (("stride_s", crop_s), ("val_stride_s", window_s)):
-        if getattr(settings, key) > limit:
-            raise SettingsError(f"{key}={getattr(settings, key)} exceeds the {limit} s window it steps over")
-    train_entries, val_entries = split_corpus(find_corpus(settings.data), settings.val_fraction, settings.seed)
-    train_set = WindowDataset(train_entries, crop_s, settings.stride_s, settings.mains_hz,
-                              settings.cache_max_mb)
-    val_cache = None
-    if not train_set.streaming:
-        val_cache = {e.recording_path: load_recording(e, settings.mains_hz)[0] for e in val_entries}
-    log.info(f"[train] {len(train_entries)} training recordings ({len(train_set)} windows, "
-             f"{len(train_set.positives)} with seizure), {len(val_entries)} validation recordings; "
-             f"{'streaming' if train_set.streaming else 'in memory'}")
 
-    optimizer = build_optimizer(model, settings.lr, settings.weight_decay)
-    loop = _fresh_loop_state(settings)
-    if settings.resume:
-        loop = _resume(model, optimizer, settings, last_dir)
-    model.to(device).train()
+@dataclass
+class _Data:
+    """The training windows and the validation recordings (decoded once when the corpus fits in memory)."""
 
-    batch_size = settings.batch_size
-    steps_per_epoch = settings.steps_per_epoch or math.ceil(
-        train_set.default_epoch_size(settings.positive_fraction) / batch_size)
-    total_steps = settings.epochs * steps_per_epoch
-    budget_s = settings.max_minutes * 60.0
-    losses: list[float | None] = []
-    stopped_by_budget = False
+    train_set: WindowDataset
+    val_entries: list
+    val_cache: dict | None
 
-    while loop["epoch"] < settings.epochs and not stopped_by_budget:
-        epoch = loop["epoch"]
-        drawn = train_set.draw_epoch(steps_per_epoch * batch_size, settings.positive_fraction,
-                                     settings.seed, epoch)
+    @classmethod
+    def load(cls, settings: TrainSettings, config) -> _Data:
+        window_s = config.window_samples / config.sampling_rate
+        crop_s = training_crop_s(config, settings.crop_s)
+        for key, limit in (("stride_s", crop_s), ("val_stride_s", window_s)):
+            if getattr(settings, key) > limit:
+                raise SettingsError(f"{key}={getattr(settings, key)} exceeds the {limit} s window it steps over")
+        train_entries, val_entries = split_corpus(find_corpus(settings.data), settings.val_fraction, settings.seed)
+        train_set = WindowDataset(train_entries, crop_s, settings.stride_s, settings.mains_hz,
+                                  settings.cache_max_mb)
+        val_cache = None
+        if not train_set.streaming:
+            val_cache = {e.recording_path: load_recording(e, settings.mains_hz)[0] for e in val_entries}
+        log.info(f"[train] {len(train_entries)} training recordings ({len(train_set)} windows, "
+                 f"{len(train_set.positives)} with seizure), {len(val_entries)} validation recordings; "
+                 f"{'streaming' if train_set.streaming else 'in memory'}")
+        return cls(train_set, val_entries, val_cache)
+
+
+class _Trainer:
+    """One invocation of ``train``: the model, its optimizer and data, and the ``LoopState`` it saves with
+    each checkpoint and resumes from."""
+
+    def __init__(self, settings: TrainSettings):
+        self.started = time.monotonic()
+        self.settings = settings
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        self.device = torch.device(settings.device)
+        self.out = Path(settings.out)
+        self.last_dir, self.best_dir = self.out / "last", self.out / "best"
+        seed_everything(settings.seed)
+
+        self.model: V3Detector = build_detector(settings.model, guards=settings.guards)
+        self.data = _Data.load(settings, self.model.config)
+        self.optimizer = build_optimizer(self.model, settings.lr, settings.weight_decay)
+        self.loop = LoopState(settings=settings.to_dict())
+        if settings.resume:
+            self.loop = _resume(self.model, self.optimizer, settings, self.last_dir)
+        self.model.to(self.device).train()
+
+        self.steps_per_epoch = settings.steps_per_epoch or math.ceil(
+            self.data.train_set.default_epoch_size(settings.positive_fraction) / settings.batch_size)
+        self.total_steps = settings.epochs * self.steps_per_epoch
+        self.losses: list[float | None] = []  # this invocation's, None where skipped
+
+    def run(self) -> TrainResult:
+        """Epochs until ``settings.epochs`` or the time budget; ``last`` saved after each and at the budget."""
+        settings, loop = self.settings, self.loop
+        stopped_by_budget = False
+        while loop.epoch < settings.epochs:
+            stopped_by_budget = self._run_epoch()
+            if stopped_by_budget:
+                log.info(f"[train] time budget of {settings.max_minutes} min reached at step {loop.step}; "
+                         f"resume with --resume")
+                break
+            if loop.epoch_applied == 0:
+                stages = sorted({s["stage"] for s in loop.skipped[-loop.epoch_skipped:]})
+                raise TrainingError(f"every step of epoch {loop.epoch + 1} was non-finite (stages: {stages}); "
+                                    "refusing to go on training on nothing")
+            self._finish_epoch()
+            loop.next_epoch()
+            self._save_last()
+        if stopped_by_budget:
+            self._save_last()
+        return self._result(stopped_by_budget)
+
+    def _run_epoch(self) -> bool:
+        """The current epoch's batches from ``loop.batch`` on; True when the time budget ends it early."""
+        settings, loop, batch_size = self.settings, self.loop, self.settings.batch_size
+        budget_s = settings.max_minutes * 60.0
+        drawn = self.data.train_set.draw_epoch(self.steps_per_epoch * batch_size, settings.positive_fraction,
+                                               settings.seed, loop.epoch)
         with _epoch_progress(settings.progress) as progress:
-            bar = progress.add_task(f"epoch {epoch + 1}/{settings.epochs}", total=steps_per_epoch,
-                                    completed=loop["batch"], status="")
+            bar = progress.add_task(f"epoch {loop.epoch + 1}/{settings.epochs}", total=self.steps_per_epoch,
+                                    completed=loop.batch, status="")
             tick = time.monotonic()
-            for batch in train_set.batches(drawn, batch_size, skip_batches=loop["batch"]):
-                lr = learning_rate(loop["step"], settings.lr, settings.warmup_steps, total_steps, settings.min_lr_ratio)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss, stage = train_step(model, optimizer, batch, settings, device)
-                losses.append(loss)
-                if stage is None:
-                    loop["epoch_loss_sum"] += loss
-                    loop["epoch_applied"] += 1
-                else:
-                    loop["skipped"].append({"step": loop["step"], "stage": stage})
-                    loop["epoch_skipped"] += 1
-                    log.info(f"[train] step {loop['step']}: skipped, non-finite values first at {stage}")
-                loop["batch"] += 1
-                loop["step"] += 1
+            for batch in self.data.train_set.batches(drawn, batch_size, skip_batches=loop.batch):
+                loss, lr = self._step(batch)
                 now = time.monotonic()
                 loss_text = f"{loss:.4f}" if loss is not None else "skip"
                 windows_per_s = len(batch[0]) / max(now - tick, 1e-9)
                 progress.update(bar, advance=1, status=f"loss {loss_text}, lr {lr:.2e}, {windows_per_s:.2f} "
-                                f"windows/s, skipped {len(loop['skipped'])}")
+                                f"windows/s, skipped {len(loop.skipped)}")
                 tick = now
-                if budget_s and now - started >= budget_s and loop["batch"] < steps_per_epoch:
-                    stopped_by_budget = True
-                    break
-        if stopped_by_budget:
-            log.info(f"[train] time budget of {settings.max_minutes} min reached at step {loop['step']}; "
-                     f"resume with --resume")
-            break
-        if loop["epoch_applied"] == 0:
-            stages = sorted({s["stage"] for s in loop["skipped"][-loop["epoch_skipped"]:]})
-            raise TrainingError(f"every step of epoch {epoch + 1} was non-finite (stages: {stages}); "
-                                "refusing to go on training on nothing")
-        _finish_epoch(model, settings, val_entries, val_cache, loop, best_dir, device)
-        loop.update(epoch=epoch + 1, batch=0, epoch_loss_sum=0.0, epoch_applied=0, epoch_skipped=0)
-        _save_last(model, optimizer, loop, last_dir)
-    if stopped_by_budget:
-        _save_last(model, optimizer, loop, last_dir)
+                if budget_s and now - self.started >= budget_s and loop.batch < self.steps_per_epoch:
+                    return True
+        return False
 
-    skipped = loop["skipped"]
-    log.info(f"[train] {loop['step']} steps, {len(skipped)} skipped as non-finite"
-             + (f" (first stages: {sorted({s['stage'] for s in skipped})})" if skipped else ""))
-    result = TrainResult(
-        history=loop["history"], best_metrics=loop["best_metrics"],
-        best_checkpoint=best_dir if loop["best_metrics"] is not None else None,
-        last_checkpoint=last_dir, skipped_steps=len(skipped), skipped=skipped, steps=loop["step"],
-        losses=losses, stopped_by_budget=stopped_by_budget, seconds=time.monotonic() - started,
-    )
-    summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
-    atomic_write_text(out / "train_result.json", json.dumps(summary, indent=2) + "\n")
-    return result
+    def _step(self, batch: tuple[np.ndarray, ...]) -> tuple[float | None, float]:
+        """One batch at the schedule's learning rate, counted in the loop state; (loss or None, lr)."""
+        settings, loop = self.settings, self.loop
+        lr = learning_rate(loop.step, settings.lr, settings.warmup_steps, self.total_steps, settings.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss, stage = train_step(self.model, self.optimizer, batch, settings, self.device)
+        self.losses.append(loss)
+        if stage is not None:
+            log.info(f"[train] step {loop.step}: skipped, non-finite values first at {stage}")
+        loop.record_step(loss, stage)
+        return loss, lr
+
+    def _finish_epoch(self) -> None:
+        """Validation of the epoch, its history row, and ``best`` when it is the best so far."""
+        settings, loop, model = self.settings, self.loop, self.model
+        base = settings.postprocess_config()
+        window_s = model.config.window_samples / model.config.sampling_rate
+        predictions = predict_corpus(model, self.data.val_entries, window_s, settings.val_stride_s,
+                                     settings.batch_size, self.device, settings.mains_hz, self.data.val_cache)
+        if settings.tune_threshold:
+            postprocess, scores = tune_enter_threshold(predictions, base, settings.selection,
+                                                       settings.max_fa_per_24h)
+        else:
+            postprocess, scores = base, score_probabilities(predictions, base)
+        row = {
+            "epoch": loop.epoch + 1, "step": loop.step,
+            "train_loss": loop.epoch_loss_sum / loop.epoch_applied, "skipped_steps": loop.epoch_skipped,
+            "postprocess": dataclasses.asdict(postprocess), "validation": scores,
+        }
+        loop.history.append(row)
+        ev = scores["event"]
+        log.info(f"[train] epoch {row['epoch']}: loss {row['train_loss']:.4f}, validation event sensitivity "
+                 f"{_fmt(ev['sensitivity'])}, precision {_fmt(ev['precision'])}, F1 {_fmt(ev['f1'])}, "
+                 f"FA/24h {_fmt(ev['fp_per_24h'])} (enter {postprocess.enter:.2f})")
+        key = list(selection_key(scores, settings.selection, settings.max_fa_per_24h))
+        # On a tie the later epoch wins: it has trained longer on the same evidence.
+        if loop.best_key is None or key >= loop.best_key:
+            loop.best_key, loop.best_metrics = key, row
+            save_checkpoint(model, self.best_dir, extra={"training": {
+                "epoch": row["epoch"], "step": row["step"], "selection": settings.selection,
+                "max_fa_per_24h": settings.max_fa_per_24h, "postprocess": row["postprocess"], "validation": scores,
+            }})
+            log.info(f"[train] new best checkpoint: {self.best_dir}")
+
+    def _save_last(self) -> None:
+        save_checkpoint(self.model, self.last_dir, extra={"training": {"epoch": self.loop.epoch,
+                                                                       "step": self.loop.step}})
+        save_training_state(self.last_dir, self.optimizer, self.loop)
+
+    def _result(self, stopped_by_budget: bool) -> TrainResult:
+        """The run's result, also written as ``train_result.json``."""
+        loop, skipped = self.loop, self.loop.skipped
+        log.info(f"[train] {loop.step} steps, {len(skipped)} skipped as non-finite"
+                 + (f" (first stages: {sorted({s['stage'] for s in skipped})})" if skipped else ""))
+        result = TrainResult(
+            history=loop.history, best_metrics=loop.best_metrics,
+            best_checkpoint=self.best_dir if loop.best_metrics is not None else None,
+            last_checkpoint=self.last_dir, skipped_steps=len(skipped), skipped=skipped, steps=loop.step,
+            losses=self.losses, stopped_by_budget=stopped_by_budget, seconds=time.monotonic() - self.started,
+        )
+        summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
+        atomic_write_text(self.out / "train_result.json", json.dumps(summary, indent=2) + "\n")
+        return result
 
 
-def _resume(model, optimizer, settings: TrainSettings, last_dir: Path) -> dict[str, Any]:
+def _resume(model, optimizer, settings: TrainSettings, last_dir: Path) -> LoopState:
     """Load the last checkpoint's weights into ``model`` and its optimizer/RNG state; return the loop state."""
     saved = load_checkpoint(last_dir)
     if saved.config.digest() != model.config.digest():
@@ -261,9 +328,9 @@ def _resume(model, optimizer, settings: TrainSettings, last_dir: Path) -> dict[s
                             f"guards={settings.guards}")
     model.load_state_dict(saved.state_dict())
     loop = load_training_state(last_dir, optimizer)
-    _check_resumable(loop["settings"], settings, last_dir)
-    loop["settings"] = settings.to_dict()
-    log.info(f"[train] resumed from {last_dir} at epoch {loop['epoch'] + 1}, step {loop['step']}")
+    _check_resumable(loop.settings, settings, last_dir)
+    loop.settings = settings.to_dict()
+    log.info(f"[train] resumed from {last_dir} at epoch {loop.epoch + 1}, step {loop.step}")
     return loop
 
 
@@ -272,42 +339,6 @@ def _epoch_progress(shown: bool) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TextColumn("{task.fields[status]}", markup=False), console=Console(stderr=True),
                     disable=not shown)
-
-
-def _finish_epoch(model, settings: TrainSettings, val_entries, val_cache, loop, best_dir: Path, device):
-    base = settings.postprocess_config()
-    window_s = model.config.window_samples / model.config.sampling_rate
-    predictions = predict_corpus(model, val_entries, window_s, settings.val_stride_s,
-                                 settings.batch_size, device, settings.mains_hz, val_cache)
-    if settings.tune_threshold:
-        postprocess, scores = tune_enter_threshold(predictions, base, settings.selection, settings.max_fa_per_24h)
-    else:
-        postprocess, scores = base, score_probabilities(predictions, base)
-    applied = loop["epoch_applied"]
-    row = {
-        "epoch": loop["epoch"] + 1, "step": loop["step"],
-        "train_loss": loop["epoch_loss_sum"] / applied, "skipped_steps": loop["epoch_skipped"],
-        "postprocess": dataclasses.asdict(postprocess), "validation": scores,
-    }
-    loop["history"].append(row)
-    ev = scores["event"]
-    log.info(f"[train] epoch {row['epoch']}: loss {row['train_loss']:.4f}, validation event sensitivity "
-             f"{_fmt(ev['sensitivity'])}, precision {_fmt(ev['precision'])}, F1 {_fmt(ev['f1'])}, "
-             f"FA/24h {_fmt(ev['fp_per_24h'])} (enter {postprocess.enter:.2f})")
-    key = list(selection_key(scores, settings.selection, settings.max_fa_per_24h))
-    # On a tie the later epoch wins: it has trained longer on the same evidence.
-    if loop["best_key"] is None or key >= loop["best_key"]:
-        loop["best_key"], loop["best_metrics"] = key, row
-        save_checkpoint(model, best_dir, extra={"training": {
-            "epoch": row["epoch"], "step": row["step"], "selection": settings.selection,
-            "max_fa_per_24h": settings.max_fa_per_24h, "postprocess": row["postprocess"], "validation": scores,
-        }})
-        log.info(f"[train] new best checkpoint: {best_dir}")
-
-
-def _save_last(model, optimizer, loop, last_dir: Path) -> None:
-    save_checkpoint(model, last_dir, extra={"training": {"epoch": loop["epoch"], "step": loop["step"]}})
-    save_training_state(last_dir, optimizer, loop)
 
 
 def _fmt(value: float | None) -> str:

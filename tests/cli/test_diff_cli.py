@@ -29,7 +29,8 @@ def test_usage_errors_exit_2(checkpoint, tmp_path, capsys):
 
 def test_bf16_autocast_against_fp32_writes_reports(checkpoint, tmp_path, capsys):
     report_dir = tmp_path / "report"
-    code = main([checkpoint, "torch:bf16", "--synthetic", "1", "--out", str(report_dir), "--fail-on", "never"])
+    code = main([checkpoint, "torch:bf16", "--synthetic", "1", "--no-adversarial", "--out", str(report_dir),
+                 "--fail-on", "never"])
     assert code == 0
     document = json.loads((report_dir / "report.json").read_text())
     validate(document)
@@ -37,6 +38,6 @@ def test_bf16_autocast_against_fp32_writes_reports(checkpoint, tmp_path, capsys)
     assert engine["name"] == "torch-bf16" and next(iter(engine["stages"])) == "tcn" and "logits" in engine["stages"]
     assert "no ONNX graph" in engine["node_level_notes"][0]  # PyTorch has no ONNX graph to mark
     assert "torch-bf16" in capsys.readouterr().out
-    strict = main([checkpoint, "torch:bf16", "--synthetic", "1", "--out", str(report_dir), "--atol", "0",
-                   "--rtol", "0", "--fail-on", "divergence"])
+    strict = main([checkpoint, "torch:bf16", "--synthetic", "1", "--no-adversarial", "--out", str(report_dir),
+                   "--atol", "0", "--rtol", "0", "--fail-on", "divergence"])
     assert strict == 1  # bf16 is not bit-exact

@@ -46,7 +46,7 @@ def test_defaults_are_shown_where_they_mean_something(capsys):
 
 @pytest.mark.parametrize("script, old, new", [
     ("brr-diff", ["--report", "R"], {"out": "R"}),
-    ("brr-diff", ["--inputs", "a.edf", "b.edf"], {"data": ["a.edf", "b.edf"]}),
+    ("brr-diff", ["--inputs", "a.edf", "b.edf"], {"data": [Path("a.edf"), Path("b.edf")]}),
     ("brr-export", ["--batch", "1:2:4"], {"batch": (1, 2, 4)}),
     ("brr-export", ["--calibration-data", "d"], {"calibration_data": Path("d")}),
     ("brr-train", ["--no-progress"], {"quiet": True}),

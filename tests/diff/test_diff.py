@@ -34,8 +34,8 @@ def test_planted_fault_is_named_at_its_node_and_stage(planted, name):
     assert level.method == "statistics" and level.reproduced is True
     first = level.first_nonfinite
     (expected,) = [n.name for n in fp32.graph.node if n.op_type == op_type]
-    assert (first["node"], first["op_type"], first["stage"], first["kind"]) == (expected, op_type, stage, "precision")
-    assert "fp16" in first["explanation"] and first["contaminated"] > 0
+    assert (first.node, first.op_type, first.stage, first.kind) == (expected, op_type, stage, "precision")
+    assert "fp16" in first.explanation and first.contaminated > 0
     # Nothing earlier: every tensor made before it is finite in fp16.
     order = [n.name for n in fp32.graph.node]
     earlier = set(order[: order.index(expected)])
@@ -47,10 +47,10 @@ def test_planted_fault_is_named_at_its_node_and_stage(planted, name):
 
 def test_explanations_name_the_fp16_limit(planted):
     first = diff(*planted["cosine_norm"]).engines[0].origin
-    assert first["cause"] == "overflow"
-    assert first["explanation"].startswith("overflow: Pow reaches 1.6e+05 in fp32, beyond fp16's largest finite 65504")
+    assert first.cause == "overflow"
+    assert first.explanation.startswith("overflow: Pow reaches 1.6e+05 in fp32, beyond fp16's largest finite 65504")
     first = diff(*planted["zero_degree"]).engines[0].origin
-    assert first["cause"] == "underflow" and "smallest fp16 normal" in first["explanation"]
+    assert first.cause == "underflow" and "smallest fp16 normal" in first.explanation
 
 
 def test_clean_model_gives_clean_report():
@@ -70,7 +70,7 @@ def test_bisection_names_the_first_node_beyond_tolerance():
     localiser = NodeLocaliser(engine, lean_onnxruntime_runner)
     found = localiser.first_divergent(feed, None, 1e-7, 1e-7)
     first_float = next(n for n in fp32.graph.node if n.op_type == "Conv")
-    assert found.first_divergent["node"] == first_float.name and found.first_divergent["stage"] == "tcn"
+    assert found.first_divergent.node == first_float.name and found.first_divergent.stage == "tcn"
     # log2 bisection over the tensors, two runs (fp32, engine) per step
     steps = int(np.ceil(np.log2(len(localiser.tensors)))) + 1
     assert found.runs <= 2 * steps
@@ -84,6 +84,10 @@ def test_report_files_follow_the_schema(planted, tmp_path):
     validate(document)
     assert document["engines"][0]["inputs"][0]["node_level"]["first_nonfinite"]["op_type"] == "Pow"
     assert document["engines"][0]["origin"]["op_type"] == "Pow"
+    # The origin's fields in the order the report has always written them (the engine level adds the input).
+    assert list(document["engines"][0]["origin"]) == [
+        "node", "op_type", "stage", "tensor", "kind", "inputs", "output", "hidden_by", "hidden_by_count",
+        "nonfinite_outputs", "contaminated", "cause", "explanation", "input"]
     assert "Pow" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "error_per_stage.png").stat().st_size > 1000 and (tmp_path / "report.html").is_file()
     broken = dict(document, verdict="fine")

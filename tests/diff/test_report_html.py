@@ -7,6 +7,7 @@ DOM Chromium built, not only on the HTML text.
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -19,8 +20,9 @@ from planted_nets import PLANTED, CosineNet, diff, export_pair
 
 from brr.diff import write_report
 from brr.diff.plots import FP32_COLOUR, offenders
-from brr.diff.report import PLOT_FILE, VERDICT_MEANINGS, VERDICT_TONES, magnitudes_file, origin_sentences
-from brr.diff.results import PRECISION_LIMITS, VERDICTS
+from brr.diff.report import PLOT_FILE, SCHEMA_PATH, magnitudes_file, origin_sentences
+from brr.diff.results import PRECISION_LIMITS
+from brr.diff.verdict import Verdict
 
 CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed "
@@ -174,8 +176,8 @@ def test_per_tensor_figure_names_the_tensors_at_risk(planted, tmp_path):
     named = offenders(engine)
     assert named and all(o.node.fp32_abs_max > largest for o in named)
     assert [o.node.fp32_abs_max for o in named] == sorted((o.node.fp32_abs_max for o in named), reverse=True)
-    assert engine.origin["node"] not in [o.node.node for o in named]
-    over = {n.node for n in engine.nodes.values() if n.fp32_abs_max > largest} - {engine.origin["node"]}
+    assert engine.origin.node not in [o.node.node for o in named]
+    over = {n.node for n in engine.nodes.values() if n.fp32_abs_max > largest} - {engine.origin.node}
     assert {o.node.node for o in named} == over
 
     report = diff(*planted["zero_degree"], tmp_path=tmp_path)
@@ -196,4 +198,6 @@ def test_clean_report_page_says_so_and_shows_how_close_each_tensor_came_to_the_l
     assert alts[0] == "largest absolute error per stage and engine, log scale" and len(alts) == 2
     assert (tmp_path / PLOT_FILE).is_file() and not list(page.iter("pre"))
     assert report.verdict == "clean"
-    assert set(VERDICT_MEANINGS) == set(VERDICT_TONES) == set(VERDICTS)  # every verdict has its banner
+    # Every verdict has its banner and tone, and the schema knows them all, in order of severity.
+    assert all(v.meaning and v.tone in {"ok", "neutral", "warn", "bad"} for v in Verdict)
+    assert json.loads(SCHEMA_PATH.read_text())["$defs"]["verdict"]["enum"] == list(Verdict)

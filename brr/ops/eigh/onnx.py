@@ -102,39 +102,56 @@ def _jacobi_round_body(n: int, dtype: ir.DataType, prefix: str) -> ir.Graph:
     row Gather and two scales), then the column rotation of A alone (partner GEMM and two scales).
     Every value is named ``prefix...``: the exporter would otherwise name them ``val_<k>`` like the
     main graph's values, and a subgraph name shadowing an outer one is invalid ONNX.
+    The nodes are recorded on one tape in the order the helpers below are called; their names follow it.
     """
     k = n // 2
     np_dtype = dtype.numpy()
     indices, spreads, partners = _round_tables(n, np_dtype)
     tape = ir.tape.Tape()
-
-    def const(value) -> ir.Value:
-        return tape.op("Constant", [], attributes={"value": ir.tensor(value)})
-
-    def i64(*values) -> ir.Value:
-        return const(np.array(values, dtype=np.int64))
-
-    one = const(np.array(1, dtype=np_dtype))
-    zero = const(np.array(0, dtype=np_dtype))
+    one = _const(tape, np.array(1, dtype=np_dtype))
+    zero = _const(tape, np.array(0, dtype=np_dtype))
 
     i = ir.Value(name=f"{prefix}iter", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([]))
     cond = ir.Value(name=f"{prefix}cond", type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]))
     x = ir.Value(name=f"{prefix}x", type=ir.TensorType(dtype), shape=ir.Shape([None, 2, n, n]))
 
-    round_index = tape.op("Mod", [i, const(np.array(len(indices), dtype=np.int64))])
+    round_index = tape.op("Mod", [i, _const(tape, np.array(len(indices), dtype=np.int64))])
 
     def this_round(table):
-        return tape.op("Gather", [const(table), round_index], attributes={"axis": 0})
+        return tape.op("Gather", [_const(tape, table), round_index], attributes={"axis": 0})
 
     entries, swap = tape.op_multi_out(
-        "Split", [this_round(indices), i64(3 * k, n)], attributes={"axis": 0}, num_outputs=2
+        "Split", [this_round(indices), _i64(tape, 3 * k, n)], attributes={"axis": 0}, num_outputs=2
     )
     spread_c, spread_s, sitting_out = tape.op_multi_out(
-        "Split", [this_round(spreads), i64(k, k, 1)], attributes={"axis": 0}, num_outputs=3
+        "Split", [this_round(spreads), _i64(tape, k, k, 1)], attributes={"axis": 0}, num_outputs=3
     )
     partner = this_round(partners)
 
-    flat = tape.op("Reshape", [x, i64(-1, 2 * n * n)])
+    c, s = _pair_rotations(tape, x, entries, n, one, zero)
+    coef_c = tape.op("Add", [tape.op("MatMul", [c, spread_c]), sitting_out])
+    coef_s = tape.op("MatMul", [s, spread_s])
+    x_next = _rotate_round(tape, x, coef_c, coef_s, swap, partner, n, one, zero)
+    cond_next = tape.op("Identity", [cond])
+    for index, node in enumerate(tape.nodes):
+        for out_index, value in enumerate(node.outputs):
+            value.name = f"{prefix}{index}_{out_index}"
+    return ir.Graph(inputs=[i, cond, x], outputs=[cond_next, x_next], nodes=tape.nodes, name="jacobi_round")
+
+
+def _const(tape: ir.tape.Tape, value) -> ir.Value:
+    return tape.op("Constant", [], attributes={"value": ir.tensor(value)})
+
+
+def _i64(tape: ir.tape.Tape, *values) -> ir.Value:
+    return _const(tape, np.array(values, dtype=np.int64))
+
+
+def _pair_rotations(tape: ir.tape.Tape, x: ir.Value, entries: ir.Value, n: int, one: ir.Value, zero: ir.Value
+                    ) -> tuple[ir.Value, ir.Value]:
+    """(c, s) of each pair's rotation, (B, k), by the stable tangent of the module docstring, from the
+    a_pp, a_qq, a_pq of X's A half gathered at the round's flat ``entries``."""
+    flat = tape.op("Reshape", [x, _i64(tape, -1, 2 * n * n)])
     pair_entries = tape.op("Gather", [flat, entries], attributes={"axis": 1})
     a_pp, a_qq, a_pq = tape.op_multi_out(
         "Split", [pair_entries], attributes={"axis": 1, "num_outputs": 3}, num_outputs=3
@@ -158,29 +175,28 @@ def _jacobi_round_body(n: int, dtype: ir.DataType, prefix: str) -> ir.Graph:
     t = tape.op("Div", [signed_o, den])
     c = tape.op("Reciprocal", [tape.op("Sqrt", [tape.op("Add", [tape.op("Mul", [t, t]), one])])])
     s = tape.op("Mul", [t, c])
+    return c, s
 
-    coef_c = tape.op("Add", [tape.op("MatMul", [c, spread_c]), sitting_out])
-    coef_s = tape.op("MatMul", [s, spread_s])
+
+def _rotate_round(tape: ir.tape.Tape, x: ir.Value, coef_c: ir.Value, coef_s: ir.Value, swap: ir.Value,
+                  partner: ir.Value, n: int, one: ir.Value, zero: ir.Value) -> ir.Value:
+    """X after the round: the rows of both halves rotated, then the columns of A alone, by the per-index
+    coefficients ``coef_c``/``coef_s`` (B, n)."""
 
     def rotate(value, partner_value, scale_c, scale_s):
         return tape.op("Add", [tape.op("Mul", [value, scale_c]), tape.op("Mul", [partner_value, scale_s])])
 
     # Rows of both halves: coefficients (B, 1, n, 1).
-    row_c, row_s = (tape.op("Unsqueeze", [coef, i64(1, 3)]) for coef in (coef_c, coef_s))
+    row_c, row_s = (tape.op("Unsqueeze", [coef, _i64(tape, 1, 3)]) for coef in (coef_c, coef_s))
     x_rows = rotate(x, tape.op("Gather", [x, swap], attributes={"axis": 2}), row_c, row_s)
     # Columns of A only: coefficients (B, 2, 1, n) that are (1, 0) on the V^T half, cheaper than
     # splitting X and concatenating it again.
-    pad_v_half = i64(0, 0, 0, n)
+    pad_v_half = _i64(tape, 0, 0, 0, n)
     col_c, col_s = (
-        tape.op("Reshape", [tape.op("Pad", [coef, pad_v_half, fill]), i64(-1, 2, 1, n)])
+        tape.op("Reshape", [tape.op("Pad", [coef, pad_v_half, fill]), _i64(tape, -1, 2, 1, n)])
         for coef, fill in ((coef_c, one), (coef_s, zero))
     )
-    x_next = rotate(x_rows, tape.op("MatMul", [x_rows, partner]), col_c, col_s)
-    cond_next = tape.op("Identity", [cond])
-    for index, node in enumerate(tape.nodes):
-        for out_index, value in enumerate(node.outputs):
-            value.name = f"{prefix}{index}_{out_index}"
-    return ir.Graph(inputs=[i, cond, x], outputs=[cond_next, x_next], nodes=tape.nodes, name="jacobi_round")
+    return rotate(x_rows, tape.op("MatMul", [x_rows, partner]), col_c, col_s)
 
 
 def _static_size(a) -> int:

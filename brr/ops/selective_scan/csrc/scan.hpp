@@ -12,18 +12,12 @@
 //           y_t = S_t C_t + D x_t, S_{-1} = 0.
 // Backward: the adjoint recurrence G_t = gy_t C_t^T + exp(a_{t+1} A) G_{t+1}, run from the end; the
 //           states it needs are recomputed chunk by chunk from checkpoints kept every kChunk steps.
-// OpenVINO lowers Mamba-2's causal depthwise convolution and SiLU of x, B and C into the op (CausalConv): the
-// kernel then reads their unconvolved values in their natural (b, l, channels) layout and convolves each block
-// of steps as it loads it, instead of the engine transposing them to (b, channels, l) and back around a
-// separate convolution (a quarter of a v3 window's time on OpenVINO). It lowers the gated RMS norm that
-// follows the scan too (GatedNorm): each batch row's output is gated and normalised while it is in cache.
-// And, for a narrow model (the edge stream's 16 features), Mamba-2's input projection (InProjection) and output
-// projection (OutProjection): a GEMM of 16 or 32 inputs per output writes far more than it computes, so the
-// kernel projects each batch row in cache instead of reading z, x, B, C and dt back from five engine matmuls'
-// outputs and writing y for a sixth.
-// A bidirectional stream's backward direction, y = flip(block(flip(u))) along l, runs as the forward pass with
-// `reversed` set: the kernel walks each row's steps from the last, so the engine never copies the flipped
-// inputs and output.
+// Around the scan, the forward kernel can also run the parts of a Mamba-2 block that OpenVINO builds lower into
+// it: the causal depthwise convolution and SiLU of x, B and C as it loads each block of steps (CausalConv), the
+// gated RMS norm of each batch row's output while it is in cache (GatedNorm), the input projection of u
+// (InProjection) and the output projection (OutProjection), and a backward direction, y = flip(block(flip(u)))
+// along l, as the forward pass walking each row's steps from the last (`reversed`). Why and when the lowering
+// does so: brr/backends/openvino/lowering/__init__.py.
 // This header has no dependency beyond the standard library: the Python module, the OpenVINO
 // extension and any other host include it and bring their own threading.
 #pragma once
