@@ -53,7 +53,8 @@ ENGINES: dict[str, tuple[list[str] | None, str]] = {
     "tensorrt-fp32": (["--backend", "tensorrt", "--engine", "fp32", "--ops", "plugin"], "fp32"),
     "tensorrt-fp16": (["--backend", "tensorrt", "--engine", "fp16", "--ops", "plugin"], "fp16"),
     "tensorrt-bf16": (["--backend", "tensorrt", "--engine", "bf16", "--ops", "plugin"], "bf16"),
-    "tensorrt-int8": (["--backend", "tensorrt", "--engine", "int8", "--ops", "plugin"], "int8"),
+    # int8: the Q/DQ graph of ONNX Runtime's quantizer, which takes standard ops only.
+    "tensorrt-int8": (["--backend", "tensorrt", "--engine", "int8", "--ops", "standard"], "int8"),
 }
 DEFAULT_ENGINES = ("torch-fp32,torch-compile,torch-bf16,ort-fp32,ort-plugin-fp32,ort-fp16,ort-int8,openvino-fp32,"
                    "openvino-bf16,openvino-plugin-fp32,openvino-plugin-bf16,openvino-plugin-bf16-fp32-tcn")

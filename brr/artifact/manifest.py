@@ -7,7 +7,9 @@ is an output of it). Verification against PyTorch fp32 is recorded by ``record_v
 verdict and the sha256 of the model file it ran.
 ``served_verification`` is what a runtime checks before serving: a model that failed, was never
 verified, or is not the file that was verified (replaced, and the file hashes rewritten to match)
-is refused, unless the caller allows it explicitly.
+is refused, unless the caller allows it explicitly. An artifact whose engine could not be built where
+it was exported (``unbuilt``: its dependency was missing; it holds what a build needs) is refused by
+``verify_manifest``, so by everything that reads one.
 """
 
 from __future__ import annotations
@@ -53,17 +55,19 @@ def write_manifest(
     ops: str, opset: int, model_file: str, pinned_nodes: list[str],
     batch: tuple[int, int, int] | None = None, settings: dict[str, Any] | None = None,
     fp32_reference: str | Path | None = None, precision_plan: dict[str, Any] | None = None,
+    unbuilt: str | None = None,
 ) -> dict[str, Any]:
     """Hash every file of ``directory`` (but the manifest) and write its manifest; returns it.
 
     ``fp32_reference``: the fp32 ONNX artifact directory the engine was built from (stored relative
     to ``directory``, with the sha256 of its model): the diff's node level compares against it.
+    ``unbuilt``: why ``model_file`` is not there yet (the artifact holds what its build needs).
     """
     directory = Path(directory)
     if backend not in BACKENDS or precision not in PRECISIONS:
         raise ValueError(f"backend must be in {BACKENDS} and precision in {PRECISIONS}, got {backend}, {precision}")
     files = {p.name: file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
-    if model_file not in files:
+    if model_file not in files and unbuilt is None:
         raise ValueError(f"{directory}: {model_file} is not in the artifact")
     reference = None
     if fp32_reference is not None:
@@ -93,6 +97,8 @@ def write_manifest(
         "files": files,
         "verification": None,
     }
+    if unbuilt is not None:
+        manifest["unbuilt"] = unbuilt
     rewrite_manifest(directory, manifest)
     return manifest
 
@@ -131,6 +137,10 @@ def verify_manifest(directory: str | Path) -> dict[str, Any]:
     """Read the manifest and check every listed file's sha256; returns the manifest or raises ManifestError."""
     directory = Path(directory)
     manifest = read_manifest(directory)
+    if manifest.get("unbuilt"):
+        raise ManifestError(f"{directory}: artifact refused: its engine {manifest['model_file']} was never built "
+                            f"({manifest['unbuilt']}); build it with brr-export on a machine that has what was "
+                            "missing (its manifest's settings also give the commands that build it)")
     problems = []
     for name, digest in sorted(manifest["files"].items()):
         path = directory / name

@@ -34,6 +34,8 @@ class BuiltEngine:
     model_file: str
     pinned_nodes: list[str]
     settings: dict
+    # Why ``model_file`` is not there (``Backend.prepare``: the build's dependency was missing), else None.
+    unbuilt: str | None = None
 
 
 class TensorStatistics(Protocol):
@@ -68,6 +70,8 @@ class Backend:
     batch_profile = False  # the engine is built for a batch range (recorded in the manifest)
     # Why the diff cannot read this backend's intermediate tensors, when it cannot.
     node_level_unavailable: str | None = None
+    # Without its dependency, ``prepare`` writes all a build needs and ``commands`` say how to build elsewhere.
+    builds_offline = False
 
     def require(self) -> None:
         """Raise ``DependencyUnavailable`` (one line saying what to install) when it cannot run here."""
@@ -78,6 +82,18 @@ class Backend:
         """Build ``precision`` from the fp32 export ``onnx_path`` (of ``ops`` mode) into ``directory``;
         ``calibration`` (float32 (B, 19, N) windows) is read for int8 only."""
         raise NotImplementedError
+
+    def prepare(self, onnx_path: Path, ops: str, directory: Path, precision: str, fp32_nodes: list[str],
+                batch: tuple[int, int, int], config: DetectorConfig, calibration: Iterable[np.ndarray] | None,
+                missing: str) -> BuiltEngine:
+        """What ``build`` writes but the engine, where its dependency is ``missing`` (``builds_offline``): the
+        returned ``BuiltEngine.unbuilt`` says so."""
+        raise NotImplementedError(f"{self.name} builds nothing without its dependency")
+
+    def commands(self, settings: dict, export_command: str) -> list[str]:
+        """Lines to print after an export: commands that build or run the engine outside brr, each after a
+        ``#`` line saying what it does; ``export_command`` is the brr-export line of this export."""
+        return []
 
     def runner(self, model: Path, manifest: Mapping[str, Any], probes: bool = False, name: str | None = None,
                device: str = "cpu", threads: int | None = None, lean: bool = False) -> BaseRunner:

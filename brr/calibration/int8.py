@@ -1,10 +1,11 @@
-"""INT8 calibration on EDF windows: ONNX Runtime static QDQ (runs here) and TensorRT through Polygraphy.
+"""INT8 on EDF windows: ONNX Runtime static QDQ (runs here), and the TensorRT engine of that Q/DQ graph.
 
 ONNX Runtime: the exporter's own ``QuantizeStaticQDQ`` (``onnxruntime.quantization.quantize_static``,
 QDQ, per-channel, Conv and constant-weight MatMul) fed by ``WindowCalibrationReader`` over
-``EdfBatches.arrays()``, so windows stream from the recordings. TensorRT: Polygraphy's ``Calibrator``
-over ``EdfBatches`` (feeds ``{"eeg": batch}``) with a calibration cache, built by the exporter's one
-TensorRT build configuration (``TensorRTBuild``, ``engine_loader``); needs TensorRT and a GPU.
+``EdfBatches.arrays()``, so windows stream from the recordings. TensorRT builds the same Q/DQ graph
+strongly typed, its scales the graph's (explicit quantization: no calibration of its own), by the
+exporter's one TensorRT build configuration (``TensorRTBuild``, ``engine_loader``); needs TensorRT and
+a GPU.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import onnx
 
-from brr.backends.trt.loader import CALIBRATION_CACHE_FILE, TensorRTBuild, engine_loader, import_tensorrt
+from brr.artifact.files import ONNX_FILE as MODEL_FILE
+from brr.backends.trt.loader import TensorRTBuild, engine_loader, import_tensorrt
 from brr.calibration.windows import EdfBatches
 from brr.onnx.quantize import QuantizeStaticQDQ
-from brr.artifact.files import ONNX_FILE as MODEL_FILE
 
 TENSORRT_ENGINE_FILE = "model.int8.engine"
 
@@ -30,25 +31,16 @@ def quantize_onnxruntime(model: Path, batches: EdfBatches, directory: Path) -> P
     return out
 
 
-def tensorrt_calibrator(batches: EdfBatches, cache: Path):
-    """Polygraphy's INT8 calibrator (TensorRT's entropy calibrator 2) over the EDF batches, cached in ``cache``."""
-    from polygraphy.backend.trt import Calibrator
-
-    return Calibrator(batches, cache=str(cache))
-
-
-def build_tensorrt_int8(model: Path, batches: EdfBatches, directory: Path) -> Path:
-    """A TensorRT INT8 engine of ``model`` (fp16 fallback), calibrated on ``batches``; writes the cache too.
+def build_tensorrt_int8(qdq_model: Path, shape: tuple[int, int, int], directory: Path) -> Path:
+    """A TensorRT engine of the Q/DQ graph ``qdq_model`` (``quantize_onnxruntime``'s) for (batch, channels,
+    samples) ``shape``, in ``directory``.
 
     TensorRTUnavailable, with the one line to print, when TensorRT or the GPU is missing.
     """
-    import_tensorrt()  # before the calibrator, which needs it
-    from polygraphy.backend.common import SaveBytes
-
-    batch, n_channels, window = batches.shape
-    build = TensorRTBuild("int8", (batch, batch, batch), n_channels, window)
-    loader, _ = engine_loader(build, model, calibrator=tensorrt_calibrator(batches, directory / CALIBRATION_CACHE_FILE))
+    import_tensorrt()  # before any work
+    batch, n_channels, window = shape
+    loader, _ = engine_loader(TensorRTBuild("int8", (batch, batch, batch), n_channels, window), qdq_model)
     directory.mkdir(parents=True, exist_ok=True)
     engine_path = directory / TENSORRT_ENGINE_FILE
-    SaveBytes(loader, str(engine_path))()
+    engine_path.write_bytes(loader())
     return engine_path

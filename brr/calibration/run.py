@@ -32,23 +32,26 @@ from polygraphy.backend.base import BaseRunner
 from brr.artifact.files import ONNX_FILE as MODEL_FILE
 from brr.atomic import atomic_write_text
 from brr.backends.onnxrt.runner import onnxruntime_runner
-from brr.backends.trt.loader import CALIBRATION_CACHE_FILE, TensorRTUnavailable
+from brr.backends.trt.loader import TensorRTUnavailable
 from brr.calibration.flops import flop_share, node_flops
 from brr.calibration.int8 import build_tensorrt_int8, quantize_onnxruntime
 from brr.calibration.ranges import FOUND_BY
-from brr.calibration.search import ACCEPTED_VERDICTS, REDUCED_PRECISIONS, PlanSearch, SearchError
+from brr.calibration.search import REDUCED_PRECISIONS, PlanSearch, SearchError
 from brr.calibration.speed import compare_latency
 from brr.calibration.windows import EdfBatches
 from brr.data.preprocess import TARGET_RATE
 from brr.diff import TOLERANCES, AdversarialWindows, ChainedWindows, EdfWindows, SyntheticWindows, run_diff
 from brr.diff.engines import onnxruntime_engine
 from brr.diff.inputs import WindowLoader
+from brr.diff.verdict import Verdict
 from brr.errors import UsageError
 from brr.export.onnx_export import export_onnx
 from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError, default_plan
 from brr.model import DetectorConfig, V3Detector, load_checkpoint, resolve_config
 from brr.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, file_sha256
+from brr.montage import N_CHANNELS
 from brr.onnx.stages import node_stages
+from brr.onnx.strong_typing import require_strongly_typed
 from brr.resources import peak_rss_mb
 
 log = logging.getLogger(__name__)
@@ -85,12 +88,12 @@ class CalibrationResult:
     report_paths: dict[str, Path] = field(default_factory=dict)
 
     @property
-    def verdict(self) -> str:
-        return self.report["final"]["verdict"]
+    def verdict(self) -> Verdict:
+        return Verdict(self.report["final"]["verdict"])
 
     @property
     def passed(self) -> bool:
-        return self.verdict in ("clean", "basis_ambiguous")
+        return self.verdict.accepted
 
 
 def resolve_source(source: str | Path, out: Path) -> Source:
@@ -148,73 +151,115 @@ def calibration_windows(data: list[str | Path] | WindowLoader | None, synthetic:
     return ChainedWindows([loader, AdversarialWindows(samples)]) if adversarial else loader
 
 
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """How a calibration runs (see ``calibrate``); ``atol``/``rtol`` None: the precision's (``tolerance``)."""
+
+    precision: str = "fp16"
+    atol: float | None = None
+    rtol: float | None = None
+    adversarial: bool = True  # the adversarial windows too
+    max_windows: int = 8  # EDF windows read
+    max_pins: int = 64  # the search gives up beyond this many fp32 nodes
+    speed_repeats: int = 3
+    budget_minutes: float | None = None  # the search's, from the start of the fp32 pass
+    synthetic: int | None = None  # seeded synthetic windows instead of EDF data
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise CalibrationError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.budget_minutes is not None and self.budget_minutes <= 0:
+            raise CalibrationError(
+                f"the budget must be a positive number of minutes, got {self.budget_minutes:g}")
+
+    @property
+    def tolerance(self) -> tuple[float, float]:
+        """(atol, rtol): as given, else the precision's, the ones ``brr-export`` verifies with."""
+        default_atol, default_rtol = TOLERANCES[self.precision]
+        return ((default_atol if self.atol is None else self.atol),
+                (default_rtol if self.rtol is None else self.rtol))
+
+
 def calibrate(source: str | Path, data: list[str | Path] | WindowLoader | None = None, precision: str = "fp16",
               out: str | Path = "calibration", atol: float | None = None, rtol: float | None = None,
               adversarial: bool = True, max_windows: int = 8, max_pins: int = 64, speed_repeats: int = 3,
               budget_minutes: float | None = None, synthetic: int | None = None,) -> CalibrationResult:
     """Calibrate ``source`` for ``precision`` on ``data`` (EDF/BDF files or folders, or a window loader) or
     on ``synthetic`` seeded windows; ``atol``/``rtol`` default to the precision's (``brr.diff.TOLERANCES``),
-    the ones ``brr-export`` verifies with.
+    the ones ``brr-export`` verifies with. The settings as keywords (``CalibrationSettings``), for the
+    command line; ``calibrate_with`` takes them as one object.
+    """
+    return calibrate_with(source, data, out, CalibrationSettings(
+        precision, atol, rtol, adversarial, max_windows, max_pins, speed_repeats, budget_minutes, synthetic))
 
-    fp16/bf16: search the plan (``brr.calibration.search``) within ``budget_minutes``, write
+
+def calibrate_with(source: str | Path, data: list[str | Path] | WindowLoader | None, out: str | Path,
+                   settings: CalibrationSettings) -> CalibrationResult:
+    """fp16/bf16: search the plan (``brr.calibration.search``) within the budget, write
     ``precision_plan.json`` (the best verified plan, marked not accepted where it is not) and compare it
     with the exporter's default plan. int8: quantise for ONNX Runtime (and TensorRT when available), diff it.
     """
     started = time.monotonic()
-    if precision not in PRECISIONS:
-        raise CalibrationError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if budget_minutes is not None and budget_minutes <= 0:
-        raise CalibrationError(f"the budget must be a positive number of minutes, got {budget_minutes:g}")
-    default_atol, default_rtol = TOLERANCES[precision]
-    atol, rtol = (default_atol if atol is None else atol), (default_rtol if rtol is None else rtol)
+    precision = settings.precision
+    atol, rtol = settings.tolerance
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     src = resolve_source(source, out)
     fp32 = onnx.load(str(src.onnx))
     samples = window_samples(fp32)
-    windows = calibration_windows(data, synthetic, samples, max_windows, adversarial)
+    windows = calibration_windows(data, settings.synthetic, samples, settings.max_windows, settings.adversarial)
     report: dict = {"precision": precision, "source": _source_doc(src, precision),
                     "tolerance": {"atol": atol, "rtol": rtol}}
-
     if precision in REDUCED_PRECISIONS:
-        plan, plan_path = _search_plan(src, fp32, precision, windows, atol, rtol, max_pins, speed_repeats,
-                                       budget_minutes, report, out)
+        plan, plan_path = _search_plan(src, fp32, windows, settings, report, out)
         model_path = None
     else:
-        if isinstance(data, WindowLoader) or data is None:
-            raise CalibrationError("int8 calibration needs EDF/BDF recordings (--data), not generated windows")
-        batches = EdfBatches(list(data), batch_size=1, window_samples=samples, max_windows=max_windows)
-        log.info(f"int8: ONNX Runtime static QDQ on {len(batches.files)} recording(s), up to {max_windows} windows")
-        model_path = quantize_onnxruntime(src.onnx, batches, out / "int8")
-        engine = onnxruntime_engine(model_path, fp32, name="onnxruntime-int8", precision="int8")
+        model_path = _calibrate_int8(src, fp32, data, samples, windows, settings, report, out)
         plan, plan_path = None, None
-        report |= {"int8_model": str(model_path), "tensorrt": _tensorrt_int8(src.onnx, list(data), samples,
-                                                                              max_windows, out / "tensorrt-int8")}
-        reference: V3Detector | BaseRunner = src.model or onnxruntime_runner(fp32, "fp32-onnx")
-        log.info(f"diff of {engine.name} against fp32")
-        diff = run_diff(reference, [engine], windows, atol, rtol, report_dir=out / "diff", fail_on="never")
-        result_engine = diff.engines[0]
-        report["windows"] = diff.inputs
-        report["final"] = {"engine": engine.name, "verdict": result_engine.verdict,
-                           "accepted": result_engine.verdict in ACCEPTED_VERDICTS,
-                           "nonfinite_outputs": sum(s.precision_nonfinite for s in result_engine.stages.values()),
-                           "stages": {name: _stage_doc(stats) for name, stats in result_engine.stages.items()},
-                           "diff_report": str(out / "diff" / "report.json")}
-        log.info("timing ONNX Runtime CPU: fp32 vs the int8 model (one window)")
-        first_feed = next(iter(windows))
-        report["speed_onnxruntime_cpu"] = compare_latency({"fp32": fp32, precision: onnx.load(str(model_path))},
-                                                          [first_feed], speed_repeats)
     report["cost"] = {"seconds": round(time.monotonic() - started, 1), "peak_rss_mb": round(peak_rss_mb())}
     paths = write_report(_json_safe(report), out)
     return CalibrationResult(precision, out, plan_path, plan, model_path, report, paths)
 
 
-def _search_plan(src: Source, fp32: onnx.ModelProto, precision: str, windows: WindowLoader, atol: float,
-                 rtol: float, max_pins: int, speed_repeats: int, budget_minutes: float | None, report: dict,
-                 out: Path) -> tuple[PrecisionPlan, Path]:
+def _calibrate_int8(src: Source, fp32: onnx.ModelProto, data: list[str | Path] | WindowLoader | None, samples: int,
+                    windows: WindowLoader, settings: CalibrationSettings, report: dict, out: Path) -> Path:
+    """The INT8 model for ONNX Runtime (and TensorRT when available), its diff against fp32, and what the
+    report says of them; returns the ONNX model's path."""
+    precision, max_windows, speed_repeats = settings.precision, settings.max_windows, settings.speed_repeats
+    atol, rtol = settings.tolerance
+    if isinstance(data, WindowLoader) or data is None:
+        raise CalibrationError("int8 calibration needs EDF/BDF recordings (--data), not generated windows")
+    batches = EdfBatches(list(data), batch_size=1, window_samples=samples, max_windows=max_windows)
+    log.info(f"int8: ONNX Runtime static QDQ on {len(batches.files)} recording(s), up to {max_windows} windows")
+    model_path = quantize_onnxruntime(src.onnx, batches, out / "int8")
+    report["strong_typing"] = require_strongly_typed(onnx.load(str(model_path)), (), str(model_path)).to_dict()
+    engine = onnxruntime_engine(model_path, fp32, name="onnxruntime-int8", precision="int8")
+    report |= {"int8_model": str(model_path),
+               "tensorrt": _tensorrt_int8(model_path, (1, N_CHANNELS, samples), out / "tensorrt-int8")}
+    reference: V3Detector | BaseRunner = src.model or onnxruntime_runner(fp32, "fp32-onnx")
+    log.info(f"diff of {engine.name} against fp32")
+    diff = run_diff(reference, [engine], windows, atol, rtol, report_dir=out / "diff", fail_on="never")
+    result_engine = diff.engines[0]
+    report["windows"] = diff.inputs
+    report["final"] = {"engine": engine.name, "verdict": result_engine.verdict,
+                       "accepted": result_engine.verdict.accepted,
+                       "nonfinite_outputs": sum(s.precision_nonfinite for s in result_engine.stages.values()),
+                       "stages": {name: _stage_doc(stats) for name, stats in result_engine.stages.items()},
+                       "diff_report": str(out / "diff" / "report.json")}
+    log.info("timing ONNX Runtime CPU: fp32 vs the int8 model (one window)")
+    first_feed = next(iter(windows))
+    report["speed_onnxruntime_cpu"] = compare_latency({"fp32": fp32, precision: onnx.load(str(model_path))},
+                                                      [first_feed], speed_repeats)
+    return model_path
+
+
+def _search_plan(src: Source, fp32: onnx.ModelProto, windows: WindowLoader, settings: CalibrationSettings,
+                 report: dict, out: Path) -> tuple[PrecisionPlan, Path]:
     """The fp16/bf16 plan search, its plan file, and what the report says of it."""
+    precision, budget_minutes, speed_repeats = settings.precision, settings.budget_minutes, settings.speed_repeats
+    atol, rtol = settings.tolerance
     budget_s = None if budget_minutes is None else 60 * budget_minutes
-    with PlanSearch(fp32, precision, windows, atol, rtol, src.config, max_pins=max_pins,
+    with PlanSearch(fp32, precision, windows, atol, rtol, src.config, max_pins=settings.max_pins,
                     budget_s=budget_s) as search:
         log.info(f"{len(search.windows)} calibration windows; searching the {precision} plan "
                  f"({len(search.pinnable)} pinnable nodes)")
@@ -228,12 +273,15 @@ def _search_plan(src: Source, fp32: onnx.ModelProto, precision: str, windows: Wi
             log.info(f"search stopped: {error}")
         stopped = "error" if error else search.stopped
         plan_path = out / PLAN_FILE
+        planned = search.reduced_model(pins)
+        # A plan is written only where its typed graph builds as typed (TensorRT's strong typing).
+        typing = require_strongly_typed(planned, pins, f"the {precision} graph of the calibrated plan")
         plan_doc = plan_document(src, fp32, precision, pins, final, search, atol, rtol, stopped, error)
         atomic_write_text(plan_path, json.dumps(_json_safe(plan_doc), indent=1))
         plan = PrecisionPlan.load(plan_path)
         plan.resolve(src.onnx, {})  # the plan must name nodes of the served model only
-        planned = search.reduced_model(pins)
         report |= {"windows": search.windows, "plan": str(plan_path), "accepted": final.accepted,
+                   "strong_typing": typing.to_dict(),
                    "stopped": stopped, "error": error, "not_accepted_on": final.not_accepted(),
                    "pinned": plan_doc["metadata"]["pinned"], "pinned_count": len(pins),
                    "flops": plan_doc["metadata"]["flops"],
@@ -253,11 +301,12 @@ def _search_plan(src: Source, fp32: onnx.ModelProto, precision: str, windows: Wi
     return plan, plan_path
 
 
-def final_verdict(evaluation) -> str:
-    """'clean', 'basis_ambiguous' (accepted, some eigenbasis only rotated), or the first failure's verdict."""
+def final_verdict(evaluation) -> Verdict:
+    """Clean, basis-ambiguous (accepted, some eigenbasis only rotated), or the first failure's verdict."""
     if evaluation.failure is not None:
         return evaluation.failure.verdict
-    return "basis_ambiguous" if any(i.verdict == "basis_ambiguous" for i in evaluation.inputs) else "clean"
+    return Verdict.BASIS_AMBIGUOUS if any(i.verdict is Verdict.BASIS_AMBIGUOUS for i in evaluation.inputs) \
+        else Verdict.CLEAN
 
 
 def compare_with_default_plan(precision: str, model_path: Path, model: onnx.ModelProto, pins: set[str]) -> dict:
@@ -307,12 +356,12 @@ def plan_document(src: Source, served: onnx.ModelProto, precision: str, pins: di
     }
 
 
-def _tensorrt_int8(model: Path, data: list, samples: int, max_windows: int, directory: Path) -> dict:
+def _tensorrt_int8(qdq_model: Path, shape: tuple[int, int, int], directory: Path) -> dict:
     try:
-        engine = build_tensorrt_int8(model, EdfBatches(data, 1, samples, max_windows=max_windows), directory)
+        engine = build_tensorrt_int8(qdq_model, shape, directory)
     except TensorRTUnavailable as exc:
         return {"built": False, "reason": str(exc)}
-    return {"built": True, "engine": str(engine), "cache": str(directory / CALIBRATION_CACHE_FILE)}
+    return {"built": True, "engine": str(engine)}
 
 
 def _source_doc(src: Source, precision: str) -> dict:
@@ -377,7 +426,8 @@ def markdown(report: dict) -> str:
             lines.append(f"- the default plan `{default['plan']}` does not apply to this graph: {default['reason']}")
     if "tensorrt" in report:
         trt = report["tensorrt"]
-        lines.append(f"- TensorRT int8: {'built, cache ' + trt['cache'] if trt['built'] else trt['reason']}")
+        lines.append(f"- TensorRT int8 (the Q/DQ graph, strongly typed): "
+                     f"{'built, ' + trt['engine'] if trt['built'] else trt['reason']}")
     if "cost" in report:
         lines.append(f"- run: {report['cost']['seconds']:.0f} s, peak RSS {report['cost']['peak_rss_mb']} MB")
     lines += ["", "| stage | max abs err | rel err | non-finite | within tol |", "|---|---|---|---|---|"]
@@ -394,7 +444,7 @@ def markdown(report: dict) -> str:
     for name, t in report["speed_onnxruntime_cpu"].items():
         lines.append(f"| {name} | {t['median_s']:.4f} | {t['relative_to_fp32']:.2f}x |")
     if report.get("plan"):
-        lines += ["", "Next: `brr-export CHECKPOINT --out DIR --engine " + report["precision"]
+        lines += ["", "Next: `brr-export CHECKPOINT --out DIR --precision " + report["precision"]
                   + f" --ops standard --backend onnxruntime --precision-plan {report['plan']}`"]
     return "\n".join(lines) + "\n"
 

@@ -2,8 +2,7 @@
 
 ``EdfBatches`` reads one recording at a time through ``brr.data.open_recording`` / ``iter_windows``
 and groups windows into (B, 19, samples) float32 batches; at most one batch and one preprocessing
-block are held at once. It is re-iterable (each pass re-opens the files), which is what Polygraphy's
-TensorRT ``Calibrator`` needs (it restarts the loader on ``reset``), and iterating it yields feeds
+block are held at once. It is re-iterable (each pass re-opens the files), and iterating it yields feeds
 ``{"eeg": batch}``; ``arrays()`` yields the bare batches for ONNX Runtime's calibration reader.
 
 ``WindowStore`` holds the fp16/bf16 search's windows on disk, with their fp32 reference outputs.

@@ -13,7 +13,7 @@ from brr.cli.common import command_parser, deprecated_alias, run_main
 from brr.diff.verify import verify_engine
 from brr.errors import EXIT_FAILED
 from brr.export.precision_plan import shipped_plan_names
-from brr.export.run import ExportRequest, export_artifacts
+from brr.export.run import EngineNotBuilt, ExportRequest, export_artifacts
 from brr.model import load_checkpoint
 from brr.ops.registry import OPS_MODES
 
@@ -52,7 +52,13 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, out=args.out, engine=args.engine, ops=args.ops, backend=args.backend,
         batch=args.batch, precision_plan=args.precision_plan, calibration_data=args.calibration_data,
     )
-    result = export_artifacts(request)
+    try:
+        result = export_artifacts(request)
+    except EngineNotBuilt as unbuilt:  # the folder is written; say how to build its engine, then exit 2
+        print("\n".join(unbuilt.commands))
+        raise
+    if result.commands:
+        print("\n".join(result.commands))
     if args.no_verify:
         return 0
     verification = verify_engine(args.checkpoint, result.engine_dir, result.precision,

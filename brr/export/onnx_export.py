@@ -1,4 +1,5 @@
-"""Export the detector to ONNX: ``model.onnx``, input ``eeg``, outputs every probe of ``PROBE_NAMES``.
+"""Export the detector to ONNX: ``model.onnx``, input ``eeg``, outputs ``logits`` then every other probe
+(``GRAPH_OUTPUT_NAMES``).
 
 The exporter is torch's dynamo exporter with the custom ops translated by ``brr.ops.registry``
 (``standard``: only ai.onnx ops; ``plugin``: one custom node per op). Every probe is an output and
@@ -28,7 +29,7 @@ from torch import nn
 from brr.artifact.files import ONNX_FILE, STAGES_FILE
 from brr.atomic import atomic_write_text
 from brr.errors import CheckFailed
-from brr.model import PROBE_NAMES, V3Detector
+from brr.model import GRAPH_OUTPUT_NAMES, V3Detector
 from brr.model.contract import INPUT_NAME
 from brr.onnx.stages import NAME_SCOPES_KEY, WRAPPED_MODULE, tag_stages
 from brr.ops.registry import ONNX_OPSET, OPS_MODES, translation_table
@@ -56,7 +57,7 @@ class OnnxExport:
 
 
 class _ProbedDetector(nn.Module):
-    """The detector with every probe as an output, in ``PROBE_NAMES`` order (held as ``WRAPPED_MODULE``)."""
+    """The detector with every probe as an output, in ``GRAPH_OUTPUT_NAMES`` order (held as ``WRAPPED_MODULE``)."""
 
     def __init__(self, detector: V3Detector):
         super().__init__()
@@ -64,7 +65,7 @@ class _ProbedDetector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         _, probes = getattr(self, WRAPPED_MODULE)(x, return_probes=True)
-        return tuple(probes[name] for name in PROBE_NAMES)
+        return tuple(probes[name] for name in GRAPH_OUTPUT_NAMES)
 
 
 def _drop_traced_metadata(model: ir.Model) -> None:
@@ -131,7 +132,7 @@ def export_onnx(model: V3Detector, directory: str | Path, ops: str = "standard")
     with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(
             wrapper, (example,), dynamo=True, opset_version=ONNX_OPSET, optimize=True, verbose=False,
-            input_names=[INPUT_NAME], output_names=list(PROBE_NAMES),
+            input_names=[INPUT_NAME], output_names=list(GRAPH_OUTPUT_NAMES),
             dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
             custom_translation_table=translation_table(ops),
         )

@@ -2,12 +2,16 @@
 
 The folders are ``brr.artifact.files``'s: ``onnx-<ops>/`` (the reference), then
 ``<backend>-<precision>-<ops>/`` unless the engine asked for is the reference itself (ONNX Runtime fp32).
+A backend asked for by name whose dependency is missing here but that ``builds_offline`` (TensorRT)
+still gets its folder, with all its build needs and a manifest saying the engine is not built; then
+``EngineNotBuilt`` carries the commands that build it elsewhere.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shlex
 import time
 import warnings
 from collections.abc import Iterator
@@ -18,13 +22,15 @@ import numpy as np
 
 from brr.artifact.files import ONNX_FILE, REFERENCE_BACKEND, STAGES_FILE, engine_folder, reference_folder
 from brr.artifact.manifest import write_manifest
-from brr.backends import resolve_backend
+from brr.backends import BACKENDS, resolve_backend
 from brr.data import iter_windows, read_recording, recording_files
 from brr.data.preprocess import TARGET_RATE
+from brr.errors import DependencyUnavailable
 from brr.export.onnx_export import export_onnx
 from brr.export.precision_plan import PrecisionPlan, default_plan, load_plan
 from brr.model import load_checkpoint
 from brr.model.checkpoint import WEIGHTS_FILE, file_sha256, read_checkpoint_meta
+from brr.onnx.strong_typing import require_strongly_typed_files
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,25 @@ class ExportResult:
     backend: str
     precision: str
     seconds: dict[str, float] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)  # what builds or runs the engine outside brr
+
+
+class EngineNotBuilt(DependencyUnavailable):
+    """The engine's dependency is missing here; its folder holds what its build needs, and ``commands`` build it."""
+
+    def __init__(self, message: str, engine_dir: Path, commands: list[str]):
+        super().__init__(message)
+        self.engine_dir, self.commands = engine_dir, commands
+
+
+def export_command(request: ExportRequest, backend: str) -> str:
+    """The brr-export line that makes this export again (elsewhere: where the backend's dependency is)."""
+    args = ["brr-export", str(request.checkpoint), "--out", str(request.out), "--precision", request.engine,
+            "--ops", request.ops, "--backend", backend, "--trt-batch-range", ":".join(map(str, request.batch))]
+    for flag, value in (("--precision-plan", request.precision_plan), ("--data", request.calibration_data)):
+        if value is not None:
+            args += [flag, str(value)]
+    return shlex.join(args)
 
 
 def calibration_windows(source: Path | None, n_samples: int, count: int = CALIBRATION_WINDOWS) -> Iterator[np.ndarray]:
@@ -93,7 +118,12 @@ def export_artifacts(request: ExportRequest) -> ExportResult:
               "recorded_weights_sha256": meta.get("weights_sha256"),
               # Chosen on validation data by brr-train; brr-infer applies it unless told otherwise.
               "postprocess": meta.get("training", {}).get("postprocess")}
-    backend = resolve_backend(request.backend)
+    try:
+        backend, missing = resolve_backend(request.backend), None
+    except DependencyUnavailable as error:
+        backend, missing = BACKENDS.get(request.backend), error
+        if backend is None or not backend.builds_offline:
+            raise
     seconds = {}
 
     start = time.perf_counter()
@@ -104,7 +134,7 @@ def export_artifacts(request: ExportRequest) -> ExportResult:
                    pinned_nodes=[], **common)
     log.info(f"fp32 ONNX ({request.ops} ops): {reference.model} in {seconds['onnx_export']:.1f} s")
 
-    engine_dir = reference.directory
+    engine_dir, commands = reference.directory, []
     if not (backend.name == REFERENCE_BACKEND and request.engine == "fp32"):
         stages = json.loads((reference.directory / STAGES_FILE).read_text())
         plan = engine_plan(request.precision_plan, request.engine)
@@ -113,14 +143,20 @@ def export_artifacts(request: ExportRequest) -> ExportResult:
         windows = (calibration_windows(request.calibration_data, config.window_samples)
                    if request.engine == "int8" else None)
         start = time.perf_counter()
-        built = backend.build(reference.model, request.ops, engine_dir, request.engine, pinned, request.batch, config,
-                              windows)
+        arguments = (reference.model, request.ops, engine_dir, request.engine, pinned, request.batch, config, windows)
+        built = backend.build(*arguments) if missing is None else backend.prepare(*arguments, missing=str(missing))
         seconds["engine_build"] = time.perf_counter() - start
+        # The typed graph an engine is built from must build as typed (TensorRT's strong typing).
+        typed_graphs = require_strongly_typed_files(engine_dir, built.pinned_nodes)
         write_manifest(engine_dir, backend=backend.name, precision=request.engine, model_file=built.model_file,
                        pinned_nodes=built.pinned_nodes, batch=request.batch if backend.batch_profile else None,
-                       settings=built.settings, fp32_reference=reference.directory,
+                       settings=built.settings | typed_graphs, fp32_reference=reference.directory,
                        precision_plan=plan.describe(pinned) if plan.metadata or plan.source != "(none)" else None,
-                       **common)
+                       unbuilt=built.unbuilt, **common)
+        commands = backend.commands(built.settings, export_command(request, backend.name))
+        if built.unbuilt is not None:
+            raise EngineNotBuilt(f"{missing}; {engine_dir} holds what its build needs", engine_dir, commands)
         log.info(f"{backend.name} {request.engine} engine: {engine_dir} in {seconds['engine_build']:.1f} s")
 
-    return ExportResult(reference.directory, engine_dir, backend.name, request.engine, seconds=seconds)
+    return ExportResult(reference.directory, engine_dir, backend.name, request.engine, seconds=seconds,
+                        commands=commands)

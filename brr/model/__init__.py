@@ -7,7 +7,7 @@ network and its checkpoints import it on first use, so that serving an exported 
 import importlib
 
 from brr.model.config import PRESETS, ConfigError, DetectorConfig, MambaConfig, resolve_config
-from brr.model.contract import INPUT_NAME, OUTPUT_NAME, PROBE_NAMES, PROBE_SHAPES
+from brr.model.contract import GRAPH_OUTPUT_NAMES, INPUT_NAME, OUTPUT_NAME, PROBE_NAMES, PROBE_SHAPES
 
 # name -> the module that defines it, imported when the name is first asked for.
 _NEEDS_TORCH = {
@@ -18,7 +18,7 @@ _NEEDS_TORCH = {
 }
 
 __all__ = [
-    "INPUT_NAME", "OUTPUT_NAME", "PRESETS", "PROBE_NAMES", "PROBE_SHAPES", "CheckpointError", "ConfigError", "DetectorConfig",
+    "GRAPH_OUTPUT_NAMES", "INPUT_NAME", "OUTPUT_NAME", "PRESETS", "PROBE_NAMES", "PROBE_SHAPES", "CheckpointError", "ConfigError", "DetectorConfig",
     "MambaConfig", "NonFiniteInputError", "V3Detector", "build_detector", "load_checkpoint", "resolve_config", "save_checkpoint", "summarize_probes",
 ]
 

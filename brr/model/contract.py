@@ -24,3 +24,6 @@ PROBE_SHAPES: dict[str, str] = {
     "logits": "(B, 15360)",
 }
 PROBE_NAMES: tuple[str, ...] = tuple(PROBE_SHAPES)
+# The outputs of every graph brr writes: what is served first, so that a client taking output 0 (a serving
+# config, ``session.run(None, ...)[0]``) gets the logits; the probes follow in topological order.
+GRAPH_OUTPUT_NAMES: tuple[str, ...] = (OUTPUT_NAME, *(name for name in PROBE_NAMES if name != OUTPUT_NAME))

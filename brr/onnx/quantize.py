@@ -2,6 +2,8 @@
 
 Per-channel weights; Conv and constant-weight MatMul only (the selective scan's activation x
 activation MatMuls are not worth int8); MinMax activation ranges calibrated on the given windows.
+Symmetric int8 throughout, biases left in fp32: TensorRT builds the same Q/DQ graph only with zero
+points of zeros and int8 (not int32) Q/DQ (``brr.onnx.strong_typing``).
 ORT's calibrator makes its own sessions without brr's custom-op library, so the graph must hold
 standard ops only.
 """
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from polygraphy.backend.base import BaseLoader
 
 from brr.errors import UsageError
@@ -55,8 +57,9 @@ class QuantizeStaticQDQ(BaseLoader):
             quantize_static(
                 str(self.model_path), str(out), WindowCalibrationReader(self.batches),
                 quant_format=QuantFormat.QDQ, per_channel=True, op_types_to_quantize=list(QUANTIZED_OP_TYPES),
-                nodes_to_exclude=self.fp32_nodes,
+                nodes_to_exclude=self.fp32_nodes, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                 # Only weights are worth int8 here: the scan's activation x activation MatMuls are not.
-                extra_options={"MatMulConstBOnly": True},
+                extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": True, "WeightSymmetric": True,
+                               "QuantizeBias": False},
             )
             return onnx.load(str(out))

@@ -336,6 +336,8 @@ def test_calibrate_writes_a_plan_export_loads(tmp_path):
     assert report["final"]["nonfinite_outputs"] == 0 and set(report["speed_onnxruntime_cpu"]) == {"fp32", "fp16"}
     assert report["cost"]["peak_rss_mb"] > 0 and report["search"]["evaluations"] == 1
     assert "norm_sumsq" in (tmp_path / "out" / REPORT_MD).read_text()
+    # The plan's typed graph was checked against TensorRT's strong typing before the plan was written.
+    assert report["strong_typing"]["nodes_checked"] > 0 and report["strong_typing"]["errors"] == []
 
 
 def test_tolerance_follows_the_precision(tmp_path):
@@ -433,7 +435,7 @@ def test_calibrator_batches_stream_from_the_edf(edf):
     assert len(fed) == 2 and all(set(f) == {"eeg"} for f in fed)
     assert all(f["eeg"].shape == (4, 19, 2560) and f["eeg"].dtype == np.float32 for f in fed)
     assert np.isfinite(fed[0]["eeg"]).all() and fed[0]["eeg"].std() > 0.1  # preprocessed, normalised EEG
-    again = list(batches)  # Polygraphy's Calibrator restarts the loader on reset
+    again = list(batches)  # each pass reads the recordings again
     assert np.array_equal(again[1]["eeg"], fed[1]["eeg"])
     assert not np.array_equal(fed[0]["eeg"][0], fed[0]["eeg"][1])  # consecutive windows, not copies
 
@@ -445,15 +447,6 @@ def test_calibrator_data_loader_rejects_bad_data(tmp_path):
     text.write_text("x")
     with pytest.raises(ValueError, match="notes.txt: not an EDF/BDF"):
         EdfBatches([text])
-
-
-def test_polygraphy_calibrator_takes_the_edf_batches(edf, tmp_path):
-    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed: the calibrator class needs it")
-    from brr.calibration.int8 import tensorrt_calibrator
-
-    batches = EdfBatches([edf], batch_size=2, window_samples=2560, max_windows=4)
-    calibrator = tensorrt_calibrator(batches, tmp_path / "int8.cache")
-    assert isinstance(calibrator, trt.IInt8Calibrator) and calibrator.data_loader is batches
 
 
 def test_int8_onnxruntime_model_runs_and_the_diff_reports_its_error(edf, tmp_path):
@@ -469,6 +462,7 @@ def test_int8_onnxruntime_model_runs_and_the_diff_reports_its_error(edf, tmp_pat
     diff = json.loads((tmp_path / "out" / "diff" / "report.json").read_text())
     assert diff["engines"][0]["precision"] == "int8" and len(diff["inputs"]) == 6
     assert result.report["tensorrt"]["built"] is False and "TensorRT" in result.report["tensorrt"]["reason"]
+    assert result.report["strong_typing"]["errors"] == []  # symmetric int8 Q/DQ, as TensorRT builds it
 
 
 def test_search_judges_adjacency_flips_with_the_models_top_k(monkeypatch):

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -23,7 +24,7 @@ from brr.export.onnx_export import export_onnx
 from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError, default_plan
 from brr.export.run import engine_plan
 from brr.machine import has_bf16
-from brr.model import PROBE_NAMES, build_detector, guards, save_checkpoint
+from brr.model import GRAPH_OUTPUT_NAMES, PROBE_NAMES, build_detector, guards, save_checkpoint
 from brr.onnx.stages import STAGE_METADATA_KEY, node_stages
 from brr.ops.selective_scan import native as selective_scan_native
 
@@ -79,7 +80,9 @@ def test_onnx_is_valid_with_dynamic_batch_and_probes(exports):
         assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
         (eeg,) = model.graph.input
         assert eeg.name == "eeg" and eeg.type.tensor_type.shape.dim[0].dim_param
-        assert [o.name for o in model.graph.output] == list(PROBE_NAMES)
+        # Logits first: a client that takes output 0 gets what is served.
+        assert [o.name for o in model.graph.output] == list(GRAPH_OUTPUT_NAMES)
+        assert GRAPH_OUTPUT_NAMES[0] == "logits" and set(GRAPH_OUTPUT_NAMES) == set(PROBE_NAMES)
         stages = json.loads(export.stages.read_text())
         assert {n.name for n in model.graph.node} == set(stages)
         assert set(stages.values()) == set(PROBE_NAMES)
@@ -122,8 +125,10 @@ def test_ort_fp32_matches_pytorch(exports, windows, ops, batch):
 def test_served_model_gives_the_pytorch_probes_and_serves_logits_alone(exports, windows):
     x, _, expected = windows
     outputs = _run(exports["standard"].model, x[:1], probes=True)
-    assert list(outputs) == list(PROBE_NAMES)
+    assert list(outputs) == list(GRAPH_OUTPUT_NAMES)
     assert list(_run(exports["standard"].model, x[:1])) == ["logits"]
+    first = ort.InferenceSession(str(exports["standard"].model)).run(None, {"eeg": x[:1]})[0]
+    assert np.array_equal(first, outputs["logits"])
     for name in ("tcn", "edge_similarity", "adjacency", "logits"):
         scale = max(1.0, float(np.abs(expected[name][:1]).max()))
         assert np.abs(outputs[name] - expected[name][:1]).max() <= PARITY_ATOL * scale

@@ -1,7 +1,8 @@
 """brr-diff on TensorRT, end to end: the engine's tensors read as debug tensors of the engine as built.
 
-Two engines, each built by the one TensorRT build configuration: a planted fp16 overflow (a cosine
-norm whose squares pass 65504, as in tests/planted_nets.py), and a v3-small artifact of brr-export.
+Two engines, each built strongly typed by the one TensorRT build configuration from a typed graph: a
+planted fp16 overflow (a cosine norm whose squares pass 65504, as in tests/planted_nets.py, in brr's
+fp16 graph), and a v3-small artifact of brr-export, whose served engine gives its probes as debug tensors.
 """
 
 from __future__ import annotations
@@ -18,24 +19,25 @@ pytestmark = pytest.mark.gpu
 if importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available():
     pytest.skip("needs TensorRT and a CUDA GPU (pip install -e '.[gpu]')", allow_module_level=True)
 
-from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+from polygraphy.backend.trt import EngineFromBytes
 from torch import nn
 
-from brr.diff import SyntheticWindows, artifact_engines, run_diff, validate
 from brr.backends.onnxrt.runner import lean_onnxruntime_runner, onnxruntime_runner
 from brr.backends.trt.debug import TensorRTDebugStatistics
-from brr.diff.engines import Engine
-from brr.diff.localise import NodeLocaliser
-from brr.export.run import ExportRequest, export_artifacts
 from brr.backends.trt.loader import (
+    NETWORK_FILE,
     TIMING_CACHE_FILE,
     TensorRTBuild,
     TensorRTRebuild,
     engine_loader,
-    import_tensorrt,
-    unfused_debug_supported,
 )
+from brr.backends.trt.runner import TensorRTEngineRunner
+from brr.diff import SyntheticWindows, artifact_engines, run_diff, validate
+from brr.diff.engines import Engine
+from brr.diff.localise import NodeLocaliser
+from brr.export.run import ExportRequest, export_artifacts
 from brr.model import PROBE_NAMES, build_detector, save_checkpoint
+from brr.onnx.precision import low_precision_model
 
 WINDOW = 1920
 
@@ -58,33 +60,28 @@ class CosineNet(nn.Module):
         return self.head(self.edge_stream(self.tcn(eeg))).flatten(1)
 
 
-def expected_method() -> str:
-    trt = import_tensorrt()
-    return "debug_tensors" if unfused_debug_supported(trt.INetworkDefinition) else "marked_debug_tensors"
-
-
 def test_planted_fp16_overflow_is_localised_by_debug_tensors(tmp_path):
     torch.manual_seed(0)
     fp32 = torch.onnx.export(CosineNet().eval(), (torch.randn(1, 19, WINDOW),), dynamo=True, input_names=["eeg"],
                              output_names=["logits"]).model_proto
-    onnx.save(fp32, str(tmp_path / "model.onnx"))
+    typed = low_precision_model(fp32, [], "fp16")  # what brr builds an fp16 engine from: no fp32 island
+    onnx.save(typed, str(tmp_path / NETWORK_FILE))
     build = TensorRTBuild("fp16", (1, 1, 1), 19, WINDOW)
-    loader, _ = engine_loader(build, tmp_path / "model.onnx", save_timing_cache=tmp_path / TIMING_CACHE_FILE)
+    loader, _ = engine_loader(build, tmp_path / NETWORK_FILE, save_timing_cache=tmp_path / TIMING_CACHE_FILE)
     rebuild = TensorRTRebuild(build, tmp_path)
-    engine = Engine("tensorrt-fp16", TrtRunner(EngineFromBytes(loader()), name="tensorrt-fp16"), "fp16", fp32, fp32,
-                    rebuild.runner_for, tensor_statistics=TensorRTDebugStatistics(fp32, rebuild))
+    engine = Engine("tensorrt-fp16", TensorRTEngineRunner(EngineFromBytes(loader()), name="tensorrt-fp16"), "fp16",
+                    typed, fp32, rebuild.runner_for, tensor_statistics=TensorRTDebugStatistics(typed, rebuild))
     report = run_diff(onnxruntime_runner(fp32, "fp32-reference"), [engine], SyntheticWindows(1, WINDOW), 1e-2, 1e-2,
                       report_dir=tmp_path / "report")
     validate(json.loads((tmp_path / "report" / "report.json").read_text()))
     result = report.engines[0].inputs[0]
-    if result.verdict != "nonfinite_precision":  # TensorRT kept the whole norm in fp32: then nothing is non-finite
-        assert result.verdict in ("clean", "divergence") and report.engines[0].stages["logits"].engine_nonfinite == 0
-        return
+    # Strongly typed, the engine stores the squares in fp16 as its graph says: they overflow.
+    assert result.verdict == "nonfinite_precision"
     level = result.node_level
-    assert level.observed_by[0] == expected_method()
+    assert level.observed_by[0] == "debug_tensors"
     assert level.reproduced is True  # the debug-tensor engine computed what the engine under test computed
     first = level.first_nonfinite
-    assert first["stage"] == "edge_similarity" and first["op_type"] in ("Pow", "ReduceSum", "Sqrt")
+    assert first.stage == "edge_similarity" and first.op_type in ("Pow", "ReduceSum", "Sqrt")
     assert "TensorRT debug tensors" in (tmp_path / "report" / "report.md").read_text()
 
 
@@ -93,16 +90,18 @@ def test_exported_artifact_is_read_as_built(tmp_path):
     save_checkpoint(build_detector("v3-small").eval(), tmp_path / "ckpt")
     exported = export_artifacts(ExportRequest(tmp_path / "ckpt", tmp_path / "out", engine="fp16", backend="tensorrt",
                                               batch=(1, 1, 1)))
-    assert (exported.engine_dir / TIMING_CACHE_FILE).is_file()
+    assert (exported.engine_dir / TIMING_CACHE_FILE).is_file() and (exported.engine_dir / NETWORK_FILE).is_file()
     (engine,) = artifact_engines([exported.engine_dir])
     assert engine.localisable and engine.node_level_note is None
     feed = {"eeg": np.random.default_rng(0).standard_normal((1, 19, 15360)).astype(np.float32)}
-    with engine.runner as runner:
-        served = np.array(runner.infer(feed)["logits"])
+    with engine.runner as runner:  # the served engine, its probes read as debug tensors
+        outputs = runner.infer(feed)
+        served = np.array(outputs["logits"])
+    assert set(outputs) == set(PROBE_NAMES)
     names = [t.name for t in NodeLocaliser(engine, lean_onnxruntime_runner).tensors]
 
     observed = engine.tensor_statistics(names, feed)
-    assert observed.method == expected_method()
+    assert observed.method == "debug_tensors"
     # Rebuilt with the export's settings and timing cache: the same kernels, the same logits.
     np.testing.assert_allclose(observed.outputs["logits"], served, rtol=1e-5, atol=1e-5)
     assert set(PROBE_NAMES) <= set(observed.ranges) <= set(names)

@@ -1,11 +1,14 @@
 """brr::eigh: every implementation (standard-op ONNX, ORT custom kernel, fp16 ONNX, the OpenVINO extension's
-Jacobi kernel, TensorRT plugin) held to the reference (LAPACK through torch.linalg.eigh, in float64), plus
-its gradient."""
+Jacobi kernel, the Triton kernel in Triton's interpreter and as PTX, TensorRT plugin) held to the reference
+(LAPACK through torch.linalg.eigh, in float64), plus its gradient."""
 
 from __future__ import annotations
 
 import functools
 import itertools
+import os
+import re
+import subprocess
 import sys
 
 import numpy as np
@@ -16,7 +19,8 @@ import pytest
 import torch
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from brr.ops import registry
+from brr.model.config import PRESETS
+from brr.ops import ptx, registry, trt_plugin
 from brr.ops.eigh import eigh, eigh_reference
 from brr.ops.eigh import onnx as eigh_onnx
 from brr.ops.eigh import ort as eigh_ort  # noqa: F401  (registers the custom-node kernel)
@@ -292,22 +296,25 @@ def test_trt_plugin_id_matches_the_onnx_node():
 
 def test_register_plugin_without_tensorrt_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt.plugin", None)
-    monkeypatch.setattr(eigh_trt, "_registered", False)
     with pytest.raises(ImportError, match=r"pip install \.\[gpu\]"):
-        eigh_trt.register_plugin()
+        eigh_trt.register_plugin.__wrapped__()  # bypass the cache: a real registration may be cached
 
 
 @pytest.mark.gpu
-def test_trt_engine_matches_lapack(tmp_path):
+@pytest.mark.parametrize("implementation", list(trt_plugin.PluginImplementation), ids=lambda i: i.value)
+def test_trt_engine_matches_lapack(tmp_path, implementation):
     trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install .[gpu])")
     if not torch.cuda.is_available():
         pytest.skip("TensorRT engine test needs CUDA")
+    aot = implementation is trt_plugin.PluginImplementation.AOT
     eigh_trt.register_plugin()
+    if implementation not in trt_plugin.registered_implementations(eigh_trt.PLUGIN_ID):
+        pytest.skip("no AOT plugin here: TensorRT without AOT plugins, no triton, or a GPU brr.ops.ptx lacks")
     path = tmp_path / "eigh_plugin.onnx"
     onnx.save(_model("plugin"), path)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(trt_plugin.preference_flag(trt, implementation))
     parser = trt.OnnxParser(network, logger)
     assert parser.parse_from_file(str(path)), [str(parser.get_error(i)) for i in range(parser.num_errors)]
     input_name = network.get_input(0).name
@@ -315,8 +322,15 @@ def test_trt_engine_matches_lapack(tmp_path):
     profile = builder.create_optimization_profile()
     profile.set_shape(input_name, (1, 1, N, N), (4, 192, N, N), (8, 192, N, N))
     config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if aot:
+        # An AOT engine carries its kernel: a process that never registered brr's plugins deserialises it.
+        (tmp_path / "eigh.engine").write_bytes(serialized)
+        load = ("import sys, tensorrt as trt; runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING)); "
+                "sys.exit(runtime.deserialize_cuda_engine(open(sys.argv[1], 'rb').read()) is None)")
+        subprocess.run([sys.executable, "-c", load, tmp_path / "eigh.engine"], check=True, timeout=300)
     runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(builder.build_serialized_network(network, config))
+    engine = runtime.deserialize_cuda_engine(serialized)
     context = engine.create_execution_context()
 
     a = _model_laplacians(np.random.default_rng(3), (4, 192)).astype(np.float32)
@@ -333,3 +347,150 @@ def test_trt_engine_matches_lapack(tmp_path):
     values, vectors = (buffers[name].cpu().numpy() for name in names if name != input_name)
     value_error, projector_error, _ = _errors(a, values, vectors, cluster_tol=1e-3)
     assert value_error < 1e-4 and projector_error < 1e-4
+
+
+# ------------------------------------------------------------------------------------ Triton kernel
+
+# Runs in a child process: Triton reads TRITON_INTERPRET when a kernel is decorated, so setting it here
+# would turn every Triton kernel imported later in this process into an interpreted one.
+_INTERPRETER_SCRIPT = """
+import sys
+import numpy as np
+import torch
+from brr.ops.eigh.triton import eigh_triton
+inputs = np.load(sys.argv[1])
+outputs = {}
+for name in inputs.files:
+    values, vectors = eigh_triton(torch.from_numpy(inputs[name]))
+    outputs[name + "/values"], outputs[name + "/vectors"] = values.numpy(), vectors.numpy()
+np.savez(sys.argv[2], **outputs)
+"""
+
+
+def _triton_inputs(cases) -> dict[str, np.ndarray]:
+    """A few matrices of each parity case in their batch shapes (the interpreter takes about 0.05 s per
+    sweep of a 19 x 19 matrix), plus what only the kernel must get right: tile edges, the NaN rule, fp16."""
+    rng = np.random.default_rng(4)
+    inputs = {
+        "random": cases["random"][:1, :3],
+        "zero": cases["zero"][:1, :2],
+        "identity": cases["identity"][:1, :2],
+        "disconnected": cases["disconnected"][:1, :3], "repeated": cases["repeated"][:1],
+        "model_laplacian": cases["model_laplacian"][:2, :3],
+        "lower_triangle": rng.standard_normal((2, N, N)),
+        "nan": np.stack([np.eye(N), np.where(np.eye(N) > 0, np.nan, 0.5)]),
+    }
+    inputs.update({f"n{n}": _random_symmetric(rng, (2,), n) for n in (1, 2, 5, 16)})
+    inputs["n33"] = _random_symmetric(rng, (1,), 33)
+    inputs = {name: a.astype(np.float32) for name, a in inputs.items()}
+    inputs["float16"] = _model_laplacians(rng, (2,)).astype(np.float16)
+    return inputs
+
+
+@pytest.fixture(scope="module")
+def triton_interpreted(cases, tmp_path_factory):
+    """(inputs, outputs) of ``eigh_triton`` run under TRITON_INTERPRET=1."""
+    pytest.importorskip("triton")
+    folder = tmp_path_factory.mktemp("eigh_triton")
+    inputs = _triton_inputs(cases)
+    np.savez(folder / "inputs.npz", **inputs)
+    command = [sys.executable, "-c", _INTERPRETER_SCRIPT, folder / "inputs.npz", folder / "outputs.npz"]
+    child = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "TRITON_INTERPRET": "1"})
+    if child.returncode:
+        pytest.fail(f"the interpreted Triton kernel failed:\n{child.stderr[-6000:]}")
+    with np.load(folder / "outputs.npz") as outputs:
+        return inputs, {name: (outputs[name + "/values"], outputs[name + "/vectors"]) for name in inputs}
+
+
+def _triton_errors(a, values, vectors):
+    """_errors with the eigenvalue error relative to the matrix norm (largest |eigenvalue|; 1e-30 for 0)."""
+    value_error, projector_error, orthonormality_error = _errors(a, values, vectors, cluster_tol=1e-3)
+    norm = np.abs(np.linalg.eigvalsh(np.asarray(a, np.float64))).max()
+    return value_error / max(norm, 1e-30), projector_error, orthonormality_error
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_triton_kernel_matches_lapack(triton_interpreted, case):
+    inputs, outputs = triton_interpreted
+    value_error, projector_error, orthonormality_error = _triton_errors(inputs[case], *outputs[case])
+    assert value_error <= 1e-4
+    assert projector_error < 1e-4
+    assert orthonormality_error < 2e-5
+
+
+def test_triton_kernel_reads_only_the_lower_triangle(triton_interpreted):
+    inputs, outputs = triton_interpreted
+    a = inputs["lower_triangle"]
+    symmetrised = np.tril(a) + np.swapaxes(np.tril(a, -1), -1, -2)
+    value_error, projector_error, _ = _triton_errors(symmetrised, *outputs["lower_triangle"])
+    assert value_error <= 1e-4 and projector_error < 1e-4
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 33])
+def test_triton_kernel_other_sizes(triton_interpreted, n):
+    # 16 fills its tile exactly; the others leave padding, the odd ones (1, 5, 33) a padding player.
+    inputs, outputs = triton_interpreted
+    errors = _triton_errors(inputs[f"n{n}"], *outputs[f"n{n}"])
+    value_error, projector_error, orthonormality_error = errors
+    assert value_error <= 1e-5 and projector_error < 1e-4 and orthonormality_error < 1e-5
+
+
+def test_triton_kernel_reports_nan_matrices_as_nan(triton_interpreted):
+    _, outputs = triton_interpreted
+    values, vectors = outputs["nan"]
+    np.testing.assert_array_equal(values[0], np.ones(N))
+    assert np.isnan(values[1]).all() and np.isnan(vectors[1]).all()
+
+
+def test_triton_kernel_float16_io(triton_interpreted):
+    inputs, outputs = triton_interpreted
+    values, vectors = outputs["float16"]
+    assert values.dtype == vectors.dtype == np.float16
+    value_error, projector_error, orthonormality_error = _errors(
+        inputs["float16"], values.astype(np.float32), vectors.astype(np.float32), cluster_tol=0.1
+    )
+    assert value_error < 2e-3 and projector_error < 2e-2 and orthonormality_error < 5e-3
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="no PTX under TRITON_INTERPRET=1")
+@pytest.mark.parametrize("capability", ptx.TARGETS)
+def test_triton_ptx_and_aot_launch(capability):
+    """The PTX TensorRT embeds for each target, launched over the v3 model's real batch of eigh calls."""
+    pytest.importorskip("triton")
+    config = PRESETS["v3"]
+    matrices_per_window = config.steps // config.semi_dynamic_interval  # one Laplacian per held step
+    batch = 16
+    launch = eigh_trt.aot_launch((batch, matrices_per_window, N, N), capability)
+    kernel = launch.kernel
+    assert launch.grid == (batch * matrices_per_window, 1, 1) and launch.extra_args == (N,)
+    assert re.search(rf"^\.target sm_{capability}a?$", kernel.ptx, re.MULTILINE)
+    # Parameters as TensorRT passes them: input pointer, n (int32), the two output pointers, then Triton's
+    # two scratch pointers, which the kernel must not use (compile_kernel checks) and TensorRT does not pass.
+    entry = re.search(rf"\.entry {kernel.name}\((.*?)\)", kernel.ptx, re.DOTALL).group(1)
+    assert re.findall(r"\.param \.(\w+)", entry) == ["u64", "u32", "u64", "u64", "u64", "u64"]
+    assert kernel.block == (256, 1, 1) and kernel.shared_bytes <= 8192
+    assert ".local" not in kernel.ptx  # no stack arrays: the tiles stay in registers
+    with pytest.raises(ptx.LaunchError, match="grid extent"):
+        eigh_trt.aot_launch((2**31, N, N), capability)
+    assert eigh_trt.aot_launch((N, N), capability).grid == (1, 1, 1)
+
+
+class _Symbol:
+    """A stand-in for TensorRT's shape expressions: multiplies, is not a build-time constant."""
+
+    is_constant = False
+
+    def __init__(self, text):
+        self.text = text
+
+    def __mul__(self, other):
+        return _Symbol(f"{self.text}*{other.text}")
+
+
+def test_triton_aot_launch_keeps_dynamic_batch_symbolic():
+    pytest.importorskip("triton")
+    launch = eigh_trt.aot_launch((_Symbol("batch"), _Symbol("graphs"), N, N), 90)
+    assert launch.grid[0].text == "batch*graphs" and launch.grid[1:] == (1, 1)
+    with pytest.raises(ValueError, match="static n"):
+        eigh_trt.aot_launch((_Symbol("batch"), N, _Symbol("n")), 90)

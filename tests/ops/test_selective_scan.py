@@ -4,15 +4,21 @@ The reference itself is proven against the step recurrence in float64; then the 
 the PyTorch op (forward and every gradient, float32 / float16 / bfloat16 storage, model-like and odd
 shapes), the standard ONNX graph (float32 and float16-converted), the custom-node graph run by the ONNX
 Runtime Python op (native compute), the OpenVINO extension on that graph (f32 and a bf16 hint) and on the
-node OpenVINO engines lower Mamba-2's convolution and gated norm into (both applied by the kernel), and the
-TensorRT plugin (logic always, engine on a GPU with TensorRT) are compared with it.
+node OpenVINO engines lower Mamba-2's convolution and gated norm into (both applied by the kernel), the
+Triton kernels (forward and backward in Triton's interpreter; their PTX and launch limits for every target) and
+the TensorRT plugin (logic always, engines on a GPU with TensorRT) are compared with it.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import math
+import os
+import re
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -24,7 +30,8 @@ import torch.nn.functional as F
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from brr.backends import EngineBuildError
-from brr.ops import registry
+from brr.model.config import PRESETS
+from brr.ops import ptx, registry, trt_plugin
 from brr.ops.selective_scan import native, selective_scan, ssd_chunked, ssd_recurrent
 from brr.ops.selective_scan.onnx import INPUT_NAMES
 
@@ -351,24 +358,26 @@ def lowered_scan_model(h, p, g, n, with_norm, seed=5, reversed_=False) -> tuple[
     from onnx import TensorProto, helper, numpy_helper
 
     from brr.backends.openvino.lowering import LOWERED_DOMAIN, LOWERED_OP
+    from brr.ops.selective_scan.lowered_inputs import SCAN_INPUTS, Part
 
     _, _, A, _, _, D, dt_bias = random_scan_inputs(1, 1, h=h, p=p, g=g, n=n, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     params = {"A": A, "D": D, "dt_bias": dt_bias}
     for name, channels in (("x", h * p), ("B", g * n), ("C", g * n)):
-        params[f"{name}_weight"] = torch.randn(channels, 1, CONV_WIDTH, generator=gen) * 0.5
-        params[f"{name}_bias"] = torch.randn(channels, generator=gen) * 0.5
+        params[f"{name}_conv_weight"] = torch.randn(channels, 1, CONV_WIDTH, generator=gen) * 0.5
+        params[f"{name}_conv_bias"] = torch.randn(channels, generator=gen) * 0.5
     if with_norm:
         params["norm_weight"] = torch.rand(h * p, generator=gen) + 0.5
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "l", h, p]),
               helper.make_tensor_value_info("dt", TensorProto.FLOAT, ["b", "l", h]),
               helper.make_tensor_value_info("B", TensorProto.FLOAT, ["b", "l", g, n]),
               helper.make_tensor_value_info("C", TensorProto.FLOAT, ["b", "l", g, n])]
-    order = ["x", "dt", "A", "B", "C", "D", "dt_bias", "x_weight", "x_bias", "B_weight", "B_bias", "C_weight", "C_bias"]
+    # Inputs by the table's names (lowered_inputs.def): the graph's inputs and initializers are named so.
+    order = [*SCAN_INPUTS.names_of(Part.SCAN), *SCAN_INPUTS.names_of(Part.CONVOLUTION)]
     norm = {}
     if with_norm:
         inputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", "l", h * p]))
-        order += ["z", "norm_weight"]
+        order += SCAN_INPUTS.names_of(Part.NORM)
         norm = {"norm_eps": NORM_EPS}
     node = helper.make_node(LOWERED_OP, order, ["y"], domain=LOWERED_DOMAIN, dt_softplus=1, chunk_size=64,
                             reversed=int(reversed_), **norm)
@@ -384,8 +393,8 @@ def conv_then_scan_reference(params, x, dt, B, C, z=None) -> np.ndarray:
     def conv_silu(t, name):
         b, length = t.shape[:2]
         flat = F.pad(t.double().reshape(b, length, -1).transpose(1, 2), (CONV_WIDTH - 1, 0))
-        weight = params[f"{name}_weight"].double()
-        out = F.silu(F.conv1d(flat, weight, params[f"{name}_bias"].double(), groups=weight.shape[0]))
+        weight = params[f"{name}_conv_weight"].double()
+        out = F.silu(F.conv1d(flat, weight, params[f"{name}_conv_bias"].double(), groups=weight.shape[0]))
         return out.transpose(1, 2).reshape(t.shape)
 
     with torch.no_grad():
@@ -458,19 +467,20 @@ def projected_scan_model(h, p, g, n, outputs=None, reversed_=False,
     """A graph of one ``Mamba2ProjectedScan`` node (``lower_for_openvino``'s form of a narrow block): u's input
     projection, in mamba_ssm's [z | x | B | C | dt] order, then the convolution, scan and gated norm of
     ``lowered_scan_model``, then (``outputs``) the output projection, backwards in time when ``reversed_``;
-    returns it and the parameters (``in_weight`` and ``out_weight`` the projections)."""
+    returns it and the parameters (``in_proj_weight`` and ``out_proj_weight`` the projections)."""
     from onnx import TensorProto, helper, numpy_helper
 
     from brr.backends.openvino.lowering import LOWERED_DOMAIN, PROJECTED_OP
+    from brr.ops.selective_scan.lowered_inputs import PROJECTED_SCAN_INPUTS, Part
 
     lowered, params = lowered_scan_model(h, p, g, n, with_norm=True, seed=seed)
-    params["in_weight"] = torch.randn(FEATURES, 2 * h * p + 2 * g * n + h,
-                                      generator=torch.Generator().manual_seed(seed + 1)) * 0.4
-    order = ["u", "in_weight", "A", "D", "dt_bias", "x_weight", "x_bias", "B_weight", "B_bias", "C_weight", "C_bias",
-             "norm_weight"]
+    params["in_proj_weight"] = torch.randn(FEATURES, 2 * h * p + 2 * g * n + h,
+                                           generator=torch.Generator().manual_seed(seed + 1)) * 0.4
+    order = list(PROJECTED_SCAN_INPUTS.names_of(Part.BLOCK))
     if outputs is not None:
-        params["out_weight"] = torch.randn(h * p, outputs, generator=torch.Generator().manual_seed(seed + 2)) * 0.3
-        order.append("out_weight")
+        params["out_proj_weight"] = torch.randn(h * p, outputs,
+                                                generator=torch.Generator().manual_seed(seed + 2)) * 0.3
+        order += PROJECTED_SCAN_INPUTS.names_of(Part.OUT_PROJECTION)
     node = helper.make_node(PROJECTED_OP, order, ["y"], domain=LOWERED_DOMAIN, dt_softplus=1, chunk_size=64,
                             norm_eps=NORM_EPS, groups=g, reversed=int(reversed_))
     graph = helper.make_graph([node], "projected",
@@ -498,11 +508,12 @@ def test_openvino_projected_mamba2_scan_matches_reference(g, outputs, reversed_,
     u = torch.randn(b, length, FEATURES, generator=torch.Generator().manual_seed(8))
     y = compiled({"u": u.numpy()})[0]
     run = u.flip(1) if reversed_ else u  # the steps in the order the block runs them
-    z, x, B, C, dt = torch.split(run.double() @ params["in_weight"].double(), [h * p, h * p, g * n, g * n, h], dim=-1)
+    z, x, B, C, dt = torch.split(run.double() @ params["in_proj_weight"].double(), [h * p, h * p, g * n, g * n, h],
+                                 dim=-1)
     expected = conv_then_scan_reference(params, x.reshape(b, length, h, p), dt, B.reshape(b, length, g, n),
                                         C.reshape(b, length, g, n), z)
     if outputs is not None:
-        expected = expected.reshape(b, length, h * p) @ params["out_weight"].double().numpy()
+        expected = expected.reshape(b, length, h * p) @ params["out_proj_weight"].double().numpy()
     if reversed_:
         expected = np.flip(expected, 1)
     assert y.shape == expected.shape == ((b, length, h, p) if outputs is None else (b, length, outputs))
@@ -565,6 +576,140 @@ def test_standard_onnx_fp16_survives_overflowing_segment_sums(exported, standard
     assert np.isfinite(y).all()
 
 
+# --- Triton kernels ------------------------------------------------------------------------------
+
+# Triton decides whether a kernel runs in its interpreter when the kernel is decorated, and decorates its own
+# library functions when it is imported; so the kernels run under TRITON_INTERPRET=1 in a child process (this
+# file run as a script), once for all the cases below, and the tests read the errors it measured.
+# (b, l, h, p, g, n): groups, a length one past a chunk (the kernels' chunk is 16 steps) and one of exactly
+# two chunks, one step (two batch rows), a head dim split into three lane blocks, sizes no block fills, and
+# v3-small's node and edge blocks. The interpreter takes about 10 ms per program and chunk forward and 25 ms
+# backward: the shapes are small and the backward runs where it adds a case.
+TRITON_SHAPES = {
+    "groups": (1, 29, 4, 4, 2, 8),
+    "chunk-plus-one": (1, 17, 2, 8, 1, 16),
+    "two-chunks": (1, 32, 2, 8, 1, 16),
+    "one-step": (2, 1, 4, 8, 1, 16),
+    "lane-blocks": (1, 21, 2, 40, 1, 8),
+    "generic": (1, 21, 6, 3, 3, 5),
+    "node": (1, 24, 8, 8, 1, 16),
+    "edge": (1, 24, 8, 4, 1, 8),
+}
+# (case, shape, with D / dt_bias / softplus, storage of x, dt, B, C, backward too).
+TRITON_CASES = [
+    *((name, name, True, "float32", name not in ("chunk-plus-one", "node", "edge")) for name in TRITON_SHAPES),
+    ("groups-plain", "groups", False, "float32", True),
+    ("groups-float16", "groups", True, "float16", True),
+    ("lane-blocks-bfloat16", "lane-blocks", True, "bfloat16", True),
+]
+# The kernels compute in float32 and round only what they store (y and the gradients of x, dt, B, C) to the
+# storage type. float16 stores round to nearest: at most u = 2^-11 of each entry, tolerance 2u. The
+# interpreter truncates to bfloat16 (a GPU rounds to nearest): at most one ulp, 2^-7, tolerance 1e-2. In
+# float32 y carries the rounding of the chunked sums (measured < 5e-7); the gradients of A and dt_bias sum
+# b * l terms with cancellation (measured < 1e-5).
+TRITON_TOLERANCES = {"float32": (1e-5, 1e-4), "float16": (1e-3, 1e-3), "bfloat16": (1e-2, 1e-2)}
+
+
+def triton_interpreter_errors() -> dict[str, dict[str, object]]:
+    """(In the child process.) Per case: relative errors of the interpreted kernels' y and gradients against the
+    float64 recurrence on the same stored inputs and its autograd, and the dtypes they returned."""
+    from brr.ops.selective_scan import triton as kernels
+
+    assert kernels.CHUNK == 16, "TRITON_SHAPES' lengths are chosen around a chunk of 16 steps"
+    errors = {}
+    for case, shape, optional, storage, backward in TRITON_CASES:
+        b, length, h, p, g, n = TRITON_SHAPES[shape]
+        dtype = getattr(torch, storage)
+        inputs = list(random_scan_inputs(b, length, h, p, g, n, seed=4, dtype=torch.float64))
+        if not optional:
+            inputs[1], inputs[5], inputs[6] = F.softplus(inputs[1]), None, None
+        # x, dt, B, C in the storage type; A, D, dt_bias float32 as the model holds them.
+        stored = [None if t is None else t.to(dtype if i in (0, 1, 3, 4) else torch.float32)
+                  for i, t in enumerate(inputs)]
+        exact = [None if t is None else t.double().requires_grad_(True) for t in stored]
+        expected = ssd_recurrent(*exact, optional)
+        y = kernels.selective_scan_forward(*stored, optional)
+        result = {"y": relative_error(y.double().numpy(), expected.detach().numpy()), "dtypes": [str(y.dtype)]}
+        if backward:
+            grad_y = torch.randn(b, length, h, p, generator=torch.Generator().manual_seed(5)).to(dtype)
+            names = [name for name, t in zip(INPUT_NAMES, exact) if t is not None]
+            wanted = torch.autograd.grad(expected, [t for t in exact if t is not None], grad_y.double())
+            grads = [gr for gr in kernels.selective_scan_backward(grad_y, *stored, optional) if gr is not None]
+            for name, grad, want in zip(names, grads, wanted, strict=True):
+                result[f"grad_{name}"] = relative_error(grad.double().numpy(), want.numpy())
+            result["dtypes"] += [str(grad.dtype) for grad in grads]
+        errors[case] = result
+    return errors
+
+
+@pytest.fixture(scope="module")
+def triton_interpreted(tmp_path_factory) -> dict[str, dict[str, object]]:
+    pytest.importorskip("triton", reason="triton is not installed (it comes with CUDA builds of torch)")
+    out = tmp_path_factory.mktemp("triton") / "errors.json"
+    child = subprocess.run([sys.executable, __file__, "--triton-interpreter", str(out)], check=False,
+                           capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=600)
+    if child.returncode:
+        pytest.fail(f"the interpreted Triton kernels failed:\n{child.stderr[-6000:]}")
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize(("case", "shape", "optional", "storage", "backward"), TRITON_CASES,
+                         ids=[c[0] for c in TRITON_CASES])
+def test_triton_kernels_match_the_recurrence_in_the_interpreter(triton_interpreted, case, shape, optional,
+                                                                storage, backward):
+    result = triton_interpreted[case]
+    y_tolerance, grad_tolerance = TRITON_TOLERANCES[storage]
+    print(case, {k: v if isinstance(v, list) else f"{v:.1e}" for k, v in result.items()})
+    assert result["y"] < y_tolerance
+    grads = {k: v for k, v in result.items() if k.startswith("grad_")}
+    names = [n for n, present in zip(INPUT_NAMES, [True] * 5 + [optional] * 2) if present]
+    assert list(grads) == ([f"grad_{n}" for n in names] if backward else [])
+    for name, error in grads.items():
+        assert error < grad_tolerance, name
+    # Outputs keep their input's dtype: y and dx x's, ddt, dB, dC the storage type, dA, dD, ddt_bias float32.
+    stored = f"torch.{storage}"
+    expected = [stored] + ([stored, stored, "torch.float32", stored, stored] + ["torch.float32"] * 2 * optional
+                           if backward else [])
+    assert result["dtypes"] == expected
+
+
+def model_scans(preset: str) -> dict[str, tuple[int, tuple[int, int, int, int]]]:
+    """Per stream of a preset: (scan rows per window, (heads, head dim, groups, state size)); the node stream
+    scans each electrode, the edge stream each electrode pair, Mamba-2 with one group."""
+    cfg = PRESETS[preset]
+    return {stream: (rows, (m.expand * m.d_model // m.headdim, m.headdim, 1, m.d_state))
+            for stream, m, rows in (("node", cfg.node_mamba, cfg.n_channels), ("edge", cfg.edge_mamba, cfg.n_edges))}
+
+
+def entry_parameters(code: str) -> list[str]:
+    """The PTX types of the kernel's parameters, in order (".u64 .ptr" for pointers)."""
+    block = code[code.index(".entry"):code.index(")", code.index(".entry"))]
+    return [re.sub(r"\s+", " ", m).strip() for m in re.findall(r"\.param\s+(\.\w+(?:\s+\.ptr)?)", block)]
+
+
+@pytest.mark.parametrize("capability", ptx.TARGETS)
+def test_triton_forward_ptx_launches_for_model_shapes(capability):
+    """The AOT kernel compiles for every target, takes TensorRT's argument order (seven input pointers, l,
+    the output pointer; Triton's unused scratch pointers after them), and launches over the grids of v3-small
+    and v3 in float32 and float16 from one window to 512 (the edge stream's 87552 rows). The head count is
+    read from the grid, so both presets share their streams' kernels."""
+    pytest.importorskip("triton", reason="triton is not installed (it comes with CUDA builds of torch)")
+    steps = PRESETS["v3"].steps
+    for dtype in scan_trt.SUPPORTED_DTYPES:
+        for preset in ("v3-small", "v3"):
+            for stream, (rows, (heads, head_dim, groups, state)) in model_scans(preset).items():
+                launch = scan_trt.aot_launch((rows, steps, heads, head_dim), (rows, steps, groups, state), dtype,
+                                             True, capability)
+                kernel = launch.kernel
+                print(preset, stream, dtype, heads, "heads", kernel.describe())
+                assert launch.grid == (rows, heads, 1) and launch.length == steps
+                assert kernel.block == (128, 1, 1) and kernel.shared_bytes <= ptx.MAX_SHARED_BYTES[capability]
+                parameters = entry_parameters(kernel.ptx)
+                assert parameters[:9] == [".u64 .ptr"] * 7 + [".u32", ".u64 .ptr"] and len(parameters) <= 11
+                for windows in (1, 8, 512):
+                    ptx.check_launch(kernel, (rows * windows, heads, 1))
+
+
 # --- TensorRT plugin ------------------------------------------------------------------------------
 
 
@@ -605,6 +750,60 @@ def test_trt_plugin_id_matches_the_custom_node():
     assert scan_trt.PLUGIN_ID == f"{scan_onnx.PLUGIN_NAMESPACE}::{scan_onnx.OP_TYPE}" == "brr::SelectiveScan"
 
 
+def test_trt_ptx_target_runs_on_the_build_gpu():
+    assert [ptx.ptx_target(c) for c in (80, 86, 87, 89, 90, 100)] == [80, 86, 86, 89, 90, 100]
+    # sm_90a / sm_100a PTX runs on its own capability only: later GPUs get the newest portable target.
+    assert [ptx.ptx_target(c) for c in (103, 120)] == [89, 89]
+    assert ptx.ptx_target(75) is None
+    with pytest.raises(ptx.LaunchError, match="compute capability 75"):
+        scan_trt.aot_launch((1, 10, 8, 8), (1, 10, 2, 16), "float32", True, 75)
+
+
+def test_trt_registers_aot_only_where_a_kernel_can_be_built():
+    for capability in ptx.TARGETS + (120,):
+        assert trt_plugin.aot_supported(True, True, capability)
+        assert not trt_plugin.aot_supported(False, True, capability)  # TensorRT without AOT plugins
+        assert not trt_plugin.aot_supported(True, False, capability)  # no triton to compile the kernel
+    assert not trt_plugin.aot_supported(True, True, None) and not trt_plugin.aot_supported(True, True, 75)
+
+
+def test_trt_autotune_declares_one_type_for_all_io():
+    assert scan_trt.type_combinations() == ", ".join(["FP32|FP16"] * 8)
+
+
+def test_trt_aot_launch_takes_symbolic_batch_and_length_only():
+    pytest.importorskip("triton", reason="triton is not installed (it comes with CUDA builds of torch)")
+    batch, length = object(), object()  # stand-ins for TensorRT shape expressions
+    launch = scan_trt.aot_launch((batch, length, 8, 40), (batch, length, 2, 16), "float32", False, 80)
+    assert launch.grid == (batch, 8, 3) and launch.length is length  # 40 lanes: blocks of 16, 16 and 8
+    with pytest.raises(ValueError, match="build-time head dim"):
+        scan_trt.aot_launch((1, 10, 8, object()), (1, 10, 2, 16), "float32", True, 80)
+    with pytest.raises(ValueError, match="divisible by groups"):
+        scan_trt.aot_launch((1, 10, 6, 8), (1, 10, 4, 16), "float32", True, 80)
+    with pytest.raises(ValueError, match="stores"):
+        scan_trt.aot_launch((1, 10, 8, 8), (1, 10, 2, 16), "bfloat16", True, 80)
+
+
+def test_cuda_kernel_choice(monkeypatch):
+    from brr.ops.selective_scan import op
+
+    f32, f64 = torch.zeros(1), torch.zeros(1, dtype=torch.float64)
+    monkeypatch.delenv(native.KERNEL_ENV, raising=False)
+    monkeypatch.setattr(op, "_mamba_scan", lambda: None)
+    assert op.cuda_kernel((f32, f32.half())) is op.CudaKernel.TRITON
+    assert op.cuda_kernel((f32, f64)) is op.CudaKernel.REFERENCE  # float64 storage: the reference
+    monkeypatch.setattr(op, "_mamba_scan", lambda: object())
+    assert op.cuda_kernel((f32,)) is op.CudaKernel.MAMBA_SSM
+    monkeypatch.setenv(native.KERNEL_ENV, "triton")
+    assert op.cuda_kernel((f32,)) is op.CudaKernel.TRITON
+    monkeypatch.setenv(native.KERNEL_ENV, "reference")
+    assert op.cuda_kernel((f32,)) is op.CudaKernel.REFERENCE
+    monkeypatch.delenv(native.KERNEL_ENV)
+    monkeypatch.setattr(op, "_mamba_scan", lambda: None)
+    monkeypatch.setattr(op, "_triton_kernels", lambda: None)
+    assert op.cuda_kernel((f32,)) is op.CudaKernel.REFERENCE
+
+
 def test_register_plugin_names_the_missing_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes ``import tensorrt`` fail
     with pytest.raises(ImportError, match=r"pip install \.\[gpu\]"):
@@ -631,14 +830,19 @@ def test_trt_kernel_body_on_cuda(dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("implementation", list(trt_plugin.PluginImplementation), ids=lambda i: i.value)
 @pytest.mark.parametrize("mode", registry.OPS_MODES)
-def test_trt_engine_matches_reference(exported, module, mode):
+def test_trt_engine_matches_reference(exported, module, mode, implementation):
     _need_cuda()
     trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install .[gpu])")
     scan_trt.register_plugin()
+    registered = trt_plugin.registered_implementations(scan_trt.PLUGIN_ID)
+    if implementation not in registered:
+        pytest.skip(f"this TensorRT (or a missing triton) registers {[i.value for i in registered]} only")
+    flags = trt_plugin.preference_flag(trt, implementation)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     parsed = parser.parse(exported[mode].SerializeToString())
     assert parsed, [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -665,3 +869,9 @@ def test_trt_engine_matches_reference(exported, module, mode):
     assert context.execute_async_v3(stream.cuda_stream)
     stream.synchronize()
     assert relative_error(output.cpu().numpy(), two_scans_reference(module, *tensors)) < 1e-4
+
+
+if __name__ == "__main__":  # the child process of ``triton_interpreted``, under TRITON_INTERPRET=1
+    if len(sys.argv) != 3 or sys.argv[1] != "--triton-interpreter":
+        raise SystemExit(f"usage: TRITON_INTERPRET=1 python {sys.argv[0]} --triton-interpreter OUT.json")
+    Path(sys.argv[2]).write_text(json.dumps(triton_interpreter_errors()))

@@ -3,14 +3,8 @@
 A plugin-mode export (``--ops plugin``) converts with brr's OpenVINO extension
 (``brr.ops.registry.openvino_extension()``): each custom node becomes the extension's operation, run
 by the ops' native CPU kernels, and ``CompiledModel`` adds the same extension before reading the IR.
-Before converting, the build lowers Mamba-2's convolutions and gated norms into the scans between them,
-and a narrow block's input projection too, and runs each backward direction backwards in the kernel
-(``lowering.lower_for_openvino``), absorbs each bidirectional layer's combining Linear into its two
-directions' output projections and folds the edge stream's linear lift into its first projections; the
-manifest's ``settings.lowered_scans``, ``lowered_gated_norms``, ``lowered_projections``, ``reversed_scans``,
-``summed_directions`` and ``folded_lifts`` count them. In both modes it runs the widely dilated
-convolutions that stay in fp32 on phases
-(``settings.phased_convolutions``).
+Before converting, in both modes, the build lowers the graph for OpenVINO (``lowering.lower_for_openvino``;
+the package's docstring is the design: each rewrite, why, and the manifest setting that counts it).
 
 The IR keeps fp32 weights (no fp16 compression) so one IR serves every precision; the manifest's
 ``settings.inference_precision`` is the ``INFERENCE_PRECISION_HINT`` the engine is compiled with
@@ -22,7 +16,9 @@ A precision plan's fp32 nodes are marked in the IR with OpenVINO's ``precise`` r
 hint. Python cannot create that attribute, so the build writes it into model.xml, where the IR reader
 makes it. The ONNX frontend names the layers it makes from a node after the node (``<node>`` or
 ``<node>/<part>``), or after its output where that is a graph output (a probe): that is how a plan's
-ONNX node names find their layers.
+ONNX node names find their layers. The build then reads the compiled model's execution graph and fails
+when a pinned layer ran in bf16/f16 (``execution.check_plan_applied``; ``settings.plan_applied``): in a
+standard-ops build OpenVINO's own rewrites of the gated norms do (see ``execution``).
 """
 
 from __future__ import annotations
@@ -37,6 +33,7 @@ import openvino as ov
 from polygraphy.backend.base import BaseLoader
 
 from brr.backends.base import EngineBuildError
+from brr.backends.openvino.execution import HINT_CAPABILITY, check_plan_applied, execution_graph
 from brr.backends.openvino.lowering import lower_for_openvino
 from brr.ops import registry
 
@@ -113,16 +110,21 @@ def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str,
     if fp32_nodes:
         # Nodes the frontend folded into constants or fused into another node's layer have no layer
         # of their own: named, so that a plan that pins nothing here is seen.
-        settings |= {"fp32_layers": layers, "fp32_nodes_without_layer": without_layer}
+        settings |= {"fp32_layers": len(layers), "fp32_nodes_without_layer": without_layer}
+        if PRECISION_HINTS[precision] in HINT_CAPABILITY:
+            settings["plan_applied"] = check_plan_applied(
+                execution_graph(compiled), layers, PRECISION_HINTS[precision],
+                ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     return pinned, settings
 
 
-def keep_in_fp32(model_xml: Path, onnx_path: Path, fp32_nodes: Sequence[str]) -> tuple[list[str], int, list[str]]:
+def keep_in_fp32(model_xml: Path, onnx_path: Path, fp32_nodes: Sequence[str]
+                 ) -> tuple[list[str], dict[str, str], list[str]]:
     """Mark the layers made from the ONNX nodes ``fp32_nodes`` of ``onnx_path`` with the ``precise``
-    attribute in ``model_xml``; returns (the nodes with a layer, the number of layers marked, the nodes
+    attribute in ``model_xml``; returns (the nodes with a layer, each marked layer's node, the nodes
     without a layer)."""
     if not fp32_nodes:
-        return [], 0, []
+        return [], {}, []
     wanted = set(fp32_nodes)
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     graph_outputs = {o.name for o in graph.output}
@@ -130,7 +132,7 @@ def keep_in_fp32(model_xml: Path, onnx_path: Path, fp32_nodes: Sequence[str]) ->
     node_of |= {output: n.name for n in graph.node if n.name in wanted for output in n.output if output in graph_outputs}
     tree = ET.parse(model_xml)
     found: set[str] = set()
-    marked = 0
+    marked: dict[str, str] = {}
     for layer in tree.getroot().iter("layer"):
         if layer.get("type") == "Result":
             continue
@@ -146,6 +148,6 @@ def keep_in_fp32(model_xml: Path, onnx_path: Path, fp32_nodes: Sequence[str]) ->
         if not any(a.attrib == KEEP_PRECISION_ATTRIBUTE for a in rt_info.iter("attribute")):
             ET.SubElement(rt_info, "attribute", KEEP_PRECISION_ATTRIBUTE)
         found.add(node)
-        marked += 1
+        marked[layer.get("name", "")] = node
     tree.write(model_xml, encoding="utf-8", xml_declaration=True)
     return sorted(found), marked, sorted(wanted - found)

@@ -3,20 +3,22 @@
 Marking tensors as engine outputs changes what TensorRT fuses, so a marked engine can pass where
 the engine under test fails (TensorRT#4338), and every marked tensor is kept to the end of the run
 (TensorRT#3161). Debug tensors (TensorRT >= 10) are handed to an ``IDebugListener`` while the
-engine runs instead: the listener here reduces each one, on the stream that made it, to the four
-statistics of ``brr.onnx.statistics.TensorRange`` and keeps only those scalars.
+engine runs instead. The diff's listener reduces each one, on the stream that made it, to the four
+statistics of ``brr.onnx.statistics.TensorRange`` and keeps only those scalars
+(``DebugTensorRanges``); the probe runner's copies the served engine's probes to the host
+(``DebugTensorCopies``, ``brr.backends.trt.runner``).
 
 ``TensorRTDebugStatistics`` reads them in one of two ways, and says which:
 
 ``debug_tensors``
     ``INetworkDefinition.mark_unfused_tensors_as_debug_tensors`` (TensorRT >= 10.12) on an engine
-    built as the engine under test (``TensorRTRebuild``): fusion is unchanged, every tensor
-    TensorRT still stores is reported under its network (ONNX) name, and a tensor computed inside a
-    fused kernel is not observable.
+    built as the engine under test (``TensorRTRebuild``, from the artifact's typed graph): fusion is
+    unchanged, every tensor TensorRT still stores is reported under its network (ONNX) name, and a
+    tensor computed inside a fused kernel is not observable.
 ``marked_debug_tensors``
     ``INetworkDefinition.mark_debug`` on each listed tensor: each is observable, and TensorRT does
     not fuse across it. The diff asks for this only for the few tensors fused into the kernel where
-    a non-finite value was first seen, or on TensorRT before 10.12.
+    a non-finite value was first seen, or where TensorRT could not mark the unfused tensors.
 
 Either way the run's own outputs come back too, so the diff checks that the engine reproduced the
 logits of the engine under test.
@@ -31,7 +33,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from brr.backends.trt.loader import TensorRTRebuild, import_tensorrt, unfused_debug_supported
+from brr.backends.trt.loader import TensorRTRebuild, import_tensorrt
 from brr.onnx.statistics import ObservedRanges, TensorRange, tensor_range
 
 # TensorRT DataType names of the types a debug tensor's values can be read in; others (int8, fp8: stored
@@ -77,13 +79,19 @@ def debug_tensor_view(address: int, type_name: str, shape: Iterable[int], on_dev
     return raw.view(dtype).reshape(shape)
 
 
-class DebugTensorRanges:
-    """What the listener keeps: the ``TensorRange`` of each wanted debug tensor, and nothing else."""
+class DebugTensorCollector:
+    """What a listener hands the wanted debug tensors to, while the callback holds their buffers; errors are
+    kept and raised after the run (``check``), since TensorRT swallows what a listener raises."""
 
     def __init__(self, wanted: Iterable[str]):
         self.wanted = set(wanted)
-        self.ranges: dict[str, TensorRange] = {}
         self.errors: list[str] = []
+
+    def keep(self, name: str, values: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def unreadable(self, name: str, type_name: str) -> None:
+        """A wanted tensor of a type whose values cannot be read here (``FLOAT_TYPES`` are)."""
 
     def add(self, name: str, addr, type_name: str, shape: Iterable[int], on_device: bool, stream: int) -> None:
         if name not in self.wanted:
@@ -91,14 +99,14 @@ class DebugTensorRanges:
         try:
             values = debug_tensor_view(buffer_address(addr), type_name, shape, on_device)
             if values is None:
-                return
-            if on_device:
+                self.unreadable(name, type_name)
+            elif on_device:
                 # Queued on the stream that made the tensor, after the kernel that wrote it; reading the
-                # scalars back waits for them, so the buffer is read while the callback still holds it.
+                # result back waits for it, so the buffer is read while the callback still holds it.
                 with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-                    self.ranges[name] = tensor_range(values)
+                    self.keep(name, values)
             else:
-                self.ranges[name] = tensor_range(values)
+                self.keep(name, values)
         except Exception as error:  # noqa: BLE001 - TensorRT swallows a listener's exceptions; raised after the run
             self.errors.append(f"{name}: {type(error).__name__}: {error}")
 
@@ -108,10 +116,40 @@ class DebugTensorRanges:
             raise RuntimeError(f"{len(self.errors)} TensorRT debug tensor(s) could not be read: {shown}")
 
 
-def debug_listener(trt, collector: DebugTensorRanges):
+class DebugTensorRanges(DebugTensorCollector):
+    """What the diff's listener keeps: the ``TensorRange`` of each wanted debug tensor, and nothing else.
+    Tensors stored quantised (int8, fp8) or of integer types give no range."""
+
+    def __init__(self, wanted: Iterable[str]):
+        super().__init__(wanted)
+        self.ranges: dict[str, TensorRange] = {}
+
+    def keep(self, name: str, values: torch.Tensor) -> None:
+        self.ranges[name] = tensor_range(values)
+
+
+class DebugTensorCopies(DebugTensorCollector):
+    """What the probe runner's listener keeps: a float32 host copy of each wanted debug tensor of the last run."""
+
+    def __init__(self, wanted: Iterable[str]):
+        super().__init__(wanted)
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def clear(self) -> None:
+        self.arrays.clear()
+        self.errors.clear()
+
+    def keep(self, name: str, values: torch.Tensor) -> None:
+        self.arrays[name] = values.float().cpu().numpy().copy()  # a copy: the buffer is TensorRT's
+
+    def unreadable(self, name: str, type_name: str) -> None:
+        self.errors.append(f"{name}: a {type_name} debug tensor has no values to copy")
+
+
+def debug_listener(trt, collector: DebugTensorCollector):
     """A ``tensorrt.IDebugListener`` handing every debug tensor to ``collector``."""
 
-    class RangeListener(trt.IDebugListener):
+    class CollectingListener(trt.IDebugListener):
         def __init__(self):
             trt.IDebugListener.__init__(self)
 
@@ -119,7 +157,7 @@ def debug_listener(trt, collector: DebugTensorRanges):
             collector.add(name, addr, type.name, tuple(shape), location == trt.TensorLocation.DEVICE, stream)
             return True
 
-    return RangeListener()
+    return CollectingListener()
 
 
 def output_ranges(names: Iterable[str], ranges: dict[str, TensorRange], outputs: dict[str, np.ndarray]
@@ -137,12 +175,12 @@ class TensorRTDebugStatistics:
     """``Engine.tensor_statistics`` of a TensorRT artifact: (names, feed, materialise) -> ``ObservedRanges``.
 
     ``materialise=False`` reads the engine as built (``debug_tensors``; built once, run for every
-    input); ``materialise=True``, or TensorRT before 10.12, marks each named tensor
-    (``marked_debug_tensors``; built for those names, kept while the same names are asked for).
+    input); ``materialise=True``, or a network whose unfused tensors TensorRT could not mark, marks each
+    named tensor (``marked_debug_tensors``; built for those names, kept while the same names are asked for).
     """
 
     def __init__(self, model, rebuild: TensorRTRebuild):
-        self.model = model  # the ONNX graph the artifact's engine was built from
+        self.model = model  # the typed graph the artifact's engine was built from
         self.rebuild = rebuild
         self._as_built: bytes | None = None
         self._unfused = True  # until a build shows that TensorRT cannot mark unfused tensors
@@ -150,7 +188,7 @@ class TensorRTDebugStatistics:
 
     def __call__(self, names: list[str], feed: dict, materialise: bool = False) -> ObservedRanges:
         trt = import_tensorrt()
-        if not materialise and self._unfused and unfused_debug_supported(trt.INetworkDefinition):
+        if not materialise and self._unfused:
             if self._as_built is None:
                 engine, edits = self.rebuild.engine_bytes(self.model, unfused_debug=True)
                 self._unfused = edits.unfused_debug_tensors

@@ -10,8 +10,10 @@ projectors, never by raw vectors.
 Gradient: the standard first-order perturbation formula with degenerate gaps masked
 (``reference.eigh_backward``).
 
-Implementations: ``op`` (the PyTorch op ``brr::eigh``), ``reference`` (torch.linalg.eigh / LAPACK), ``onnx`` (standard-op Jacobi
-decomposition and the custom node), ``ort`` (ONNX Runtime kernel), ``trt`` (TensorRT plugin).
+Implementations: ``op`` (the PyTorch op ``brr::eigh``), ``reference`` (torch.linalg.eigh / LAPACK),
+``onnx`` (standard-op Jacobi decomposition and the custom node), ``ort`` (ONNX Runtime kernel), ``triton``
+(a Triton Jacobi kernel, one program per matrix, n <= 64, float32 or float16 I/O with float32 arithmetic),
+``trt`` (TensorRT plugin: that kernel's PTX ahead of time, torch.linalg.eigh as the JIT fallback).
 
 Custom node (``plugin`` export mode, one per call): domain ``ai.onnx.contrib`` version 1, op_type
 ``SymmetricEigh``, input A float32 (..., n, n), outputs eigenvalues (..., n) and eigenvectors

@@ -1,6 +1,10 @@
 """``brr::eigh``, the PyTorch op (spec in ``brr/ops/eigh/__init__.py``): LAPACK forward, the masked
 perturbation formula backward. Importing this module registers the op; ``brr.ops.eigh.eigh`` imports it on
 first use.
+
+On CUDA the forward stays ``torch.linalg.eigh`` (cuSOLVER), not the Triton kernel of ``triton.py``: the
+PyTorch model is what ``brr-diff`` holds every engine to, and the TensorRT plugin runs that kernel, so the
+PyTorch side keeps the independent LAPACK-grade reference (at the price of cuSOLVER's stream synchronisation).
 """
 
 from __future__ import annotations

@@ -14,11 +14,14 @@ the rounding, never the result.
 Implementations: ``op`` (the PyTorch op ``brr::selective_scan``), ``reference`` (PyTorch, CPU and CUDA:
 the definition), ``native`` (C++ CPU kernels,
 forward and backward, built by ``pip install``: the op's CPU kernel, the ONNX Runtime kernel's compute
-and the OpenVINO extension), ``onnx`` (standard ONNX decomposition and the custom node), ``ort`` (ONNX
-Runtime kernel), ``trt`` (TensorRT plugin). On CUDA the op runs mamba-ssm's Triton kernel when it is
-installed; without the native module (or with ``BRR_SELECTIVE_SCAN=reference``) the CPU kernel is the
-pure-PyTorch reference. The native kernels compute in float32 and store x's dtype (float32, float16 or
-bfloat16); A, D and dt_bias are read as float32.
+and the OpenVINO extension), ``triton`` (Triton GPU kernels, forward and backward), ``onnx`` (standard ONNX
+decomposition and the custom node), ``ort`` (ONNX Runtime kernel), ``trt`` (TensorRT plugin: the Triton
+forward kernel as AOT PTX embedded in the engine, a PyTorch JIT callback as fallback). On CUDA the op runs
+mamba-ssm's Triton kernel when it is installed, else brr's Triton kernels (forward and backward; training
+needs no mamba-ssm); without the native module the CPU kernel is the pure-PyTorch reference.
+``BRR_SELECTIVE_SCAN=reference`` forces the reference everywhere, ``BRR_SELECTIVE_SCAN=triton`` brr's Triton
+kernels on CUDA. The native and Triton kernels compute in float32 and store x's dtype (float32, float16 or
+bfloat16); A, D and dt_bias are read as float32 (native) or in their own dtype (Triton).
 
 Custom node (ops mode "plugin"): ``ai.onnx.contrib::SelectiveScan`` with inputs x, dt, A, B, C, D, dt_bias
 (missing D / dt_bias exported as zeros), output y, attributes dt_softplus (int 0/1), chunk_size (int),
@@ -26,11 +29,9 @@ plugin_namespace "brr" and plugin_version "1" (TensorRT's lookup keys for the ``
 plugin). ONNX Runtime sessions need ``register_custom_ops_library(onnxruntime_extensions.get_library_path())``
 and ``brr.ops.selective_scan.ort`` imported; details in ``onnx.py``, ``ort.py`` and ``trt.py``.
 
-OpenVINO builds lower each node, with Mamba-2's causal convolution of x, B and C before it and gated RMS norm
-after it, into ``brr.openvino::Mamba2Scan`` (``brr/backends/openvino/lowering.py``), which the extension's
-kernel runs in one pass, and where the block's input is narrow, with its input projection too
-(``brr.openvino::Mamba2ProjectedScan``); a backward direction's flips along l become either node's
-``reversed`` attribute. The exported ONNX keeps the node above.
+OpenVINO builds lower each node, with parts of its Mamba-2 block around it, into the extension's
+``brr.openvino::Mamba2Scan`` or ``Mamba2ProjectedScan``, whose inputs ``lowered_inputs.def`` names (the design:
+``brr/backends/openvino/lowering/__init__.py``). The exported ONNX keeps the node above.
 """
 
 from __future__ import annotations

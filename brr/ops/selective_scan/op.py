@@ -1,10 +1,20 @@
 """``brr::selective_scan``, the PyTorch op (spec in ``brr/ops/selective_scan/__init__.py``): the reference
-on any device, the native kernel on CPU (forward and backward), mamba-ssm's Triton kernel on CUDA.
+on any device, the native kernel on CPU (forward and backward); on CUDA mamba-ssm's Triton kernel when it is
+installed, else brr's own Triton kernels (``triton.py``, forward and backward), so that training on a GPU
+needs neither mamba-ssm nor the reference's memory.
+
+``BRR_SELECTIVE_SCAN`` picks the kernels: unset (or ``native``) the fastest available, ``reference`` the
+pure-PyTorch reference everywhere, ``triton`` brr's Triton kernels on CUDA even where mamba-ssm is installed.
 
 Importing this module registers the op; ``brr.ops.selective_scan.selective_scan`` imports it on first use.
 """
 
 from __future__ import annotations
+
+import functools
+import importlib
+import os
+from enum import Enum
 
 import torch
 
@@ -53,16 +63,54 @@ def _selective_scan_cpu(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size):
     return y
 
 
-@_selective_scan_op.register_kernel("cuda")
-def _selective_scan_cuda(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size):
+class CudaKernel(Enum):
+    """What runs ``brr::selective_scan`` on CUDA."""
+
+    MAMBA_SSM = "mamba-ssm"  # mamba_chunk_scan_combined forward; backward through the reference
+    TRITON = "triton"  # brr's Triton kernels, forward and backward
+    REFERENCE = "reference"  # the pure-PyTorch chunked SSD and its autograd
+
+
+@functools.cache  # a missing package is looked for once, not at every call
+def _mamba_scan():
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except ImportError:  # the pure-PyTorch path is always valid
-        return ssd_chunked(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size).contiguous()
-    return mamba_chunk_scan_combined(
-        x.contiguous(), dt.contiguous(), A, B.contiguous(), C.contiguous(), chunk_size,
-        D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
-    ).to(x.dtype)
+    except ImportError:
+        return None
+    return mamba_chunk_scan_combined
+
+
+@functools.cache
+def _triton_kernels():
+    try:
+        return importlib.import_module("brr.ops.selective_scan.triton")
+    except ImportError:  # no triton: the pure-PyTorch path is always valid
+        return None
+
+
+def cuda_kernel(tensors=()) -> CudaKernel:
+    """The CUDA kernel for these operands (x, dt, A, B, C, D, dt_bias; None entries ignored), as
+    ``BRR_SELECTIVE_SCAN`` and the installed packages allow; float64 (or other) storage takes the reference."""
+    choice = os.environ.get(native.KERNEL_ENV, "native")
+    stored = all(t.dtype in _NATIVE_DTYPES for t in tensors if t is not None)
+    if choice == "reference" or not stored:
+        return CudaKernel.REFERENCE
+    if choice != "triton" and _mamba_scan() is not None:
+        return CudaKernel.MAMBA_SSM
+    return CudaKernel.TRITON if _triton_kernels() is not None else CudaKernel.REFERENCE
+
+
+@_selective_scan_op.register_kernel("cuda")
+def _selective_scan_cuda(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size):
+    kernel = cuda_kernel((x, dt, A, B, C, D, dt_bias))
+    if kernel is CudaKernel.MAMBA_SSM:
+        return _mamba_scan()(
+            x.contiguous(), dt.contiguous(), A, B.contiguous(), C.contiguous(), chunk_size,
+            D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
+        ).to(x.dtype)
+    if kernel is CudaKernel.TRITON:
+        return _triton_kernels().selective_scan_forward(x, dt, A, B, C, D, dt_bias, dt_softplus)
+    return ssd_chunked(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size).contiguous()
 
 
 @_selective_scan_op.register_fake
@@ -93,6 +141,9 @@ def _backward(ctx, grad_y):
     tensors = [next(saved).detach() if present else None for present in ctx.present]
     if _use_native(tensors[0]):
         return (*_native_backward(tensors, grad_y, ctx.flags[0]), None, None)
+    if tensors[0].is_cuda and cuda_kernel(tensors) is CudaKernel.TRITON:
+        grads = _triton_kernels().selective_scan_backward(grad_y, *tensors, ctx.flags[0])
+        return (*grads, None, None)
     # Elsewhere: recompute the differentiable reference and take its vector-Jacobian product (exact, and
     # it keeps the op opaque to tracers while training still works on any device).
     tensors = [t.requires_grad_(True) if t is not None else None for t in tensors]

@@ -17,17 +17,17 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from fake_tensorrt import FAKE_TENSORRT, FakeLayer, FakeNetwork
 from onnx import TensorProto, helper
 from planted_nets import WINDOW, CosineNet, export_pair
-from fake_tensorrt import FakeLayer, FakeNetwork
+from polygraphy.backend.trt import TrtRunner
 
-from brr.diff import SyntheticWindows, run_diff, validate
+from brr.artifact.manifest import write_manifest
 from brr.backends.onnx_reference import OnnxReferenceRunner
 from brr.backends.onnxrt.runner import lean_onnxruntime_runner, onnxruntime_runner
-from brr.diff.engines import Engine, artifact_engine
-from brr.diff.localise import NodeLocaliser
 from brr.backends.trt.debug import (
     CudaBuffer,
+    DebugTensorCopies,
     DebugTensorRanges,
     TensorRTDebugStatistics,
     buffer_address,
@@ -35,8 +35,11 @@ from brr.backends.trt.debug import (
     debug_tensor_view,
     output_ranges,
 )
-from brr.backends.trt.loader import TIMING_CACHE_FILE, NetworkEdits, TensorRTBuild, edit_network
-from brr.artifact.manifest import write_manifest
+from brr.backends.trt.loader import NETWORK_FILE, TIMING_CACHE_FILE, NetworkEdits, TensorRTBuild, edit_network
+from brr.backends.trt.runner import TensorRTEngineRunner
+from brr.diff import SyntheticWindows, run_diff, validate
+from brr.diff.engines import Engine, artifact_engine
+from brr.diff.localise import NodeLocaliser
 from brr.model import resolve_config
 from brr.onnx.statistics import ObservedRanges, TensorRange, instrument, read_ranges, tensor_range
 
@@ -159,6 +162,56 @@ def test_listener_errors_surface_after_the_run():
         collector.check()
 
 
+def test_copies_are_the_wanted_tensors_kept_apart_from_the_engine_buffer():
+    copies = DebugTensorCopies(["tcn", "gates"])
+    listener = debug_listener(FakeTensorRT, copies)
+    tcn = np.arange(6, dtype=np.float32).reshape(2, 3)
+    gates = torch.tensor([[0.5, -1.25]], dtype=torch.bfloat16)
+    listener.process_debug_tensor(host_pointer(tcn), "HOST", DataType("FLOAT"), tcn.shape, "tcn", 0)
+    listener.process_debug_tensor(gates.data_ptr(), "HOST", DataType("BF16"), (1, 2), "gates", 0)
+    listener.process_debug_tensor(host_pointer(tcn), "HOST", DataType("FLOAT"), tcn.shape, "unwanted", 0)
+    tcn[0, 0] = 99.0  # TensorRT reuses its buffer after the callback: the copy keeps what the run wrote
+    assert set(copies.arrays) == {"tcn", "gates"} and copies.arrays["tcn"][0, 0] == 0.0
+    assert copies.arrays["gates"].dtype == np.float32 and copies.arrays["gates"].tolist() == [[0.5, -1.25]]
+    copies.check()
+    quantised = np.arange(4, dtype=np.int8)
+    listener.process_debug_tensor(host_pointer(quantised), "HOST", DataType("INT8"), (4,), "tcn", 0)
+    with pytest.raises(RuntimeError, match="tcn: a INT8 debug tensor has no values to copy"):
+        copies.check()
+    copies.clear()
+    assert copies.arrays == {} and copies.errors == []
+
+
+def served_engine(monkeypatch, outputs: dict, debug: dict) -> None:
+    """Polygraphy's TrtRunner.infer_impl of an engine with ``outputs``, writing ``debug`` tensors as it runs
+    (none for a serving runner, which activation leaves with every debug tensor off)."""
+
+    def infer_impl(self, feed_dict, *args, **kwargs):
+        for name, array in debug.items() if self.debug_listener is not None else ():
+            self.debug_listener.process_debug_tensor(host_pointer(array), "HOST", DataType("FLOAT"), array.shape,
+                                                     name, 0)
+        return dict(outputs)
+
+    monkeypatch.setattr("brr.backends.trt.runner.import_tensorrt", lambda: FakeTensorRT)
+    monkeypatch.setattr(TrtRunner, "infer_impl", infer_impl)
+
+
+def test_served_engine_gives_its_probes_from_debug_tensors(monkeypatch):
+    """A serving engine's only output is the logits; the diff's runner reads its probes as debug tensors (and
+    an older engine's probe that is an output from its outputs)."""
+    logits, tcn = np.zeros((1, 4), np.float32), np.ones((1, 3), np.float32)
+    served_engine(monkeypatch, {"logits": logits, "decoder": np.full(2, 2.0, np.float32)}, {"tcn": tcn})
+    diffed, served, missing = (TensorRTEngineRunner(None, name=name, probes=probes) for name, probes in (
+        ("diffed", ["tcn", "decoder"]), ("served", []), ("missing", ["tcn", "gnn"])))
+    for runner in (diffed, served, missing):
+        runner.is_active = True  # activation deserialises an engine: the fake infer_impl stands for it
+    found = diffed.infer({"eeg": None}, check_inputs=False)
+    assert list(found) == ["logits", "tcn", "decoder"] and found["tcn"].tolist() == [[1.0, 1.0, 1.0]]
+    assert served.debug_listener is None and list(served.infer({"eeg": None}, check_inputs=False)) == ["logits"]
+    with pytest.raises(RuntimeError, match=r"no \['gnn'\], neither as outputs nor as debug tensors"):
+        missing.infer({"eeg": None}, check_inputs=False)
+
+
 def test_engine_outputs_complete_the_ranges():
     reported = {"a": TensorRange(1.0, 1.0, 1.0, 1)}
     outputs = {"probe": np.array([[3.0, -4.0]], dtype=np.float32), "logits": np.zeros((1, 2), np.float32)}
@@ -179,7 +232,8 @@ def parsed(model: onnx.ModelProto) -> FakeNetwork:
     floats = {v.name for v in onnx.shape_inference.infer_shapes(model).graph.value_info
               if v.type.tensor_type.elem_type == TensorProto.FLOAT} | {o.name for o in model.graph.output}
     return FakeNetwork([FakeLayer(n.name, [(o, "FLOAT" if o in floats else "INT64") for o in n.output],
-                                  f"[ONNX Layer: {n.name}]") for n in model.graph.node if n.op_type != "Constant"])
+                                  f"[ONNX Layer: {n.name}]") for n in model.graph.node if n.op_type != "Constant"],
+                       outputs=[o.name for o in model.graph.output])
 
 
 def test_debug_marks_follow_the_compared_tensors(cosine):
@@ -189,7 +243,7 @@ def test_debug_marks_follow_the_compared_tensors(cosine):
     wanted = [t.name for t in NodeLocaliser(engine, lean_onnxruntime_runner).tensors]
     assert {"pow_1", "sum_1", "sqrt", "div", "logits"} <= set(wanted) and "eeg" not in wanted
     net, edits = parsed(fp32), NetworkEdits()
-    edit_network(net, TensorRTBuild("fp16", (1, 1, 1), 19, WINDOW), "FLOAT", edits, debug_tensors=wanted)
+    edit_network(net, FAKE_TENSORRT, edits, serving=True, debug_tensors=wanted)
     held = {o.name for layer in net.layers for o in layer.outputs}
     assert net.debug == [name for name in wanted if name in held] == edits.debug_tensors
     assert len(set(net.debug)) == len(net.debug)
@@ -229,15 +283,15 @@ def test_origin_fused_into_a_kernel_is_found_by_making_the_kernel_observable(cos
     level = report.engines[0].inputs[0].node_level
     # As built, the first non-finite tensor seen is the fused kernel's output (sqrt); inside it, Pow overflows.
     first = level.first_nonfinite
-    assert (first["op_type"], first["tensor"], first["stage"]) == ("Pow", "pow_1", "edge_similarity")
-    assert first["fused_with"] == ["pow_1", "transpose", "sum_1"] and first["cause"] == "overflow"
+    assert (first.op_type, first.tensor, first.stage) == ("Pow", "pow_1", "edge_similarity")
+    assert first.fused_with == ["pow_1", "transpose", "sum_1"] and first.cause == "overflow"
     assert level.observed_by == ["debug_tensors", "marked_debug_tensors", "marked_outputs"]
     assert sorted(level.unobserved) == sorted(fused) and level.reproduced is True
     # Only the kernel was made observable, and only once; the rest was read from the engine as built.
     calls = engine.tensor_statistics.calls
     assert [m for _, m in calls] == [False, True] and calls[1][0] == ["pow_1", "transpose", "sum_1", "sqrt"]
     # Mul (fused, not observed) took a non-finite input: it is not named as what hid it.
-    assert all(h["node"] != "node_mul_29" for h in first["hidden_by"])
+    assert all(h.node != "node_mul_29" for h in first.hidden_by)
     document = json.loads((tmp_path / "report.json").read_text())
     validate(document)
     assert document["engines"][0]["inputs"][0]["node_level"]["observed_by"][0] == "debug_tensors"
@@ -250,13 +304,14 @@ def test_fully_observed_engine_needs_no_second_read(cosine):
     engine = fusing_engine(fp32, fp16, set())
     level = run_diff(onnxruntime_runner(fp32, "fp32-reference"), [engine], SyntheticWindows(1, WINDOW), 1e-2,
                      1e-2).engines[0].inputs[0].node_level
-    assert level.first_nonfinite["op_type"] == "Pow" and "fused_with" not in level.first_nonfinite
+    assert level.first_nonfinite.op_type == "Pow" and level.first_nonfinite.fused_with is None
     assert level.observed_by == ["debug_tensors", "marked_outputs"] and level.unobserved == []
     assert [m for _, m in engine.tensor_statistics.calls] == [False]
 
 
 # ---------------------------------------------------------------------------------------------- wiring
 def tensorrt_artifact(directory, precision: str, pins: list[str], files: dict[str, bytes]) -> dict:
+    """A TensorRT artifact holding ``files`` beside its engine (its typed graph, its timing cache)."""
     directory.mkdir()
     for name, content in {"model.engine": b"engine", **files}.items():
         (directory / name).write_bytes(content)
@@ -266,31 +321,35 @@ def tensorrt_artifact(directory, precision: str, pins: list[str], files: dict[st
 
 
 def test_diff_reads_a_tensorrt_artifact_by_debug_tensors_with_its_own_build(cosine, tmp_path):
-    fp32, _ = cosine
+    """The rebuilds parse the artifact's typed graph (what its engine was built from) as it was built."""
+    fp32, fp16 = cosine
     path = tmp_path / "tensorrt-fp16-plugin"
-    manifest = tensorrt_artifact(path, "fp16", ["node_pow_1", "node_sqrt"], {TIMING_CACHE_FILE: b"timings"})
+    manifest = tensorrt_artifact(path, "fp16", ["node_pow_1", "node_sqrt"],
+                                 {NETWORK_FILE: fp16.SerializeToString(), TIMING_CACHE_FILE: b"timings"})
     engine = artifact_engine(path, manifest, "served-runner", fp32, None)
     assert engine.localisable and engine.node_level_note is None and engine.runner == "served-runner"
+    assert engine.onnx_model == fp16 and engine.fp32_model is fp32
     statistics = engine.tensor_statistics
-    assert isinstance(statistics, TensorRTDebugStatistics) and statistics.model is fp32
+    assert isinstance(statistics, TensorRTDebugStatistics) and statistics.model == fp16
     rebuild = statistics.rebuild
     assert engine.runner_for == rebuild.runner_for  # marked copies: the same settings as the debug engine
     config = resolve_config("v3-small")
     assert rebuild.build == TensorRTBuild("fp16", (1, 2, 4), config.n_channels, config.window_samples,
                                           ("node_pow_1", "node_sqrt"))
-    assert rebuild.timing_cache == path / TIMING_CACHE_FILE and rebuild.calibration_cache is None
+    assert rebuild.timing_cache == path / TIMING_CACHE_FILE and rebuild.network == path / NETWORK_FILE
 
 
 def test_diff_says_why_a_tensorrt_artifact_is_not_localised(cosine, tmp_path):
-    fp32, _ = cosine
-    old = tmp_path / "old"
-    engine = artifact_engine(old, tensorrt_artifact(old, "fp16", [], {}), None, fp32, None)
+    fp32, fp16 = cosine
+    typed = {NETWORK_FILE: fp16.SerializeToString()}
+    uncached = tmp_path / "uncached"
+    engine = artifact_engine(uncached, tensorrt_artifact(uncached, "fp16", [], typed), None, fp32, None)
     assert engine.localisable and "no timing.cache" in engine.node_level_note
-    int8 = tmp_path / "int8"
-    engine = artifact_engine(int8, tensorrt_artifact(int8, "int8", [], {}), None, fp32, None)
-    assert not engine.localisable and "without its int8.cache" in engine.node_level_note
+    weak = tmp_path / "weak"  # an engine of an older brr-export: weakly typed, no typed graph beside it
+    engine = artifact_engine(weak, tensorrt_artifact(weak, "int8", [], {TIMING_CACHE_FILE: b"t"}), None, fp32, None)
+    assert not engine.localisable and "weakly typed by an older brr-export" in engine.node_level_note
     alone = tmp_path / "alone"
-    engine = artifact_engine(alone, tensorrt_artifact(alone, "fp16", [], {}), None, None,
+    engine = artifact_engine(alone, tensorrt_artifact(alone, "fp16", [], typed), None, None,
                                       "its manifest names no fp32 ONNX it was built from")
     assert not engine.localisable and engine.node_level_note.endswith("names no fp32 ONNX it was built from")
 
@@ -307,24 +366,21 @@ class RecordingRebuild:
         return f"engine-{len(self.builds)}".encode(), edits
 
 
-def reading(monkeypatch, unfused_supported: bool) -> list:
-    """TensorRT as ``tensorrt_debug`` sees it, with or without unfused debug tensors; returns the runs."""
-    network = type("INetworkDefinition", (), {"mark_unfused_tensors_as_debug_tensors": lambda self: True}
-                   if unfused_supported else {})
+def reading(monkeypatch) -> list:
+    """TensorRT as ``TensorRTDebugStatistics`` sees it; returns the runs."""
     runs = []
 
     def run(trt, engine, feed, names, unfused):
         runs.append((engine, unfused))
         return {name: TensorRange(1.0, 1.0, 1.0, 1) for name in list(names)[:1]}, {"probe": np.ones(2, np.float32)}
 
-    monkeypatch.setattr("brr.backends.trt.debug.import_tensorrt",
-                        lambda: type("tensorrt", (), {"INetworkDefinition": network}))
+    monkeypatch.setattr("brr.backends.trt.debug.import_tensorrt", lambda: FAKE_TENSORRT)
     monkeypatch.setattr("brr.backends.trt.debug.run_with_listener", run)
     return runs
 
 
 def test_engine_as_built_is_built_once_and_materialising_marks_the_names(monkeypatch):
-    runs, rebuild = reading(monkeypatch, unfused_supported=True), RecordingRebuild()
+    runs, rebuild = reading(monkeypatch), RecordingRebuild()
     statistics = TensorRTDebugStatistics("fp32 graph", rebuild)
     first = statistics(["a", "b", "probe"], {})
     second = statistics(["a", "b", "probe"], {})
@@ -336,15 +392,13 @@ def test_engine_as_built_is_built_once_and_materialising_marks_the_names(monkeyp
     assert runs[-1] == (b"engine-2", False)
 
 
-@pytest.mark.parametrize(("supported", "marks_unfused"), [(False, True), (True, False)])
-def test_without_unfused_debug_tensors_every_name_is_marked(monkeypatch, supported, marks_unfused):
-    """TensorRT before 10.12, or a network where marking unfused tensors fails: mark_debug each name."""
-    runs, rebuild = reading(monkeypatch, unfused_supported=supported), RecordingRebuild(unfused=marks_unfused)
+def test_where_unfused_tensors_cannot_be_marked_every_name_is_marked(monkeypatch):
+    """A network whose unfused tensors TensorRT does not mark: mark_debug each name."""
+    runs, rebuild = reading(monkeypatch), RecordingRebuild(unfused=False)
     statistics = TensorRTDebugStatistics("fp32 graph", rebuild)
     for _ in range(2):
         assert statistics(["a", "b"], {}).method == "marked_debug_tensors"
-    tried = [((), True)] if supported else []
-    assert rebuild.builds == tried + [(("a", "b"), False)]  # built once for these names, run per input
+    assert rebuild.builds == [((), True), (("a", "b"), False)]  # tried once; built once for these names
     assert [unfused for _, unfused in runs] == [False, False]
     statistics(["c"], {})
     assert rebuild.builds[-1] == (("c",), False)
