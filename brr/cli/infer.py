@@ -1,16 +1,20 @@
 """brr-infer ENGINE INPUT... --out DIR: seizure events for every recording, on any engine.
 
 Exit codes: 0 every recording ok (or already done), 1 some recording failed (see summary.json),
-2 usage error (bad option, no recordings, engine refused), 130 interrupted (Ctrl-C; the summary of
-what finished is written, no half-written file is left).
+2 usage error (bad option, no recordings, engine refused, a Ray node that cannot see the paths),
+130 interrupted (Ctrl-C or SIGTERM; the summary of what finished is written, no half-written file is
+left, and a rerun on the same folder does only the rest).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -24,6 +28,7 @@ from brr.artifact.manifest import ManifestError
 from brr.cli.common import EXIT_INTERRUPTED, command_parser, run_main
 from brr.data.quality import bad_channels_line
 from brr.events.postprocess import PostprocessConfig
+from brr.model.checkpoint import CheckpointError
 from brr.runtime import (
     OUTPUT_FORMATS,
     SUMMARY_FILE,
@@ -34,7 +39,6 @@ from brr.runtime import (
     RecordingEntry,
     run_inference,
 )
-from brr.model.checkpoint import CheckpointError
 
 DEFAULTS = InferenceSettings()
 POST = PostprocessConfig()
@@ -222,23 +226,45 @@ def describe_engine(console: Console, engine: str, allow_unverified: bool) -> No
     say(console, f"engine {engine}: {line}")
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler stopping the job) ends the run as Ctrl-C does: the running
+    recordings are abandoned cleanly and the summary of the finished ones is written."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     args.engine = str(select_engine(args.engine, args.precision))
     settings = settings_from_args(args)
     describe_engine(console, args.engine, args.allow_unverified)
     try:
-        if args.quiet:
-            summary = run_inference(args.engine, args.inputs, args.out, settings)
-        else:
-            with RichProgress(console) as progress:
-                summary = run_inference(args.engine, args.inputs, args.out, settings, progress)
+        with sigterm_as_interrupt():
+            summary = _infer(args, settings, console)
     except InferenceInterrupted as interrupted:
         print_summary(console, interrupted.summary)
         say(console, "interrupted: finished recordings are complete, the rest were not written")
         return EXIT_INTERRUPTED
     print_summary(console, summary)
     return summary.exit_code
+
+
+def _infer(args: argparse.Namespace, settings: InferenceSettings, console: Console) -> InferenceSummary:
+    if args.quiet:
+        return run_inference(args.engine, args.inputs, args.out, settings)
+    with RichProgress(console) as progress:
+        return run_inference(args.engine, args.inputs, args.out, settings, progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

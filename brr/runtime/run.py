@@ -123,7 +123,8 @@ def run_inference(
     """Detect seizures in every recording of ``inputs`` with ``engine``; write outputs and ``summary.json``.
 
     Raises :class:`InferenceUsageError` before running anything when the settings, inputs, output
-    folder (not writable, or locked by another run) or engine are unusable; :class:`InferenceInterrupted`
+    folder (not writable, or locked by another run), engine or Ray nodes (one that cannot read the
+    engine or inputs or write the output folder) are unusable; :class:`InferenceInterrupted`
     on Ctrl-C, after writing the summary of what finished. Any other exception (:class:`EngineFailure`,
     an output folder that fails mid-run) is also preceded by the summary (marked interrupted).
     """
@@ -152,8 +153,10 @@ def run_inference(
         except UsageError as error:
             raise InferenceUsageError(str(error)) from error
         remove_stale_temporaries(out_dir)
+        executor.open(worker, jobs)
         return _run_jobs(worker, executor, jobs, settings, listener)
     finally:
+        executor.close()
         worker.close()
         lock.release()
 
@@ -163,10 +166,12 @@ def _run_jobs(worker: RecordingWorker, executor: Any, jobs: list[RecordingJob], 
     summary = InferenceSummary(worker.engine, str(worker.out_dir), settings.to_dict())
     started = time.perf_counter()
     listener.run_started(len(jobs))
+    entries = executor.run(worker, jobs, listener)
     try:
-        for entry in executor.run(worker, jobs, listener):
+        for entry in entries:
             summary.entries.append(entry)
     except BaseException as error:
+        entries.close()  # now, not when the traceback is freed: a Ray executor stops its running tasks
         summary.interrupted = True
         _finish(summary, started)
         if isinstance(error, KeyboardInterrupt) and not isinstance(error, InferenceInterrupted):

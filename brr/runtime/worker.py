@@ -7,7 +7,8 @@ Anything raised while reading, checking or running one recording (a broken or un
 header pyedflib cannot scale, too many unusable channels, non-finite logits) is that recording's
 failure, returned in its entry with its type and message. Only the engine itself raising
 (:class:`~brr.runtime.windows.EngineFailure`: it gets the same well-formed finite batches for every
-recording, so this is no recording's fault) stops the run.
+recording, so this is no recording's fault) stops the run. A run that is stopped while a recording
+runs in another process (its ``stop_file`` appears) abandons that recording: nothing of it is written.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class RecordingEntry:
     scores: dict[str, Any] | None = None
     # Non-finite, flat and saturated channels (DataQuality.to_dict()), when the recording was read.
     data_quality: dict[str, Any] | None = None
+    # Times the recording was started: more than one when a Ray worker or node was lost running it.
+    attempts: int = 1
     # Kept for scoring in the main process; summary.json carries n_events only.
     events: list[SeizureEvent] = field(default_factory=list, repr=False)
 
@@ -59,6 +62,11 @@ class RecordingEntry:
         doc = dataclasses.asdict(self)
         del doc["events"]
         return doc
+
+
+class RecordingStopped(Exception):
+    """The run was stopped while this recording ran (``RecordingWorker.stop_file`` appeared): it is abandoned,
+    nothing of it written."""
 
 
 class ProgressListener(Protocol):
@@ -117,13 +125,17 @@ def default_batch(engine: str | os.PathLike, device: str) -> int:
 class RecordingWorker:
     """The per-recording function every executor runs: ``worker(job) -> RecordingEntry``.
 
-    Picklable (for Ray): the runner is loaded on first use in the process that calls it.
+    Picklable (for Ray): the runner is loaded on first use in the process that calls it. ``stop_file``: a
+    file whose appearance (looked for before the recording and after each engine call) abandons the
+    recording with :class:`RecordingStopped`; how a driver stops workers in other processes or machines.
     """
 
-    def __init__(self, engine: str | os.PathLike, out_dir: str | os.PathLike, settings: InferenceSettings) -> None:
+    def __init__(self, engine: str | os.PathLike, out_dir: str | os.PathLike, settings: InferenceSettings,
+                 stop_file: str | os.PathLike | None = None) -> None:
         self.engine = str(engine)
         self.out_dir = Path(out_dir)
         self.settings = settings
+        self.stop_file = None if stop_file is None else Path(stop_file)
         self.batch_size = settings.batch_size or default_batch(engine, settings.device)
         self.outputs = RecordingOutputs(out_dir, settings_fingerprint(engine, settings))
         self._runner: Any = None
@@ -153,9 +165,14 @@ class RecordingWorker:
             self._runner = runner
         return self._runner
 
+    def _check_stop(self) -> None:
+        if self.stop_file is not None and self.stop_file.exists():
+            raise RecordingStopped(f"the run was stopped ({self.stop_file} exists)")
+
     def __call__(self, job: RecordingJob, listener: ProgressListener | None = None) -> RecordingEntry:
         listener = listener or SilentProgress()
         started = time.perf_counter()
+        self._check_stop()
         if not self.settings.overwrite:
             marker = self.outputs.completed(job)
             if marker is not None:
@@ -179,7 +196,7 @@ class RecordingWorker:
                 listener.recording_started(job.name, n_windows)
                 events, per_second = self._detect(stream, listener)
                 duration_s, quality, start = stream.duration_s, stream.quality, stream.start_datetime
-        except EngineFailure:
+        except (EngineFailure, RecordingStopped):
             raise
         except Exception as error:  # noqa: BLE001  (whatever one file does, it is that file's failure)
             quality = error.quality.to_dict() if isinstance(error, UnusableRecordingError) else None
@@ -203,6 +220,7 @@ class RecordingWorker:
         per_second = PerSecondProbabilities() if self.settings.save_probabilities else None
         for chunk in predict_probabilities(self._active_runner(), stream, self.settings.stride_s,
                                            self.batch_size, listener.windows_done):
+            self._check_stop()
             detector.add(chunk)
             if per_second is not None:
                 per_second.add(chunk)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +24,19 @@ from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 from scipy.special import expit
 
+from brr.artifact.load import tuned_postprocess
+from brr.artifact.manifest import write_manifest
 from brr.cli.export import main as export_main
 from brr.cli.infer import build_parser, settings_from_args
 from brr.cli.infer import main as infer_main
 from brr.data import open_recording, read_recording
 from brr.data.annotations import read_csv_bi, read_events_json, read_events_tsv
 from brr.data.synthetic import TUH_LABELS, plan_recording, write_recording
+from brr.events.postprocess import PostprocessConfig, SegmentedEventDetector, probabilities_to_events
+from brr.events.probabilities import PerSecondProbabilities, downsample_probabilities, load_probabilities_npz
+from brr.events.scoring import aggregate_scores, score_events
 from brr.model import load_checkpoint, save_checkpoint
 from brr.output_folder import LOCK_FILE
-from brr.runtime import outputs, worker
-from brr.artifact.load import tuned_postprocess
-from brr.artifact.manifest import write_manifest
 from brr.runtime import (
     DONE_SUFFIX,
     InferenceInterrupted,
@@ -40,12 +44,11 @@ from brr.runtime import (
     InferenceUsageError,
     find_recordings,
     model_windows,
+    outputs,
     predict_probabilities,
     run_inference,
+    worker,
 )
-from brr.events.postprocess import PostprocessConfig, SegmentedEventDetector, probabilities_to_events
-from brr.events.probabilities import PerSecondProbabilities, downsample_probabilities, load_probabilities_npz
-from brr.events.scoring import aggregate_scores, score_events
 
 WINDOW = 15360
 STRIDE = 60  # one window per minute keeps the real-model tests to a few windows per recording
@@ -260,15 +263,16 @@ def _assert_only_complete_outputs(out: Path, complete: set[str]) -> None:
     assert names == expected
 
 
-def test_ctrl_c_while_writing_leaves_only_complete_outputs(corpus, checkpoint, tmp_path, channel_runner,
-                                                           monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_ctrl_c_or_sigterm_while_writing_leaves_only_complete_outputs(corpus, checkpoint, tmp_path, channel_runner,
+                                                                      monkeypatch, signum):
     real_write = outputs.write_events_tsv
     calls = []
 
     def interrupted_second_time(*args, **kwargs):
         calls.append(args[0])
         if len(calls) == 2:  # rec_b: its csv_bi is already written, the tsv never will be
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
         return real_write(*args, **kwargs)
 
     monkeypatch.setattr(outputs, "write_events_tsv", interrupted_second_time)
@@ -281,6 +285,30 @@ def test_ctrl_c_while_writing_leaves_only_complete_outputs(corpus, checkpoint, t
     monkeypatch.setattr(outputs, "write_events_tsv", real_write)
     assert infer_main(args) == 0 and channel_runner.calls == 3  # only rec_b ran again
     _assert_only_complete_outputs(tmp_path, {"rec_a", "rec_b"})
+
+
+def test_a_stop_file_abandons_the_recording_between_engine_calls(corpus, tmp_path, monkeypatch):
+    """How a Ray driver stops its tasks: the file appears after the first engine call; the recording is
+    abandoned with RecordingStopped, nothing of it written; a worker whose file is there starts nothing."""
+    stop_file = tmp_path / ".stop.0a1b2c3d.tmp"
+
+    class StoppedAfterOneCall(ChannelRunner):
+        def infer_impl(self, feed_dict):
+            stop_file.touch()
+            return super().infer_impl(feed_dict)
+
+    StoppedAfterOneCall.calls = 0
+    monkeypatch.setattr(worker, "load_engine", lambda engine, *settings: StoppedAfterOneCall())
+    out = tmp_path / "out"
+    recording = worker.RecordingWorker(corpus["good"], out, InferenceSettings(stride_s=20, batch_size=1),
+                                       stop_file=stop_file)
+    job = find_recordings([corpus["good"] / "rec_a.edf"])[0]
+    with pytest.raises(worker.RecordingStopped):
+        recording(job)
+    assert StoppedAfterOneCall.calls == 1 and not list(out.glob("rec_a*"))
+    with pytest.raises(worker.RecordingStopped):
+        recording(job)
+    assert StoppedAfterOneCall.calls == 1
 
 
 def test_failure_after_the_first_recording_keeps_its_outputs_and_the_summary(corpus, tmp_path, monkeypatch):
