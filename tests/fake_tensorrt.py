@@ -122,3 +122,14 @@ class FakeNetwork:
     def _mark_unfused(self) -> bool:
         self.unfused_marked = True
         return True
+
+
+def tensorrt_usable() -> bool:
+    """Whether the real TensorRT and a GPU are here (then the missing-TensorRT paths cannot run)."""
+    from brr.backends.trt.loader import TensorRTUnavailable, import_tensorrt
+
+    try:
+        import_tensorrt()
+    except TensorRTUnavailable:
+        return False
+    return True

@@ -14,7 +14,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from fake_tensorrt import FAKE_TENSORRT, FP32, INT64, FakeLayer, FakeNetwork, FakePlugin, FakePluginLayer
+from fake_tensorrt import (
+    FAKE_TENSORRT,
+    FP32,
+    INT64,
+    FakeLayer,
+    FakeNetwork,
+    FakePlugin,
+    FakePluginLayer,
+    tensorrt_usable,
+)
 from polygraphy.backend.trt import CreateConfig
 
 import brr
@@ -39,14 +48,6 @@ from brr.backends.trt.loader import (
 )
 from brr.calibration.int8 import build_tensorrt_int8
 from brr.model import resolve_config
-
-
-def tensorrt_usable() -> bool:
-    try:
-        import_tensorrt()
-    except TensorRTUnavailable:
-        return False
-    return True
 
 
 def test_batch_range_parsing():

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fake_tensorrt import tensorrt_usable
 
 from brr.artifact.load import load_runner
 from brr.artifact.manifest import ManifestError, read_manifest
 from brr.backends.onnxrt.loader import build_engine as write_onnxruntime_engine
-from brr.backends.trt.loader import TensorRTUnavailable, import_tensorrt
 from brr.backends.trt.trtexec import PLUGINS_NOT_BUILT
 from brr.cli.export import main
 from brr.cli.infer import main as infer_main
@@ -22,14 +22,6 @@ from brr.errors import EXIT_UNUSABLE
 from brr.export.run import ExportRequest, export_command
 from brr.model import OUTPUT_NAME, PROBE_NAMES, build_detector, save_checkpoint
 from brr.model.checkpoint import file_sha256
-
-
-def tensorrt_usable() -> bool:
-    try:
-        import_tensorrt()
-    except TensorRTUnavailable:
-        return False
-    return True
 
 
 @pytest.mark.skipif(tensorrt_usable(), reason="TensorRT and a GPU are present: the missing-TensorRT path cannot run")
