@@ -83,6 +83,7 @@ def num_warps(tile: int) -> int:
 
 @triton.jit
 def jacobi_eigh_kernel(a_ptr, n, values_ptr, vectors_ptr, TILE: tl.constexpr):
+    # One function: a Triton kernel is the whole computation of one program (sweeps, ranking, writes).
     matrix = tl.program_id(0).to(tl.int64)
     index = tl.arange(0, TILE)
     rows = index[:, None]

@@ -151,6 +151,7 @@ def selective_scan_backward_kernel(
 ):
     """Partial gradients of one (row, head, lane block): dx in x's dtype; float32 (b, l, h, blocks) for dt,
     (b, l, h, blocks, n) for B and C, (b, h, blocks, 3) for A, D and dt_bias."""
+    # One function: a Triton kernel is the whole computation of one program, its chunk loop carrying the state.
     row = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     heads = tl.num_programs(1)

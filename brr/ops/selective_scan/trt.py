@@ -155,6 +155,7 @@ def aot_launch(x_dims: Sequence, b_dims: Sequence, dtype: str, dt_softplus: bool
 def register_plugin() -> None:
     """Register ``brr::SelectiveScan`` with TensorRT's plugin registry (idempotent): JIT always, AOT where
     ``trt_plugin.aot_supported_here`` says so."""
+    # One function: tensorrt.plugin reads each implementation's schema from the signature of a nested function.
     trt, trtp = trt_plugin.import_tensorrt_plugin(PLUGIN_ID)
 
     dtype_names = {trt.DataType.FLOAT: "float32", trt.DataType.HALF: "float16"}
