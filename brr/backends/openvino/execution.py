@@ -82,9 +82,9 @@ def pinned_in_reduced_precision(executed: Iterable[ExecutedNode], pinned_layers:
     found = []
     for node in executed:
         pinned = [layer for layer in node.original_layers if layer in pinned_layers]
-        if node.layer_type in DATA_MOVEMENT and not _feeds_pinned_computation(node, by_name, pinned_layers):
+        if not pinned or node.runtime_precision not in REDUCED_RUNTIME_PRECISIONS:
             continue
-        if pinned and node.runtime_precision in REDUCED_RUNTIME_PRECISIONS:
+        if node.layer_type not in DATA_MOVEMENT or _feeds_pinned_computation(node, by_name, pinned_layers):
             named = ", ".join(f"{layer} (ONNX node {pinned_layers[layer]})" for layer in pinned)
             found.append(f"{named} ran in {node.runtime_precision} in execution node {node.name} ({node.layer_type})")
     return found
