@@ -54,16 +54,17 @@ def _run(kernel: str, config: str, batch: int, crop_s: float, steps: int, queue)
         labels = np.zeros((batch, samples), np.float32)
         labels[:, samples // 3 : samples // 2] = 1.0  # a seizure in every crop: both classes in the loss
         valid = np.ones((batch, samples), bool)
+        tensors = tuple(torch.from_numpy(a) for a in (signals, labels, valid))
         optimizer = build_optimizer(model, settings.lr, settings.weight_decay)
         losses, times, first_gradient = [], [], None
         for _ in range(steps):
             seed_everything(1)  # the same dropout masks in both processes
             start = time.perf_counter()
-            loss, skipped = train_step(model, optimizer, (signals, labels, valid), settings, torch.device("cpu"))
+            outcome = train_step(model, optimizer, tensors, settings, torch.device("cpu"))
             times.append(time.perf_counter() - start)
-            if skipped:
-                raise RuntimeError(f"step skipped at {skipped}")
-            losses.append(loss)
+            if outcome.stage is not None:
+                raise RuntimeError(f"step skipped at {outcome.stage}")
+            losses.append(outcome.loss)
             if first_gradient is None:  # train_step has stepped; its gradients are still in .grad
                 first_gradient = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         queue.put({"losses": losses, "times": times, "threads": torch.get_num_threads(),

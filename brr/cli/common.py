@@ -106,7 +106,7 @@ def add_window_options(parser: argparse.ArgumentParser, *, required: bool, synth
     that left it out would accept what export then refuses. Returns the ``--data`` action (for aliases)."""
     source = parser.add_mutually_exclusive_group(required=required)
     data = source.add_argument("--data", type=Path, nargs="+", metavar="EDF_OR_DIR",
-                               help="EDF/BDF recordings or folders of them")
+                               help="EDF/BDF recordings or folders of them, or windows saved as .npz")
     source.add_argument("--synthetic", type=int, metavar="N", help=synthetic_help)
     parser.add_argument("--max-windows", type=int, default=max_windows, help="windows taken from the recordings")
     parser.add_argument("--adversarial", action=argparse.BooleanOptionalAction, default=True,

@@ -9,24 +9,33 @@ from collections.abc import Sequence
 from brr.cli.common import command_parser, deprecated_alias, run_main
 from brr.output_folder import check_output_folder
 from brr.train import make_settings, train
+from brr.train.distributed import processes_from_environment
+from brr.train.precision import TrainPrecision
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser(
         "brr-train",
         "Train the V3 detector. Settings come from --config (YAML), then the options below; "
-        "checkpoints go to OUT/best and OUT/last.",
+        "checkpoints go to OUT/best and OUT/last. Several processes or machines: run it under torchrun "
+        "(torchrun --nproc-per-node N -m brr.cli.train ...).",
     )
     parser.add_argument("--config", help="training config YAML (e.g. brr/train/configs/v3-small-synthetic.yaml)")
     parser.add_argument("--model", help="detector preset or config file (default v3-small)")
-    parser.add_argument("--data", help="folder of EDF/BDF recordings with .csv_bi annotations")
+    parser.add_argument("--data", help="a window store made by brr-prepare, or a folder of EDF/BDF recordings with "
+                                       ".csv_bi annotations (prepared into OUT/prepared first)")
     parser.add_argument("-o", "--out", help="checkpoint folder")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--steps-per-epoch", type=int, help="0: one pass over the training windows")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", help="cpu or cuda[:N]")
+    parser.add_argument("--device", help="cpu or cuda[:N] (under torchrun: cuda, each process its local rank's GPU)")
+    parser.add_argument("--precision", choices=[str(p) for p in TrainPrecision],
+                        help="fp32, or autocast to bf16 / fp16 (with a loss scaler); weights stay fp32")
+    parser.add_argument("--init", metavar="CKPT",
+                        help="start from this checkpoint's weights with a fresh optimizer and schedule")
+    parser.add_argument("--loader-workers", type=int, help="DataLoader worker processes (0: in this process)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--max-minutes", type=float, help="wall-clock budget; stops and saves OUT/last")
     parser.add_argument("--resume", action="store_true", default=None, help="continue from OUT/last")
@@ -41,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     # The output folder may come from the config file: checked once the settings are known.
     check_output_folder(settings.out, "--out")
     result = train(settings)
+    if not processes_from_environment().main:
+        return 0  # rank 0 speaks for the run
     best = result.best_metrics
     if best is not None:
         ev = best["validation"]["event"]

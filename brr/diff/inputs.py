@@ -4,7 +4,9 @@ Each loader also yields a label per window (``labelled()``) for the report. Wind
 (1, 19, samples) float32 in the model's input contract (preprocessed, per-channel normalised):
 
 - ``EdfWindows``: windows of EDF/BDF recordings (files or folders), read and preprocessed by
-  ``brr.data`` one recording at a time, so a 24-hour file is never held whole.
+  ``brr.data`` one recording at a time, so a 24-hour file is never held whole; and windows saved as
+  ``.npz`` (``SAVED_WINDOWS_KEY``: (N, 19, samples), already preprocessed, e.g. the batch of a
+  non-finite training step), taken as they are.
 - ``SyntheticWindows``: seeded random windows: normalised-scale noise with a rhythm per channel.
 - ``AdversarialWindows``: the fixed suite every engine must survive. Each is built in microvolts
   and sent through the same preprocessing as a recording: flat channels, 1000 uV electrode pops,
@@ -21,11 +23,13 @@ import numpy as np
 from brr.data import preprocess_signals, recording_files, windows_of_files
 from brr.data.preprocess import TARGET_RATE
 from brr.data.recording import WINDOW_S
-from brr.errors import UsageError
+from brr.errors import InputError, UsageError
 from brr.model.contract import INPUT_NAME
 from brr.montage import N_CHANNELS
 
 WINDOW_SAMPLES = WINDOW_S * TARGET_RATE
+# The array of a saved-windows .npz file, and the optional array of their labels.
+SAVED_WINDOWS_KEY, SAVED_LABELS_KEY = "eeg", "labels"
 
 
 class WindowLoader:
@@ -45,23 +49,41 @@ def feed(window: np.ndarray) -> dict[str, np.ndarray]:
 class EdfWindows(WindowLoader):
     def __init__(self, paths: list[str | Path], window_samples: int = WINDOW_SAMPLES, stride_s: float = 60.0,
                  max_windows: int | None = None):
-        self.files = []
+        self.files, self.saved = [], []
         for path in map(Path, paths):
             if path.is_dir():
                 self.files += recording_files(path)
             elif path.is_file():
-                self.files.append(path)
+                (self.saved if path.suffix == ".npz" else self.files).append(path)
             else:
                 raise FileNotFoundError(f"{path}: no such EDF file or folder")
-        if not self.files:
+        if not self.files and not self.saved:
             raise FileNotFoundError(f"no .edf/.bdf files in {', '.join(map(str, paths))}")
         self.window_s = window_samples / TARGET_RATE
         self.stride_s = stride_s
         self.max_windows = max_windows
 
     def labelled(self):
-        for path, window in windows_of_files(self.files, self.window_s, self.stride_s, self.max_windows):
-            yield f"{path.name}@{window.start_s:g}s", feed(window.signals)
+        for path in self.saved:
+            yield from saved_windows(path)
+        if self.files:
+            for path, window in windows_of_files(self.files, self.window_s, self.stride_s, self.max_windows):
+                yield f"{path.name}@{window.start_s:g}s", feed(window.signals)
+
+
+def saved_windows(path: Path) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """The windows of a saved-windows ``.npz`` with their labels (``<file>#<index>`` where it has none)."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            windows = saved[SAVED_WINDOWS_KEY]
+            labels = saved[SAVED_LABELS_KEY].tolist() if SAVED_LABELS_KEY in saved else None
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{path}: not a saved-windows file ({SAVED_WINDOWS_KEY!r}: (N, {N_CHANNELS}, samples)): "
+                         f"{exc}") from exc
+    if windows.ndim != 3 or windows.shape[1] != N_CHANNELS:
+        raise InputError(f"{path}: {SAVED_WINDOWS_KEY!r} has shape {windows.shape}, not (N, {N_CHANNELS}, samples)")
+    for index, window in enumerate(windows):
+        yield (labels[index] if labels else f"{path.name}#{index}"), feed(window)
 
 
 class SyntheticWindows(WindowLoader):
@@ -117,3 +139,15 @@ class ChainedWindows(WindowLoader):
     def labelled(self):
         for loader in self.loaders:
             yield from loader.labelled()
+
+
+# Export verifies every engine on this many seeded synthetic windows and the adversarial suite; calibration
+# judges on them too, so that a plan it accepts passes export's verification.
+VERIFICATION_SYNTHETIC_WINDOWS = 2
+
+
+def verification_windows(window_samples: int = WINDOW_SAMPLES,
+                         synthetic: int = VERIFICATION_SYNTHETIC_WINDOWS) -> ChainedWindows:
+    """The windows export verifies an engine on."""
+    return ChainedWindows([SyntheticWindows(synthetic, window_samples), AdversarialWindows(window_samples)])
+

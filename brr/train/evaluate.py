@@ -8,7 +8,9 @@ data it is given, so call it on validation data only and carry the result to the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,14 @@ import numpy as np
 import torch
 
 from brr.data import Recording, iter_windows
-from brr.model import load_checkpoint
-from brr.model.checkpoint import read_checkpoint_meta
 from brr.events.postprocess import PostprocessConfig, probabilities_to_events
 from brr.events.probabilities import stitch_windows
 from brr.events.scoring import aggregate_scores, score_events
-from brr.train.dataset import CorpusEntry, find_corpus, load_recording
+from brr.machine import cpu_threads
+from brr.model import load_checkpoint
+from brr.model.checkpoint import read_checkpoint_meta
+from brr.train.dataset import find_corpus
+from brr.train.store import CorpusError, StoredRecording, WindowStore, is_store, open_store, prepare_store
 
 ENTER_GRID = tuple(round(x, 2) for x in np.arange(0.30, 0.96, 0.05))
 
@@ -36,8 +40,8 @@ class RecordingProbabilities:
 
 
 @torch.no_grad()
-def predict_recording(model: torch.nn.Module, recording: Recording, window_s: float, stride_s: float,
-                      batch_size: int, device: torch.device) -> np.ndarray:
+def predict_recording(model: torch.nn.Module, recording: Recording | StoredRecording, window_s: float,
+                      stride_s: float, batch_size: int, device: torch.device) -> np.ndarray:
     """Per-sample seizure probabilities of a whole recording, overlapping windows averaged."""
     def window_outputs() -> Iterable[tuple[int, np.ndarray, np.ndarray]]:
         batch: list = []
@@ -64,22 +68,16 @@ def predict_recording(model: torch.nn.Module, recording: Recording, window_s: fl
         model.train(was_training)
 
 
-def predict_corpus(model: torch.nn.Module, entries: list[CorpusEntry], window_s: float, stride_s: float,
-                   batch_size: int, device: torch.device, mains_hz: float = 60.0,
-                   cache: dict[Path, Recording] | None = None) -> list[RecordingProbabilities]:
-    """Probabilities of every recording; ``cache`` (path -> Recording) avoids re-reading small corpora."""
-    results = []
-    for entry in entries:
-        recording = cache.get(entry.recording_path) if cache is not None else None
-        if recording is None:
-            recording, _ = load_recording(entry, mains_hz)
-        probs = predict_recording(model, recording, window_s, stride_s, batch_size, device)
-        results.append(RecordingProbabilities(entry.recording_path.stem, probs, list(entry.events),
-                                              recording.duration_s))
-    return results
+def predict_corpus(model: torch.nn.Module, recordings: Iterable[StoredRecording], window_s: float,
+                   stride_s: float, batch_size: int, device: torch.device) -> list[RecordingProbabilities]:
+    """Probabilities of every recording, read block by block from its store."""
+    return [RecordingProbabilities(r.name, predict_recording(model, r, window_s, stride_s, batch_size,
+                                                             device), list(r.events), r.duration_s)
+            for r in recordings]
 
 
-def score_probabilities(predictions: list[RecordingProbabilities], postprocess: PostprocessConfig) -> dict[str, Any]:
+def score_probabilities(predictions: list[RecordingProbabilities],
+                        postprocess: PostprocessConfig) -> dict[str, Any]:
     """Aggregated timescoring scores (event and sample views) of the predictions under ``postprocess``."""
     per_file = [
         score_events(p.reference, probabilities_to_events(p.probabilities, postprocess), p.duration_s,
@@ -125,14 +123,34 @@ def tune_enter_threshold(predictions: list[RecordingProbabilities], base: Postpr
     return tied[(len(tied) - 1) // 2]
 
 
+@contextmanager
+def _scored_store(data_dir: str | Path, mains_hz: float) -> Iterator[WindowStore]:
+    """``data_dir`` as a store: itself, or its recordings prepared into a temporary one, every one of them
+    (a held-out corpus is scored whole or not at all)."""
+    if is_store(data_dir):
+        store = open_store(data_dir)
+        if store.mains_hz != mains_hz:
+            raise CorpusError(f"{store.path}: prepared with a {store.mains_hz} Hz notch, not "
+                              f"mains_hz={mains_hz}")
+        yield store
+        return
+    find_corpus(data_dir)  # a missing or unreadable annotation stops here, before any preprocessing
+    with tempfile.TemporaryDirectory(prefix="brr-evaluate-") as prepared:
+        result = prepare_store(data_dir, prepared, mains_hz, workers=cpu_threads())
+        if result.failed:
+            raise CorpusError(f"{data_dir}: {len(result.failed)} recording(s) cannot be scored, first "
+                              f"{result.failed[0].problem}")
+        yield open_store(prepared)
+
+
 def evaluate_corpus(model: torch.nn.Module, data_dir: str | Path, postprocess: PostprocessConfig,
                     stride_s: float = 30.0, batch_size: int = 4, device: str = "cpu",
                     mains_hz: float = 60.0) -> dict[str, Any]:
-    """Score ``model`` on every recording of a held-out corpus folder with a fixed post-processing."""
-    entries = find_corpus(data_dir)
+    """Score ``model`` on every recording of a held-out store or corpus folder, post-processed as given."""
     window_s = model.config.window_samples / model.config.sampling_rate
-    predictions = predict_corpus(model.to(device), entries, window_s, stride_s, batch_size,
-                                 torch.device(device), mains_hz)
+    with _scored_store(data_dir, mains_hz) as store:
+        predictions = predict_corpus(model.to(device), store.recordings, window_s, stride_s, batch_size,
+                                     torch.device(device))
     return {"postprocess": dataclasses.asdict(postprocess), **score_probabilities(predictions, postprocess)}
 
 

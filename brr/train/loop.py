@@ -1,17 +1,26 @@
-"""The training loop: ``train(settings) -> TrainResult``.
+"""The training loop: ``train(settings) -> TrainResult``, in one process or several (``torchrun``).
 
-One step: forward with probes, focal loss on the valid samples, backward, gradient clipping,
-AdamW. A step is skipped (no update) and counted when the input, any probe, the loss or the
-gradient norm is non-finite; where it went non-finite first (``input``, or the first probe in
-``PROBE_NAMES`` order) is logged with it. Probes are checked even when the loss is finite because
-the guarded network's ``nan_to_num`` turns a NaN upstream into finite zeros downstream: training on
-those is exactly the incident this prevents.
-An epoch in which every step is skipped stops training with :class:`TrainingError`.
+One step: forward with probes (under autocast in bf16/fp16, :mod:`brr.train.precision`), focal loss on
+the valid samples, backward, gradient clipping, AdamW. With several processes each holds a contiguous
+share of the global batch (``DistributedDataParallel``; :mod:`brr.train.distributed`), and the loss is
+the batch's sum over every process divided by its valid-sample count over every process, so one step
+is the same step however many processes share it.
+
+A step is skipped (no update) and counted when the input, any probe, the loss or the gradient norm is
+non-finite, on any process (they decide together). Probes are checked even when the loss is finite
+because the guarded network's ``nan_to_num`` turns a NaN upstream into finite zeros downstream: training
+on those is exactly the incident this prevents. The first skipped step of a run of them is replayed
+to name the first module and operation that went non-finite and why (:mod:`brr.train.nonfinite`), and
+its evidence is saved with the ``brr-diff`` command that reproduces it (:mod:`brr.train.incident`).
+Training stops with :class:`TrainingError` after ``max_consecutive_nonfinite`` skipped steps in a row,
+or an epoch of nothing but skipped steps. fp16's loss-scale overflows are the GradScaler at work:
+counted, not incidents.
 
 The learning rate follows the batch counter (skipped batches included), so a resumed run sees
-the same schedule. Checkpoints: ``OUT/last`` after every epoch and when the time budget ends
+the same schedule. Checkpoints (rank 0): ``OUT/last`` after every epoch and when the time budget ends
 (model + training state, see :mod:`brr.train.state`), ``OUT/best`` whenever validation improves
-by :func:`brr.train.evaluate.selection_key`.
+by :func:`brr.train.evaluate.selection_key`. ``init`` starts from a checkpoint's weights with a fresh
+optimizer and schedule.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.nn.parallel import DistributedDataParallel
 
 from brr.atomic import atomic_write_text
 from brr.errors import CheckFailed
@@ -42,10 +52,14 @@ from brr.model import (
     save_checkpoint,
 )
 from brr.output_folder import OutputLock, prepare_output_folder, remove_stale_temporaries
-from brr.train.dataset import WindowDataset, find_corpus, load_recording, split_corpus
+from brr.train.dataset import epoch_loader, load_training_data, training_store
+from brr.train.distributed import Processes, process_group, processes_from_environment
 from brr.train.evaluate import predict_corpus, score_probabilities, selection_key, tune_enter_threshold
-from brr.train.losses import focal_loss
+from brr.train.incident import NonfiniteStep, save_nonfinite_step
+from brr.train.losses import focal_loss_terms
+from brr.train.nonfinite import locate_nonfinite
 from brr.train.optim import build_optimizer, learning_rate
+from brr.train.precision import TrainPrecision
 from brr.train.settings import SettingsError, TrainSettings
 from brr.train.state import LoopState, load_training_state, save_training_state
 
@@ -54,6 +68,11 @@ log = logging.getLogger(__name__)
 # Settings that fix the data order and the schedule: a resumed run must keep them.
 RESUME_FIXED = ("data", "model", "seed", "batch_size", "steps_per_epoch", "crop_s", "stride_s",
                 "val_fraction", "positive_fraction", "lr", "warmup_steps", "min_lr_ratio")
+
+
+ONE_PROCESS = Processes()
+# The stage of a step the fp16 loss scaler skipped (its gradients overflowed at the current scale).
+SCALER_STAGE = "gradient (fp16 loss scale)"
 
 
 class TrainingError(CheckFailed):
@@ -72,27 +91,16 @@ class TrainResult:
     losses: list[float | None] = field(default_factory=list)  # this invocation, None where skipped
     stopped_by_budget: bool = False
     seconds: float = 0.0
+    # This invocation's seconds in training steps (forward, backward, update; not reading or validating),
+    # and the windows they took over every process: its training throughput.
+    step_seconds: float = 0.0
+    windows_per_s: float | None = None
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def training_crop_s(config, crop_s: float) -> float:
-    """The training window length in seconds: the model's window, or a shorter crop it can run on."""
-    window_s = config.window_samples / config.sampling_rate
-    if crop_s == 0:
-        return window_s
-    # The positional encoding is recomputed every semi_dynamic_interval downsampled steps.
-    granule = config.downsample * config.semi_dynamic_interval
-    samples = crop_s * config.sampling_rate
-    if crop_s > window_s or abs(samples - round(samples)) > 1e-6 or round(samples) % granule:
-        raise SettingsError(
-            f"crop_s={crop_s} must be at most the model's {window_s} s window and a multiple of "
-            f"{granule / config.sampling_rate} s ({granule} samples: downsample x semi_dynamic_interval)")
-    return crop_s
 
 
 def first_nonfinite_probe(probes: dict[str, torch.Tensor]) -> str | None:
@@ -109,29 +117,61 @@ def first_nonfinite_gradient(model: torch.nn.Module) -> str | None:
     return None
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: tuple[np.ndarray, ...],
-               settings: TrainSettings, device: torch.device) -> tuple[float | None, str | None]:
-    """(loss, None) after an update, or (None, stage) for a skipped non-finite step."""
-    signals, labels, valid = (torch.from_numpy(a).to(device) for a in batch)
+@dataclass(frozen=True)
+class StepOutcome:
+    """One batch: its loss over every process where it was applied, else the stage where it went non-finite."""
+
+    loss: float | None
+    stage: str | None = None
+    scaler_overflow: bool = False  # fp16 gradients overflowed at the current loss scale: the scaler's skip
+
+
+def train_step(model: V3Detector, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, ...],
+               settings: TrainSettings, device: torch.device, *, precision: TrainPrecision = TrainPrecision.FP32,
+               scaler: torch.amp.GradScaler | None = None, forward: torch.nn.Module | None = None,
+               processes: Processes = ONE_PROCESS) -> StepOutcome:
+    """One step on this process's share ``batch`` (signals, labels, valid on ``device``); ``forward`` is the
+    model as called (its DistributedDataParallel wrapper under torchrun)."""
+    signals, labels, valid = batch
+    forward = forward or model
     optimizer.zero_grad(set_to_none=True)
+    stage = None
     try:
-        logits, probes = model(signals, return_probes=True)
+        with precision.autocast(device):
+            logits, probes = forward(signals, return_probes=True)
     except NonFiniteInputError:
-        return None, "input"
-    stage = first_nonfinite_probe(probes)
+        stage = "input"
+    else:
+        stage = first_nonfinite_probe(probes)
+    if stage is None:
+        loss_sum, count = focal_loss_terms(logits, labels, valid, settings.focal_alpha, settings.focal_gamma)
+        if not torch.isfinite(loss_sum):
+            stage = "loss"
+    # Every process takes the same decision, or the others would wait for its gradients for ever.
+    stages = processes.gather(stage) if processes.any(stage is not None) else [None]
+    stage = next((s for s in stages if s is not None), None)
     if stage is not None:
-        return None, stage
-    loss = focal_loss(logits, labels, valid, settings.focal_alpha, settings.focal_gamma)
-    if not torch.isfinite(loss):
-        return None, "loss"
-    loss.backward()
+        return StepOutcome(None, stage)
+    total_loss, total_count = processes.sum(loss_sum.detach(), count)
+    # DistributedDataParallel averages gradients over processes: scaled back up to the batch's sum.
+    loss = loss_sum * (processes.world_size / max(total_count, 1.0))
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-    if not torch.isfinite(grad_norm):
+    if scaler is not None:
+        finite = bool(torch.isfinite(grad_norm))
+        scaler.step(optimizer)  # skips the update when the unscaled gradients are not finite
+        scaler.update()
+        if not finite:
+            return StepOutcome(None, SCALER_STAGE, scaler_overflow=True)
+    elif not torch.isfinite(grad_norm):
         parameter = first_nonfinite_gradient(model)
         optimizer.zero_grad(set_to_none=True)
-        return None, f"gradient of {parameter}"
-    optimizer.step()
-    return float(loss.detach()), None
+        return StepOutcome(None, f"gradient of {parameter}")
+    else:
+        optimizer.step()
+    return StepOutcome(total_loss / max(total_count, 1.0))
 
 
 def _check_resumable(saved: dict[str, Any], settings: TrainSettings, where: Path) -> None:
@@ -145,71 +185,68 @@ def _check_resumable(saved: dict[str, Any], settings: TrainSettings, where: Path
 
 
 def train(settings: TrainSettings) -> TrainResult:
-    """Train as ``settings`` say. ``settings.out`` is locked for the run (a second run on it is refused,
-    :class:`~brr.output_folder.OutputFolderBusy`), and the temporaries a killed run left are removed first."""
-    out = prepare_output_folder(settings.out)
-    with OutputLock(out, "brr-train"):
-        remove_stale_temporaries(out)
-        return _train(settings)
-
-
-def _train(settings: TrainSettings) -> TrainResult:
-    return _Trainer(settings).run()
-
-
-@dataclass
-class _Data:
-    """The training windows and the validation recordings (decoded once when the corpus fits in memory)."""
-
-    train_set: WindowDataset
-    val_entries: list
-    val_cache: dict | None
-
-    @classmethod
-    def load(cls, settings: TrainSettings, config) -> _Data:
-        window_s = config.window_samples / config.sampling_rate
-        crop_s = training_crop_s(config, settings.crop_s)
-        for key, limit in (("stride_s", crop_s), ("val_stride_s", window_s)):
-            if getattr(settings, key) > limit:
-                raise SettingsError(f"{key}={getattr(settings, key)} exceeds the {limit} s window it steps over")
-        train_entries, val_entries = split_corpus(find_corpus(settings.data), settings.val_fraction, settings.seed)
-        train_set = WindowDataset(train_entries, crop_s, settings.stride_s, settings.mains_hz,
-                                  settings.cache_max_mb)
-        val_cache = None
-        if not train_set.streaming:
-            val_cache = {e.recording_path: load_recording(e, settings.mains_hz)[0] for e in val_entries}
-        log.info(f"[train] {len(train_entries)} training recordings ({len(train_set)} windows, "
-                 f"{len(train_set.positives)} with seizure), {len(val_entries)} validation recordings; "
-                 f"{'streaming' if train_set.streaming else 'in memory'}")
-        return cls(train_set, val_entries, val_cache)
+    """Train as ``settings`` say, in this process or in the group ``torchrun`` started. ``settings.out`` is
+    locked for the run by rank 0 (a second run on it is refused, :class:`~brr.output_folder.OutputFolderBusy`),
+    and the temporaries a killed run left are removed first."""
+    processes = processes_from_environment()
+    with process_group(processes, settings.device):
+        if not processes.main:
+            processes.barrier()  # rank 0 prepares the folder and the window store first
+            return _Trainer(settings, processes).run()
+        out = prepare_output_folder(settings.out)
+        with OutputLock(out, "brr-train"):
+            remove_stale_temporaries(out)
+            training_store(settings, prepare=True)
+            processes.barrier()
+            return _Trainer(settings, processes).run()
 
 
 class _Trainer:
-    """One invocation of ``train``: the model, its optimizer and data, and the ``LoopState`` it saves with
-    each checkpoint and resumes from."""
+    """One invocation of ``train`` in one process: the model, its optimizer and data, and the ``LoopState``
+    it saves with each checkpoint and resumes from."""
 
-    def __init__(self, settings: TrainSettings):
+    def __init__(self, settings: TrainSettings, processes: Processes):
         self.started = time.monotonic()
-        self.settings = settings
+        self.settings, self.processes = settings, processes
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        self.device = torch.device(settings.device)
+        self.device = processes.device(settings.device)
+        self.precision = TrainPrecision(settings.precision)
+        self.precision.check_device(self.device)
+        if settings.batch_size % processes.world_size:
+            raise SettingsError(f"batch_size={settings.batch_size} (the global batch) must be a multiple of the "
+                                f"{processes.world_size} processes")
         self.out = Path(settings.out)
         self.last_dir, self.best_dir = self.out / "last", self.out / "best"
         seed_everything(settings.seed)
 
         self.model: V3Detector = build_detector(settings.model, guards=settings.guards)
-        self.data = _Data.load(settings, self.model.config)
+        if settings.init:
+            _load_initial_weights(self.model, settings)
+        self.data = load_training_data(settings, self.model.config, prepare=False)
         self.optimizer = build_optimizer(self.model, settings.lr, settings.weight_decay)
+        self.scaler = self.precision.grad_scaler(self.device)
         self.loop = LoopState(settings=settings.to_dict())
         if settings.resume:
             self.loop = _resume(self.model, self.optimizer, settings, self.last_dir)
+        if processes.distributed:
+            # Each process its own dropout masks, reproducibly from the step it starts at.
+            seed_everything(int(np.random.SeedSequence([settings.seed, processes.rank, self.loop.step])
+                                .generate_state(1)[0]))
         self.model.to(self.device).train()
+        self.forward: torch.nn.Module = self.model
+        if processes.distributed:
+            # No buffer sync: V3's buffers are constants computed alike in every process.
+            self.forward = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                forward_sync_buffers=False)
 
         self.steps_per_epoch = settings.steps_per_epoch or math.ceil(
-            self.data.train_set.default_epoch_size(settings.positive_fraction) / settings.batch_size)
+            self.data.train.default_epoch_size(settings.positive_fraction) / settings.batch_size)
         self.total_steps = settings.epochs * self.steps_per_epoch
         self.losses: list[float | None] = []  # this invocation's, None where skipped
+        self.step_seconds = 0.0
+        self.incidents: list[NonfiniteStep] = []
 
     def run(self) -> TrainResult:
         """Epochs until ``settings.epochs`` or the time budget; ``last`` saved after each and at the budget."""
@@ -222,58 +259,99 @@ class _Trainer:
                          f"resume with --resume")
                 break
             if loop.epoch_applied == 0:
-                stages = sorted({s["stage"] for s in loop.skipped[-loop.epoch_skipped:]})
-                raise TrainingError(f"every step of epoch {loop.epoch + 1} was non-finite (stages: {stages}); "
-                                    "refusing to go on training on nothing")
-            self._finish_epoch()
+                self._stop(f"every step of epoch {loop.epoch + 1} was non-finite")
+            if self.processes.main:
+                self._finish_epoch()
             loop.next_epoch()
-            self._save_last()
-        if stopped_by_budget:
+            if self.processes.main:
+                self._save_last()
+        if stopped_by_budget and self.processes.main:
             self._save_last()
         return self._result(stopped_by_budget)
 
     def _run_epoch(self) -> bool:
         """The current epoch's batches from ``loop.batch`` on; True when the time budget ends it early."""
-        settings, loop, batch_size = self.settings, self.loop, self.settings.batch_size
+        settings, loop, processes = self.settings, self.loop, self.processes
         budget_s = settings.max_minutes * 60.0
-        drawn = self.data.train_set.draw_epoch(self.steps_per_epoch * batch_size, settings.positive_fraction,
-                                               settings.seed, loop.epoch)
-        with _epoch_progress(settings.progress) as progress:
+        drawn = self.data.train.draw_epoch(self.steps_per_epoch * settings.batch_size, settings.positive_fraction,
+                                           settings.seed, loop.epoch)
+        batches = epoch_loader(self.data.train, drawn, settings.batch_size, rank=processes.rank,
+                               world_size=processes.world_size, skip_batches=loop.batch,
+                               workers=settings.loader_workers, pin_memory=self.device.type == "cuda")
+        with _epoch_progress(settings.progress and processes.main) as progress:
             bar = progress.add_task(f"epoch {loop.epoch + 1}/{settings.epochs}", total=self.steps_per_epoch,
                                     completed=loop.batch, status="")
             tick = time.monotonic()
-            for batch in self.data.train_set.batches(drawn, batch_size, skip_batches=loop.batch):
-                loss, lr = self._step(batch)
+            for batch in batches:
+                started = time.monotonic()
+                outcome, lr = self._step(batch, drawn)
                 now = time.monotonic()
-                loss_text = f"{loss:.4f}" if loss is not None else "skip"
-                windows_per_s = len(batch[0]) / max(now - tick, 1e-9)
+                self.step_seconds += now - started
+                loss_text = f"{outcome.loss:.4f}" if outcome.loss is not None else "skip"
+                windows_per_s = settings.batch_size / max(now - tick, 1e-9)
                 progress.update(bar, advance=1, status=f"loss {loss_text}, lr {lr:.2e}, {windows_per_s:.2f} "
                                 f"windows/s, skipped {len(loop.skipped)}")
                 tick = now
-                if budget_s and now - self.started >= budget_s and loop.batch < self.steps_per_epoch:
+                over_budget = bool(budget_s) and now - self.started >= budget_s
+                if processes.any(over_budget) and loop.batch < self.steps_per_epoch:
                     return True
         return False
 
-    def _step(self, batch: tuple[np.ndarray, ...]) -> tuple[float | None, float]:
-        """One batch at the schedule's learning rate, counted in the loop state; (loss or None, lr)."""
+    def _step(self, batch: tuple[torch.Tensor, ...], drawn: np.ndarray) -> tuple[StepOutcome, float]:
+        """One batch at the schedule's learning rate, counted in the loop state; (outcome, lr)."""
         settings, loop = self.settings, self.loop
         lr = learning_rate(loop.step, settings.lr, settings.warmup_steps, self.total_steps, settings.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss, stage = train_step(self.model, self.optimizer, batch, settings, self.device)
-        self.losses.append(loss)
-        if stage is not None:
-            log.info(f"[train] step {loop.step}: skipped, non-finite values first at {stage}")
-        loop.record_step(loss, stage)
-        return loss, lr
+        signals, labels, valid = (t.to(self.device, non_blocking=True) for t in batch)
+        outcome = train_step(self.model, self.optimizer, (signals, labels, valid), settings, self.device,
+                             precision=self.precision, scaler=self.scaler, forward=self.forward,
+                             processes=self.processes)
+        self.losses.append(outcome.loss)
+        detail = None
+        if outcome.scaler_overflow:
+            log.info(f"[train] step {loop.step}: fp16 gradients overflowed at loss scale "
+                     f"{self.scaler.get_scale():g} (lowered); step skipped")
+        elif outcome.stage is not None:
+            detail = self._nonfinite_step(outcome.stage, signals, drawn)
+        loop.record_step(outcome.loss, outcome.stage, detail)
+        consecutive = _consecutive_incidents(loop)
+        if consecutive >= settings.max_consecutive_nonfinite:
+            self._stop(f"{consecutive} consecutive steps were non-finite")
+        return outcome, lr
+
+    def _nonfinite_step(self, stage: str, signals: torch.Tensor, drawn: np.ndarray) -> dict[str, Any] | None:
+        """Name and save the first skipped step of a run of them; the report's entry for the loop state."""
+        loop, processes = self.loop, self.processes
+        if _consecutive_incidents(loop) > 0:
+            return None  # the run's first step already holds the evidence
+        # Every process replays its own share: the first module may have gone non-finite on any of them.
+        finding = locate_nonfinite(self.model, signals, autocast_dtype=self.precision.autocast_dtype,
+                                   device=self.device)
+        shares = processes.gather((finding, signals.detach().float().cpu().numpy()))
+        first = next((f for f, _ in shares if f is not None), None)
+        if not processes.main:
+            return None
+        batch = self.data.train.window_labels(_batch_indices(drawn, loop.batch, self.settings.batch_size))
+        incident = save_nonfinite_step(self.out, loop.step, stage, first, self.model,
+                                       np.concatenate([s for _, s in shares]), batch, self.precision)
+        self.incidents.append(incident)
+        log.warning(f"[train] {incident.describe()}")
+        return {"incident": str(incident.folder), "finding": None if first is None else first.describe()}
+
+    def _stop(self, why: str) -> None:
+        """End training on non-finite steps with what the first of them showed."""
+        evidence = self.incidents[-1].describe() if self.incidents else (
+            f"stages: {sorted({s['stage'] for s in self.loop.skipped})}")
+        raise TrainingError(f"{why}; refusing to go on training on nothing.\n{evidence}")
 
     def _finish_epoch(self) -> None:
         """Validation of the epoch, its history row, and ``best`` when it is the best so far."""
         settings, loop, model = self.settings, self.loop, self.model
         base = settings.postprocess_config()
         window_s = model.config.window_samples / model.config.sampling_rate
-        predictions = predict_corpus(model, self.data.val_entries, window_s, settings.val_stride_s,
-                                     settings.batch_size, self.device, settings.mains_hz, self.data.val_cache)
+        predictions = predict_corpus(model, self.data.validation, window_s, settings.val_stride_s,
+                                     settings.batch_size, self.device)
         if settings.tune_threshold:
             postprocess, scores = tune_enter_threshold(predictions, base, settings.selection,
                                                        settings.max_fa_per_24h)
@@ -305,7 +383,7 @@ class _Trainer:
         save_training_state(self.last_dir, self.optimizer, self.loop)
 
     def _result(self, stopped_by_budget: bool) -> TrainResult:
-        """The run's result, also written as ``train_result.json``."""
+        """The run's result, also written as ``train_result.json`` (by rank 0)."""
         loop, skipped = self.loop, self.loop.skipped
         log.info(f"[train] {loop.step} steps, {len(skipped)} skipped as non-finite"
                  + (f" (first stages: {sorted({s['stage'] for s in skipped})})" if skipped else ""))
@@ -314,10 +392,42 @@ class _Trainer:
             best_checkpoint=self.best_dir if loop.best_metrics is not None else None,
             last_checkpoint=self.last_dir, skipped_steps=len(skipped), skipped=skipped, steps=loop.step,
             losses=self.losses, stopped_by_budget=stopped_by_budget, seconds=time.monotonic() - self.started,
+            step_seconds=self.step_seconds,
+            windows_per_s=(len(self.losses) * self.settings.batch_size / self.step_seconds
+                           if self.step_seconds else None),
         )
-        summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
-        atomic_write_text(self.out / "train_result.json", json.dumps(summary, indent=2) + "\n")
+        if self.processes.main:
+            summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
+            atomic_write_text(self.out / "train_result.json", json.dumps(summary, indent=2) + "\n")
         return result
+
+
+def _batch_indices(drawn: np.ndarray, batch: int, batch_size: int) -> np.ndarray:
+    """The drawn window indices of global batch ``batch`` (every process's share, in rank order)."""
+    return drawn[batch * batch_size: (batch + 1) * batch_size]
+
+
+def _consecutive_incidents(loop: LoopState) -> int:
+    """Skipped steps in a row up to the last step, the loss scaler's own skips not counted."""
+    count, step = 0, loop.step - 1
+    for entry in reversed(loop.skipped):
+        if entry["step"] != step or entry["stage"] == SCALER_STAGE:
+            break
+        count, step = count + 1, step - 1
+    return count
+
+
+def _load_initial_weights(model: V3Detector, settings: TrainSettings) -> None:
+    """``init``: a checkpoint's weights (verified like every load), for a run with a fresh optimizer."""
+    if settings.resume:
+        raise SettingsError(f"init={settings.init!r} and resume exclude each other: init starts a new run from "
+                            "a checkpoint's weights, resume continues OUT/last")
+    saved = load_checkpoint(settings.init)
+    if saved.config.digest() != model.config.digest():
+        raise SettingsError(f"{settings.init}: its model config ({saved.config.name}) differs from "
+                            f"model={settings.model!r} guards={settings.guards}")
+    model.load_state_dict(saved.state_dict())
+    log.info(f"[train] initial weights from {settings.init}")
 
 
 def _resume(model, optimizer, settings: TrainSettings, last_dir: Path) -> LoopState:

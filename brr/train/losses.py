@@ -14,6 +14,14 @@ import torch.nn.functional as F
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
                alpha: float = 0.75, gamma: float = 2.0) -> torch.Tensor:
     """Mean focal loss over the samples where ``valid`` is True; logits, targets, valid are (B, n)."""
+    total, count = focal_loss_terms(logits, targets, valid, alpha, gamma)
+    return total / count.clamp_min(1.0)
+
+
+def focal_loss_terms(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
+                     alpha: float = 0.75, gamma: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the focal loss over the valid samples, their count): what processes that each hold part of
+    a batch add up, so that the mean over the whole batch is the same however it is split."""
     logits = logits.float()
     targets = targets.float()
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
@@ -21,4 +29,4 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
     alpha_t = alpha * targets + (1.0 - alpha) * (1.0 - targets)
     loss = alpha_t * (1.0 - p_true).pow(gamma) * ce
     weights = valid.to(loss.dtype)
-    return (loss * weights).sum() / weights.sum().clamp_min(1.0)
+    return (loss * weights).sum(), weights.sum()

@@ -15,6 +15,7 @@ import yaml
 
 from brr.errors import UsageError
 from brr.events.postprocess import PostprocessConfig
+from brr.train.precision import TrainPrecision
 
 SELECTION_METRICS = ("sensitivity_at_fa", "f1")
 
@@ -32,6 +33,8 @@ class TrainSettings:
     seed: int = 0
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    precision: str = "fp32"  # fp32, or bf16 / fp16 autocast (brr.train.precision); weights stay fp32
+    init: str = ""  # a checkpoint whose weights start a new run (fresh optimizer and schedule)
     # Schedule
     epochs: int = 4
     steps_per_epoch: int = 0  # 0: one pass over the training windows (after oversampling)
@@ -53,14 +56,18 @@ class TrainSettings:
     val_stride_s: float = 30.0
     val_fraction: float = 0.2
     positive_fraction: float = 0.5  # share of seizure windows in the drawn training windows
-    cache_max_mb: float = 2048.0  # keep preprocessed recordings in memory up to this size, else stream
     mains_hz: float = 60.0
+    # Processes reading the training windows from the store beside the training process (0: none).
+    loader_workers: int = 2
     # Validation and checkpoints
     selection: str = "sensitivity_at_fa"
     max_fa_per_24h: float = 10.0
     tune_threshold: bool = False  # choose the hysteresis enter threshold on validation data
     postprocess: dict = field(default_factory=dict)
     max_minutes: float = 0.0  # wall-clock budget; 0: none
+    # Skipped non-finite steps in a row that end training (the fp16 loss scaler's own skips not counted):
+    # enough to ride out a rare bad batch, few enough that a broken run stops within minutes.
+    max_consecutive_nonfinite: int = 10
     resume: bool = False
     progress: bool = True
 
@@ -111,7 +118,9 @@ def _validate(s: TrainSettings, where: str) -> None:
     need(s.val_stride_s > 0, "val_stride_s", "must be > 0")
     need(0 < s.val_fraction < 1, "val_fraction", "must be in (0, 1)")
     need(0 <= s.positive_fraction < 1, "positive_fraction", "must be in [0, 1)")
-    need(s.cache_max_mb >= 0, "cache_max_mb", "must be >= 0")
+    need(s.precision in {str(p) for p in TrainPrecision}, "precision", f"must be one of {[str(p) for p in TrainPrecision]}")
+    need(s.max_consecutive_nonfinite >= 1, "max_consecutive_nonfinite", "must be >= 1")
+    need(s.loader_workers >= 0, "loader_workers", "must be >= 0 (0: read windows in the training process)")
     need(s.selection in SELECTION_METRICS, "selection", f"must be one of {SELECTION_METRICS}")
     need(s.max_fa_per_24h >= 0, "max_fa_per_24h", "must be >= 0")
     need(s.max_minutes >= 0, "max_minutes", "must be >= 0 (0: no budget)")

@@ -38,7 +38,8 @@ class LoopState:
     epoch: int = 0  # epochs finished
     batch: int = 0  # batches consumed in the current epoch
     step: int = 0  # batches consumed over the run, skipped ones included: the learning rate's clock
-    skipped: list[dict[str, Any]] = field(default_factory=list)  # {"step", "stage"} of each skipped step
+    # {"step", "stage"} of each skipped step; the first of a run of them also its "incident" and "finding"
+    skipped: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
     best_key: list | None = None  # ``selection_key`` of the best epoch so far
     best_metrics: dict[str, Any] | None = None  # that epoch's history row
@@ -48,13 +49,14 @@ class LoopState:
     epoch_skipped: int = 0
     settings: dict[str, Any] = field(default_factory=dict)  # ``TrainSettings.to_dict()`` of the run
 
-    def record_step(self, loss: float | None, stage: str | None) -> None:
-        """Count one batch: its loss where it was applied, else the stage where it went non-finite."""
+    def record_step(self, loss: float | None, stage: str | None, detail: dict[str, Any] | None = None) -> None:
+        """Count one batch: its loss where it was applied, else the stage where it went non-finite (and what
+        was found and saved of it, ``detail``)."""
         if stage is None:
             self.epoch_loss_sum += loss
             self.epoch_applied += 1
         else:
-            self.skipped.append({"step": self.step, "stage": stage})
+            self.skipped.append({"step": self.step, "stage": stage, **(detail or {})})
             self.epoch_skipped += 1
         self.batch += 1
         self.step += 1

@@ -101,17 +101,18 @@ def _train(kernel: str, monkeypatch, steps: int = 6) -> tuple[list[float], list[
     labels = np.zeros((4, samples), np.float32)
     labels[:, samples // 3: samples // 2] = 1.0
     valid = np.ones((4, samples), bool)
+    batch = tuple(torch.from_numpy(a).cuda() for a in (signals, labels, valid))
     losses, times = [], []
     torch.cuda.reset_peak_memory_stats()
     for _ in range(steps):
         seed_everything(1)  # the same dropout masks for both kernels
         torch.cuda.synchronize()
         start = time.perf_counter()
-        loss, skipped = train_step(model, optimizer, (signals, labels, valid), settings, torch.device("cuda"))
+        outcome = train_step(model, optimizer, batch, settings, torch.device("cuda"))
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-        assert skipped is None, skipped
-        losses.append(loss)
+        assert outcome.stage is None, outcome.stage
+        losses.append(outcome.loss)
     return losses, times, torch.cuda.max_memory_allocated() / 2**20
 
 

@@ -15,7 +15,8 @@ from brr.cli.train import main as train_main
 from brr.data.synthetic import write_corpus
 from brr.model import build_detector, load_checkpoint
 from brr.train import CorpusError, SettingsError, TrainingError, find_corpus, make_settings, train
-from brr.train.dataset import WindowDataset
+from brr.train.dataset import TrainingWindows
+from brr.train.store import open_store, prepare_store
 from brr.data.annotations import SeizureEvent
 from brr.events.postprocess import PostprocessConfig
 from brr.train.evaluate import RecordingProbabilities, selection_key, tune_enter_threshold
@@ -50,15 +51,17 @@ def tiny_model(tmp_path_factory) -> str:
 def tiny_settings(corpus: Path, model: str, out: Path, **overrides):
     values = {"data": str(corpus), "out": str(out), "model": model, "guards": False, "epochs": 1,
               "steps_per_epoch": 4, "batch_size": 1, "lr": 5e-3, "warmup_steps": 0, "stride_s": 5.0,
-              "val_stride_s": 5.0, "progress": False, "threads": 1}
+              "val_stride_s": 5.0, "progress": False, "threads": 1, "loader_workers": 0}
     values.update(overrides)
     return make_settings(None, **values)
 
 
 def fixed_batch_loss(model, corpus: Path, settings) -> float:
-    train_set = WindowDataset(find_corpus(corpus), 5.0, 5.0, 60.0, 1024)
-    refs = [train_set.windows[i] for i in (*train_set.positives[:2], *train_set.negatives[:2])]
-    signals, labels, valid = (torch.from_numpy(np.stack(a)) for a in zip(*map(train_set.window_arrays, refs)))
+    store = Path(settings.out).parent / "fixed-batch-store"
+    prepare_store(corpus, store, 60.0, workers=1, progress=False)
+    train_set = TrainingWindows(open_store(store).recordings, 5.0, 5.0)
+    indices = (*train_set.positives[:2], *train_set.negatives[:2])
+    signals, labels, valid = (torch.from_numpy(np.stack(a)) for a in zip(*map(train_set.window_arrays, indices)))
     with torch.no_grad():
         return float(focal_loss(model.eval()(signals), labels, valid, settings.focal_alpha, settings.focal_gamma))
 
@@ -83,36 +86,37 @@ def test_short_run_lowers_loss_and_writes_checkpoints(corpus, tiny_model, tmp_pa
 
 
 def test_non_finite_step_is_skipped_counted_and_named(corpus, tiny_model, tmp_path, monkeypatch, caplog):
-    original = WindowDataset.window_arrays
+    original = TrainingWindows.window_arrays
     calls = []
 
-    def planted(self, ref):
-        signals, labels, valid = original(self, ref)
-        calls.append(ref)
+    def planted(self, index):
+        signals, labels, valid = original(self, index)
+        calls.append(index)
         if len(calls) == 2:
             signals = signals.copy()
             signals[3, 100] = np.inf
         return signals, labels, valid
 
-    monkeypatch.setattr(WindowDataset, "window_arrays", planted)
+    monkeypatch.setattr(TrainingWindows, "window_arrays", planted)
     with caplog.at_level(logging.INFO, logger="brr.train"):
         result = train(tiny_settings(corpus, tiny_model, tmp_path / "ckpt", steps_per_epoch=3))
     messages = caplog.messages
     assert result.skipped_steps == 1
-    assert result.skipped == [{"step": 1, "stage": "input"}]
+    assert [(s["step"], s["stage"]) for s in result.skipped] == [(1, "input")]
+    assert (Path(result.skipped[0]["incident"]) / "windows.npz").is_file()
     assert result.losses[1] is None and all(v is not None and np.isfinite(v) for v in (result.losses[0], result.losses[2]))
     assert any("step 1" in m and "input" in m for m in messages)
     assert any("1 skipped as non-finite" in m for m in messages)
 
 
 def test_epoch_of_only_non_finite_steps_stops_training(corpus, tiny_model, tmp_path, monkeypatch):
-    original = WindowDataset.window_arrays
+    original = TrainingWindows.window_arrays
 
-    def poisoned(self, ref):
-        signals, labels, valid = original(self, ref)
+    def poisoned(self, index):
+        signals, labels, valid = original(self, index)
         return np.full_like(signals, np.nan), labels, valid
 
-    monkeypatch.setattr(WindowDataset, "window_arrays", poisoned)
+    monkeypatch.setattr(TrainingWindows, "window_arrays", poisoned)
     with pytest.raises(TrainingError, match="every step of epoch 1 was non-finite"):
         train(tiny_settings(corpus, tiny_model, tmp_path / "ckpt", steps_per_epoch=2))
 
