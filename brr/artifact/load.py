@@ -4,6 +4,7 @@
 or its model file); the artifact's manifest is verified first and names the backend, precision and
 file, so callers never branch on the backend. Every runner takes ``{"eeg": (B, 19, N)}`` and returns
 ``{"logits": ...}``, plus every probe of ``brr.model.PROBE_NAMES`` when ``probes=True``.
+``load_split_runners`` reads the same folders as the detector's front and rest (``brr.model.front``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from brr.artifact.files import MANIFEST_FILE, artifact_folders, is_checkpoint, is_reference
-from brr.artifact.manifest import ManifestError, read_manifest, served_verification, verify_manifest
-from brr.backends import BACKENDS
+from brr.artifact.manifest import (
+    ManifestError,
+    read_manifest,
+    served_split,
+    served_verification,
+    verify_manifest,
+)
+from brr.backends import BACKENDS, Backend
+from brr.backends.split import SplitRunners
 from brr.model.checkpoint import read_checkpoint_meta
+from brr.model.contract import GraphPart
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +48,10 @@ def fastest_engine(candidates: list[Path], manifests: dict[Path, dict]) -> Path 
     return min(zip(seconds, candidates))[1]
 
 
-def select_engine(path: str | Path, precision: str | None = None) -> Path:
+def select_engine(path: str | Path, precision: str | None = None, split: bool = False) -> Path:
     """The one engine ``path`` names: a checkpoint, an artifact folder or model file as given; in an
-    export's ``--out`` folder, its engine of ``precision`` (any precision when None), a verified one
+    export's ``--out`` folder, its engine of ``precision`` (any precision when None) that holds the front and
+    rest graphs when ``split`` (overlap inference), a verified one
     before an unverified one, the fastest of several verified ones (as timed by their verification on
     one machine), the fp32 ONNX only when the export has no other engine. Several candidates that
     nothing ranks are a ``ManifestError`` that lists them, so the choice is never silent."""
@@ -57,6 +67,11 @@ def select_engine(path: str | Path, precision: str | None = None) -> Path:
     # Choosing reads the manifests (their own digest checked); load_runner hashes the chosen engine's files.
     manifests = {a: read_manifest(a) for a in artifacts}
     engines = [a for a in artifacts if not is_reference(manifests[a])] or artifacts
+    if split:
+        engines = [a for a in artifacts if manifests[a].get("split")]
+        if not engines:
+            raise ManifestError(f"{path}: no engine in this export holds the front and rest graphs that overlap "
+                                "inference serves; export with brr-export --split")
     if precision is not None:
         engines = [a for a in engines if manifests[a]["precision"] == precision]
         if not engines:
@@ -92,16 +107,49 @@ def load_runner(path: str | Path, probes: bool = False, threads: int | None = No
         if threads is not None:
             torch.set_num_threads(threads)  # PyTorch's pool is per process: this is the only place to set it
         return TorchRunner(path, probes=probes, device=device, name=name)
+    directory, manifest, backend = _checked_artifact(path)
+    if require_verified and (refusal := served_verification(directory, manifest)) is not None:
+        raise ManifestError(refusal)
+    return backend.runner(directory / manifest["model_file"], manifest, probes=probes, name=name, device=device,
+                          threads=threads, lean=lean)
+
+
+def load_split_runners(path: str | Path, probes: bool = False, threads: int | None = None, device: str = "cpu",
+                       name: str | None = None, require_verified: bool = False) -> SplitRunners:
+    """The front and rest runners of a checkpoint directory (PyTorch) or of a checked brr-export artifact that
+    holds the two graphs (``ManifestError`` when it holds none). ``require_verified`` refuses graphs whose
+    composition did not pass its verification; the other arguments are ``load_runner``'s."""
+    path = Path(path)
+    name = name or path.name
+    if is_checkpoint(path):
+        import torch
+
+        from brr.backends.torch.loader import DetectorFromCheckpoint
+        from brr.backends.torch.runner import TorchRunner
+        from brr.model.front import FrontGeometry
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        model = DetectorFromCheckpoint(path)()
+        front, rest = (TorchRunner(model, probes=probes, device=device, name=f"{name}-{part}", part=part)
+                       for part in GraphPart)
+        return SplitRunners(front, rest, FrontGeometry.of(model.config))
+    directory, manifest, backend = _checked_artifact(path)
+    files, geometry = served_split(directory, manifest, require_verified)
+    front, rest = (backend.part_runner(files[part], part, probes=probes, name=f"{name}-{part}", device=device,
+                                       threads=threads) for part in GraphPart)
+    return SplitRunners(front, rest, geometry)
+
+
+def _checked_artifact(path: Path) -> tuple[Path, dict[str, Any], Backend]:
+    """The folder of an artifact (given as its folder or its model file), its checked manifest and its backend."""
     directory = path if path.is_dir() else path.parent
     if not (directory / MANIFEST_FILE).is_file():
         raise ManifestError(f"{path}: neither a checkpoint directory nor a brr-export artifact (no {MANIFEST_FILE})")
     manifest = verify_manifest(directory)
     if path.is_file() and path.name != manifest["model_file"]:
         raise ManifestError(f"{path}: not the model file of the artifact in {directory}")
-    if require_verified and (refusal := served_verification(directory, manifest)) is not None:
-        raise ManifestError(refusal)
     backend = BACKENDS.get(manifest["backend"])
     if backend is None:
         raise ManifestError(f"{directory / MANIFEST_FILE}: unknown backend {manifest['backend']!r}")
-    return backend.runner(directory / manifest["model_file"], manifest, probes=probes, name=name, device=device,
-                          threads=threads, lean=lean)
+    return directory, manifest, backend

@@ -7,9 +7,12 @@ is an output of it). Verification against PyTorch fp32 is recorded by ``record_v
 verdict and the sha256 of the model file it ran.
 ``served_verification`` is what a runtime checks before serving: a model that failed, was never
 verified, or is not the file that was verified (replaced, and the file hashes rewritten to match)
-is refused, unless the caller allows it explicitly. An artifact whose engine could not be built where
-it was exported (``unbuilt``: its dependency was missing; it holds what a build needs) is refused by
-``verify_manifest``, so by everything that reads one.
+is refused, unless the caller allows it explicitly. An artifact may also hold the detector split into two
+graphs, its front and its rest (``split``: the files and the front's geometry, ``brr.model.front``), which
+overlap inference serves; their composition is verified apart (``record_split_verification``, with the
+sha256 of both files) and checked before serving the same way (``served_split``). An artifact whose engine
+could not be built where it was exported (``unbuilt``: its dependency was missing; it holds what a build
+needs) is refused by ``verify_manifest``, so by everything that reads one.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from brr.backends import BACKENDS
 from brr.errors import InputError
 from brr.model import PROBE_NAMES, PROBE_SHAPES, DetectorConfig
 from brr.model.checkpoint import file_sha256
-from brr.model.contract import INPUT_NAME, OUTPUT_NAME
+from brr.model.contract import INPUT_NAME, OUTPUT_NAME, GraphPart
+from brr.model.front import FrontGeometry
 
 FORMAT_VERSION = 2
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -55,13 +59,15 @@ def write_manifest(
     ops: str, opset: int, model_file: str, pinned_nodes: list[str],
     batch: tuple[int, int, int] | None = None, settings: dict[str, Any] | None = None,
     fp32_reference: str | Path | None = None, precision_plan: dict[str, Any] | None = None,
-    unbuilt: str | None = None,
+    unbuilt: str | None = None, split: FrontGeometry | None = None,
 ) -> dict[str, Any]:
     """Hash every file of ``directory`` (but the manifest) and write its manifest; returns it.
 
     ``fp32_reference``: the fp32 ONNX artifact directory the engine was built from (stored relative
     to ``directory``, with the sha256 of its model): the diff's node level compares against it.
     ``unbuilt``: why ``model_file`` is not there yet (the artifact holds what its build needs).
+    ``split``: the geometry of the front, when the folder also holds the front and the rest as two graphs
+    (``GraphPart.file``).
     """
     directory = Path(directory)
     if backend not in BACKENDS or precision not in PRECISIONS:
@@ -99,6 +105,12 @@ def write_manifest(
     }
     if unbuilt is not None:
         manifest["unbuilt"] = unbuilt
+    if split is not None:
+        missing = [part.file for part in GraphPart if part.file not in files]
+        if missing:
+            raise ValueError(f"{directory}: {', '.join(missing)} not in the artifact")
+        manifest["split"] = {**{part.value: part.file for part in GraphPart}, "geometry": split.to_dict(),
+                             "verification": None}
     rewrite_manifest(directory, manifest)
     return manifest
 
@@ -182,6 +194,43 @@ def served_verification(directory: str | Path, manifest: dict[str, Any]) -> str 
     return None
 
 
+def _split_hashes(manifest: dict[str, Any]) -> dict[str, str]:
+    return {f"{part.value}_sha256": manifest["files"][manifest["split"][part.value]] for part in GraphPart}
+
+
+def record_split_verification(directory: str | Path, verification: dict[str, Any]) -> dict[str, Any]:
+    """Write the verification of the front and rest composed into the manifest (with both files' sha256)."""
+    directory = Path(directory)
+    manifest = verify_manifest(directory)
+    if not manifest.get("split"):
+        raise ManifestError(f"{directory}: holds no front and rest graphs to verify")
+    manifest["split"]["verification"] = dict(verification) | _split_hashes(manifest)
+    rewrite_manifest(directory, manifest)
+    return manifest
+
+
+def served_split(directory: str | Path, manifest: dict[str, Any], require_verified: bool = True
+                 ) -> tuple[dict[GraphPart, Path], FrontGeometry]:
+    """The front and rest graphs of a (checked) artifact and the front's geometry; ``ManifestError`` when it
+    holds none, or (``require_verified``) when their composition failed, was never verified, or ran other files."""
+    split = manifest.get("split")
+    if not split:
+        raise ManifestError(f"{directory}: holds no front and rest graphs for overlap inference; export them "
+                            "with brr-export --split (into the fp32 ONNX folder) and serve that folder")
+    verification = split.get("verification")
+    refusal = None
+    if not verification:
+        refusal = f"{directory}: its front and rest were never verified against PyTorch fp32"
+    elif any(verification.get(key) != digest for key, digest in _split_hashes(manifest).items()):
+        refusal = f"{directory}: its front and rest are not the files that were verified"
+    elif not verification.get("passed"):
+        refusal = (f"{directory}: the verification of its front and rest failed ({verification.get('verdict')}); "
+                   f"see {verification.get('report')}")
+    if refusal is not None and require_verified:
+        raise ManifestError(refusal)
+    return {part: Path(directory) / split[part.value] for part in GraphPart}, FrontGeometry.from_dict(split["geometry"])
+
+
 def fp32_reference(directory: str | Path, manifest: dict[str, Any]) -> tuple[Path | None, str | None]:
     """The fp32 ONNX artifact an engine was built from, checked, or (None, why it cannot be used)."""
     reference = manifest.get("fp32_reference")
@@ -199,12 +248,17 @@ def fp32_reference(directory: str | Path, manifest: dict[str, Any]) -> tuple[Pat
     return path, None
 
 
-def verification_line(directory: str | Path) -> str:
-    """One line on what verified an artifact's model, or why it is not to be served."""
+def verification_line(directory: str | Path, split: bool = False) -> str:
+    """One line on what verified an artifact's model (its front and rest with ``split``), or why it is not to
+    be served."""
     manifest = verify_manifest(directory)
-    refusal = served_verification(directory, manifest)
-    if refusal is not None:
+    if split:
+        try:
+            served_split(directory, manifest)
+        except ManifestError as refusal:
+            return f"UNVERIFIED: {refusal}"
+    elif (refusal := served_verification(directory, manifest)) is not None:
         return f"UNVERIFIED: {refusal}"
-    v = manifest["verification"]
+    v = manifest["split"]["verification"] if split else manifest["verification"]
     return (f"verified against PyTorch fp32: {v['verdict']} on {len(v.get('inputs', []))} windows at atol "
             f"{v.get('atol')}/rtol {v.get('rtol')} (report {v.get('report')})")

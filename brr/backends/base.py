@@ -20,6 +20,7 @@ from polygraphy.backend.base import BaseRunner
 
 from brr.errors import UsageError
 from brr.model import OUTPUT_NAME, DetectorConfig
+from brr.model.contract import GraphPart
 from brr.onnx.statistics import ObservedRanges
 
 
@@ -100,6 +101,12 @@ class Backend:
         """The runner of an artifact's (checked) ``model`` file. ``lean``: memory given back after each
         run, for the diff's instrumented runs."""
         raise NotImplementedError
+
+    def part_runner(self, model: Path, part: GraphPart, probes: bool = False, name: str | None = None,
+                    device: str = "cpu", threads: int | None = None) -> BaseRunner:
+        """The runner of one part of a detector exported as two graphs (``brr.model.front``): input
+        ``part.input_name``, output ``part.output_name``, and with ``probes`` every probe of the part."""
+        raise EngineBuildError(f"{self.name} serves no detector split into front and rest; ONNX Runtime does")
 
     def edited_graphs(self, directory: Path, manifest: Mapping[str, Any], fp32_model: onnx.ModelProto
                       ) -> EditedGraphs:

@@ -69,7 +69,7 @@ from brr.diff.engines import Engine
 from brr.diff.inputs import WindowLoader
 from brr.diff.localise import NodeLocaliser
 from brr.diff.probes import compare_outputs
-from brr.diff.results import PRECISION_LIMITS, InputResult, NonfiniteOrigin
+from brr.diff.results import PRECISION_LIMITS, Cause, InputResult, NonfiniteOrigin
 from brr.diff.verdict import NonfiniteKind, Verdict
 from brr.errors import CheckFailed
 from brr.model import DetectorConfig
@@ -99,7 +99,8 @@ class Pin:
     op_type: str
     stage: str | None
     # "overflow", "overflow_consumer", "underflow", "underflow_producer" (fp32 pass); "nonfinite",
-    # "nonfinite_input" (a producer of a ruined value); "tolerance"
+    # "nonfinite_input" (a producer of a ruined value), "nonfinite_consumer" (a reader of a result that
+    # overflows when stored); "tolerance"
     reason: str
     window: str
     engine: str
@@ -415,8 +416,14 @@ class PlanSearch:
 
     def _pin_nonfinite(self, origin: NonfiniteOrigin, window: str, engine: str, this_round: set[str]) -> list[Pin]:
         offender = origin.node
-        targets = [offender] if offender in self.pinnable and offender not in self.pins else \
-            [p for p in self._producers(offender) if p not in this_round]
+        # A finite result that overflows when stored for the nodes reading it in the precision: they must read
+        # it in fp32 too (as the fp32 ranges pin an overflow's consumers with it).
+        before = origin.output.engine_before_storing
+        readers = [n for n, node in self.nodes.items() if origin.tensor in node.input and n in self.pinnable
+                   and n not in self.pins and n not in this_round] if (
+            origin.cause is Cause.OVERFLOW_WHEN_STORED and before is not None and not before.nonfinite) else []
+        targets = [offender, *readers] if offender in self.pinnable and offender not in self.pins else \
+            readers or [p for p in self._producers(offender) if p not in this_round]
         if not targets:
             if this_round:
                 return []  # its producers were pinned this round: the next evaluation tells
@@ -424,9 +431,10 @@ class PlanSearch:
                               f"already fp32: {self.precision} cannot be made acceptable by pinning")
         self._check_pin_limit(len(targets), f"non-finite at {offender} on {window}")
         evidence = origin.to_dict()
-        new = [Pin(name, self.nodes[name].op_type, self.stages.get(name),
-                   "nonfinite" if name == offender else "nonfinite_input", window, engine,
-                   evidence if name == offender else {"consumer": offender} | evidence) for name in targets]
+        reasons = {name: ("nonfinite_consumer", {"producer": offender}) if name in readers else
+                   ("nonfinite_input", {"consumer": offender}) for name in targets} | {offender: ("nonfinite", {})}
+        new = [Pin(name, self.nodes[name].op_type, self.stages.get(name), reasons[name][0], window, engine,
+                   reasons[name][1] | evidence) for name in targets]
         self.pins.update((pin.node, pin) for pin in new)
         self._log(f"pin {', '.join(targets)}: non-finite at {offender} ({origin.op_type}, {origin.stage}) "
                   f"on {window}: {origin.explanation}")

@@ -37,6 +37,7 @@ from brr.runtime import (
     InferenceSummary,
     InferenceUsageError,
     RecordingEntry,
+    WindowMode,
     run_inference,
 )
 
@@ -59,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with an export folder: serve its engine of this precision")
     parser.add_argument("--stride", type=float, default=DEFAULTS.stride_s,
                         help="seconds between 60 s windows")
+    parser.add_argument("--window-mode", choices=[m.value for m in WindowMode], default=DEFAULTS.window_mode.value,
+                        help="per-window: each window through the whole detector; overlap: the detector's front "
+                        "(encoder and electrode projection) runs once over the recording and only the rest per "
+                        "window (a checkpoint, or an export folder written with brr-export --split)")
+    parser.add_argument("--front-chunk", type=float, default=DEFAULTS.front_chunk_s, metavar="SECONDS",
+                        help="overlap mode: seconds of EEG the front runs on at once (bounds its memory)")
     parser.add_argument("--batch", type=int, default=None,
                         help="windows per engine call (default: 1 on a CPU, where more only costs memory; a TensorRT "
                              "engine's profile optimum, or 8, on a GPU)")
@@ -125,6 +132,7 @@ def settings_from_args(args: argparse.Namespace) -> InferenceSettings:
         executor=args.executor, ray_address=args.ray_address, postprocess=postprocess,
         mains_hz=None if args.mains == "none" else float(args.mains), min_recording_s=args.min_recording,
         max_unusable_channels=args.max_unusable_channels, allow_unverified=args.allow_unverified,
+        window_mode=WindowMode(args.window_mode), front_chunk_s=args.front_chunk,
     )
 
 
@@ -213,14 +221,15 @@ def print_summary(console: Console, summary: InferenceSummary) -> None:
     say(console, f"summary: {summary.out_dir}/{SUMMARY_FILE}")
 
 
-def describe_engine(console: Console, engine: str, allow_unverified: bool) -> None:
-    """Say how the engine was verified; refusal itself happens when it is loaded."""
+def describe_engine(console: Console, engine: str, allow_unverified: bool, split: bool = False) -> None:
+    """Say how the engine (its front and rest with ``split``) was verified; refusal itself happens when it is
+    loaded."""
     from brr.artifact.files import MANIFEST_FILE
     from brr.artifact.manifest import verification_line
 
     if not (Path(engine) / MANIFEST_FILE).is_file():
         return
-    line = verification_line(engine)
+    line = verification_line(engine, split)
     if line.startswith("UNVERIFIED") and allow_unverified:
         line = f"WARNING: serving an unverified engine (--allow-unverified): {line}"
     say(console, f"engine {engine}: {line}")
@@ -246,9 +255,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    args.engine = str(select_engine(args.engine, args.precision))
+    overlap = WindowMode(args.window_mode) is WindowMode.OVERLAP
+    args.engine = str(select_engine(args.engine, args.precision, split=overlap))
     settings = settings_from_args(args)
-    describe_engine(console, args.engine, args.allow_unverified)
+    describe_engine(console, args.engine, args.allow_unverified, split=overlap)
     try:
         with sigterm_as_interrupt():
             summary = _infer(args, settings, console)

@@ -20,6 +20,10 @@ Two stages are ill-conditioned by construction and get their own comparators:
   that bound is explained, and only the rest is held to the tolerance.
 - ``adjacency``: the top-k selection is compared as the set of kept entries per row, the weights on
   the entries both sides kept.
+
+What a user is served is judged apart (``EventAgreement``): the seizure events the model's own
+post-processing makes of the engine's logits against those it makes of fp32's, scored with
+timescoring's event scoring (SzCORE's parameters) with fp32's events as the reference.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from polygraphy.comparator import IterationResult
 from polygraphy.comparator.compare import SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 
+from brr.events.postprocess import PostprocessConfig, probabilities_to_events
+from brr.events.scoring import score_events
 from brr.model.positional_encoding import normalised_laplacian
 from brr.ops.eigh.compare import eigenspace_projectors
 
@@ -133,6 +139,67 @@ class TensorStats:
         return public | {"mean_abs_err": self.mean_abs_err, "rel_err": self.rel_err, "cosine": self.cosine}
 
 
+@dataclass
+class EventAgreement:
+    """The engine's seizure events against fp32's over the inputs fed: they agree when every fp32 event is
+    matched and no engine event is extra (event F1 of engine vs fp32 = 1.0; 1.0 too when neither finds any)."""
+
+    reference_events: int = 0
+    engine_events: int = 0
+    matched: int = 0  # fp32 events the engine also found (timescoring's true positives)
+    extra: int = 0  # engine events fp32 does not have (its false positives)
+    # Largest start or stop difference of events paired in order, where both found as many.
+    max_boundary_shift_s: float = 0.0
+    windows: int = 0
+
+    def add(self, reference_logits: np.ndarray, engine_logits: np.ndarray, postprocess: PostprocessConfig) -> None:
+        """One input's logits, (batch, samples) or (samples,); non-finite logits are the verdict's, not this."""
+        for ref_row, eng_row in zip(np.atleast_2d(reference_logits), np.atleast_2d(engine_logits)):
+            if not (np.isfinite(ref_row).all() and np.isfinite(eng_row).all()):
+                continue
+            ref = probabilities_to_events(_sigmoid(ref_row), postprocess)
+            eng = probabilities_to_events(_sigmoid(eng_row), postprocess)
+            scores = score_events(ref, eng, len(ref_row) / postprocess.fs, postprocess.fs)["event"]
+            self.reference_events += len(ref)
+            self.engine_events += len(eng)
+            self.matched += scores["tp"]
+            self.extra += scores["fp"]
+            if len(ref) == len(eng):
+                shifts = [max(abs(a.start_s - b.start_s), abs(a.stop_s - b.stop_s)) for a, b in zip(ref, eng)]
+                self.max_boundary_shift_s = max([self.max_boundary_shift_s, *shifts])
+            self.windows += 1
+
+    def merge(self, other: EventAgreement) -> None:
+        for name in ("reference_events", "engine_events", "matched", "extra", "windows"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.max_boundary_shift_s = max(self.max_boundary_shift_s, other.max_boundary_shift_s)
+
+    @property
+    def missed(self) -> int:
+        return self.reference_events - self.matched
+
+    @property
+    def f1(self) -> float:
+        if self.reference_events == 0 and self.extra == 0:
+            return 1.0
+        return 2 * self.matched / (2 * self.matched + self.extra + self.missed)
+
+    @property
+    def agree(self) -> bool:
+        return self.missed == 0 and self.extra == 0
+
+    def describe(self) -> str:
+        return (f"event F1 vs fp32 {self.f1:.3g} ({self.reference_events} fp32 events, {self.matched} matched, "
+                f"{self.extra} extra, {self.windows} windows; boundaries within {self.max_boundary_shift_s:.2g} s)")
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "missed": self.missed, "f1": self.f1, "agree": self.agree}
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(logits, dtype=np.float64), -60.0, 60.0)))
+
+
 def within_tolerance(reference: np.ndarray, engine: np.ndarray, atol: float, rtol: float) -> bool:
     """Polygraphy's elementwise verdict on two finite arrays of the same shape."""
     if reference.size == 0:
@@ -163,6 +230,10 @@ class EigenspaceError(NamedTuple):
     error: float
     unexplained: float
     degenerate: bool
+    # The cluster with the largest error: its column range, eigenvalues and distance to the rest.
+    cluster: tuple[int, int] = (0, 0)
+    cluster_values: tuple[float, float] = (0.0, 0.0)
+    separation: float = float("inf")
 
 
 def eigenspace_error(ref_values: np.ndarray, ref_vectors: np.ndarray, engine_vectors: np.ndarray,
@@ -180,7 +251,7 @@ def eigenspace_error(ref_values: np.ndarray, ref_vectors: np.ndarray, engine_vec
     # Projectors of the clusters inside the k returned columns, both sides clustered by the reference values.
     p_ref = eigenspace_projectors(ref_values[:k], ref_vectors[:, :k], gap)
     p_eng = eigenspace_projectors(ref_values[:k], engine_vectors, gap)
-    worst, unexplained, degenerate = 0.0, 0.0, False
+    worst, unexplained, degenerate, where = 0.0, 0.0, False, ((0, 0), (0.0, 0.0), float("inf"))
     for a, b in eigenvalue_clusters(ref_values, gap):
         if a >= k:
             break
@@ -194,8 +265,10 @@ def eigenspace_error(ref_values: np.ndarray, ref_vectors: np.ndarray, engine_vec
         separation = min(ref_values[a] - ref_values[a - 1] if a > 0 else np.inf,
                          ref_values[b] - ref_values[b - 1] if b < len(ref_values) else np.inf)
         bound = np.sqrt(2.0) * perturbation / (separation - perturbation) if separation > perturbation else np.inf
+        if err > worst:
+            where = ((a, b), (float(ref_values[a]), float(ref_values[b - 1])), float(separation))
         worst, unexplained = max(worst, err), max(unexplained, float(err - bound))
-    return EigenspaceError(worst, unexplained, degenerate)
+    return EigenspaceError(worst, unexplained, degenerate, *where)
 
 
 @dataclass
@@ -208,6 +281,13 @@ class EigenspaceStats:
     degenerate_steps: int = 0
     steps: int = 0
     passed: bool = True
+    # Where the largest projector error is: the eigenvalue cluster (columns [start, stop) of the reference's
+    # ascending spectrum, their eigenvalues), its gap to the rest of the spectrum, and ||E||_F of the
+    # engine's Laplacian minus the reference's at that step.
+    worst_cluster: list[int] = field(default_factory=lambda: [0, 0])
+    worst_cluster_values: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    worst_cluster_gap: float | None = None
+    worst_perturbation: float = 0.0
 
     def add(self, spectra: LaplacianSpectra, engine_pe: np.ndarray, engine_adjacency: np.ndarray | None,
             atol: float, rtol: float) -> None:
@@ -219,12 +299,27 @@ class EigenspaceStats:
                 self.passed = False
                 continue
             err = eigenspace_error(values, vectors, pe.astype(np.float64), perturbation=perturbation)
+            if err.error > self.max_projector_err:
+                self.worst_cluster, self.worst_cluster_values = list(err.cluster), list(err.cluster_values)
+                self.worst_cluster_gap = err.separation if np.isfinite(err.separation) else None
+                self.worst_perturbation = float(perturbation)
             self.steps += 1
             self.degenerate_steps += int(err.degenerate)
             self.max_projector_err = max(self.max_projector_err, err.error)
             self.max_unexplained_err = max(self.max_unexplained_err, err.unexplained)
         # Projector entries are O(1): the same tolerance as an element of an O(1) tensor.
         self.passed = bool(self.passed and self.max_unexplained_err <= atol + rtol)
+
+    def describe(self) -> str:
+        """The ambiguity, measured: which eigenvalues, their gap, the engine's perturbation."""
+        start, stop = self.worst_cluster
+        low, high = self.worst_cluster_values
+        values = f"{low:.4g}" if stop - start == 1 else f"{low:.4g}..{high:.4g}"
+        gap = "none (the whole spectrum)" if self.worst_cluster_gap is None else f"{self.worst_cluster_gap:.2g}"
+        return (f"eigenvalues {start}..{stop - 1} ({stop - start}-fold cluster at {values}) separated from the "
+                f"rest by {gap}; the engine's Laplacian differs by ||E||_F {self.worst_perturbation:.2g}; "
+                f"eigenspace error {self.max_projector_err:.2g}, {max(self.max_unexplained_err, 0.0):.2g} of it "
+                f"beyond the Davis-Kahan bound")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -6,7 +6,8 @@ marked, statistics inserted) on the engine's backend with the engine's settings.
 not possible, ``node_level_note`` says why, and the report repeats it.
 
 Artifacts of ``brr-export`` are read from their (checked) manifests; an engine's fp32 graph is the
-fp32 artifact given beside it, else the one its manifest names.
+fp32 artifact given beside it, else the one its manifest names. ``split_engine`` is an artifact's front and
+rest graphs (``brr.model.front``) run one after the other on whole windows.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import onnx
 from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
 
-from brr.artifact.files import is_reference
-from brr.artifact.load import load_runner
-from brr.artifact.manifest import fp32_reference, verify_manifest
+from brr.artifact.files import is_checkpoint, is_reference
+from brr.artifact.load import load_runner, load_split_runners
+from brr.artifact.manifest import fp32_reference, read_manifest, verify_manifest
 from brr.backends import BACKENDS, EngineBuildError, TensorStatistics
 from brr.backends.onnx_reference import OnnxReferenceRunner
 from brr.backends.onnxrt.runner import lean_onnxruntime_runner, onnxruntime_runner
+from brr.backends.split import ComposedRunner
 from brr.errors import InputError
 
 
@@ -97,6 +99,17 @@ def artifact_engine(path: Path, manifest: dict, runner: BaseRunner, fp32: onnx.M
         return Engine(path.name, runner, precision, node_level_note=f"node level skipped: {error}")
     return Engine(path.name, runner, precision, edited.graph, fp32, edited.runner_for,
                   tensor_statistics=edited.tensor_statistics, node_level_note=edited.note)
+
+
+def split_engine(path: str | Path) -> Engine:
+    """The front and rest of an artifact that holds them (or of a checkpoint, in PyTorch), composed: the pair
+    that overlap inference serves, compared at the probes of both."""
+    path = Path(path)
+    split = load_split_runners(path, probes=True)
+    precision = "fp32" if is_checkpoint(path) else read_manifest(path)["precision"]
+    name = f"{path.name}-front+rest"
+    return Engine(name, ComposedRunner(split, name), precision, path=str(path),
+                  node_level_note="the front and the rest run as two graphs: compared at their probes")
 
 
 def manifest_model(directory: Path) -> str:

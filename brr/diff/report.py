@@ -1,9 +1,11 @@
 """The diff report rendered: ``report.json`` (``report.schema.json``), ``report.md``, ``report.html``.
 
 Every rendering leads with what a person must learn first: where non-finite values start (node,
-op, stage, why, and what hid them downstream), then the stages, then the next step as commands.
-The sentences are written here once (``origin_sentences``, ``findings``) and both the Markdown and
-the HTML page (``templates/report.html.j2``, figures from ``brr.diff.plots`` embedded) use them.
+op, stage, why, and what hid them downstream), then the findings, each named node followed by its
+path to a probe judged node by node (origin or propagator), then the stages, then the next step as
+commands. The sentences are written here once (``origin_sentences``, ``findings``, ``role_line``)
+and both the Markdown and the HTML page (``templates/report.html.j2``, figures from
+``brr.diff.plots`` embedded) use them.
 """
 
 from __future__ import annotations
@@ -18,14 +20,25 @@ import jsonschema
 from markupsafe import Markup, escape
 
 from brr.diff.plots import offenders, plot_errors_per_stage, plot_magnitudes_per_tensor
-from brr.diff.results import SCHEMA_VERSION, DiffReport, EngineResult, NonfiniteOrigin
+from brr.diff.results import (
+    SCHEMA_VERSION,
+    DiffReport,
+    EngineResult,
+    NodeRole,
+    NonfiniteOrigin,
+    ReplayedNode,
+    ReplayedPath,
+)
 from brr.diff.verdict import NonfiniteKind, Verdict
+from brr.onnx.source import ModuleSource
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 PLOT_FILE = "error_per_stage.png"
 NEXT_STEP_INTRO = "Next step: find the nodes to keep in fp32, then export with that plan:"
+ROLE_TONES = {NodeRole.ORIGIN: "bad", NodeRole.PROPAGATOR: "ok"}
 
-__all__ = ["SCHEMA_VERSION", "findings", "markdown", "origin_sentences", "validate", "write_report"]
+__all__ = ["SCHEMA_VERSION", "findings", "markdown", "origin_sentences", "replayed_paths", "role_line", "validate",
+           "write_report"]
 
 
 def validate(document: dict) -> None:
@@ -62,6 +75,23 @@ def reference_line(report: DiffReport) -> str:
     return f"Reference `{report.reference}`, {len(report.inputs)} inputs, fail on {report.fail_on}."
 
 
+def bundle_line(report: DiffReport) -> str | None:
+    """Where the repro bundle is (``brr.diff.repro``), or which bundle a ``--check`` report judged again."""
+    if report.rejudged:
+        judged = report.rejudged
+        return (f"Judged again offline from the outputs saved in `{judged['bundle']}` ({judged['inputs']} of "
+                f"the live run's {judged['live_inputs']} inputs); node level was not rerun.")
+    if report.repro:
+        return (f"Repro bundle: `{report.repro}` (README.md, repro.sh: the Polygraphy lines that reproduce "
+                "it); `brr-diff --check` judges its saved outputs again offline.")
+    return None
+
+
+def where(node: str, op_type: str, stage: str | None, module: ModuleSource | None) -> str:
+    """A node as the sentences name it: ONNX node, op, stage, and the nn.Module it was traced in."""
+    return f"`{node}` ({op_type}, stage `{stage}`)" + (f" in {module.describe()}" if module else "")
+
+
 def origin_sentences(engine: EngineResult) -> list[str]:
     """One sentence per place the engine's non-finite values start: where, why, and what hid them."""
     if not engine.origins:
@@ -73,10 +103,10 @@ def origin_sentences(engine: EngineResult) -> list[str]:
 
 
 def origin_sentence(engine: EngineResult, origin: NonfiniteOrigin) -> str:
-    where = f"`{origin.node}` ({origin.op_type}, stage `{origin.stage}`)"
+    at = where(origin.node, origin.op_type, origin.stage, origin.module)
     if origin.kind is NonfiniteKind.FP32:
-        return f"{engine.name}: non-finite values already in fp32 at {where}: {origin.explanation}"
-    sentence = f"{engine.name}: {engine.precision} {origin.cause} at {where} on `{origin.input}`: " \
+        return f"{engine.name}: non-finite values already in fp32 at {at}: {origin.explanation}"
+    sentence = f"{engine.name}: {engine.precision} {origin.cause} at {at} on `{origin.input}`: " \
                f"{origin.explanation}."
     hidden = origin.hidden_by
     if hidden:
@@ -98,11 +128,15 @@ def origin_sentence(engine: EngineResult, origin: NonfiniteOrigin) -> str:
 def findings(engine: EngineResult) -> list[str]:
     """The other lines worth reading about one engine, most important first."""
     lines = []
+    events = engine.events
+    if events is not None:
+        lines.append(f"served events {'match' if events.agree else 'DIFFER FROM'} fp32's: {events.describe()}")
+    lines += [f"warning: {warning}" for warning in engine.warnings]
     node = engine.first_divergent_node
     if node is not None:
-        lines.append(f"first node beyond tolerance (atol {engine.atol:g}, rtol {engine.rtol:g}): `{node.node}` "
-                     f"({node.op_type}, stage `{node.stage}`) on `{node.input}`, max abs error "
-                     f"{float(node.stats.max_abs_err):.3g}")
+        lines.append(f"first node beyond tolerance (atol {engine.atol:g}, rtol {engine.rtol:g}): "
+                     f"{where(node.node, node.op_type, node.stage, node.module)} on `{node.input}`, max abs "
+                     f"error {float(node.stats.max_abs_err):.3g}")
     ambiguous = [i for i in engine.inputs if i.verdict is Verdict.BASIS_AMBIGUOUS]
     if ambiguous:
         stages = sorted({i.first_divergent_stage for i in ambiguous})
@@ -110,6 +144,15 @@ def findings(engine: EngineResult) -> list[str]:
         causes = ", ".join(f"{s} ({why.get(s, 'ambiguous')})" for s in stages)
         lines.append(f"two correct answers at {causes} on {len(ambiguous)} inputs: "
                      f"{', '.join(sorted(i.input for i in ambiguous)[:5])}")
+        eigenspaces = [i.stages["laplacian_pe"].eigenspace for i in ambiguous
+                       if "laplacian_pe" in i.stages and i.stages["laplacian_pe"].eigenspace is not None]
+        if eigenspaces:
+            worst = max(eigenspaces, key=lambda e: e.max_projector_err)
+            lines.append(f"ambiguity measured: {worst.describe()}")
+        logits = [i.stages["logits"].stats.max_abs_err for i in ambiguous if "logits" in i.stages]
+        if logits:
+            lines.append(f"its effect on what is served: logits up to {max(logits):.3g} from fp32's (tolerance "
+                         f"{engine.atol:g}), the same events on those inputs")
     bad = [i.input for i in engine.inputs if not i.verdict.accepted]
     if bad:
         lines.append(f"{len(bad)} of {len(engine.inputs)} inputs off: {', '.join(bad[:6])}")
@@ -117,11 +160,44 @@ def findings(engine: EngineResult) -> list[str]:
     return lines
 
 
+def replayed_paths(engine: EngineResult) -> list[tuple[str, ReplayedPath]]:
+    """Each named node (origins, first divergent node) whose path was judged origin or propagator: a
+    sentence saying where the path goes and how it was judged, and the path."""
+    paths = []
+    for finding in [*engine.origins, engine.first_divergent_node]:
+        if finding is None or finding.roles is None:
+            continue
+        roles = finding.roles
+        towards = f"to the `{roles.probe}` probe" if roles.probe else "(it reaches no probe)"
+        shown = len(roles.nodes)
+        first = f", its first {shown} of {roles.path_length} nodes" if roles.probe and 0 < shown < roles.path_length \
+            else ""
+        head = (f"origin or propagator from `{finding.node}` {towards}{first}, each node run alone in "
+                f"{engine.precision} on fp32's inputs (atol {roles.atol:g}, rtol {roles.rtol:g})")
+        paths.append((head + (f": {roles.note}" if roles.note else ":"), roles))
+    return paths
+
+
+def role_line(node: ReplayedNode) -> str:
+    """One replayed node: where, its role, and its own error alone."""
+    at = f"`{node.node}` ({node.op_type})" + (f" in {node.module.describe()}" if node.module else "")
+    if node.role is None:
+        return f"{at}: {node.skipped}"
+    detail = "own max abs error " + ("-" if node.own_error is None else f"{node.own_error:.3g}")
+    if node.own_nonfinite:
+        detail += f", {node.own_nonfinite:,} of {node.elements:,} values non-finite alone"
+    if node.inputs_nonfinite:
+        detail += (f"; {node.inputs_nonfinite:,} of its input values, finite in fp32, are non-finite once stored "
+                   "(its producer's store made them)")
+    return f"{at}: {node.role}, {detail}"
+
+
 def markdown(report: DiffReport) -> str:
     lines = [f"## brr-diff: {report.verdict}", ""]
     origins = [s for e in report.engines for s in origin_sentences(e)]
     lines += [f"**{s}**" for s in origins] + ([""] if origins else [])
-    lines += [reference_line(report), "",
+    bundle = bundle_line(report)
+    lines += [reference_line(report), *([bundle] if bundle else []), "",
               ("| engine | tolerance | verdict | first stage non-finite | first stage beyond tolerance | "
                "logits non-finite | logits max abs err | logits cosine |"),
               "|---|---|---|---|---|---|---|---|"]
@@ -135,6 +211,8 @@ def markdown(report: DiffReport) -> str:
     lines.append("")
     for e in report.engines:
         lines += [f"- **{e.name}**: {line}" for line in findings(e)]
+        for head, roles in replayed_paths(e):
+            lines += [f"- **{e.name}**: {head}", *(f"  - {role_line(node)}" for node in roles.nodes)]
     cost = report.cost
     if cost:
         lines += ["", (f"Cost: {cost['seconds']:g} s, peak RSS {cost['peak_rss_mb']} MB, "
@@ -182,9 +260,15 @@ def _engine_view(engine: EngineResult, directory: Path) -> dict:
         inputs.append({"input": i.input, "verdict": i.verdict, "tone": i.verdict.tone,
                        "first_nonfinite_stage": i.first_nonfinite_stage,
                        "first_divergent_stage": i.first_divergent_stage,
-                       "node": f"{named.node} ({named.op_type})" if named else None})
+                       "node": f"{named.node} ({named.op_type})" if named else None,
+                       "module": named.module.describe() if named and named.module else None})
+    paths = [{"head": head, "nodes": [{"node": node, "tone": ROLE_TONES.get(node.role, "neutral"),
+                                       "note": node.skipped or (f"{node.inputs_nonfinite:,} input values non-finite "
+                                                                "once stored" if node.inputs_nonfinite else "")}
+                                      for node in roles.nodes]}
+             for head, roles in replayed_paths(engine)]
     return {"engine": engine, "tone": engine.verdict.tone, "logits": engine.stages.get("logits"),
-            "findings": findings(engine), "stages": stages, "inputs": inputs, "marked": marked,
+            "findings": findings(engine), "paths": paths, "stages": stages, "inputs": inputs, "marked": marked,
             "figure": _data_uri(figure) if engine.nodes and figure.is_file() else None,
             "figure_file": figure.name}
 
@@ -198,6 +282,7 @@ def html_page(report: DiffReport, directory: Path) -> str:
     return environment.get_template("report.html.j2").render(
         report=report, tone=report.verdict.tone, meaning=report.verdict.meaning,
         origins=[s for e in report.engines for s in origin_sentences(e)], reference_line=reference_line(report),
+        bundle_line=bundle_line(report),
         engines=[_engine_view(e, Path(directory)) for e in report.engines],
         stage_plot=_data_uri(stage_plot) if any(e.stages for e in report.engines) else None,
         steps=report.next_steps(), next_step_intro=NEXT_STEP_INTRO)

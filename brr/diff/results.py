@@ -17,8 +17,9 @@ from enum import StrEnum
 
 import numpy as np
 
-from brr.diff.compare import EigenspaceStats, SelectionStats, TensorStats
+from brr.diff.compare import EigenspaceStats, EventAgreement, SelectionStats, TensorStats
 from brr.diff.verdict import FailOn, NonfiniteKind, Verdict
+from brr.onnx.source import ModuleSource
 from brr.onnx.statistics import TensorRange
 
 REDUCED_PRECISIONS = ("fp16", "bf16")
@@ -33,6 +34,7 @@ OBSERVATION = {
     "debug_tensors": "TensorRT debug tensors of the engine as built (its fusions kept)",
     "marked_debug_tensors": "TensorRT debug tensors marked one by one (not fused across)",
     "marked_outputs": "a copy with the tensors marked as outputs (origin details, bisection)",
+    "openvino_outputs": "the OpenVINO model compiled with the tensors it keeps as extra outputs",
 }
 
 
@@ -51,10 +53,18 @@ class Cause(StrEnum):
     """Why values went non-finite at an origin."""
 
     OVERFLOW = "overflow"  # beyond the precision's largest finite value
+    # A finite fp32 value (a result computed in fp32, a weight, an input) beyond the largest finite value of
+    # the precision it is stored in: the store makes it inf.
+    OVERFLOW_WHEN_STORED = "overflow when stored"
     UNDERFLOW = "underflow"  # below its smallest normal, flushed to 0, then divided by or the like
     CANCELLATION = "cancellation"  # digits lost to rounding upstream (a difference of near-equal values)
     FP32 = "fp32"  # already non-finite in fp32
     UNKNOWN = "unknown"
+    # Within one operation from finite inputs (``brr.train.nonfinite`` names them; node level does not yet):
+    ZERO_DIVIDED_BY_ZERO = "0/0"
+    DIVISION_BY_ZERO = "division by zero"  # a non-zero value over 0, or 1/0: +-inf
+    INVALID_DOMAIN = "outside the function's domain"  # log of x <= 0, sqrt of x < 0, ...
+    INF_MINUS_INF = "inf - inf"  # intermediates (a sum's terms) overflow with both signs: NaN
 
 
 @dataclass(frozen=True)
@@ -118,12 +128,17 @@ class OutputRange:
     elements: int
     # A rounding engine's result before it is stored in the precision (``brr.onnx.precision``).
     engine_before_storing: ValueRange | None = None
+    # The engine's tensor its consumers read, where that is not ``name``: the copy a rounding engine stores
+    # in the precision of a result it keeps in fp32 (a probe, a pinned node's result).
+    read_as: str | None = None
 
     def to_dict(self) -> dict:
         out = {"name": self.name, "fp32": self.fp32.to_dict(), "engine": self.engine.to_dict(),
                "precision_nonfinite": self.precision_nonfinite, "elements": self.elements}
         if self.engine_before_storing is not None:
             out["engine_before_storing"] = self.engine_before_storing.to_dict()
+        if self.read_as is not None:
+            out["read_as"] = self.read_as
         return out
 
 
@@ -137,6 +152,53 @@ class NodeRef:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+class NodeRole(StrEnum):
+    """What a node does to the error, judged by running it alone at the engine's precision on fp32's inputs."""
+
+    ORIGIN = "origin"  # its own result is non-finite or beyond tolerance: it makes error
+    PROPAGATOR = "propagator"  # its own result is within tolerance: it carries the error it receives
+
+
+@dataclass(frozen=True)
+class ReplayedNode:
+    """One node on the path from a named node to a probe, run alone (``brr.diff.localise``)."""
+
+    node: str
+    op_type: str
+    tensor: str  # its output on the path
+    module: ModuleSource | None
+    role: NodeRole | None  # None: not replayed (``skipped`` says why)
+    own_error: float | None = None  # max |alone - fp32| over the elements finite in both
+    own_nonfinite: int = 0  # elements non-finite alone where fp32 is finite
+    elements: int = 0
+    # Elements of its inputs the precision cannot hold (finite in fp32, non-finite once stored): a
+    # propagator whatever it gives, the producer's store made them.
+    inputs_nonfinite: int = 0
+    skipped: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "op_type": self.op_type, "tensor": self.tensor,
+                "module": _dict_or_none(self.module), "role": self.role, "own_error": self.own_error,
+                "own_nonfinite": self.own_nonfinite, "elements": self.elements,
+                "inputs_nonfinite": self.inputs_nonfinite, "skipped": self.skipped}
+
+
+@dataclass(frozen=True)
+class ReplayedPath:
+    """Origin or propagator, node by node, from a named node towards the first probe it reaches."""
+
+    nodes: list[ReplayedNode]  # the first nodes of the path, the named one first
+    probe: str | None  # the probe (graph output) the path reaches; None where it reaches none
+    path_length: int  # nodes from the named one to the probe's
+    atol: float
+    rtol: float
+    note: str | None = None  # why nothing was replayed
+
+    def to_dict(self) -> dict:
+        return {"nodes": [n.to_dict() for n in self.nodes], "probe": self.probe, "path_length": self.path_length,
+                "atol": self.atol, "rtol": self.rtol, "note": self.note}
 
 
 @dataclass(frozen=True)
@@ -159,13 +221,17 @@ class NonfiniteOrigin:
     # Tensors fused, in the engine as built, into the kernel where the value was first seen non-finite.
     fused_with: list[str] | None = None
     input: str | None = None  # the input it was found on (engine level)
+    module: ModuleSource | None = None  # the nn.Module the node was traced in
+    roles: ReplayedPath | None = None  # origin or propagator from here towards the first probe
 
     def to_dict(self) -> dict:
         out = {"node": self.node, "op_type": self.op_type, "stage": self.stage, "tensor": self.tensor,
                "kind": self.kind, "inputs": [i.to_dict() for i in self.inputs], "output": self.output.to_dict(),
                "hidden_by": [h.to_dict() for h in self.hidden_by], "hidden_by_count": self.hidden_by_count,
                "nonfinite_outputs": list(self.nonfinite_outputs), "contaminated": self.contaminated,
-               "cause": self.cause, "explanation": self.explanation}
+               "cause": self.cause, "explanation": self.explanation, "module": _dict_or_none(self.module)}
+        if self.roles is not None:
+            out["roles"] = self.roles.to_dict()
         if self.fused_with is not None:
             out["fused_with"] = list(self.fused_with)
         if self.input is not None:
@@ -183,10 +249,14 @@ class DivergentNode:
     tensor: str
     stats: TensorStats
     input: str | None = None  # the input it was found on (engine level)
+    module: ModuleSource | None = None  # the nn.Module the node was traced in
+    roles: ReplayedPath | None = None  # origin or propagator from here towards the first probe
 
     def to_dict(self) -> dict:
         out = {"node": self.node, "op_type": self.op_type, "stage": self.stage, "tensor": self.tensor,
-               "stats": self.stats.to_dict()}
+               "stats": self.stats.to_dict(), "module": _dict_or_none(self.module)}
+        if self.roles is not None:
+            out["roles"] = self.roles.to_dict()
         if self.input is not None:
             out["input"] = self.input
         return out
@@ -228,7 +298,7 @@ class Localisation:
             self.observed_by.append(method)
 
 
-def _dict_or_none(finding: NonfiniteOrigin | DivergentNode | None) -> dict | None:
+def _dict_or_none(finding: NonfiniteOrigin | DivergentNode | ModuleSource | None) -> dict | None:
     return None if finding is None else finding.to_dict()
 
 
@@ -258,13 +328,27 @@ class InputResult:
     first_nonfinite_stage: str | None = None
     # Non-finite values inside the engine that every probe hides (node level found them).
     nonfinite_hidden: bool = False
+    # The served events against fp32's (None where the outputs hold no logits).
+    events: EventAgreement | None = None
+    # Stages beyond tolerance on an input whose served outputs pass: localisation's, not the verdict's.
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"input": self.input, "verdict": self.verdict, "first_nonfinite_stage": self.first_nonfinite_stage,
                 "nonfinite_hidden": self.nonfinite_hidden,
+                "events": None if self.events is None else self.events.to_dict(), "warnings": list(self.warnings),
                 "first_divergent_stage": self.first_divergent_stage,
                 "stages": {k: v.to_dict() for k, v in self.stages.items()},
                 "node_level": json_floats(self.node_level.to_dict()) if self.node_level is not None else None}
+
+    def found_nonfinite(self, kind: NonfiniteKind, stage: str | None) -> None:
+        """Node level found values of ``kind`` non-finite inside the engine, first at ``stage``: the verdict
+        says so even where every probe is finite (a guard's clamp or nan_to_num hid them: hidden, not
+        harmless)."""
+        if kind.verdict != self.verdict and self.verdict is not Verdict.NONFINITE_FP32:
+            self.verdict = kind.verdict
+            self.nonfinite_hidden = self.first_nonfinite_stage is None
+            self.first_nonfinite_stage = self.first_nonfinite_stage or stage
 
 
 @dataclass
@@ -325,6 +409,25 @@ class EngineResult:
         return next((i.first_nonfinite_stage for i in self.inputs if i.first_nonfinite_stage), None)
 
     @property
+    def events(self) -> EventAgreement | None:
+        """The served events against fp32's over every input that has them."""
+        judged = [i.events for i in self.inputs if i.events is not None]
+        if not judged:
+            return None
+        total = EventAgreement()
+        for agreement in judged:
+            total.merge(agreement)
+        return total
+
+    @property
+    def warnings(self) -> list[str]:
+        """Each stage beyond tolerance on inputs whose served outputs pass, with its largest error."""
+        stages = dict.fromkeys(name for i in self.inputs for name in i.warnings)
+        return [f"{name} beyond tolerance on {sum(name in i.warnings for i in self.inputs)} input(s) whose "
+                f"logits and events match fp32 (max |error| {self.stages[name].max_abs_err:.3g})"
+                for name in stages if name in self.stages]
+
+    @property
     def first_divergent_stage(self) -> str | None:
         """First stage beyond tolerance, from the inputs that only diverge (never a non-finite input's)."""
         for verdict in (Verdict.DIVERGENCE, Verdict.BASIS_AMBIGUOUS):
@@ -375,10 +478,10 @@ class EngineResult:
 
     def observation_note(self) -> str | None:
         """How node level read the engine's tensors, where the backend read them itself (TensorRT debug
-        tensors), and which it could not observe."""
+        tensors, OpenVINO outputs), and which it could not observe."""
         levels = [i.node_level for i in self.inputs if i.node_level is not None]
         methods = list(dict.fromkeys(m for level in levels for m in level.observed_by))
-        if not {"debug_tensors", "marked_debug_tensors"} & set(methods):
+        if not {"debug_tensors", "marked_debug_tensors", "openvino_outputs"} & set(methods):
             return None
         unobserved = next((level.unobserved for level in levels if level.unobserved), [])
         note = "node level read the engine's tensors by " + ", then ".join(OBSERVATION[m] for m in methods)
@@ -391,6 +494,7 @@ class EngineResult:
         return {
             "name": self.name, "precision": self.precision, "path": self.path, "atol": self.atol, "rtol": self.rtol,
             "verdict": self.verdict, "first_nonfinite_stage": self.first_nonfinite_stage,
+            "events": None if self.events is None else self.events.to_dict(), "warnings": self.warnings,
             "first_divergent_stage": self.first_divergent_stage, "origin": json_floats(_dict_or_none(self.origin)),
             "origins": json_floats([o.to_dict() for o in self.origins]),
             "first_divergent_node": json_floats(_dict_or_none(self.first_divergent_node)),
@@ -410,6 +514,9 @@ class DiffReport:
     cost: dict = field(default_factory=dict)
     # How the inputs were given on the command line, for the next-step commands (e.g. "--synthetic 2").
     data_arguments: list[str] = field(default_factory=list)
+    repro: str | None = None  # the repro bundle the diff wrote (``brr.diff.repro``)
+    # Set on a report judged offline from a bundle (``brr-diff --check``): the bundle, inputs saved and run.
+    rejudged: dict | None = None
 
     @property
     def verdict(self) -> Verdict:
@@ -440,7 +547,9 @@ class DiffReport:
     def to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "tool": "brr-diff", "reference": self.reference,
                 "fail_on": self.fail_on, "verdict": self.verdict, "inputs": self.inputs, "cost": self.cost,
-                "next_steps": self.next_steps(), "engines": [e.to_dict() for e in self.engines]}
+                "next_steps": self.next_steps(), "engines": [e.to_dict() for e in self.engines]} \
+            | ({"repro": self.repro} if self.repro else {}) \
+            | ({"rejudged": self.rejudged} if self.rejudged else {})
 
 
 SCHEMA_VERSION = "2.0"

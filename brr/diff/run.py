@@ -23,18 +23,22 @@ from pathlib import Path
 from polygraphy.backend.base import BaseRunner
 from polygraphy.comparator import Comparator
 
-from brr.artifact.files import artifact_folders
+from brr.artifact.files import artifact_folders, is_checkpoint
+from brr.artifact.load import tuned_postprocess
 from brr.backends.onnxrt.runner import lean_onnxruntime_runner
 from brr.backends.torch.runner import AUTOCAST_DTYPES, TorchRunner
-from brr.diff.compare import LaplacianSpectra, TensorStats, reference_spectrum
-from brr.diff.engines import Engine, artifact_engines
+from brr.diff.compare import LaplacianSpectra, TensorStats
+from brr.diff.engines import Engine, artifact_engines, split_engine
 from brr.diff.inputs import WindowLoader
 from brr.diff.localise import NodeLocaliser
+from brr.diff.openvino_nodes import node_localiser
 from brr.diff.probes import compare_outputs
 from brr.diff.report import write_report
+from brr.diff.repro import REPRO_FOLDER, Judging, ReproWriter
 from brr.diff.results import DiffReport, EngineResult, InputResult
 from brr.diff.verdict import FailOn, Verdict
 from brr.errors import UsageError
+from brr.events.postprocess import PostprocessConfig
 from brr.model import V3Detector
 from brr.model.contract import OUTPUT_NAME
 from brr.resources import peak_rss_mb
@@ -43,20 +47,24 @@ from brr.tolerances import TOLERANCES
 log = logging.getLogger(__name__)
 
 TORCH_ENGINE_PREFIX = "torch:"  # "torch:fp16", "torch:bf16": the reference under autocast
+SPLIT_ENGINE_PREFIX = "split:"  # "split:FOLDER": the artifact's front and rest, composed (split_engine)
 
 
 def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[Engine | BaseRunner | str | Path],
              inputs: WindowLoader | Iterable[dict], atol: float | None = None, rtol: float | None = None,
-             report_dir: str | Path | None = None, fail_on: str = "nonfinite", node_level: bool = True
-             ) -> DiffReport:
+             report_dir: str | Path | None = None, fail_on: str = "nonfinite", node_level: bool = True,
+             repro_dir: str | Path | None = None, repro_every_input: bool = False) -> DiffReport:
     """Compare ``engines`` with ``reference`` on ``inputs``; write the reports to ``report_dir`` if given.
 
     ``reference``: a checkpoint folder or a model (run in fp32 with probes), or any runner.
     ``engines``: ``Engine`` objects, Polygraphy runners, ``brr-export`` artifact folders (or the ``--out``
     folder: every artifact in it), or
-    ``"torch:fp16"`` / ``"torch:bf16"`` (the reference model under autocast).
+    ``"torch:fp16"`` / ``"torch:bf16"`` (the reference model under autocast), or ``"split:FOLDER"`` (an
+    artifact's front and rest graphs, composed).
     ``atol``/``rtol``: None follows each engine's precision (``TOLERANCES``).
     ``report.failed`` says whether ``fail_on`` ('nonfinite' | 'divergence' | 'never') is met.
+    ``repro_dir``: where the repro bundle (``brr.diff.repro``) goes, by default ``report_dir``/repro: the
+    inputs some engine is not accepted on, or every input with ``repro_every_input``.
     One line per input and per node-level search is logged.
     """
     try:
@@ -71,16 +79,28 @@ def run_diff(reference: str | Path | V3Detector | BaseRunner, engines: Iterable[
     results = [EngineResult(e.name, e.precision, *_tolerance(e.precision, atol, rtol), path=e.path,
                             node_level_note=e.node_level_note) for e in engine_list]
     fed = FedInputs(inputs)
+    postprocess = _postprocess(reference)
+    if repro_dir is None and report_dir is not None:
+        repro_dir = Path(report_dir) / REPRO_FOLDER
+    repro = None if repro_dir is None else ReproWriter.for_run(
+        repro_dir, repro_every_input, reference_name=report.reference, reference_runner=reference_runner,
+        engines=engine_list, postprocess=postprocess)
     with contextlib.closing(NodeLevel()) as localisation:
         stream = Comparator.run([reference_runner] + [e.runner for e in engine_list], data_loader=iter(fed),
                                 streaming=True)
         for run in stream:
-            _compare_input(run, fed, reference_runner, engine_list, results, localisation if node_level else None)
+            _compare_input(run, fed, reference_runner, engine_list, results, localisation if node_level else None,
+                           postprocess)
             log.info(f"input {len(fed.labels)} {fed.label}: "
                      + ", ".join(f"{r.name} {r.inputs[-1].verdict}" for r in results)
                      + f"; {time.perf_counter() - started:.0f} s, peak RSS {peak_rss_mb():.0f} MB")
+            if repro is not None:
+                repro.add(fed.label, fed.feed, run, all(r.inputs[-1].verdict.accepted for r in results))
     report.inputs = fed.labels
     report.engines = results
+    if repro is not None:
+        written = repro.finish(report)
+        report.repro = str(written) if written is not None else None
     report.cost = {"seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak_rss_mb()),
                    "node_level_runs": sum(i.node_level.runs for r in results for i in r.inputs if i.node_level)}
     if report_dir is not None:
@@ -113,7 +133,7 @@ class FedInputs:
 
 
 def _compare_input(run, fed: FedInputs, reference_runner: BaseRunner, engines: list[Engine],
-                   results: list[EngineResult], node_level: NodeLevel | None) -> None:
+                   results: list[EngineResult], node_level: NodeLevel | None, postprocess: PostprocessConfig) -> None:
     """One input: each engine's probes against the reference's, then node level where it can run."""
     ref_out = run[reference_runner.name][0]
     spectrum = _spectrum(reference_runner, ref_out)
@@ -121,13 +141,15 @@ def _compare_input(run, fed: FedInputs, reference_runner: BaseRunner, engines: l
     top_k = model.config.edge_top_k if isinstance(model, V3Detector) else None
     for engine, result in zip(engines, results):
         eng_out = run[engine.runner.name][0]
-        outcome = compare_outputs(fed.label, fed.feed, ref_out, eng_out, spectrum, result.atol, result.rtol, top_k)
+        outcome = compare_outputs(fed.label, fed.feed, ref_out, eng_out, spectrum, result.atol, result.rtol, top_k,
+                                  postprocess)
         for name, stage in outcome.stages.items():
             result.stages.setdefault(name, TensorStats()).merge(stage.stats)
         if node_level is not None and engine.localisable:
             node_level.localise(engine, outcome, fed.feed, eng_out, result)
-            log.info(f"{engine.name} {fed.label}: node level ({outcome.node_level.method}) "
-                     f"{outcome.node_level.runs} runs, {outcome.node_level.seconds:.1f} s")
+            if outcome.node_level is not None:
+                log.info(f"{engine.name} {fed.label}: node level ({outcome.node_level.method}) "
+                         f"{outcome.node_level.runs} runs, {outcome.node_level.seconds:.1f} s")
         result.inputs.append(outcome)
 
 
@@ -146,23 +168,22 @@ class NodeLevel:
     def localise(self, engine: Engine, outcome: InputResult, feed: dict, eng_out, result: EngineResult) -> None:
         """Node level on one input: every input is scanned for non-finite tensors, so a value sanitised
         before any probe (a guard's clamp or nan_to_num) is still a failure with its origin named; an
-        input that only diverges gets the first node beyond tolerance, once per stage."""
+        input that only diverges gets the first node beyond tolerance, once per stage. Each node named
+        the first time is judged origin or propagator down its path to a probe."""
         localiser = self.localisers.get(engine.name) or self.localisers.setdefault(
-            engine.name, NodeLocaliser(engine, lean_onnxruntime_runner))
+            engine.name, node_localiser(engine, lean_onnxruntime_runner, result.atol, result.rtol))
+        if outcome.verdict.accepted and not localiser.scans_passing_inputs:
+            return
         logits = eng_out[OUTPUT_NAME] if OUTPUT_NAME in eng_out else None
         level = localiser.scan(feed, logits)
         result.merge_ranges(localiser.tensors, level.ranges, outcome.input)
         level.ranges = {}  # merged into the engine's; keep no copy per input
         found = level.first_nonfinite
-        if found is None and outcome.verdict.nonfinite_kind is not None:
+        if found is None and outcome.verdict.nonfinite_kind is not None and level.note is None:
             level.note = ("every tensor the engine shares with its fp32 graph is finite: the non-finite values "
                           "arise where the two graphs have no tensor in common")
-        if (found is not None and found.kind.verdict != outcome.verdict
-                and outcome.verdict is not Verdict.NONFINITE_FP32):
-            # Non-finite inside the engine though every probe is finite: hidden, not harmless.
-            outcome.verdict = found.kind.verdict
-            outcome.nonfinite_hidden = outcome.first_nonfinite_stage is None
-            outcome.first_nonfinite_stage = outcome.first_nonfinite_stage or found.stage
+        if found is not None:
+            outcome.found_nonfinite(found.kind, found.stage)
         key = (engine.name, outcome.first_divergent_stage)
         if found is None and outcome.verdict is Verdict.DIVERGENCE and key not in self.bisected:
             self.bisected.add(key)
@@ -174,7 +195,17 @@ class NodeLevel:
                 divergent.note or level.note
             if divergent.reproduced is False:
                 level.reproduced, level.reproduction_error = False, divergent.reproduction_error
+        localiser.judge_roles(level, feed, result.atol, result.rtol)
         outcome.node_level = level
+
+
+def _postprocess(reference) -> PostprocessConfig:
+    """The post-processing the reference checkpoint was tuned with (what is served), else the defaults."""
+    if isinstance(reference, (str, Path)) and is_checkpoint(Path(reference)):
+        tuned = tuned_postprocess(reference)
+        if tuned:
+            return PostprocessConfig(**tuned)
+    return PostprocessConfig()
 
 
 def _reference_name(reference: str | Path | V3Detector | BaseRunner) -> str:
@@ -189,11 +220,12 @@ def _tolerance(precision: str, atol: float | None, rtol: float | None) -> tuple[
 
 
 def _engines(reference, engines: list) -> list[Engine]:
+    prefixed = (TORCH_ENGINE_PREFIX, SPLIT_ENGINE_PREFIX)
     # The folder brr-export --out wrote stands for every artifact in it (engines paired with its fp32 ONNX).
     engines = [artifact for e in engines for artifact in (
-        (artifact_folders(Path(e)) or [e]) if isinstance(e, (str, Path)) and not str(e).startswith(TORCH_ENGINE_PREFIX)
+        (artifact_folders(Path(e)) or [e]) if isinstance(e, (str, Path)) and not str(e).startswith(prefixed)
         else [e])]
-    artifacts = [e for e in engines if isinstance(e, (str, Path)) and not str(e).startswith(TORCH_ENGINE_PREFIX)]
+    artifacts = [e for e in engines if isinstance(e, (str, Path)) and not str(e).startswith(prefixed)]
     by_path = {str(a): e for a, e in zip(artifacts, artifact_engines(artifacts))} if artifacts else {}
     out = []
     for e in engines:
@@ -201,6 +233,8 @@ def _engines(reference, engines: list) -> list[Engine]:
             out.append(e)
         elif isinstance(e, BaseRunner):
             out.append(Engine(e.name, e, node_level_note="a runner without its ONNX graph: compared at its probes"))
+        elif str(e).startswith(SPLIT_ENGINE_PREFIX):
+            out.append(split_engine(str(e)[len(SPLIT_ENGINE_PREFIX):]))
         elif str(e).startswith(TORCH_ENGINE_PREFIX):
             precision = str(e)[len(TORCH_ENGINE_PREFIX):]
             if precision not in AUTOCAST_DTYPES or isinstance(reference, BaseRunner):
@@ -221,8 +255,4 @@ def _engines(reference, engines: list) -> list[Engine]:
 
 def _spectrum(reference_runner: BaseRunner, ref_out) -> LaplacianSpectra | None:
     """The reference Laplacian spectra behind ``laplacian_pe``, if the reference is the detector."""
-    model = getattr(reference_runner, "model", None)
-    if not isinstance(model, V3Detector) or "adjacency" not in ref_out or not model.config.use_dynamic_pe:
-        return None
-    cfg = model.config
-    return reference_spectrum(ref_out["adjacency"], cfg.semi_dynamic_interval, cfg.degree_clamp, cfg.laplacian_shift)
+    return Judging.of(reference_runner).spectrum(ref_out)

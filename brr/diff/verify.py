@@ -18,7 +18,7 @@ from pathlib import Path
 
 from brr import machine
 from brr.artifact.manifest import record_verification
-from brr.diff.inputs import AdversarialWindows, ChainedWindows, SyntheticWindows
+from brr.diff.inputs import VERIFICATION_SYNTHETIC_WINDOWS, SyntheticWindows, verification_windows
 from brr.diff.report import origin_sentences, write_report
 from brr.diff.results import DiffReport
 from brr.diff.run import run_diff
@@ -63,11 +63,10 @@ class Verification:
 
 
 def verify_engine(reference, engine_path: str | Path, precision: str, report_dir: str | Path,
-                  window_samples: int, synthetic_windows: int = 2) -> Verification:
+                  window_samples: int, synthetic_windows: int = VERIFICATION_SYNTHETIC_WINDOWS) -> Verification:
     """Diff ``engine_path`` against the fp32 ``reference`` (checkpoint dir or model), write the report and
     record the verdict in the artifact's manifest."""
-    inputs = ChainedWindows([SyntheticWindows(synthetic_windows, window_samples),
-                             AdversarialWindows(window_samples)])
+    inputs = verification_windows(window_samples, synthetic_windows)
     report = run_diff(reference, [engine_path], inputs, fail_on="divergence")
     report.data_arguments = ["--synthetic", str(synthetic_windows)]
     write_report(report, report_dir)

@@ -8,7 +8,7 @@ graph that is served, and serving fetches ``logits`` alone (the other outputs co
 
 Every node records the probe stage it computes (``brr.onnx.stages``: metadata ``brr.stage``, and the
 map ``model.stages.json``). Export is deterministic: of the metadata torch leaves on a node, only its
-module paths are kept.
+module stack (paths and classes, ``brr.onnx.source``) is kept.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -30,7 +31,8 @@ from brr.artifact.files import ONNX_FILE, STAGES_FILE
 from brr.atomic import atomic_write_text
 from brr.errors import CheckFailed
 from brr.model import GRAPH_OUTPUT_NAMES, V3Detector
-from brr.model.contract import INPUT_NAME
+from brr.model.contract import INPUT_NAME, GraphPart
+from brr.onnx.source import CLASS_HIERARCHY_KEY
 from brr.onnx.stages import NAME_SCOPES_KEY, WRAPPED_MODULE, tag_stages
 from brr.ops.registry import ONNX_OPSET, OPS_MODES, translation_table
 
@@ -69,9 +71,10 @@ class _ProbedDetector(nn.Module):
 
 
 def _drop_traced_metadata(model: ir.Model) -> None:
-    """Keep only the module paths of every node's metadata (stack traces and FX nodes depend on the machine)."""
+    """Keep only the module stack of every node's metadata (stack traces and FX nodes depend on the
+    machine)."""
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        for key in [k for k in node.metadata_props if k != NAME_SCOPES_KEY]:
+        for key in [k for k in node.metadata_props if k not in (NAME_SCOPES_KEY, CLASS_HIERARCHY_KEY)]:
             del node.metadata_props[key]
 
 
@@ -129,19 +132,63 @@ def export_onnx(model: V3Detector, directory: str | Path, ops: str = "standard")
     directory.mkdir(parents=True, exist_ok=True)
     wrapper = _ProbedDetector(model.float().eval()).eval()
     example = torch.zeros(2, 19, model.config.window_samples)
+    result = OnnxExport(directory, ops, ONNX_OPSET)
+    stages = _export_graph(wrapper, example, INPUT_NAME, GRAPH_OUTPUT_NAMES, {0: torch.export.Dim("batch")},
+                           result.model, ops)
+    atomic_write_text(result.stages, json.dumps(stages, indent=1, sort_keys=True))
+    return result
+
+
+class _ProbedPart(nn.Module):
+    """One part of the detector (``GraphPart``) with its probes as outputs, in ``part.graph_outputs`` order."""
+
+    def __init__(self, detector: V3Detector, part: GraphPart):
+        super().__init__()
+        setattr(self, WRAPPED_MODULE, detector)
+        self.part = part
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        detector = getattr(self, WRAPPED_MODULE)
+        forward = detector.forward_front if self.part is GraphPart.FRONT else detector.forward_rest
+        _, probes = forward(x, return_probes=True)
+        return tuple(probes[name] for name in self.part.graph_outputs)
+
+
+def export_split_onnx(model: V3Detector, directory: str | Path, ops: str = "standard") -> dict[GraphPart, Path]:
+    """Export ``model``'s front and rest (``brr.model.front``) as two graphs into ``directory`` (``GraphPart.file``):
+    the front over any number of samples (a chunk of a recording), the rest over whole windows' features."""
+    if ops not in OPS_MODES:
+        raise ValueError(f"ops mode must be one of {OPS_MODES}, got {ops!r}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model, cfg = model.float().eval(), model.config
+    examples = {GraphPart.FRONT: torch.zeros(2, 19, cfg.window_samples),
+                GraphPart.REST: torch.zeros(2, 19, cfg.steps, cfg.electrode_dim)}
+    # A span shorter than the strided convolution's kernel has no step.
+    dynamic = {GraphPart.FRONT: {0: torch.export.Dim("batch"), 2: torch.export.Dim("samples", min=cfg.downsample)},
+               GraphPart.REST: {0: torch.export.Dim("batch")}}
+    paths = {}
+    for part in GraphPart:
+        paths[part] = directory / part.file
+        _export_graph(_ProbedPart(model, part).eval(), examples[part], part.input_name, part.graph_outputs,
+                      dynamic[part], paths[part], ops)
+    return paths
+
+
+def _export_graph(wrapper: nn.Module, example: torch.Tensor, input_name: str, output_names: tuple[str, ...],
+                  dynamic: dict[int, Any], path: Path, ops: str) -> dict[str, str]:
+    """Export ``wrapper`` to ``path`` (``dynamic``: axis -> ``torch.export.Dim``), fold and tag it, check it;
+    returns its stage map."""
     with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(
             wrapper, (example,), dynamo=True, opset_version=ONNX_OPSET, optimize=True, verbose=False,
-            input_names=[INPUT_NAME], output_names=list(GRAPH_OUTPUT_NAMES),
-            dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+            input_names=[input_name], output_names=list(output_names), dynamic_shapes={"x": dynamic},
             custom_translation_table=translation_table(ops),
         )
     probed = program.model
     _fold_weight_views(probed)
     _drop_traced_metadata(probed)
     stages = tag_stages(probed)
-    result = OnnxExport(directory, ops, ONNX_OPSET)
-    ir.save(probed, result.model)
-    atomic_write_text(result.stages, json.dumps(stages, indent=1, sort_keys=True))
-    check_onnx(result.model)
-    return result
+    ir.save(probed, path)
+    check_onnx(path)
+    return stages

@@ -4,7 +4,8 @@ The folders are ``brr.artifact.files``'s: ``onnx-<ops>/`` (the reference), then
 ``<backend>-<precision>-<ops>/`` unless the engine asked for is the reference itself (ONNX Runtime fp32).
 A backend asked for by name whose dependency is missing here but that ``builds_offline`` (TensorRT)
 still gets its folder, with all its build needs and a manifest saying the engine is not built; then
-``EngineNotBuilt`` carries the commands that build it elsewhere.
+``EngineNotBuilt`` carries the commands that build it elsewhere. ``split`` also writes the detector's front
+and rest as two fp32 graphs (``brr.model.front``) into the reference folder, for overlap inference.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from brr.backends import BACKENDS, resolve_backend
 from brr.data import iter_windows, read_recording, recording_files
 from brr.data.preprocess import TARGET_RATE
 from brr.errors import DependencyUnavailable
-from brr.export.onnx_export import export_onnx
+from brr.export.onnx_export import export_onnx, export_split_onnx
 from brr.export.precision_plan import PrecisionPlan, default_plan, load_plan
 from brr.model import load_checkpoint
 from brr.model.checkpoint import WEIGHTS_FILE, file_sha256, read_checkpoint_meta
+from brr.model.front import FrontGeometry
 from brr.onnx.strong_typing import require_strongly_typed_files
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class ExportRequest:
     batch: tuple[int, int, int] = (1, 4, 8)
     precision_plan: Path | str | None = None  # None: the default plan of fp16/bf16; "none": no plan
     calibration_data: Path | None = None
+    split: bool = False  # also the front and rest graphs, in the reference folder
 
 
 @dataclass
@@ -75,6 +78,8 @@ def export_command(request: ExportRequest, backend: str) -> str:
     for flag, value in (("--precision-plan", request.precision_plan), ("--data", request.calibration_data)):
         if value is not None:
             args += [flag, str(value)]
+    if request.split:
+        args.append("--split")
     return shlex.join(args)
 
 
@@ -129,9 +134,13 @@ def export_artifacts(request: ExportRequest) -> ExportResult:
     start = time.perf_counter()
     reference = export_onnx(model, reference_folder(request.out, request.ops), request.ops)
     seconds["onnx_export"] = time.perf_counter() - start
+    if request.split:
+        start = time.perf_counter()
+        export_split_onnx(model, reference.directory, request.ops)
+        seconds["split_export"] = time.perf_counter() - start
     common = {"source": source, "config": config, "ops": request.ops, "opset": reference.opset}
     write_manifest(reference.directory, backend=REFERENCE_BACKEND, precision="fp32", model_file=ONNX_FILE,
-                   pinned_nodes=[], **common)
+                   pinned_nodes=[], split=FrontGeometry.of(config) if request.split else None, **common)
     log.info(f"fp32 ONNX ({request.ops} ops): {reference.model} in {seconds['onnx_export']:.1f} s")
 
     engine_dir, commands = reference.directory, []

@@ -74,6 +74,11 @@ class DetectorConfig:
         return self.window_samples // self.downsample
 
     @property
+    def tcn_dilations(self) -> tuple[int, ...]:
+        """The dilation of each of the encoder's convolutions: doubling from 1, one per ``tcn_channels``."""
+        return tuple(2**i for i in range(len(self.tcn_channels)))
+
+    @property
     def n_edges(self) -> int:
         return self.n_channels * (self.n_channels - 1) // 2
 

@@ -2,7 +2,9 @@
 
 x (B, 19, 15360) -> logits (B, 15360). ``forward(x, return_probes=True)`` also returns the output of
 every stage under the names in ``brr.model.contract.PROBE_NAMES``; the diff tool, the exporter and the reports are
-keyed by these names, so they never change.
+keyed by these names, so they never change. ``forward`` is ``forward_rest(forward_front(x))``: the front
+(encoder and electrode projection) computes each step from the samples around it, so a recording's windows
+can share it (``brr.model.front``); the rest sees the whole window.
 
 The input must be finite: one NaN sample would otherwise become logits of exactly 0 (p = 0.5) for
 its whole window through the guards' ``nan_to_num``, a confident-looking number. ``forward`` raises
@@ -74,13 +76,26 @@ class V3Detector(nn.Module):
         self.head = DetectionHead(cfg)
 
     def forward(self, x: torch.Tensor, return_probes: bool = False):
+        electrodes, probes = self.forward_front(x, return_probes=True)
+        logits, rest = self.forward_rest(electrodes, return_probes=True)
+        probes |= rest
+        return (logits, probes) if return_probes else logits
+
+    def forward_front(self, x: torch.Tensor, return_probes: bool = False):
+        """The stages that compute each step from the samples around it alone (``brr.model.front``):
+        x (B, 19, N) -> electrode features (B, 19, N // downsample, D), for a window or any longer span."""
         if not _being_traced():
             check_finite_input(x)
         probes: dict[str, torch.Tensor] = {}
         probes["tcn"] = self.tcn(x)
         probes["electrodes"] = self.electrodes(probes["tcn"])
-        probes["node_stream"] = self.node_stream(probes["electrodes"])
-        probes["edge_similarity"], probes["edge_weights"] = self.edge_stream(probes["electrodes"])
+        return (probes["electrodes"], probes) if return_probes else probes["electrodes"]
+
+    def forward_rest(self, electrodes: torch.Tensor, return_probes: bool = False):
+        """The stages that see the whole window at once: electrode features (B, 19, T, D) -> logits (B, 16T)."""
+        probes: dict[str, torch.Tensor] = {}
+        probes["node_stream"] = self.node_stream(electrodes)
+        probes["edge_similarity"], probes["edge_weights"] = self.edge_stream(electrodes)
         probes["adjacency"] = self.adjacency(probes["edge_weights"])
         probes["laplacian_pe"] = self.positional_encoding(probes["adjacency"])
         probes["gnn"] = self.gnn(probes["node_stream"], probes["laplacian_pe"], probes["adjacency"])

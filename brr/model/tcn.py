@@ -26,8 +26,7 @@ class TCNEncoder(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         in_channels = cfg.n_channels
-        for i, out_channels in enumerate(cfg.tcn_channels):
-            dilation = 2**i
+        for dilation, out_channels in zip(cfg.tcn_dilations, cfg.tcn_channels):
             conv = nn.Conv1d(in_channels, out_channels, cfg.tcn_kernel, dilation=dilation,
                              padding=dilation * (cfg.tcn_kernel - 1) // 2)
             # Before weight_norm: its gain is taken from the initialised weight.

@@ -7,13 +7,19 @@ Ray), ``run`` (the batch, its summary and scores).
 from brr.runtime.discovery import RecordingJob, find_recordings
 from brr.runtime.outputs import DONE_SUFFIX, RecordingOutputs
 from brr.runtime.run import SUMMARY_FILE, InferenceInterrupted, InferenceSummary, run_inference
-from brr.runtime.settings import OUTPUT_FORMATS, InferenceSettings, InferenceUsageError
-from brr.runtime.windows import EngineFailure, EngineOutputError, model_windows, predict_probabilities
+from brr.runtime.settings import OUTPUT_FORMATS, InferenceSettings, InferenceUsageError, WindowMode
+from brr.runtime.windows import (
+    EngineFailure,
+    EngineOutputError,
+    model_windows,
+    predict_probabilities,
+    predict_probabilities_overlap,
+)
 from brr.runtime.worker import RecordingEntry, RecordingWorker
 
 __all__ = [
     "DONE_SUFFIX", "OUTPUT_FORMATS", "SUMMARY_FILE", "EngineFailure", "EngineOutputError", "InferenceInterrupted",
     "InferenceSettings", "InferenceSummary", "InferenceUsageError", "RecordingEntry", "RecordingJob",
-    "RecordingOutputs", "RecordingWorker", "find_recordings", "model_windows", "predict_probabilities",
-    "run_inference",
+    "RecordingOutputs", "RecordingWorker", "WindowMode", "find_recordings", "model_windows", "predict_probabilities",
+    "predict_probabilities_overlap", "run_inference",
 ]

@@ -53,6 +53,7 @@ def settings_fingerprint(engine: str | os.PathLike, settings: InferenceSettings)
         "engine": engine_identity(engine),
         "device": settings.device,
         "stride_s": settings.stride_s,
+        "window_mode": settings.window_mode,
         "formats": sorted(settings.formats),
         "save_probabilities": settings.save_probabilities,
         "postprocess": dataclasses.asdict(settings.postprocess),

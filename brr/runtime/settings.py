@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from brr.data.preprocess import TARGET_RATE
@@ -19,6 +20,14 @@ OUTPUT_FORMATS = {"csv_bi": ".csv_bi", "tsv": "_events.tsv", "json": "_events.js
 
 class InferenceUsageError(UsageError):
     """Bad settings, inputs or engine: nothing was run (``brr-infer`` exits 2)."""
+
+
+class WindowMode(StrEnum):
+    """How a recording's windows run: each through the whole detector, or sharing one run of its front
+    over the recording (``brr.model.front``), so that only the rest runs per window."""
+
+    PER_WINDOW = "per-window"
+    OVERLAP = "overlap"
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,9 @@ class InferenceSettings:
     max_unusable_channels: int = DEFAULT_MAX_UNUSABLE_CHANNELS
     # Serve an artifact whose verification failed, never ran, or ran another model (said loudly).
     allow_unverified: bool = False
+    window_mode: WindowMode = WindowMode.PER_WINDOW
+    # Seconds of EEG the shared front runs on at once (overlap mode): what bounds its memory.
+    front_chunk_s: float = 120.0
 
     def __post_init__(self) -> None:
         samples = self.stride_s * TARGET_RATE
@@ -65,6 +77,13 @@ class InferenceSettings:
             raise InferenceUsageError(f"min_recording_s must be >= 0, got {self.min_recording_s}")
         if self.max_unusable_channels < 0:
             raise InferenceUsageError(f"max_unusable_channels must be >= 0, got {self.max_unusable_channels}")
+        try:
+            object.__setattr__(self, "window_mode", WindowMode(self.window_mode))
+        except ValueError:
+            raise InferenceUsageError(f"window mode must be one of {[m.value for m in WindowMode]}, "
+                                      f"got {self.window_mode!r}") from None
+        if not self.front_chunk_s * TARGET_RATE >= 1:
+            raise InferenceUsageError(f"front chunk must be at least one sample, got {self.front_chunk_s!r} s")
         if self.postprocess.fs != TARGET_RATE:
             raise InferenceUsageError(f"postprocess.fs must be the model rate {TARGET_RATE}")
 

@@ -1,7 +1,8 @@
 """One recording, start to finish: the function every executor runs (``RecordingWorker``).
 
 The recording is streamed (:func:`~brr.data.open_recording`), run through the engine
-(:mod:`brr.runtime.windows`), turned into events without holding its trace
+(:mod:`brr.runtime.windows`: window by window, or with the windows sharing the detector's front, as the
+settings' ``window_mode`` says), turned into events without holding its trace
 (:class:`~brr.events.postprocess.SegmentedEventDetector`), and written (:mod:`brr.runtime.outputs`).
 Anything raised while reading, checking or running one recording (a broken or unreadable file, a
 header pyedflib cannot scale, too many unusable channels, non-finite logits) is that recording's
@@ -21,9 +22,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from brr.artifact.files import MANIFEST_FILE
-from brr.artifact.load import load_runner
+from brr.artifact.load import load_runner, load_split_runners
 from brr.artifact.manifest import read_manifest
 from brr.backends import BACKENDS
+from brr.backends.split import SplitRunners
 from brr.data import QualityPolicy, RecordingStream, UnusableRecordingError, count_windows, open_recording
 from brr.data.annotations import SeizureEvent
 from brr.data.preprocess import TARGET_RATE
@@ -31,8 +33,13 @@ from brr.events.postprocess import SegmentedEventDetector
 from brr.events.probabilities import PerSecondProbabilities
 from brr.runtime.discovery import RecordingJob
 from brr.runtime.outputs import RecordingOutputs, settings_fingerprint
-from brr.runtime.settings import InferenceSettings, InferenceUsageError
-from brr.runtime.windows import WINDOW_SAMPLES, EngineFailure, predict_probabilities
+from brr.runtime.settings import InferenceSettings, InferenceUsageError, WindowMode
+from brr.runtime.windows import (
+    WINDOW_SAMPLES,
+    EngineFailure,
+    predict_probabilities,
+    predict_probabilities_overlap,
+)
 
 
 @dataclass
@@ -105,6 +112,22 @@ def load_engine(engine: str | os.PathLike, threads: int | None = None, device: s
     return runner
 
 
+def load_split_engine(engine: str | os.PathLike, stride_s: float, threads: int | None = None, device: str = "cpu",
+                      allow_unverified: bool = False) -> SplitRunners:
+    """The front and rest runners of ``engine`` for overlap inference (a checkpoint, or an artifact holding the
+    two graphs, checked as ``load_engine`` checks one model), with the stride checked against the front."""
+    try:
+        split = load_split_runners(engine, threads=threads, device=device, require_verified=not allow_unverified)
+    except Exception as error:  # a refused artifact, whatever the backend's error type
+        raise InferenceUsageError(f"cannot load engine {engine} for overlap inference: {error}") from error
+    step = split.geometry.downsample
+    if round(stride_s * TARGET_RATE) % step:
+        raise InferenceUsageError(f"overlap inference needs a stride of whole {step}-sample steps of the "
+                                  f"detector's front ({step / TARGET_RATE:g} s); {stride_s:g} s is not: pick "
+                                  "another stride or --window-mode per-window")
+    return split
+
+
 # Windows per call on a GPU when the engine names no batch: enough to keep its kernels busy.
 GPU_BATCH = 8
 
@@ -159,8 +182,12 @@ class RecordingWorker:
 
     def _active_runner(self) -> Any:
         if self._runner is None:
-            runner = load_engine(self.engine, self.settings.threads, self.settings.device,
-                                 self.settings.allow_unverified)
+            settings = self.settings
+            if settings.window_mode is WindowMode.OVERLAP:
+                runner = load_split_engine(self.engine, settings.stride_s, settings.threads, settings.device,
+                                           settings.allow_unverified)
+            else:
+                runner = load_engine(self.engine, settings.threads, settings.device, settings.allow_unverified)
             runner.activate()
             self._runner = runner
         return self._runner
@@ -206,6 +233,7 @@ class RecordingWorker:
         else:
             outputs = self.outputs.write(job, self.settings.formats, events, duration_s, n_windows, per_second, quality,
                                          {"engine": self.engine, "stride_s": self.settings.stride_s,
+                                          "window_mode": self.settings.window_mode,
                                           "postprocess": dataclasses.asdict(self.settings.postprocess)},
                                          start=start)
             entry = RecordingEntry(job.path, job.name, "ok", duration_s, len(events), n_windows,
@@ -218,8 +246,14 @@ class RecordingWorker:
                 ) -> tuple[list[SeizureEvent], PerSecondProbabilities | None]:
         detector = SegmentedEventDetector(self.settings.postprocess)
         per_second = PerSecondProbabilities() if self.settings.save_probabilities else None
-        for chunk in predict_probabilities(self._active_runner(), stream, self.settings.stride_s,
-                                           self.batch_size, listener.windows_done):
+        settings = self.settings
+        if settings.window_mode is WindowMode.OVERLAP:
+            chunks = predict_probabilities_overlap(self._active_runner(), stream, settings.stride_s, self.batch_size,
+                                                   round(settings.front_chunk_s * TARGET_RATE), listener.windows_done)
+        else:
+            chunks = predict_probabilities(self._active_runner(), stream, settings.stride_s, self.batch_size,
+                                           listener.windows_done)
+        for chunk in chunks:
             self._check_stop()
             detector.add(chunk)
             if per_second is not None:

@@ -229,6 +229,18 @@ def test_fp16_evaluator_rounds_a_probe_for_its_consumers():
         assert search.run()[1].accepted
 
 
+def test_node_level_pins_the_reader_of_a_result_that_overflows_when_stored():
+    """Without the fp32 ranges' pins, node level names the squared norm's node: its fp32 result overflows when
+    stored in fp16. Pinned alone, its result would still reach the Sqrt through a cast to fp16: the Sqrt is
+    pinned with it, as the reader of that store, and one more evaluation accepts the plan."""
+    with PlanSearch(planted_model(), "fp16", windows(1), ATOL, RTOL) as search:
+        search.ranges_pinned = True  # node level alone
+        pins, final = search.run()
+    assert final.accepted and search.evaluations == 2 and set(pins) == {"norm_sumsq", "norm_sqrt"}
+    assert (pins["norm_sumsq"].reason, pins["norm_sumsq"].evidence["cause"]) == ("nonfinite", "overflow when stored")
+    assert pins["norm_sqrt"].reason == "nonfinite_consumer" and pins["norm_sqrt"].evidence["producer"] == "norm_sumsq"
+
+
 def test_lost_digits_are_found_by_bisection_and_only_the_two_nodes_are_pinned():
     with PlanSearch(cancellation_model(), "fp16", windows(2), ATOL, RTOL) as search:
         assert not search.evaluate(search.engine(set())).accepted

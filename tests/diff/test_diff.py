@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from planted_nets import PLANTED, WINDOW, CosineNet, assert_origin_reads_finite_inputs, diff, export_pair
 
-from planted_nets import PLANTED, WINDOW, CosineNet, diff, export_pair
-
-from brr.diff import SyntheticWindows, validate, write_report
 from brr.backends.onnxrt.runner import lean_onnxruntime_runner
+from brr.diff import SyntheticWindows, validate, write_report
 from brr.diff.engines import onnx_reference_engine
 from brr.diff.localise import NodeLocaliser
+from brr.diff.results import NodeRole
 from brr.onnx.stages import node_stages
 
 
@@ -36,6 +36,8 @@ def test_planted_fault_is_named_at_its_node_and_stage(planted, name):
     (expected,) = [n.name for n in fp32.graph.node if n.op_type == op_type]
     assert (first.node, first.op_type, first.stage, first.kind) == (expected, op_type, stage, "precision")
     assert "fp16" in first.explanation and first.contaminated > 0
+    assert_origin_reads_finite_inputs(first)
+    assert first.roles.nodes[0].node == expected and first.roles.nodes[0].role is NodeRole.ORIGIN
     # Nothing earlier: every tensor made before it is finite in fp16.
     order = [n.name for n in fp32.graph.node]
     earlier = set(order[: order.index(expected)])
@@ -84,10 +86,13 @@ def test_report_files_follow_the_schema(planted, tmp_path):
     validate(document)
     assert document["engines"][0]["inputs"][0]["node_level"]["first_nonfinite"]["op_type"] == "Pow"
     assert document["engines"][0]["origin"]["op_type"] == "Pow"
+    # Exported without brr's wrapper: the module path is the net's own (CosineSimilarity's forward).
+    assert document["engines"][0]["origin"]["module"] == {
+        "path": "edge_stream", "class": "planted_nets.CosineSimilarity", "inherited_from": None}
     # The origin's fields in the order the report has always written them (the engine level adds the input).
     assert list(document["engines"][0]["origin"]) == [
         "node", "op_type", "stage", "tensor", "kind", "inputs", "output", "hidden_by", "hidden_by_count",
-        "nonfinite_outputs", "contaminated", "cause", "explanation", "input"]
+        "nonfinite_outputs", "contaminated", "cause", "explanation", "module", "roles", "input"]
     assert "Pow" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "error_per_stage.png").stat().st_size > 1000 and (tmp_path / "report.html").is_file()
     broken = dict(document, verdict="fine")

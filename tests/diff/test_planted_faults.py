@@ -3,20 +3,33 @@
 Each fault is a small pattern inserted after one tensor of the fp32 export, exact in fp32 (so the
 exported graph still matches PyTorch, the diff's reference) and broken in the reduced precision:
 
-- ``overflow``:     u = t * k (the planted node), y = u / k: beyond 65504 in fp16 when |t| k is.
+- ``overflow``:     u = t * k (the planted node), y = u / k: beyond 65504 in fp16 when |t| k is. With
+  k = 1e7 the weight itself is beyond fp16: brr-export's engine stores it as inf, so the Mul (which no node
+  feeds that weight) is named with overflow when stored.
 - ``underflow_div``: d = (|t| + 1) * 1e-9, y = t * (d / d): 1e-9 flushes to 0 in fp16, 0/0 = NaN.
 - ``exp_log``:      y = t + (log(exp(0 * t - 20)) + 20): exp(-20) = 2e-9 is 0 in fp16, log 0 = -inf.
 - ``cancellation_div``: e = (0 * t + 1001) - 1000, y = t * (e / e): bf16 stores 1001 as 1000, so e = 0.
 
 The engine is built from the planted fp32 graph by the exporter itself (ONNX Runtime, no precision
 plan), and compared with PyTorch fp32. Guards on (the reference network: clamps and nan_to_num hide
-the NaN before the logits) and off, fp16 and bf16, standard and plugin ops.
+the NaN before the logits) and off, fp16 and bf16, standard and plugin ops. Every origin reads finite
+inputs in its own table, and replayed alone it makes the error (origin), except the Div after a
+cancellation, which only turns the error made upstream non-finite (propagator).
+
+Two hand-built graphs (``planted_nets``) plant what v3-small does not hold: a finite fp32 result that
+overflows only where it is stored for its reader, and a divergence made by one node and carried by the
+next.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,21 +37,35 @@ import onnx
 import pytest
 import torch
 from onnx import helper, numpy_helper
+from planted_nets import (
+    assert_origin_reads_finite_inputs,
+    lost_digits_model,
+    rounding_diff,
+    stored_overflow_model,
+)
+from polygraphy.json import load_json
 
+from brr.artifact.files import ONNX_FILE, STAGES_FILE
+from brr.artifact.manifest import write_manifest
+from brr.backends import BACKENDS
 from brr.cli.diff import main as diff_main
 from brr.diff import SyntheticWindows, run_diff
-from brr.backends import BACKENDS
-from brr.artifact.manifest import write_manifest
-from brr.artifact.files import ONNX_FILE, STAGES_FILE
+from brr.diff.results import NodeRole
 from brr.export.onnx_export import OnnxExport, export_onnx
 from brr.model import build_detector, save_checkpoint
+from brr.onnx.precision import low_precision_model
+from brr.onnx.source import module_sources
 from brr.onnx.stages import STAGE_METADATA_KEY
 from brr.onnx.statistics import float_tensors
 
 PATTERN_NODE = {"overflow": "planted_overflow", "underflow_div": "planted_div", "exp_log": "planted_log",
                 "cancellation_div": "planted_div"}
-PATTERN_CAUSE = {"overflow": "overflow", "underflow_div": "underflow", "exp_log": "underflow",
+PATTERN_CAUSE = {"overflow": "overflow when stored", "underflow_div": "underflow", "exp_log": "underflow",
                  "cancellation_div": "cancellation"}
+# The planted node run alone on fp32's inputs: it makes the error, but for the Div after a cancellation,
+# whose inputs are exact there (the digits were lost upstream, in the Add's stored sum).
+PATTERN_ROLE = {"overflow": NodeRole.ORIGIN, "underflow_div": NodeRole.ORIGIN, "exp_log": NodeRole.ORIGIN,
+                "cancellation_div": NodeRole.PROPAGATOR}
 
 
 def _stage_tag(node: onnx.NodeProto, stage: str) -> onnx.NodeProto:
@@ -84,6 +111,64 @@ def plant(model: onnx.ModelProto, tensor: str, pattern: str, stage: str, tag: st
     graph.node.extend(nodes[:at] + new_nodes + nodes[at:])
     onnx.checker.check_model(planted)
     return planted
+
+
+@pytest.mark.parametrize("probe", [False, True], ids=["pinned", "probe"])
+def test_an_overflow_when_stored_is_named_at_its_producer(tmp_path, probe):
+    """A finite fp32 result beyond fp16's range, stored in fp16 only for the node reading it (a pinned node's
+    result, or a probe): named where it is made, not at the reader, whose own input table would show the inf
+    it reads. Replayed alone, the producer makes the inf; the reader, the nodes after it, only carry it."""
+    report = rounding_diff(stored_overflow_model(probe), [] if probe else ["square"], tmp_path)
+    result = report.engines[0]
+    assert result.verdict == "nonfinite_precision"
+    (origin,) = result.origins
+    assert (origin.node, origin.tensor, origin.cause) == ("square", "squared", "overflow when stored")
+    assert_origin_reads_finite_inputs(origin)
+    before, stored = origin.output.engine_before_storing, origin.output.engine
+    assert before.nonfinite == 0 and before.abs_max > 65504 and stored.nonfinite == origin.output.precision_nonfinite
+    assert stored.nonfinite > 0 and origin.explanation.startswith("overflow when stored: Mul computes up to")
+    assert origin.output.read_as == "squared_fp16"  # the copy stored for shrink
+    # The repro bundle cuts out that store: alone on ONNX Runtime, it makes the inf again.
+    bundle = json.loads((tmp_path / "repro" / "bundle.json").read_text())
+    assert bundle["engines"][0]["origin"]["reproduced_on_onnxruntime"] is True
+    roles = origin.roles
+    assert (roles.nodes[0].node, roles.nodes[0].role) == ("square", NodeRole.ORIGIN)
+    if probe:  # the stored value is itself a probe, as the engine computes it (in fp32)
+        assert roles.probe == "squared" and len(roles.nodes) == 1
+    else:
+        assert [n.node for n in roles.nodes] == ["square", "shrink", "rectify", "flatten"] and roles.probe == "logits"
+        assert all(n.role is NodeRole.PROPAGATOR for n in roles.nodes[1:])
+        assert roles.nodes[1].inputs_nonfinite == stored.nonfinite  # what shrink reads: the store's inf
+    markdown = (tmp_path / "report.md").read_text()
+    assert "fp16 overflow when stored at `square` (Mul, stage `logits`)" in markdown
+    assert "\n  - `square` (Mul): origin, own max abs error" in markdown
+
+
+def test_a_divergence_is_traced_to_the_node_that_makes_it(tmp_path):
+    """(x + 2048) - 2048 in fp16: bisection names the Sub, the first tensor beyond tolerance; run alone on
+    fp32's inputs stored as the engine stores them, it makes the error, and the nodes after it only carry it.
+    The report lists them under the node (JSON, Markdown, HTML)."""
+    report = rounding_diff(lost_digits_model(), [], tmp_path)
+    result = report.engines[0]
+    assert result.verdict == "divergence" and result.origins == []
+    node = result.first_divergent_node
+    assert node.node == "unshift"
+    roles = node.roles
+    assert [(n.node, n.role) for n in roles.nodes] == [
+        ("unshift", NodeRole.ORIGIN), ("halve", NodeRole.PROPAGATOR), ("flatten", NodeRole.PROPAGATOR)]
+    assert roles.nodes[0].own_error > roles.atol > roles.nodes[1].own_error
+    assert roles.probe == "logits" and roles.path_length == 3 and roles.note is None
+    document = json.loads((tmp_path / "report.json").read_text())
+    listed = document["engines"][0]["first_divergent_node"]["roles"]["nodes"]
+    assert [(n["node"], n["role"]) for n in listed] == [("unshift", "origin"), ("halve", "propagator"),
+                                                       ("flatten", "propagator")]
+    markdown = (tmp_path / "report.md").read_text().splitlines()
+    at = markdown.index(next(line for line in markdown if "origin or propagator from `unshift`" in line))
+    assert "to the `logits` probe, each node run alone in fp16 on fp32's inputs" in markdown[at]
+    assert markdown[at + 1].startswith("  - `unshift` (Sub): origin, own max abs error")
+    assert markdown[at + 2].startswith("  - `halve` (Mul): propagator, own max abs error")
+    html = (tmp_path / "report.html").read_text()
+    assert '<table class="roles"' in html and '<span class="pill bad">origin</span>' in html
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +248,8 @@ def test_planted_fault_is_named_at_its_node_and_stage(exports, tmp_path, stage, 
     (origin,) = result.origins  # the planted node, and nothing earlier
     assert origin.node == f"fault0_{PATTERN_NODE[pattern]}" and origin.stage == stage
     assert origin.cause == PATTERN_CAUSE[pattern] and precision in origin.explanation
+    assert_origin_reads_finite_inputs(origin)
+    assert origin.roles.nodes[0].node == origin.node and origin.roles.nodes[0].role is PATTERN_ROLE[pattern]
     assert result.inputs[0].node_level.reproduced is True
     ranges = list(result.nodes.values())  # every compared tensor, in topological order
     planted_at = next(i for i, r in enumerate(ranges) if r.node == origin.node)
@@ -183,7 +270,12 @@ def test_two_independent_faults_are_both_named(exports, tmp_path):
     report = run_diff(model, [engine], SyntheticWindows(1, model.config.window_samples))
     origins = {o.node: o.stage for o in report.engines[0].origins}
     assert origins == {"fault0_planted_overflow": "node_stream", "fault1_planted_div": "edge_similarity"}
-    assert report.engines[0].inputs[0].node_level.runs == 4
+    for origin in report.engines[0].origins:
+        assert_origin_reads_finite_inputs(origin)
+        assert origin.roles.nodes[0].role is NodeRole.ORIGIN
+    # Then one fp32 run marking the inputs of both paths to a probe, and one run per node replayed alone.
+    replayed = sum(node.role is not None for o in report.engines[0].origins for node in o.roles.nodes)
+    assert report.engines[0].inputs[0].node_level.runs == 4 + 1 + replayed
 
 
 def test_a_fault_of_another_precision_is_not_reported(exports, tmp_path):
@@ -195,21 +287,112 @@ def test_a_fault_of_another_precision_is_not_reported(exports, tmp_path):
     assert report.engines[0].origins == [] and report.verdict not in ("nonfinite_precision", "nonfinite_fp32")
 
 
-def test_command_line_exit_code_and_report_lead_with_the_origin(exports, tmp_path, capsys):
-    """brr-diff on the engine folder alone: the fp32 graph comes from its manifest; exit 1; the report's
-    first finding is the planted node, and the next step is the calibration command."""
+@pytest.fixture(scope="module")
+def failing_cli_run(exports, tmp_path_factory):
+    """brr-diff on the engine folder alone, one planted fault (underflow after the edge stream's Sqrt), run
+    once for the tests that read its report and repro bundle: (exit status, report folder, tensor planted
+    after)."""
     model, checkpoint, export = exports[True, "standard"]
-    engine = build_planted_engine(tmp_path / "artifacts", model, export,
-                                  [(_tensor(export, "edge_similarity", "Sqrt"), "underflow_div", "edge_similarity",
-                                    1.0)], "fp16")
+    root = tmp_path_factory.mktemp("cli")
+    tensor = _tensor(export, "edge_similarity", "Sqrt")
+    engine = build_planted_engine(root / "artifacts", model, export,
+                                  [(tensor, "underflow_div", "edge_similarity", 1.0)], "fp16")
     code = diff_main([str(checkpoint), str(engine), "--synthetic", "1", "--no-adversarial",
-                      "--out", str(tmp_path / "report")])
+                      "--out", str(root / "report")])
+    return code, root / "report", tensor
+
+
+def test_command_line_exit_code_and_report_lead_with_the_origin(failing_cli_run):
+    """The fp32 graph comes from the engine's manifest; exit 1; the report's first finding is the planted
+    node, and the next step is the calibration command."""
+    code, report, _ = failing_cli_run
     assert code == 1
-    markdown = (tmp_path / "report" / "report.md").read_text().splitlines()
+    markdown = (report / "report.md").read_text().splitlines()
     assert markdown[0] == "## brr-diff: nonfinite_precision"
     assert "fp16 underflow at `fault0_planted_div` (Div, stage `edge_similarity`)" in markdown[2]
     assert any(line.startswith("brr-calibrate ") and "--precision fp16" in line for line in markdown)
     assert "node level skipped" not in "\n".join(markdown)
+
+
+def test_the_origin_names_the_module_the_fault_was_planted_in(exports, failing_cli_run):
+    """The planted nodes carry no module of their own: they take that of the node whose output they were
+    planted on, the edge stream's Sqrt, which ``get_submodule`` resolves on the detector."""
+    model, _, export = exports[True, "standard"]
+    _, report, tensor = failing_cli_run
+    module = json.loads((report / "report.json").read_text())["engines"][0]["origin"]["module"]
+    planted_on = next(n for n in onnx.load(str(export.model)).graph.node if tensor in n.output)
+    assert module["inherited_from"] == planted_on.name
+    found = model.get_submodule(module["path"])
+    assert found is model.edge_stream
+    assert f"{type(found).__module__}.{type(found).__qualname__}" == module["class"]
+    named = f"in module `edge_stream` (EdgeStream; inherited from `{planted_on.name}`)"
+    assert named in (report / "report.md").read_text().splitlines()[2]
+    html = (report / "report.html").read_text()
+    assert f"<code>edge_stream</code> (EdgeStream; inherited from <code>{planted_on.name}</code>)" in html
+
+
+def test_every_node_maps_to_the_module_it_was_traced_in(exports):
+    """Every node of the fp32 export (custom nodes too) resolves to a module of the detector of the recorded
+    class; in the fp16 engine, every Cast the rounding adds takes the module of the node it stores."""
+    model, _, export = exports[True, "plugin"]
+    fp32 = onnx.load(str(export.model))
+    sources = module_sources(fp32)
+    assert set(sources) == {n.name for n in fp32.graph.node}
+    for source in sources.values():
+        found = model.get_submodule(source.path)
+        assert f"{type(found).__module__}.{type(found).__qualname__}" == source.class_name
+    scans = [sources[n.name].path for n in fp32.graph.node if n.op_type == "SelectiveScan"]
+    assert scans and all(p.endswith(("forward_mamba", "backward_mamba")) for p in scans)
+    fp32 = onnx.load(str(exports[True, "standard"][2].model))
+    fp32_sources, fp32_ops = module_sources(fp32), {n.name: n.op_type for n in fp32.graph.node}
+    engine = low_precision_model(fp32, [], "fp16")
+    rounded = module_sources(engine)
+    # A node's result is stored by a Cast that takes the node's name (the node becomes <name>_unrounded).
+    stored = [n.name for n in engine.graph.node
+              if n.op_type == "Cast" and fp32_ops.get(n.name, "Cast") != "Cast"]
+    assert len(rounded) == len(engine.graph.node) and len(stored) > 100
+    assert all(rounded[name] == dataclasses.replace(fp32_sources[name], inherited_from=f"{name}_unrounded")
+               for name in stored)
+
+
+def test_a_failing_diff_leaves_a_bundle_polygraphy_reproduces(failing_cli_run):
+    """repro/ holds the failing input (numpy and Polygraphy), every runner's outputs, the origin node cut out
+    with its inputs' values; its Polygraphy line fails on the NaN, as does the whole engine's."""
+    _, report, _ = failing_cli_run
+    bundle = report / "repro"
+    with np.load(bundle / "inputs" / "0000000000.npz") as feed:
+        assert feed.files == ["eeg"] and feed["eeg"].shape == (1, 19, 15360)
+    assert json.loads((bundle / "bundle.json").read_text())["inputs"][0]["label"] == "synthetic-0"
+    assert {p.name for p in (bundle / "results").iterdir()} == {"reference", "onnxruntime-fp16-standard"}
+    subgraph = onnx.load(str(bundle / "onnxruntime-fp16-standard" / "subgraph.onnx"))
+    assert "Div" in [n.op_type for n in subgraph.graph.node] and len(subgraph.graph.node) <= 3
+    boundary = load_json(str(bundle / "onnxruntime-fp16-standard" / "boundary_inputs.json"))
+    assert list(boundary[0]) == [i.name for i in subgraph.graph.input]
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    ran = subprocess.run(["sh", "repro.sh"], cwd=bundle, env=env, capture_output=True, text=True, timeout=120,
+                         check=False)
+    shown = ran.stdout + ran.stderr
+    assert ran.returncode == 1 and "polygraphy run onnxruntime-fp16-standard/subgraph.onnx --onnxrt" in shown
+    assert "NaN Detected" in shown and "Output validation failed" in shown
+    whole = json.loads((bundle / "bundle.json").read_text())["engines"][0]["whole_model"]
+    ran = subprocess.run(shlex.split(whole), cwd=bundle, env=env, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert ran.returncode != 0 and "NaN Detected" in ran.stdout + ran.stderr
+
+
+def test_check_judges_the_saved_outputs_as_the_live_run_did(failing_cli_run, capsys):
+    """Offline, from the bundle alone: the same verdicts, statistics and exit status."""
+    code, report, _ = failing_cli_run
+    assert diff_main(["--check", str(report)]) == code
+    live = json.loads((report / "report.json").read_text())
+    checked = json.loads((report / "check" / "report.json").read_text())
+    assert checked["verdict"] == live["verdict"] == "nonfinite_precision"
+    assert checked["rejudged"] == {"bundle": str(report / "repro"), "inputs": 1, "live_inputs": 1}
+    assert checked["engines"][0]["stages"] == live["engines"][0]["stages"]
+    verdicts = [[i["verdict"] for i in document["engines"][0]["inputs"]] for document in (checked, live)]
+    assert verdicts[0] == verdicts[1]
+    assert "node level was not rerun" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -223,4 +406,5 @@ def test_v3_planted_overflow_is_named(tmp_path):
     report = run_diff(model, [engine], SyntheticWindows(1, model.config.window_samples))
     (origin,) = report.engines[0].origins
     assert origin.node == "fault0_planted_overflow" and origin.stage == "node_stream"
+    assert_origin_reads_finite_inputs(origin)
     shutil.rmtree(tmp_path)

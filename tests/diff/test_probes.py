@@ -182,3 +182,27 @@ def test_topk_flips_at_near_ties_are_ambiguous_but_real_flips_diverge():
     assert diverged.stages["adjacency"].status == "divergence"
     assert diverged.stages["adjacency"].selection.tie_rows == 0
     assert not diverged.stages["adjacency"].selection.values.passed
+
+
+def _served(logit_level: float, gnn_error: float, samples: int = 60 * 256) -> dict[str, np.ndarray]:
+    """Outputs with a 20 s run of logits at ``logit_level`` (a seizure when its probability passes the
+    default enter threshold 0.86) and a ``gnn`` stage offset by ``gnn_error``."""
+    logits = np.full((1, samples), -4.0, np.float32)
+    logits[:, 20 * 256: 40 * 256] = logit_level
+    return {"gnn": np.full((1, 8), 1.0 + gnn_error, np.float32), "logits": logits}
+
+
+def test_verdict_judges_the_served_logits_and_events_and_warns_of_an_inner_stage():
+    feed, atol, rtol = {"eeg": np.zeros(1)}, 0.25, 0.05
+    reference = _served(1.90, 0.0)  # p = 0.870: one 20 s seizure
+    # An inner stage off by 0.5 with the same logits: served outputs right, the stage a warning.
+    inner = compare_outputs("inner", feed, reference, _served(1.90, 0.5), None, atol, rtol)
+    assert inner.verdict == "clean" and inner.warnings == ["gnn"]
+    assert inner.events.agree and inner.events.reference_events == 1 and inner.events.f1 == 1.0
+    # Logits within atol (0.17 < 0.25) whose probability falls under the threshold: the seizure is lost.
+    lost = compare_outputs("lost", feed, reference, _served(1.73, 0.0), None, atol, rtol)
+    assert lost.stages["logits"].status == "clean" and lost.verdict == "divergence" and lost.warnings == []
+    assert (lost.events.reference_events, lost.events.matched, lost.events.missed, lost.events.f1) == (1, 0, 1, 0.0)
+    # Logits beyond tolerance: divergence whatever the events.
+    far = compare_outputs("far", feed, reference, _served(3.0, 0.0), None, atol, rtol)
+    assert far.verdict == "divergence" and far.events.agree

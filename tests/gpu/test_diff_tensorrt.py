@@ -83,6 +83,14 @@ def test_planted_fp16_overflow_is_localised_by_debug_tensors(tmp_path):
     first = level.first_nonfinite
     assert first.stage == "edge_similarity" and first.op_type in ("Pow", "ReduceSum", "Sqrt")
     assert "TensorRT debug tensors" in (tmp_path / "report" / "report.md").read_text()
+    assert first.module is not None and first.module.path == "edge_stream"  # Edge.forward made it
+    # Its fused kernels are no ONNX node: origin or propagator is not judged, and the report says why.
+    assert first.roles.nodes == [] and "compiles its own fused kernels" in first.roles.note
+    # The repro bundle: the origin cut out of the typed graph, its inputs read from the TensorRT engine.
+    bundle = json.loads((tmp_path / "report" / "repro" / "bundle.json").read_text())
+    cut = bundle["engines"][0]["origin"]
+    assert cut["node"] == first.node and cut["subgraph"] is not None, cut
+    assert cut["reproduced_on_onnxruntime"] is not None, cut
 
 
 def test_exported_artifact_is_read_as_built(tmp_path):

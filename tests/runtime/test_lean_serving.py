@@ -63,3 +63,15 @@ def test_an_exported_engine_is_served_without_pytorch(checkpoint, tmp_path, back
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [r["status"] for r in summary["recordings"]] == ["ok"]
     assert (tmp_path / "out" / "rec_events.tsv").is_file()
+
+
+def test_overlap_inference_is_served_without_pytorch(checkpoint, tmp_path):
+    export = tmp_path / "export"
+    assert export_main([str(checkpoint), "-o", str(export), "--backend", "onnxruntime", "--split", "--no-verify",
+                        "-q"]) == 0
+    edf = write_recording(plan_recording(seed=5, index=0, duration_s=75), tmp_path / "rec.edf")
+    run = _serve(export, edf, "-o", tmp_path / "out", "--window-mode", "overlap", "--allow-unverified", "-q")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [r["status"] for r in summary["recordings"]] == ["ok"]
+    assert summary["settings"]["window_mode"] == "overlap"

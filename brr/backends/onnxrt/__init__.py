@@ -23,6 +23,10 @@ class OnnxRuntime(Backend):
         return onnxruntime_runner(model, name=name, device=device, threads=threads, outputs=selected_outputs(probes),
                                   lean=lean)
 
+    def part_runner(self, model, part, probes=False, name=None, device="cpu", threads=None):
+        return onnxruntime_runner(model, name=name, device=device, threads=threads,
+                                  outputs=None if probes else [part.output_name])
+
     def edited_graphs(self, directory, manifest, fp32_model):
         path = directory / manifest["model_file"]
         try:

@@ -1,19 +1,17 @@
-"""OpenVINO (CPU, bf16 where the CPU has it): compiles and fuses its own graph, so the diff compares its probes."""
+"""OpenVINO (CPU, bf16 where the CPU has it): compiles and fuses its own graph from the ONNX; the diff reads the
+tensors it keeps under their ONNX names as extra outputs of its model (``probing``)."""
 
 from __future__ import annotations
 
-from brr.backends.base import Backend, BuiltEngine, selected_outputs
+from brr.backends.base import Backend, BuiltEngine, EditedGraphs, selected_outputs
 from brr.backends.openvino.loader import MODEL_FILE, CompiledModel, build_engine, openvino_extensions
+from brr.backends.openvino.probing import OpenVINOTensors
 from brr.backends.openvino.runner import OpenVINORunner
 
 
 class OpenVINO(Backend):
     name = "openvino"
     model_file = MODEL_FILE
-    node_level_unavailable = (
-        "node level not available for openvino: it compiles and fuses its own graph from the ONNX, so its "
-        "intermediate tensors are not the ONNX graph's; compared at its probes (export an ONNX Runtime engine of "
-        "the same precision to localise node by node)")
 
     def build(self, onnx_path, ops, directory, precision, fp32_nodes, batch, config, calibration):
         pinned, settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes)
@@ -23,6 +21,14 @@ class OpenVINO(Backend):
         compiled = CompiledModel(model, manifest["settings"]["inference_precision"], threads=threads,
                                  extensions=openvino_extensions(manifest.get("ops", "standard")))
         return OpenVINORunner(compiled, name=name, outputs=selected_outputs(probes))
+
+    def edited_graphs(self, directory, manifest, fp32_model):
+        """The fp32 graph the IR was converted from, its tensors read where the IR keeps them: the engine's
+        model compiled as the runner compiles it, with them as extra outputs."""
+        tensors = OpenVINOTensors(CompiledModel(directory / manifest["model_file"],
+                                                manifest["settings"]["inference_precision"],
+                                                extensions=openvino_extensions(manifest.get("ops", "standard"))))
+        return EditedGraphs(fp32_model, tensors.runner_for, tensors)
 
 
 OPENVINO = OpenVINO()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import onnx
@@ -79,11 +79,15 @@ class CompiledModel(BaseLoader):
         """The IR as written, its batch dimension dynamic."""
         return self._core().read_model(str(self.model_path))
 
-    def call_impl(self, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ov.CompiledModel:
+    def call_impl(self, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                  edit: Callable[[ov.Model], None] | None = None) -> ov.CompiledModel:
+        """``edit``, when given, changes the model before it is compiled (the diff adds outputs)."""
         core = self._core()
         model = core.read_model(str(self.model_path))
         if input_shapes:
             model.reshape({name: ov.PartialShape(list(shape)) for name, shape in input_shapes.items()})
+        if edit is not None:
+            edit(model)
         return core.compile_model(model, self.device, self.config)
 
 

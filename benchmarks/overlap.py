@@ -1,0 +1,215 @@
+"""Overlap inference against per-window inference: event agreement, speed and peak memory.
+
+    python benchmarks/overlap.py ENGINE EDF... [--stride 10] [--chunk 120] [--rss-chunks 60 120 600]
+
+ENGINE is a checkpoint or an export folder written with ``brr-export --split`` (its front and rest graphs
+run overlap inference, its model.onnx per-window inference, both ONNX Runtime fp32). Each recording runs
+both ways in this process, through brr-infer's own functions (``predict_probabilities`` and
+``predict_probabilities_overlap``, preprocessing included), the order alternating from one recording to
+the next so that a drift of the machine's load does not favour one way; the seconds per hour of EEG are
+those runs'.
+
+Agreement, per-window inference the reference:
+- per window, the engine verdict of ``brr.diff.probes.compare_outputs`` on the window's logits (fp32
+  tolerance; the events the model's post-processing makes of them must be the same), and the logit and
+  probability differences;
+- per recording, the events brr-infer writes (post-processing of the stitched trace) scored with
+  ``brr.events.scoring.score_events``, and each way's events against the recording's annotations
+  (``<name>.csv_bi`` beside it) where there are some.
+
+Peak RSS: brr-infer on the first recording in a fresh process per way (and per front chunk), under
+``/usr/bin/time -f %M``. Figures go to ``benchmarks/results/<UTC>-overlap.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from report_files import utc_stamp, write_report
+
+from brr.artifact.load import load_runner, load_split_runners, select_engine, tuned_postprocess
+from brr.data import open_recording
+from brr.data.annotations import read_csv_bi
+from brr.diff.compare import EventAgreement
+from brr.diff.probes import compare_outputs
+from brr.diff.verdict import Verdict
+from brr.events.postprocess import PostprocessConfig, probabilities_to_events
+from brr.events.scoring import score_events
+from brr.machine import cpu_model_and_flags, cpu_threads
+from brr.model.contract import OUTPUT_NAME
+from brr.model.front import FrontGeometry
+from brr.runtime.windows import predict_probabilities, predict_probabilities_overlap
+from brr.tolerances import TOLERANCES
+
+RESULTS = Path(__file__).parent / "results"
+RATE = 256
+
+
+class LogitsOf:
+    """A runner (per window) or split runners (overlap) that keeps every window's logits, in order."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.geometry = getattr(engine, "geometry", None)
+        self.logits: list[np.ndarray] = []
+
+    def infer(self, feed):
+        out = self.engine.infer(feed)
+        self.logits.extend(np.array(out[OUTPUT_NAME]))
+        return out
+
+    def run_front(self, eeg):
+        return self.engine.run_front(eeg)
+
+    def run_rest(self, electrodes):
+        logits = self.engine.run_rest(electrodes)
+        self.logits.extend(np.array(logits))
+        return logits
+
+
+def run_way(engine, edf: Path, overlap: bool, stride_s: float, chunk_s: float) -> tuple[np.ndarray, list, float, float]:
+    """(stitched probabilities, every window's logits, seconds, hours of EEG) of one recording, one way."""
+    recorder = LogitsOf(engine)
+    with open_recording(edf) as stream:
+        started = time.perf_counter()
+        if overlap:
+            chunks = predict_probabilities_overlap(recorder, stream, stride_s, 1, round(chunk_s * RATE))
+        else:
+            chunks = predict_probabilities(recorder, stream, stride_s, 1)
+        trace = np.concatenate(list(chunks))
+        seconds = time.perf_counter() - started
+        hours = stream.duration_s / 3600
+    return trace, recorder.logits, seconds, hours
+
+
+def agreement(edf: Path, per_window: tuple, overlap: tuple, postprocess: PostprocessConfig,
+              geometry: FrontGeometry) -> dict:
+    atol, rtol = TOLERANCES["fp32"]
+    events = EventAgreement()
+    verdicts: dict[str, int] = {}
+    logit_error = []
+    # The samples of a window whose front steps differ (its edges), and the rest of it.
+    edges = np.zeros(geometry.window, dtype=bool)
+    first, last = geometry.edge_steps
+    edges[: first * geometry.downsample] = edges[geometry.window - last * geometry.downsample :] = True
+    edge_error = interior_error = 0.0
+    for ref, eng in zip(per_window[1], overlap[1]):
+        edge_error = max(edge_error, float(np.abs(ref - eng)[edges].max()))
+        interior_error = max(interior_error, float(np.abs(ref - eng)[~edges].max()))
+        events.add(ref, eng, postprocess)
+        verdict = compare_outputs(edf.name, {}, {OUTPUT_NAME: ref[None]}, {OUTPUT_NAME: eng[None]}, None, atol,
+                                  rtol, postprocess=postprocess).verdict
+        verdicts[verdict.value] = verdicts.get(verdict.value, 0) + 1
+        logit_error.append(float(np.abs(ref - eng).max()))
+    duration_s = len(per_window[0]) / RATE
+    reference = probabilities_to_events(per_window[0], postprocess)
+    hypothesis = probabilities_to_events(overlap[0], postprocess)
+    recording = score_events(reference, hypothesis, duration_s)["event"]
+    shifts = [max(abs(a.start_s - b.start_s), abs(a.stop_s - b.stop_s)) for a, b in zip(reference, hypothesis)]
+    result = {
+        "recording": edf.name, "windows": len(per_window[1]),
+        "window_verdicts": verdicts, "window_events": events.to_dict(),
+        "max_abs_logit_error": max(logit_error), "median_window_max_abs_logit_error": float(np.median(logit_error)),
+        "max_abs_logit_error_at_edges": edge_error, "max_abs_logit_error_inside": interior_error,
+        "max_abs_probability_error": float(np.abs(per_window[0] - overlap[0]).max()),
+        "per_window_events": len(reference), "overlap_events": len(hypothesis),
+        "recording_events": {k: recording[k] for k in ("tp", "fp", "fn", "f1")},
+        "max_boundary_shift_s": max(shifts) if len(reference) == len(hypothesis) and shifts else None,
+        "seconds": {"per-window": per_window[2], "overlap": overlap[2]}, "hours": per_window[3],
+    }
+    annotations = edf.with_suffix(".csv_bi")
+    if annotations.is_file():
+        truth = read_csv_bi(annotations)
+        result["vs_annotations_f1"] = {way: score_events(truth, events, duration_s)["event"]["f1"]
+                                       for way, events in (("per-window", reference), ("overlap", hypothesis))}
+    return result
+
+
+def peak_rss(engine: str, edf: Path, mode: str, stride_s: float, chunk_s: float) -> dict:
+    """brr-infer on ``edf`` in a fresh process: peak RSS (KB -> MB) and the recording's own seconds."""
+    with tempfile.TemporaryDirectory() as out:
+        command = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "brr.cli.infer", engine, str(edf), "-o", out,
+                   "--window-mode", mode, "--stride", str(stride_s), "--front-chunk", str(chunk_s), "-q",
+                   "--allow-unverified"]
+        run = subprocess.run(command, capture_output=True, text=True, check=True)
+        entry = json.loads(Path(out, "summary.json").read_text())["recordings"][0]
+    return {"mode": mode, "front_chunk_s": chunk_s if mode == "overlap" else None,
+            "peak_rss_mb": round(int(run.stderr.strip().splitlines()[-1]) / 1024, 1),
+            "recording_s": round(entry["time_s"], 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("engine")
+    parser.add_argument("edfs", nargs="+", type=Path)
+    parser.add_argument("--stride", type=float, default=10.0)
+    parser.add_argument("--chunk", type=float, default=120.0, help="front chunk (s) of the agreement runs")
+    parser.add_argument("--rss-chunks", type=float, nargs="*", default=[60.0, 120.0, 600.0])
+    parser.add_argument("--label", default="", help="what the engine is, for the table's title")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+
+    engine = str(select_engine(args.engine, split=True))
+    postprocess = PostprocessConfig(**(tuned_postprocess(engine) or {}))
+    recordings = []
+    with load_runner(engine) as runner, load_split_runners(engine) as split:
+        for index, edf in enumerate(args.edfs):
+            ways = [False, True] if index % 2 == 0 else [True, False]
+            runs = {overlap: run_way(split if overlap else runner, edf, overlap, args.stride, args.chunk)
+                    for overlap in ways}
+            recordings.append(agreement(edf, runs[False], runs[True], postprocess, split.geometry))
+            print(json.dumps(recordings[-1]), flush=True)
+    memory = [peak_rss(engine, args.edfs[0], "per-window", args.stride, args.chunk)]
+    memory += [peak_rss(engine, args.edfs[0], "overlap", args.stride, chunk) for chunk in args.rss_chunks]
+
+    hours = sum(r["hours"] for r in recordings)
+    speed = {way: sum(r["seconds"][way] for r in recordings) / hours for way in ("per-window", "overlap")}
+    verdicts: dict[str, int] = {}
+    for r in recordings:
+        for verdict, count in r["window_verdicts"].items():
+            verdicts[verdict] = verdicts.get(verdict, 0) + count
+    accepted = sum(count for verdict, count in verdicts.items() if Verdict(verdict).accepted)
+    windows = sum(r["windows"] for r in recordings)
+    document = {
+        "machine": {"cpu": cpu_model_and_flags()[0], "threads": cpu_threads()}, "engine": engine,
+        "label": args.label, "stride_s": args.stride, "front_chunk_s": args.chunk,
+        "postprocess": postprocess.__dict__, "recordings": recordings, "memory": memory,
+        "summary": {"windows": windows, "window_verdicts": verdicts, "windows_accepted": accepted,
+                    "recordings_with_identical_events": sum(r["recording_events"]["f1"] == 1.0 for r in recordings),
+                    "s_per_hour_of_eeg": speed, "speedup": speed["per-window"] / speed["overlap"]},
+    }
+    lines = [(f"Overlap vs per-window inference: {args.label or engine} ({document['machine']['cpu']}, "
+             f"{cpu_threads()} threads), stride {args.stride:g} s, front chunk {args.chunk:g} s"), "",
+             ("| recording | windows | window verdicts (vs per-window) | max abs logit err (edges / inside) | max abs p err | "
+             "events per-window / overlap | event F1 | max boundary shift s | F1 vs annotations (pw / ov) | "
+             "s per-window | s overlap |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in recordings:
+        truth, shift = r.get("vs_annotations_f1"), r["max_boundary_shift_s"]
+        verdict_counts = ", ".join(f"{verdict} {count}" for verdict, count in r["window_verdicts"].items())
+        inside = f" ({r['max_abs_logit_error_at_edges']:.3g} / {r['max_abs_logit_error_inside']:.3g})"
+        vs_truth = "-" if truth is None else f"{truth['per-window']:.3g} / {truth['overlap']:.3g}"
+        lines.append(
+            f"| {r['recording']} | {r['windows']} | {verdict_counts} | {r['max_abs_logit_error']:.3g}{inside} | "
+            f"{r['max_abs_probability_error']:.3g} | {r['per_window_events']} / {r['overlap_events']} | "
+            f"{r['recording_events']['f1']:.3g} | {'-' if shift is None else f'{shift:.3g}'} | {vs_truth} | "
+            f"{r['seconds']['per-window']:.1f} | {r['seconds']['overlap']:.1f} |")
+    lines += ["", (f"Windows accepted by the engine verdict: {accepted} of {windows} ({verdicts}); recordings with "
+              f"identical events: {document['summary']['recordings_with_identical_events']} of {len(recordings)}."),
+              (f"Seconds per hour of EEG: per-window {speed['per-window']:.0f}, overlap {speed['overlap']:.0f} "
+              f"(x{document['summary']['speedup']:.2f})."), "",
+              "| brr-infer | front chunk s | peak RSS MB | recording s |", "|---|---|---|---|"]
+    lines += [f"| {m['mode']} | {m['front_chunk_s'] or '-'} | {m['peak_rss_mb']} | {m['recording_s']} |"
+              for m in memory]
+    write_report(Path(args.out), f"{utc_stamp()}-overlap", document, "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
