@@ -132,6 +132,16 @@ def agreement(edf: Path, per_window: tuple, overlap: tuple, postprocess: Postpro
     return result
 
 
+def identical(recording: dict) -> bool:
+    """Whether overlap inference found the events per-window inference found, and no other."""
+    return recording["recording_events"]["fp"] == 0 and recording["recording_events"]["fn"] == 0
+
+
+def number(value: float | None) -> str:
+    """A score for the table; '-' where it is undefined (no events on either side)."""
+    return "-" if value is None else f"{value:.3g}"
+
+
 def peak_rss(engine: str, edf: Path, mode: str, stride_s: float, chunk_s: float) -> dict:
     """brr-infer on ``edf`` in a fresh process: peak RSS (KB -> MB) and the recording's own seconds."""
     with tempfile.TemporaryDirectory() as out:
@@ -182,7 +192,7 @@ def main() -> int:
         "label": args.label, "stride_s": args.stride, "front_chunk_s": args.chunk,
         "postprocess": postprocess.__dict__, "recordings": recordings, "memory": memory,
         "summary": {"windows": windows, "window_verdicts": verdicts, "windows_accepted": accepted,
-                    "recordings_with_identical_events": sum(r["recording_events"]["f1"] == 1.0 for r in recordings),
+                    "recordings_with_identical_events": sum(identical(r) for r in recordings),
                     "s_per_hour_of_eeg": speed, "speedup": speed["per-window"] / speed["overlap"]},
     }
     lines = [(f"Overlap vs per-window inference: {args.label or engine} ({document['machine']['cpu']}, "
@@ -194,11 +204,11 @@ def main() -> int:
         truth, shift = r.get("vs_annotations_f1"), r["max_boundary_shift_s"]
         verdict_counts = ", ".join(f"{verdict} {count}" for verdict, count in r["window_verdicts"].items())
         inside = f" ({r['max_abs_logit_error_at_edges']:.3g} / {r['max_abs_logit_error_inside']:.3g})"
-        vs_truth = "-" if truth is None else f"{truth['per-window']:.3g} / {truth['overlap']:.3g}"
+        vs_truth = "-" if truth is None else f"{number(truth['per-window'])} / {number(truth['overlap'])}"
         lines.append(
             f"| {r['recording']} | {r['windows']} | {verdict_counts} | {r['max_abs_logit_error']:.3g}{inside} | "
             f"{r['max_abs_probability_error']:.3g} | {r['per_window_events']} / {r['overlap_events']} | "
-            f"{r['recording_events']['f1']:.3g} | {'-' if shift is None else f'{shift:.3g}'} | {vs_truth} | "
+            f"{number(r['recording_events']['f1'])} | {number(shift)} | {vs_truth} | "
             f"{r['seconds']['per-window']:.1f} | {r['seconds']['overlap']:.1f} |")
     lines += ["", (f"Windows accepted by the engine verdict: {accepted} of {windows} ({verdicts}); recordings with "
               f"identical events: {document['summary']['recordings_with_identical_events']} of {len(recordings)}."),

@@ -41,7 +41,8 @@ def test_defaults_are_shown_where_they_mean_something(capsys):
     assert "(default: fp32)" in text and "(default: 1:4:8)" in text
     _main("brr-diff")(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: diff-report)" in text and "(default: nonfinite)" in text
+    # Both depend on --check (a saved report re-judged): the help says so beside the default.
+    assert "(default diff-report; with --check" in text and "(default nonfinite; with --check" in text
 
 
 @pytest.mark.parametrize("script, old, new", [

@@ -12,23 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from tiny_models import TINY_MODEL, without_dropout
 
 from brr.data.synthetic import write_corpus
 
 # Dropout off: otherwise each process draws its own masks and no two runs could be compared step by step.
-TINY_MODEL = {
-    "base": "v3-small", "name": "tiny-ddp", "window_samples": 1280, "tcn_channels": [8], "tcn_out": 16,
-    "electrode_dim": 8, "node_mamba": {"d_model": 8, "d_state": 4, "headdim": 4, "layers": 1, "dropout": 0.0},
-    "edge_lift_dim": 4, "edge_mamba": {"d_model": 4, "d_state": 4, "headdim": 4, "layers": 1, "dropout": 0.0},
-    "k_eigenvectors": 4, "tcn_dropout": 0.0,
-}
+MODEL = without_dropout(TINY_MODEL)
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ddp")
     write_corpus(folder / "corpus", recordings=3, minutes=1, seed=5)
-    (folder / "tiny.yaml").write_text(yaml.safe_dump(TINY_MODEL))
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(MODEL))
     settings = {"data": str(folder / "corpus"), "model": str(folder / "tiny.yaml"), "guards": False,
                 "steps_per_epoch": 3, "batch_size": 4, "lr": 5e-3, "warmup_steps": 0, "stride_s": 5.0,
                 "val_stride_s": 5.0, "threads": 1, "loader_workers": 0, "progress": False}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny_models import TINY_MODEL
 
 from brr.cli.diff import main as diff_main
 from brr.cli.train import main as train_main
@@ -19,13 +20,6 @@ from brr.data.synthetic import write_corpus
 from brr.model import build_detector, load_checkpoint, save_checkpoint
 from brr.train import SettingsError, make_settings, train
 from brr.train.loop import TrainingError
-
-TINY_MODEL = {
-    "base": "v3-small", "name": "tiny-incident", "window_samples": 1280, "tcn_channels": [8], "tcn_out": 16,
-    "electrode_dim": 8, "node_mamba": {"d_model": 8, "d_state": 4, "headdim": 4, "layers": 1},
-    "edge_lift_dim": 4, "edge_mamba": {"d_model": 4, "d_state": 4, "headdim": 4, "layers": 1},
-    "k_eigenvectors": 4,
-}
 
 
 @pytest.fixture(scope="module")

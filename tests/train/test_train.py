@@ -10,28 +10,22 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny_models import TINY_MODEL
 
 from brr.cli.train import main as train_main
+from brr.data.annotations import SeizureEvent
 from brr.data.synthetic import write_corpus
+from brr.events.postprocess import PostprocessConfig
 from brr.model import build_detector, load_checkpoint
 from brr.train import CorpusError, SettingsError, TrainingError, find_corpus, make_settings, train
 from brr.train.dataset import TrainingWindows
-from brr.train.store import open_store, prepare_store
-from brr.data.annotations import SeizureEvent
-from brr.events.postprocess import PostprocessConfig
 from brr.train.evaluate import RecordingProbabilities, selection_key, tune_enter_threshold
 from brr.train.loop import seed_everything
 from brr.train.losses import focal_loss
 from brr.train.optim import parameter_groups
+from brr.train.store import open_store, prepare_store
 
 SHIPPED_CONFIG = Path(__file__).parents[2] / "brr" / "train" / "configs" / "v3-small-synthetic.yaml"
-
-TINY_MODEL = {
-    "base": "v3-small", "name": "tiny-test", "window_samples": 1280, "tcn_channels": [8], "tcn_out": 16,
-    "electrode_dim": 8, "node_mamba": {"d_model": 8, "d_state": 4, "headdim": 4, "layers": 1},
-    "edge_lift_dim": 4, "edge_mamba": {"d_model": 4, "d_state": 4, "headdim": 4, "layers": 1},
-    "k_eigenvectors": 4,
-}
 
 
 @pytest.fixture(scope="module")
