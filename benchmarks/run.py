@@ -42,6 +42,9 @@ ENGINES: dict[str, tuple[list[str] | None, str]] = {
     "ort-plugin-fp32": (["--backend", "onnxruntime", "--engine", "fp32", "--ops", "plugin"], "fp32"),
     "ort-fp16": (["--backend", "onnxruntime", "--engine", "fp16", "--ops", "standard"], "fp16"),
     "ort-int8": (["--backend", "onnxruntime", "--engine", "int8", "--ops", "standard"], "int8"),
+    # int8 in the TCN alone (VNNI/AMX int8 convolutions), every other stage in fp32.
+    "ort-int8-tcn": (["--backend", "onnxruntime", "--engine", "int8", "--ops", "standard",
+                      "--precision-plan", "int8-tcn"], "int8"),
     "openvino-fp32": (["--backend", "openvino", "--engine", "fp32", "--ops", "standard"], "fp32"),
     "openvino-bf16": (["--backend", "openvino", "--engine", "bf16", "--ops", "standard"], "bf16"),
     # Plugin-mode exports on OpenVINO: the custom nodes run brr's extension (native scan and eigh kernels).
@@ -56,8 +59,9 @@ ENGINES: dict[str, tuple[list[str] | None, str]] = {
     # int8: the Q/DQ graph of ONNX Runtime's quantizer, which takes standard ops only.
     "tensorrt-int8": (["--backend", "tensorrt", "--engine", "int8", "--ops", "standard"], "int8"),
 }
-DEFAULT_ENGINES = ("torch-fp32,torch-compile,torch-bf16,ort-fp32,ort-plugin-fp32,ort-fp16,ort-int8,openvino-fp32,"
-                   "openvino-bf16,openvino-plugin-fp32,openvino-plugin-bf16,openvino-plugin-bf16-fp32-tcn")
+DEFAULT_ENGINES = ("torch-fp32,torch-compile,torch-bf16,ort-fp32,ort-plugin-fp32,ort-fp16,ort-int8,ort-int8-tcn,"
+                   "openvino-fp32,openvino-bf16,openvino-plugin-fp32,openvino-plugin-bf16,"
+                   "openvino-plugin-bf16-fp32-tcn")
 
 
 def benchmark_windows(n: int, seed: int) -> np.ndarray:

@@ -40,9 +40,9 @@ from brr.calibration.search import REDUCED_PRECISIONS, PlanSearch, SearchError
 from brr.calibration.speed import compare_latency
 from brr.calibration.windows import EdfBatches
 from brr.data.preprocess import TARGET_RATE
-from brr.diff import TOLERANCES, AdversarialWindows, ChainedWindows, EdfWindows, SyntheticWindows, run_diff
+from brr.diff import TOLERANCES, ChainedWindows, EdfWindows, SyntheticWindows, run_diff
 from brr.diff.engines import onnxruntime_engine
-from brr.diff.inputs import VERIFICATION_SYNTHETIC_WINDOWS, WindowLoader, verification_windows
+from brr.diff.inputs import VERIFICATION_SYNTHETIC_WINDOWS, WindowLoader, fixed_windows, verification_windows
 from brr.diff.verdict import Verdict
 from brr.errors import UsageError
 from brr.export.onnx_export import export_onnx
@@ -139,15 +139,15 @@ def window_samples(model: onnx.ModelProto) -> int:
 def calibration_windows(data: list[str | Path] | WindowLoader | None, synthetic: int | None, samples: int,
                         max_windows: int, adversarial: bool) -> WindowLoader:
     """EDF/BDF windows (``data``), or ``synthetic`` seeded windows; then, if ``adversarial``, every window
-    export verifies on (``verification_windows``: the first seeded synthetic ones and the adversarial suite),
-    so that a plan accepted here passes export's verification."""
+    export verifies on (``verification_windows``: the first seeded synthetic ones, the seizure and the
+    adversarial suite), so that a plan accepted here passes export's verification."""
     if (data is None) == (synthetic is None):
         raise CalibrationError("calibration needs windows: EDF/BDF recordings (--data) or a number of synthetic "
                                "windows (--synthetic), one of the two")
     if synthetic is not None:
         count = max(synthetic, VERIFICATION_SYNTHETIC_WINDOWS) if adversarial else synthetic
         loader: WindowLoader = SyntheticWindows(count, samples)
-        return ChainedWindows([loader, AdversarialWindows(samples)]) if adversarial else loader
+        return ChainedWindows([loader, fixed_windows(samples)]) if adversarial else loader
     if isinstance(data, WindowLoader):
         loader = data
     else:

@@ -100,7 +100,8 @@ def command_parser(tool: str, description: str | None, **options: Any) -> argpar
 def add_window_options(parser: argparse.ArgumentParser, *, required: bool, synthetic_help: str,
                        max_windows: int | None) -> argparse.Action:
     """The windows a command judges on: ``--data`` EDF/BDF files or folders, or ``--synthetic N`` seeded windows,
-    at most ``--max-windows`` from the recordings, plus the adversarial suite unless ``--no-adversarial``.
+    at most ``--max-windows`` from the recordings, plus a synthetic seizure and the adversarial suite unless
+    ``--no-adversarial``.
 
     The suite is on by default everywhere: export verifies every engine on it, so a diff or a calibration
     that left it out would accept what export then refuses. Returns the ``--data`` action (for aliases)."""
@@ -110,8 +111,8 @@ def add_window_options(parser: argparse.ArgumentParser, *, required: bool, synth
     source.add_argument("--synthetic", type=int, metavar="N", help=synthetic_help)
     parser.add_argument("--max-windows", type=int, default=max_windows, help="windows taken from the recordings")
     parser.add_argument("--adversarial", action=argparse.BooleanOptionalAction, default=True,
-                        help="also judge flat, saturated, 1000 uV pop, all-zero and pure 60 Hz windows, as export's "
-                             "verification does")
+                        help="also judge a synthetic seizure and flat, saturated, 1000 uV pop, all-zero and pure "
+                             "60 Hz windows, as export's verification does")
     return data
 
 

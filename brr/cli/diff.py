@@ -20,8 +20,9 @@ from brr.cli.common import (
     deprecated_alias,
     run_main,
 )
-from brr.diff import AdversarialWindows, ChainedWindows, EdfWindows, SyntheticWindows, run_diff, write_report
+from brr.diff import ChainedWindows, EdfWindows, SyntheticWindows, run_diff, write_report
 from brr.diff.check import check_saved
+from brr.diff.inputs import fixed_windows
 from brr.diff.repro import REPRO_FOLDER
 from brr.diff.verdict import FailOn
 from brr.model import load_checkpoint
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     loaders = [EdfWindows(args.data, window, max_windows=args.max_windows) if args.data
                else SyntheticWindows(args.synthetic or 2, window)]
     if args.adversarial:
-        loaders.append(AdversarialWindows(window))
+        loaders.append(fixed_windows(window))
     out = args.out or DEFAULT_OUT
     report = run_diff(args.checkpoint, args.engines, ChainedWindows(loaders), args.atol, args.rtol,
                       fail_on=args.fail_on or FailOn.NONFINITE, node_level=args.node_level,

@@ -8,6 +8,8 @@ Each loader also yields a label per window (``labelled()``) for the report. Wind
   ``.npz`` (``SAVED_WINDOWS_KEY``: (N, 19, samples), already preprocessed, e.g. the batch of a
   non-finite training step), taken as they are.
 - ``SyntheticWindows``: seeded random windows: normalised-scale noise with a rhythm per channel.
+- ``SeizureWindows``: a window of the synthetic corpus's EEG around a seizure's onset, so that judging an
+  engine on the events it serves has events to judge (the random and adversarial windows rarely hold any).
 - ``AdversarialWindows``: the fixed suite every engine must survive. Each is built in microvolts
   and sent through the same preprocessing as a recording: flat channels, 1000 uV electrode pops,
   channels saturated at the amplifier rail, an all-zero window and a window of pure 60 Hz.
@@ -23,6 +25,7 @@ import numpy as np
 from brr.data import preprocess_signals, recording_files, windows_of_files
 from brr.data.preprocess import TARGET_RATE
 from brr.data.recording import WINDOW_S
+from brr.data.synthetic import plan_recording, synthesize
 from brr.errors import InputError, UsageError
 from brr.model.contract import INPUT_NAME
 from brr.montage import N_CHANNELS
@@ -101,6 +104,32 @@ class SyntheticWindows(WindowLoader):
             yield f"synthetic-{i}", feed(window)
 
 
+class SeizureWindows(WindowLoader):
+    """One window of synthetic EEG (background, artefacts and a seizure, as :mod:`brr.data.synthetic` makes
+    the training corpus) centred on the seizure: a 60 s window holds all of it and the background around it,
+    a shorter one lies within it."""
+
+    LABEL = "synthetic-seizure"
+
+    def __init__(self, window_samples: int = WINDOW_SAMPLES, seed: int = 0):
+        self.samples, self.seed = window_samples, seed
+        self.plan = plan_recording(seed, 0, max(WINDOW_S, -(-window_samples // TARGET_RATE)), rate=TARGET_RATE,
+                                   seizures=1)
+        seizure = self.plan.seizures[0]
+        middle = round((seizure.start_s + seizure.stop_s) / 2 * TARGET_RATE)
+        self.start = min(max(middle - window_samples // 2, 0), self.plan.n_samples - window_samples)
+
+    def seizure_in_window_s(self) -> tuple[float, float]:
+        """Where the seizure lies in the window, in seconds from its start (clipped to the window)."""
+        seizure, offset = self.plan.seizures[0], self.start / TARGET_RATE
+        length = self.samples / TARGET_RATE
+        return max(seizure.start_s - offset, 0.0), min(seizure.stop_s - offset, length)
+
+    def labelled(self):
+        recording = preprocess_signals(np.concatenate(list(synthesize(self.plan)), axis=-1), TARGET_RATE)
+        yield self.LABEL, feed(recording[:, self.start:self.start + self.samples])
+
+
 class AdversarialWindows(WindowLoader):
     NAMES = ("flat_channels", "electrode_pops_1000uV", "saturated_channels", "all_zero", "pure_60hz")
     RAIL_UV = 3276.7  # a typical 16-bit EDF physical maximum
@@ -146,8 +175,14 @@ class ChainedWindows(WindowLoader):
 VERIFICATION_SYNTHETIC_WINDOWS = 2
 
 
+def fixed_windows(window_samples: int = WINDOW_SAMPLES) -> ChainedWindows:
+    """The windows every engine is judged on, whatever the data: a seizure (events to agree on) and the
+    adversarial suite (values to survive)."""
+    return ChainedWindows([SeizureWindows(window_samples), AdversarialWindows(window_samples)])
+
+
 def verification_windows(window_samples: int = WINDOW_SAMPLES,
                          synthetic: int = VERIFICATION_SYNTHETIC_WINDOWS) -> ChainedWindows:
     """The windows export verifies an engine on."""
-    return ChainedWindows([SyntheticWindows(synthetic, window_samples), AdversarialWindows(window_samples)])
+    return ChainedWindows([SyntheticWindows(synthetic, window_samples), fixed_windows(window_samples)])
 

@@ -11,7 +11,8 @@ All keys are optional. ``resolve`` turns a plan into node names of a given expor
 that are not in it (and patterns that match nothing), so a plan made for another model never
 silently pins nothing. ``default_plan(precision)`` is the exporter's own plan, versioned in
 ``brr/export/plans/``: the fp32 islands the architecture is known to need. The other plans there
-(``load_plan(name)``) are asked for by name, e.g. ``--precision-plan bf16-fp32-tcn``.
+(``load_plan(name)``) are asked for by name, e.g. ``--precision-plan bf16-fp32-tcn``; each says in
+``metadata.precisions`` which engine precisions it is for (export refuses it for another).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from brr.data import iter_windows, read_recording, recording_files
 from brr.data.preprocess import TARGET_RATE
 from brr.errors import DependencyUnavailable
 from brr.export.onnx_export import export_onnx, export_split_onnx
-from brr.export.precision_plan import PrecisionPlan, default_plan, load_plan
+from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError, default_plan, load_plan
 from brr.model import load_checkpoint
 from brr.model.checkpoint import WEIGHTS_FILE, file_sha256, read_checkpoint_meta
 from brr.model.front import FrontGeometry
@@ -108,7 +108,11 @@ def engine_plan(requested: Path | str | None, precision: str) -> PrecisionPlan:
     """The plan an engine is built with: the one asked for, none (``"none"``), or for fp16/bf16 the
     exporter's default fp32 islands."""
     if requested is not None and str(requested) != NO_PLAN:
-        return load_plan(requested)
+        plan = load_plan(requested)
+        meant_for = plan.metadata.get("precisions")
+        if meant_for and precision not in meant_for:
+            raise PrecisionPlanError(f"the plan {plan.name} is for {', '.join(meant_for)} engines, not {precision}")
+        return plan
     if requested is None and precision in ("fp16", "bf16"):
         return default_plan(precision)
     return PrecisionPlan()

@@ -2,9 +2,10 @@
 
 ``torchrun`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; with ``WORLD_SIZE`` > 1 the run joins the
 process group (gloo on CPU, NCCL on CUDA, each process on the GPU of its local rank) and the model is
-wrapped in ``DistributedDataParallel``. Rank 0 alone validates, logs and writes checkpoints; while it
-validates, the others wait in their next collective, so the group's timeout is long enough for a
-validation pass over an archive's held-out recordings.
+wrapped in ``DistributedDataParallel``. Rank 0 alone prepares the window store, before it joins (the
+others wait for it in joining), and validates, logs and writes checkpoints (the others wait in their next
+collective): the group's timeout is long enough for a validation pass over an archive's held-out
+recordings, and for preparing the recordings a store lacks.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.distributed as dist
 
 from brr.train.settings import SettingsError
 
-# Validation on rank 0 can take long on an archive; the others wait for it in a collective.
+# Preparing and validating on rank 0 can take long on an archive; the others wait for it meanwhile.
 GROUP_TIMEOUT = datetime.timedelta(hours=2)
 
 
@@ -67,10 +68,6 @@ class Processes:
         gathered = [None] * self.world_size
         dist.all_gather_object(gathered, value)
         return gathered
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
 
 
 def _collective_device() -> torch.device:

@@ -189,15 +189,17 @@ def train(settings: TrainSettings) -> TrainResult:
     locked for the run by rank 0 (a second run on it is refused, :class:`~brr.output_folder.OutputFolderBusy`),
     and the temporaries a killed run left are removed first."""
     processes = processes_from_environment()
-    with process_group(processes, settings.device):
-        if not processes.main:
-            processes.barrier()  # rank 0 prepares the folder and the window store first
+    if not processes.main:
+        # Joining waits for rank 0, which joins once it has prepared the folder and the window store.
+        with process_group(processes, settings.device):
             return _Trainer(settings, processes).run()
-        out = prepare_output_folder(settings.out)
-        with OutputLock(out, "brr-train"):
-            remove_stale_temporaries(out)
-            training_store(settings, prepare=True)
-            processes.barrier()
+    out = prepare_output_folder(settings.out)
+    with OutputLock(out, "brr-train"):
+        remove_stale_temporaries(out)
+        # Before joining: preparing forks worker processes, which must not inherit the group's threads and
+        # sockets.
+        training_store(settings, prepare=True)
+        with process_group(processes, settings.device):
             return _Trainer(settings, processes).run()
 
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from brr.diff.compare import eigenspace_error, eigenvalue_clusters, reference_spectrum
-from brr.diff.inputs import AdversarialWindows, SyntheticWindows
+from brr.diff.inputs import AdversarialWindows, SeizureWindows, SyntheticWindows, verification_windows
 from brr.diff.probes import compare_outputs
 from brr.model.positional_encoding import fix_signs
+from brr.montage import CHANNELS
 
 N, K, INTERVAL, CLAMP, SHIFT = 19, 16, 1, 1e-6, 1e-4
 ATOL = RTOL = 1e-3
@@ -143,6 +144,27 @@ def test_adversarial_suite_is_fixed_finite_and_in_contract():
     assert all(np.array_equal(again[k]["eeg"], v["eeg"]) for k, v in suite.items())
     assert len(list(SyntheticWindows(3, 1920))) == 3
 
+
+@pytest.mark.parametrize("samples", [1920, 15360])
+def test_every_engine_is_judged_on_a_seizure(samples):
+    # Without it, events would agree only because neither side finds any.
+    labels = [label for label, _ in verification_windows(samples).labelled()]
+    assert labels == ["synthetic-0", "synthetic-1", SeizureWindows.LABEL, *AdversarialWindows.NAMES]
+    seizure = SeizureWindows(samples)
+    (_, feed), = seizure.labelled()
+    window = feed["eeg"][0]
+    assert window.shape == (19, samples) and np.isfinite(window).all()
+    start_s, stop_s = seizure.seizure_in_window_s()
+    length_s = samples / 256
+    if length_s >= 60:  # all of it, with background before and after
+        assert 0 < start_s and stop_s < length_s and stop_s - start_s >= 20
+        ictal = np.zeros(samples, dtype=bool)
+        ictal[round(start_s * 256):round(stop_s * 256)] = True
+        # At its focus the discharge (80-180 uV over a 10-20 uV background) is what the window is about.
+        focus = window[list(CHANNELS).index(seizure.plan.seizures[0].focus)]
+        assert np.sqrt(np.mean(focus[ictal] ** 2)) > 1.5 * np.sqrt(np.mean(focus[~ictal] ** 2))
+    else:
+        assert (start_s, stop_s) == (0.0, length_s)
 
 def _edge_weights_and_adjacency(weights_by_pair: dict[tuple[int, int], float], k: int = 3):
     """(1, E, 1) reference pair weights and the (1, 1, 19, 19) adjacency the model assembles from them."""

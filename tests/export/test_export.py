@@ -22,7 +22,7 @@ from brr.diff.probes import compare_outputs
 from brr.diff.verify import verify_engine
 from brr.export.onnx_export import export_onnx
 from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError, default_plan
-from brr.export.run import engine_plan
+from brr.export.run import calibration_windows, engine_plan
 from brr.machine import has_bf16
 from brr.model import GRAPH_OUTPUT_NAMES, PROBE_NAMES, build_detector, guards, save_checkpoint
 from brr.onnx.stages import STAGE_METADATA_KEY, node_stages
@@ -172,6 +172,25 @@ def test_engines_run_and_error_is_bounded(exports, guarded, windows, tmp_path, b
     assert np.isfinite(logits).all() and error <= bound
     if precision != "fp32":
         assert error > 1e-6  # a reduced-precision engine that matches fp32 exactly was not converted
+
+
+def test_int8_tcn_plan_quantizes_the_tcn_alone(exports, guarded, tmp_path):
+    stages = json.loads(exports["standard"].stages.read_text())
+    pinned = engine_plan("int8-tcn", "int8").resolve(exports["standard"].model, stages)
+    assert set(stages) - set(pinned) == {n for n, stage in stages.items() if stage == "tcn"}
+    with pytest.warns(UserWarning, match="synthetic noise"):
+        windows = list(calibration_windows(None, 15360, count=1))
+    BACKENDS["onnxruntime"].build(exports["standard"].model, "standard", tmp_path, "int8", pinned, (1, 1, 1),
+                                  guarded.config, iter(windows))
+    graph = onnx.load(str(tmp_path / ONNX_FILE)).graph
+    # The weights of the TCN's convolutions, each of them, reach it through int8; no other node's do.
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    int8_weighted = {n.name for n in graph.node if n.op_type in ("Conv", "MatMul") and len(n.input) > 1
+                     and producers.get(n.input[1]) == "DequantizeLinear"}
+    tcn_convolutions = {n.name for n in graph.node if n.op_type == "Conv" and stages.get(n.name) == "tcn"}
+    assert tcn_convolutions and int8_weighted == tcn_convolutions
+    with pytest.raises(PrecisionPlanError, match="the plan int8-tcn is for int8 engines, not fp16"):
+        engine_plan("int8-tcn", "fp16")
 
 
 def test_fp16_keeps_planned_nodes_in_fp32(exports, guarded, tmp_path):

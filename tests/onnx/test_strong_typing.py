@@ -50,8 +50,9 @@ def test_every_shipped_plan_gives_a_strongly_typed_graph(small_exports):
         stages = json.loads(export.stages.read_text())
         fp32 = onnx.load(str(export.model))
         for name in shipped_plan_names():
-            pinned = load_plan(name).resolve(export.model, stages)
-            for precision in ("fp16", "bf16"):
+            plan = load_plan(name)
+            pinned = plan.resolve(export.model, stages)
+            for precision in set(plan.metadata["precisions"]) & {"fp16", "bf16"}:
                 typed = low_precision_model(onnx.ModelProto.FromString(fp32.SerializeToString()), pinned, precision)
                 report = check_typed_graph(typed, pinned)
                 rows.append(f"{name:14s} {precision} {ops:8s}: {report.nodes_checked} nodes checked, "

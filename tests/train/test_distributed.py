@@ -38,7 +38,8 @@ def run_train(config: Path, out: Path, processes: int, *options: str) -> list[fl
     if processes > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                    "-m", "brr.cli.train", *command[3:]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # A process that aborts (SIGABRT in C++) prints every thread's Python stack: what a failure here must show.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads((out / "train_result.json").read_text())["losses"]
