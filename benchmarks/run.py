@@ -231,13 +231,15 @@ def diff_verdict(engine: str, checkpoint: Path, artifact: Path, windows: np.ndar
     return report.engines[0].verdict, not report.failed
 
 
-def build_artifact(engine: str, checkpoint: Path, out: Path) -> tuple[Path | None, float, str | None]:
+def build_artifact(engine: str, checkpoint: Path, out: Path, calibration_data: Path | None = None
+                   ) -> tuple[Path | None, float, str | None]:
     args = ENGINES[engine][0]
     if args is None:
         return checkpoint, 0.0, None
+    calibration = ["--data", str(calibration_data)] if calibration_data and ENGINES[engine][1] == "int8" else []
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "brr.cli.export", str(checkpoint), "--out", str(out), *args,
-                           "--no-verify"], capture_output=True, text=True)
+                           *calibration, "--no-verify"], capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         return None, elapsed, (proc.stderr.strip().splitlines() or ["export failed"])[-1]
@@ -257,7 +259,7 @@ def reference_onnx(artifact: Path) -> Path:
 
 
 def run(configs: list[str], batches: list[int], engines: list[str], repeats: int, n_windows: int,
-        workdir: Path, checkpoint: Path | None) -> dict:
+        workdir: Path, checkpoint: Path | None, calibration_data: Path | None = None) -> dict:
     import torch
 
     from brr.model import build_detector, save_checkpoint
@@ -284,7 +286,7 @@ def run(configs: list[str], batches: list[int], engines: list[str], repeats: int
         profiles[config] = {k: {"seconds": v, "share": v / total} for k, v in profile.items()}
         reference_logits = None
         for engine in engines:
-            artifact, export_s, error = build_artifact(engine, ckpt, workdir / f"{config}-{engine}")
+            artifact, export_s, error = build_artifact(engine, ckpt, workdir / f"{config}-{engine}", calibration_data)
             if error is None and ENGINES[engine][0] is not None and config not in model_flops:
                 import onnx
 
@@ -415,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--windows", type=int, default=4, help="distinct windows for the fidelity check")
     parser.add_argument("--checkpoint", type=Path, help="a trained checkpoint instead of a random initialisation")
+    parser.add_argument("--calibration-data", type=Path,
+                        help="EDF/BDF recordings the int8 engines are calibrated on (default: synthetic noise)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     engines = args.engines.split(",")
@@ -425,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         engines.insert(0, "torch-fp32")  # every ratio is against it, measured in the same run
     stamp = utc_stamp()
     report = run(args.configs.split(","), [int(b) for b in args.batches.split(",")], engines, args.repeats,
-                 args.windows, args.out / f"work-{stamp}", args.checkpoint)
+                 args.windows, args.out / f"work-{stamp}", args.checkpoint, args.calibration_data)
     write_report(args.out, stamp, report, markdown(report))
     return 0
 
