@@ -8,7 +8,7 @@ Each loader also yields a label per window (``labelled()``) for the report. Wind
   ``.npz`` (``SAVED_WINDOWS_KEY``: (N, 19, samples), already preprocessed, e.g. the batch of a
   non-finite training step), taken as they are.
 - ``SyntheticWindows``: seeded random windows: normalised-scale noise with a rhythm per channel.
-- ``SeizureWindows``: a window of the synthetic corpus's EEG around a seizure's onset, so that judging an
+- ``SeizureWindows``: a window of the synthetic corpus's EEG centred on a seizure, so that judging an
   engine on the events it serves has events to judge (the random and adversarial windows rarely hold any).
 - ``AdversarialWindows``: the fixed suite every engine must survive. Each is built in microvolts
   and sent through the same preprocessing as a recording: flat channels, 1000 uV electrode pops,
