@@ -5,7 +5,7 @@ process group (gloo on CPU, NCCL on CUDA, each process on the GPU of its local r
 wrapped in ``DistributedDataParallel``. Rank 0 alone prepares the window store, before it joins (the
 others wait for it in joining), and validates, logs and writes checkpoints (the others wait in their next
 collective): the group's timeout is long enough for a validation pass over an archive's held-out
-recordings, and for preparing the recordings a store lacks.
+recordings and for preparing a corpus of hours; an archive is prepared before, with ``brr-prepare``.
 """
 
 from __future__ import annotations
