@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between 60 s windows")
     parser.add_argument("--window-mode", choices=[m.value for m in WindowMode], default=DEFAULTS.window_mode.value,
                         help="per-window: each window through the whole detector; overlap: the detector's front "
-                        "(encoder and electrode projection) runs once over the recording and only the rest per "
-                        "window (a checkpoint, or an export folder written with brr-export --split)")
+                        "(encoder and electrode projection) runs once over the recording, each window's edges "
+                        "apart so that its numbers are per-window's, and only the rest per window (a "
+                        "checkpoint, or an export folder written with brr-export --split)")
     parser.add_argument("--front-chunk", type=float, default=DEFAULTS.front_chunk_s, metavar="SECONDS",
                         help="overlap mode: seconds of EEG the front runs on at once (bounds its memory)")
     parser.add_argument("--batch", type=int, default=None,

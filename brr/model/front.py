@@ -8,13 +8,18 @@ Windows overlap (60 s every 10 s: each sample is in six), so running the front p
 step six times. Here it runs once over the recording, in chunks of ``chunk_samples`` read with a halo of
 the receptive field on each side, and each window's steps are cut from the result.
 
-What changes is only the edges. Per window, the convolutions zero-pad at the window's edges, so the first
-and last ``FrontGeometry.edge_steps`` steps of a window see padding; here they see the signal around the
-window (the recording's own edges are padded as before). Every other step is the same number, up to fp32
-rounding. A window's steps line up with the chunk's only where the strided convolution's phase is the same:
-a chunk starts at a multiple of ``downsample`` and so must the windows, so the stride must be one. The
-last window, aligned to the recording's end (as ``brr.runtime.windows.model_windows`` places it), may be
-out of phase: its front is run apart, over the window and the halo before it.
+Per window, the convolutions zero-pad at the window's edges, so the first and last
+``FrontGeometry.edge_steps`` steps of a window see padding where the shared front sees the signal around
+the window. The detector was trained on the padded edges, and with the signal there its logits move beyond
+fp32's tolerance (a measured 1.1-1.7 at window edges), so those steps are recomputed per window, as the
+window sees them: the front over the window's first and last ``FrontGeometry.edge_span`` samples, which
+zero-pads where the window does (its convolutions pad every layer at the span's edge as at the window's).
+Every step of a window is then the per-window number, up to fp32 rounding, for a fifth of a window's
+front per window (v3: two 1,536-sample spans of 15,360) instead of all of it. A window's steps line up with
+the chunk's only where the strided convolution's phase is the same: a chunk starts at a multiple of
+``downsample`` and so must the windows, so the stride must be one. The last window, aligned to the
+recording's end (as ``brr.runtime.windows.model_windows`` places it), may be out of phase: its front is run
+per window.
 
 Memory is bounded by the chunk: the front never sees more than ``max(chunk, window)`` samples plus the
 halos, and the features kept are at most a window's and a chunk's steps, whatever the recording's length.
@@ -84,8 +89,16 @@ class FrontGeometry:
 
     @property
     def edge_steps(self) -> tuple[int, int]:
-        """How many of a window's first and last steps read past its edges (where the two ways differ)."""
+        """How many of a window's first and last steps read past its edges (zero padding, per window)."""
         return -(-self.left // self.downsample), -(-self.right // self.downsample)
+
+    @property
+    def edge_span(self) -> int:
+        """Samples from a window's edge whose front gives its edge steps as the window's own front does: the
+        edge steps and the receptive field beyond them, in whole steps, at most the window."""
+        first, last = self.edge_steps
+        reach = max(first * self.downsample + self.right, last * self.downsample + self.left)
+        return min(-(-reach // self.downsample) * self.downsample, self.window)
 
 
 class WindowFeatures(NamedTuple):
@@ -150,9 +163,8 @@ def overlap_windows(front: Front, blocks: Iterable[np.ndarray], n_samples: int, 
         return
     valid = np.ones(window, dtype=bool)
     in_phase = [s for s in starts if s % ds == 0]
-    # At most the last window, moved back to end with the recording.
-    out_of_phase = [(s, s - geometry.halo if s >= geometry.halo else s % ds) for s in starts if s % ds]
-    keep_from = min((lo for _, lo in out_of_phase), default=n_samples)
+    out_of_phase = [s for s in starts if s % ds]  # at most the last window, moved back to end with the recording
+    keep_from = min(out_of_phase, default=n_samples)
     end = in_phase[-1] + window
     core = max(ds, chunk_samples // ds * ds)
     pending = iter(in_phase)
@@ -167,15 +179,26 @@ def overlap_windows(front: Front, blocks: Iterable[np.ndarray], n_samples: int, 
         features = new if features is None else np.concatenate([features, new], axis=1)
         while next_start is not None and next_start + window <= b:
             j = next_start // ds - first_step
-            yield WindowFeatures(next_start, features[:, j : j + geometry.steps], valid)
+            shared = features[:, j : j + geometry.steps]
+            yield WindowFeatures(next_start, _with_own_edges(front, samples, shared, next_start, geometry), valid)
             next_start = next(pending, None)
         drop = (end if next_start is None else next_start) // ds - first_step
         features, first_step = features[:, drop:], first_step + drop
-        samples.release(min(b - geometry.halo, keep_from))
-    for start, lo in out_of_phase:
-        out = front(samples.span(lo, n_samples)[None])[0]
-        j = (start - lo) // ds
-        yield WindowFeatures(start, out[:, j : j + geometry.steps], valid)
+        samples.release(min(b - geometry.halo, keep_from, end if next_start is None else next_start))
+    for start in out_of_phase:
+        yield WindowFeatures(start, front(samples.span(start, start + window)[None])[0], valid)
+
+
+def _with_own_edges(front: Front, samples: _Samples, shared: np.ndarray, start: int,
+                    geometry: FrontGeometry) -> np.ndarray:
+    """The window at ``start``'s steps: ``shared`` inside, its edge steps from the front over its edge spans."""
+    span, window, ds = geometry.edge_span, geometry.window, geometry.downsample
+    if 2 * span >= window:  # edges that meet: the window's own front costs no more
+        return front(samples.span(start, start + window)[None])[0]
+    first, last = geometry.edge_steps
+    edges = front(np.stack([samples.span(start, start + span), samples.span(start + window - span, start + window)]))
+    return np.concatenate([edges[0, :, :first], shared[:, first : geometry.steps - last],
+                           edges[1, :, span // ds - last :]], axis=1)
 
 
 def overlap_features(model: Any, signal: np.ndarray, stride: int, chunk_samples: int) -> Iterator[WindowFeatures]:

@@ -1,6 +1,8 @@
-"""The detector's front run once over a recording: the same steps as per window away from window edges."""
+"""The detector's front run once over a recording, its window edges per window: the per-window steps."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -79,22 +81,31 @@ def recording():
     return _signal(n)
 
 
-def test_steps_away_from_window_edges_equal_per_window_inference(small_model, recording):
-    geometry = FrontGeometry.of(small_model.config)
-    first, last = geometry.edge_steps
+def test_every_step_equals_per_window_inference(small_model, recording):
     windows = list(overlap_features(small_model, recording, STRIDE, chunk_samples=WINDOW))
     assert [w.start for w in windows] == window_starts(recording.shape[-1], WINDOW, STRIDE)
-    for index, window in enumerate(windows):
-        error = _step_error(window.features, _per_window(small_model, recording, window.start))
-        assert error[first:-last].max() <= ROUNDING
-        # The window's edge steps see the signal beyond it, except at the recording's own edges.
-        at_recording_start, at_recording_end = index == 0, index == len(windows) - 1
-        assert (error[:first].max() <= ROUNDING) == at_recording_start
-        assert (error[-last:].max() <= ROUNDING) == at_recording_end
-        if not at_recording_start:
-            assert error[first - 1] > 1e-3  # the receptive field bounds the difference, tightly
-        if not at_recording_end:
-            assert error[-last] > 1e-3
+    for window in windows:
+        assert _step_error(window.features, _per_window(small_model, recording, window.start)).max() <= ROUNDING
+
+
+def test_the_edge_spans_are_what_the_window_edges_need(small_model, recording):
+    """One step fewer of edge, or a span one step shorter, and a window's edges are not its own."""
+    geometry = FrontGeometry.of(small_model.config)
+    start, ds = 2 * STRIDE, geometry.downsample
+    own = _per_window(small_model, recording, start)
+    first, last = geometry.edge_steps
+    for short in (replace(geometry, left=geometry.left - ds), replace(geometry, right=geometry.right - ds)):
+        assert short.edge_steps != geometry.edge_steps
+        windows = {w.start: w for w in overlap_windows(_front(small_model), [recording], recording.shape[-1], short,
+                                                       STRIDE, WINDOW)}
+        error = _step_error(windows[start].features, own)
+        # The step the shorter geometry takes from the shared front reads past the window's edge.
+        assert error[first - 1] > 1e-3 if short.left < geometry.left else error[-last] > 1e-3
+    span = geometry.edge_span
+    edge = _front(small_model)(recording[None, :, start : start + span - ds])[0]
+    assert _step_error(edge[:, :first], own[:, :first]).max() > 1e-3
+    edge = _front(small_model)(recording[None, :, start : start + span])[0]
+    assert _step_error(edge[:, :first], own[:, :first]).max() <= ROUNDING
 
 
 @pytest.mark.parametrize("chunk, block", [(700, 4000), (WINDOW, 10**6), (10 * WINDOW, 333)])
@@ -122,8 +133,10 @@ def test_the_front_runs_once_over_the_recording_on_chunks_of_bounded_size(small_
     starts = [w.start for w in overlap_windows(front, [_signal(n)], n, geometry, stride, chunk)]
     assert starts == window_starts(n, WINDOW, stride) and len(starts) == 26
     assert max(seen) <= max(chunk, WINDOW) + geometry.halo + geometry.right
-    # Each sample once, plus the halos and the out-of-phase last window; per window it would be six times.
-    assert sum(seen) <= n + len(seen) * (geometry.halo + geometry.right) + WINDOW
+    # Each sample once, plus the halos, each window's two edge spans and the out-of-phase last window; per
+    # window it would be six times.
+    edges = 2 * geometry.edge_span * len(starts)
+    assert sum(seen) <= n + len(seen) * (geometry.halo + geometry.right) + edges + WINDOW
 
 
 def test_a_recording_shorter_than_a_window_gets_the_per_window_front(small_model):

@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from scipy.special import expit
 
 from brr.artifact.files import ONNX_FILE
 from brr.artifact.load import load_runner, load_split_runners, select_engine
@@ -30,12 +29,11 @@ from brr.diff.composed import verify_split
 from brr.diff.inputs import SyntheticWindows
 from brr.diff.run import run_diff
 from brr.diff.verdict import Verdict
-from brr.events.probabilities import Stitcher
 from brr.export.onnx_export import export_split_onnx
 from brr.model import PROBE_NAMES, build_detector, save_checkpoint
 from brr.model.checkpoint import file_sha256
 from brr.model.contract import GraphPart
-from brr.model.front import FrontGeometry, overlap_features
+from brr.model.front import FrontGeometry
 from brr.ops.registry import ONNX_OPSET
 from brr.runtime.windows import predict_probabilities, predict_probabilities_overlap
 
@@ -118,18 +116,16 @@ def test_an_artifact_without_the_graphs_is_refused_for_overlap(small_exports, sp
     assert select_engine(plain.parent, split=True) == plain.parent / "onnx-standard"
 
 
-def test_overlap_inference_runs_the_rest_on_the_shared_front(split_export, small_model, edf):
-    with open_recording(edf) as stream, load_split_runners(split_export) as split:
-        got = np.concatenate(list(predict_probabilities_overlap(split, stream, 10.0, batch_size=3, chunk_samples=7000)))
-        signal = stream.read_all().signals
-    stitcher, expected = Stitcher(signal.shape[-1], fill_value=np.nan), []
-    for window in overlap_features(small_model, signal, 2560, chunk_samples=WINDOW):
-        with torch.inference_mode():
-            logits = small_model.forward_rest(torch.from_numpy(window.features[None].copy()))[0].numpy()
-        expected.append(stitcher.add(window.start, expit(logits), window.valid))
-    expected = np.concatenate([*expected, stitcher.finish()])
-    assert got.shape == expected.shape == (75 * 256,)
-    assert np.abs(got - expected).max() <= PARITY_ATOL
+def test_overlap_inference_gives_the_per_window_probabilities(split_export, small_model, edf, tmp_path):
+    checkpoint = save_checkpoint(small_model, tmp_path / "ckpt")
+    with open_recording(edf) as stream:
+        with load_split_runners(split_export) as split:
+            overlap = np.concatenate(list(predict_probabilities_overlap(split, stream, 10.0, batch_size=3,
+                                                                        chunk_samples=7000)))
+        with load_runner(checkpoint) as runner:
+            per_window = np.concatenate(list(predict_probabilities(runner, stream, 10.0, 1)))
+    assert overlap.shape == per_window.shape == (75 * 256,)
+    assert np.abs(overlap - per_window).max() <= PARITY_ATOL
 
 
 def test_a_recording_shorter_than_a_window_gets_the_per_window_answer(small_model, tmp_path):
