@@ -2,9 +2,15 @@
 
 glibc serves a large allocation from the heap once an earlier one of that size was freed (its mmap
 threshold grows, up to 32 MB), and a heap fragmented by one ONNX Runtime or PyTorch run is never given
-back: the diff's resident memory grew by 1.2 GB over its first two windows that way. A fixed
-threshold keeps every allocation of 1 MB or more in its own mapping, returned to the system when freed
-(measured: resident memory back to 400 MB after each window, the peak that of one run).
+back: the diff's resident memory grew by 1.2 GB over its first two windows that way. A fixed threshold
+of 1 MB (``LEAN_MMAP_THRESHOLD``) keeps every allocation of 1 MB or more in its own mapping, returned to
+the system when freed (measured: resident memory back to 400 MB after each window, the peak that of one
+run). That costs a fresh, page-faulting mapping for every such tensor, which PyTorch eager pays on every
+op: brr-infer's per-window stages of v3 took 1.9 s a window instead of 0.75 s, a v3-small training step
+14.5 s instead of 12.3 s. The tools whose hot loop is PyTorch (inference, training) leave glibc's dynamic
+threshold as it is (``fix_mmap_threshold(None)``). A fixed large one is no substitute: fixing it also fixes
+the trim threshold at 128 kB, so the heap is given back and faulted in again at every window (brr-infer
+per-window on v3: 166 s for 10 minutes of EEG at 1 MB, 107 s at 32 MB fixed, 85 s with glibc's own).
 """
 
 from __future__ import annotations
@@ -16,15 +22,18 @@ import resource
 from pathlib import Path
 
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 1 << 20
+LEAN_MMAP_THRESHOLD = 1 << 20
 
 
-def return_freed_memory() -> bool:
-    """Fix glibc's mmap threshold for this process; False where the C library is not glibc."""
+def fix_mmap_threshold(threshold_bytes: int | None) -> bool:
+    """Fix glibc's mmap threshold for this process (None: leave glibc's dynamic one); False where nothing was
+    fixed or the C library is not glibc."""
+    if threshold_bytes is None:
+        return False
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold_bytes))
     except (OSError, AttributeError, TypeError):
         return False
 

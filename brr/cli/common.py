@@ -41,7 +41,7 @@ from rich.logging import RichHandler
 from brr import __version__
 from brr.errors import EXIT_FAILED, EXIT_UNUSABLE, BrrError
 from brr.output_folder import check_output_folder
-from brr.resources import return_freed_memory
+from brr.resources import LEAN_MMAP_THRESHOLD, fix_mmap_threshold
 from brr.tolerances import describe_tolerances
 
 __all__ = ["EXIT_INTERRUPTED", "add_tolerance_options", "add_window_options", "command_parser", "configure_logging",
@@ -162,11 +162,13 @@ def run_main(
     argv: Sequence[str] | None = None,
     outputs: Callable[[argparse.Namespace], Iterable[tuple[str, Any]]] = lambda args: (),
     log_level: int = logging.INFO,
+    mmap_threshold: int | None = LEAN_MMAP_THRESHOLD,
 ) -> int:
     """Parse ``argv``, check the output folders ``outputs(args)`` gives (``(option, folder)`` pairs, None
     folders skipped; see :func:`~brr.output_folder.check_output_folder`), run ``command(args)`` and
-    return its exit status, or the status of what it raised. Messages from ``log_level`` up are shown."""
-    return_freed_memory()
+    return its exit status, or the status of what it raised. Messages from ``log_level`` up are shown;
+    ``mmap_threshold``: see ``brr.resources``."""
+    fix_mmap_threshold(mmap_threshold)
     configure_logging(tool, log_level)
     try:
         args = parser.parse_args(argv)

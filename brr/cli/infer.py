@@ -279,7 +279,7 @@ def _infer(args: argparse.Namespace, settings: InferenceSettings, console: Conso
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main("brr-infer", build_parser(), run, argv)
+    return run_main("brr-infer", build_parser(), run, argv, mmap_threshold=None)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main("brr-train", build_parser(), run, argv)
+    return run_main("brr-train", build_parser(), run, argv, mmap_threshold=None)
 
 
 if __name__ == "__main__":
