@@ -22,7 +22,8 @@ recording's end (as ``brr.runtime.windows.model_windows`` places it), may be out
 per window.
 
 Memory is bounded by the chunk: the front never sees more than ``max(chunk, window)`` samples plus the
-halos, and the features kept are at most a window's and a chunk's steps, whatever the recording's length.
+halos, and the samples and features kept (a window's edges are read from the samples) are at most a
+window's and a chunk's, whatever the recording's length.
 
 Without PyTorch (serving an exported front and rest runs it); ``overlap_features`` runs a ``V3Detector``.
 """
