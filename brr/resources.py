@@ -6,8 +6,8 @@ back: the diff's resident memory grew by 1.2 GB over its first two windows that 
 of 1 MB (``LEAN_MMAP_THRESHOLD``) keeps every allocation of 1 MB or more in its own mapping, returned to
 the system when freed (measured: resident memory back to 400 MB after each window, the peak that of one
 run). That costs a fresh, page-faulting mapping for every such tensor, which PyTorch eager pays on every
-op: brr-infer's per-window stages of v3 took 1.9 s a window instead of 0.75 s, a v3-small training step
-14.5 s instead of 12.3 s. The tools whose hot loop is PyTorch (inference, training) leave glibc's dynamic
+op: brr-infer's per-window stages of v3 took 1.7-2.0 s a window instead of 0.65-0.95 s, a v3-small
+training step 16.3-17.3 s instead of 13.8-15.8 s. The tools whose hot loop is PyTorch (inference, training) leave glibc's dynamic
 threshold as it is (``fix_mmap_threshold(None)``). A fixed large one is no substitute: fixing it also fixes
 the trim threshold at 128 kB, so the heap is given back and faulted in again at every window (brr-infer
 per-window on v3: 166 s for 10 minutes of EEG at 1 MB, 107 s at 32 MB fixed, 85 s with glibc's own).

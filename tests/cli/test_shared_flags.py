@@ -74,7 +74,7 @@ def test_quiet_leaves_warnings_and_verbose_adds_debug(tmp_path, capsys):
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_only_the_pytorch_loops_keep_freed_tensors_in_the_heap(script, monkeypatch):
     """A 1 MB mmap threshold gives every larger tensor fresh, page-faulting pages: v3's per-window stages ran
-    2.5x slower in brr-infer under it. Inference and training leave glibc's dynamic threshold; the tools
+    about 2x slower in brr-infer under it. Inference and training leave glibc's dynamic threshold; the tools
     that run one engine after another keep memory given back after each."""
     from brr.cli import common
     from brr.resources import LEAN_MMAP_THRESHOLD
