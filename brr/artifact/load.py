@@ -51,7 +51,7 @@ def fastest_engine(candidates: list[Path], manifests: dict[Path, dict]) -> Path 
 def select_engine(path: str | Path, precision: str | None = None, split: bool = False) -> Path:
     """The one engine ``path`` names: a checkpoint, an artifact folder or model file as given; in an
     export's ``--out`` folder, its engine of ``precision`` (any precision when None) that holds the front and
-    rest graphs when ``split`` (overlap inference), a verified one
+    rest graphs when ``split`` (overlap inference), a verified one (its front and rest verified, with ``split``)
     before an unverified one, the fastest of several verified ones (as timed by their verification on
     one machine), the fp32 ONNX only when the export has no other engine. Several candidates that
     nothing ranks are a ``ManifestError`` that lists them, so the choice is never silent."""
@@ -66,18 +66,19 @@ def select_engine(path: str | Path, precision: str | None = None, split: bool = 
                             f"(no {MANIFEST_FILE} in it or in its sub-folders)")
     # Choosing reads the manifests (their own digest checked); load_runner hashes the chosen engine's files.
     manifests = {a: read_manifest(a) for a in artifacts}
-    engines = [a for a in artifacts if not is_reference(manifests[a])] or artifacts
     if split:
-        engines = [a for a in artifacts if manifests[a].get("split")]
-        if not engines:
+        artifacts = [a for a in artifacts if manifests[a].get("split")]
+        if not artifacts:
             raise ManifestError(f"{path}: no engine in this export holds the front and rest graphs that overlap "
                                 "inference serves; export with brr-export --split")
     if precision is not None:
-        engines = [a for a in engines if manifests[a]["precision"] == precision]
-        if not engines:
-            held = ", ".join(f"{a.name} ({manifests[a]['precision']})" for a in artifacts)
+        held = ", ".join(f"{a.name} ({manifests[a]['precision']})" for a in artifacts)
+        artifacts = [a for a in artifacts if manifests[a]["precision"] == precision]
+        if not artifacts:
             raise ManifestError(f"{path}: no {precision} engine in this export; it holds {held}")
-    verified = [a for a in engines if served_verification(a, manifests[a]) is None]
+    engines = [a for a in artifacts if not is_reference(manifests[a])] or artifacts
+    verified = [a for a in engines if (_split_refusal(a, manifests[a]) if split
+                                       else served_verification(a, manifests[a])) is None]
     candidates = verified or engines
     if len(candidates) > 1 and verified and (fastest := fastest_engine(candidates, manifests)) is not None:
         speeds = ", ".join(f"{a.name} {manifests[a]['verification']['serving_s_per_window']:.3g}" for a in candidates)
@@ -88,6 +89,15 @@ def select_engine(path: str | Path, precision: str | None = None, split: bool = 
                             f"{', '.join(a.name for a in candidates)}; pass one of these folders"
                             + ("" if precision else " or --precision"))
     return candidates[0]
+
+
+def _split_refusal(directory: Path, manifest: dict[str, Any]) -> str | None:
+    """Why the front and rest of an artifact are not to be served, or None."""
+    try:
+        served_split(directory, manifest)
+    except ManifestError as refusal:
+        return str(refusal)
+    return None
 
 
 def load_runner(path: str | Path, probes: bool = False, threads: int | None = None, device: str = "cpu",
@@ -136,8 +146,8 @@ def load_split_runners(path: str | Path, probes: bool = False, threads: int | No
         return SplitRunners(front, rest, FrontGeometry.of(model.config))
     directory, manifest, backend = _checked_artifact(path)
     files, geometry = served_split(directory, manifest, require_verified)
-    front, rest = (backend.part_runner(files[part], part, probes=probes, name=f"{name}-{part}", device=device,
-                                       threads=threads) for part in GraphPart)
+    front, rest = (backend.part_runner(files[part], part, manifest, probes=probes, name=f"{name}-{part}",
+                                       device=device, threads=threads) for part in GraphPart)
     return SplitRunners(front, rest, geometry)
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,27 @@ class ManifestError(InputError):
     """An artifact that must not be used; the message names the directory and what is wrong."""
 
 
+@dataclass(frozen=True)
+class SplitGraphs:
+    """What an artifact holds of the detector split into its front and rest (``brr.model.front``): the front's
+    geometry and, per part, the file served, every file it reads (an OpenVINO IR's ``.bin`` beside its
+    ``.xml``), the nodes its build kept in fp32 and the build's settings. The defaults are the fp32 ONNX
+    graphs of a reference folder (``GraphPart.file``)."""
+
+    geometry: FrontGeometry
+    files: Mapping[GraphPart, tuple[str, ...]] = field(
+        default_factory=lambda: {part: (part.file,) for part in GraphPart})
+    pinned_nodes: Mapping[GraphPart, list[str]] = field(default_factory=dict)
+    settings: Mapping[GraphPart, dict[str, Any]] = field(default_factory=dict)
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {**{part.value: self.files[part][0] for part in GraphPart}, "geometry": self.geometry.to_dict(),
+                "parts": {part.value: {"files": list(self.files[part]),
+                                       "fp32_pinned_nodes": list(self.pinned_nodes.get(part, [])),
+                                       "settings": dict(self.settings.get(part, {}))} for part in GraphPart},
+                "verification": None}
+
+
 def package_versions() -> dict[str, str]:
     versions = {"brr": brr.__version__}
     for name in _VERSIONED_PACKAGES:
@@ -59,15 +82,14 @@ def write_manifest(
     ops: str, opset: int, model_file: str, pinned_nodes: list[str],
     batch: tuple[int, int, int] | None = None, settings: dict[str, Any] | None = None,
     fp32_reference: str | Path | None = None, precision_plan: dict[str, Any] | None = None,
-    unbuilt: str | None = None, split: FrontGeometry | None = None,
+    unbuilt: str | None = None, split: SplitGraphs | None = None,
 ) -> dict[str, Any]:
     """Hash every file of ``directory`` (but the manifest) and write its manifest; returns it.
 
     ``fp32_reference``: the fp32 ONNX artifact directory the engine was built from (stored relative
     to ``directory``, with the sha256 of its model): the diff's node level compares against it.
     ``unbuilt``: why ``model_file`` is not there yet (the artifact holds what its build needs).
-    ``split``: the geometry of the front, when the folder also holds the front and the rest as two graphs
-    (``GraphPart.file``).
+    ``split``: the front and the rest as two graphs, when the folder also holds them.
     """
     directory = Path(directory)
     if backend not in BACKENDS or precision not in PRECISIONS:
@@ -106,11 +128,10 @@ def write_manifest(
     if unbuilt is not None:
         manifest["unbuilt"] = unbuilt
     if split is not None:
-        missing = [part.file for part in GraphPart if part.file not in files]
+        missing = [name for part in GraphPart for name in split.files[part] if name not in files]
         if missing:
             raise ValueError(f"{directory}: {', '.join(missing)} not in the artifact")
-        manifest["split"] = {**{part.value: part.file for part in GraphPart}, "geometry": split.to_dict(),
-                             "verification": None}
+        manifest["split"] = split.to_manifest()
     rewrite_manifest(directory, manifest)
     return manifest
 
@@ -195,7 +216,16 @@ def served_verification(directory: str | Path, manifest: dict[str, Any]) -> str 
 
 
 def _split_hashes(manifest: dict[str, Any]) -> dict[str, str]:
-    return {f"{part.value}_sha256": manifest["files"][manifest["split"][part.value]] for part in GraphPart}
+    """The sha256 of every file the front and rest read, keyed ``<part>_sha256`` for the file served and
+    ``<file>_sha256`` for each other file of a part."""
+    split, hashes = manifest["split"], {}
+    for part in GraphPart:
+        served = split[part.value]
+        hashes[f"{part.value}_sha256"] = manifest["files"][served]
+        for name in split.get("parts", {}).get(part.value, {}).get("files", []):
+            if name != served:
+                hashes[f"{name}_sha256"] = manifest["files"][name]
+    return hashes
 
 
 def record_split_verification(directory: str | Path, verification: dict[str, Any]) -> dict[str, Any]:
@@ -216,7 +246,7 @@ def served_split(directory: str | Path, manifest: dict[str, Any], require_verifi
     split = manifest.get("split")
     if not split:
         raise ManifestError(f"{directory}: holds no front and rest graphs for overlap inference; export them "
-                            "with brr-export --split (into the fp32 ONNX folder) and serve that folder")
+                            "with brr-export --split (ONNX Runtime and OpenVINO engines) and serve that folder")
     verification = split.get("verification")
     refusal = None
     if not verification:

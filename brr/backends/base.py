@@ -37,6 +37,7 @@ class BuiltEngine:
     settings: dict
     # Why ``model_file`` is not there (``Backend.prepare``: the build's dependency was missing), else None.
     unbuilt: str | None = None
+    companion_files: tuple[str, ...] = ()  # what ``model_file`` reads beside it (an OpenVINO IR's weights)
 
 
 class TensorStatistics(Protocol):
@@ -91,6 +92,13 @@ class Backend:
         returned ``BuiltEngine.unbuilt`` says so."""
         raise NotImplementedError(f"{self.name} builds nothing without its dependency")
 
+    def build_part(self, onnx_path: Path, part: GraphPart, ops: str, directory: Path, precision: str,
+                   fp32_nodes: list[str]) -> BuiltEngine:
+        """Build ``precision`` of one part of the detector (``brr.model.front``) from its fp32 graph ``onnx_path``
+        into ``directory``, beside the whole detector's engine, under a file name of its own."""
+        raise EngineBuildError(f"{self.name} builds no detector split into front and rest (brr-export --split); "
+                               "ONNX Runtime and OpenVINO do")
+
     def commands(self, settings: dict, export_command: str) -> list[str]:
         """Lines to print after an export: commands that build or run the engine outside brr, each after a
         ``#`` line saying what it does; ``export_command`` is the brr-export line of this export."""
@@ -102,11 +110,13 @@ class Backend:
         run, for the diff's instrumented runs."""
         raise NotImplementedError
 
-    def part_runner(self, model: Path, part: GraphPart, probes: bool = False, name: str | None = None,
-                    device: str = "cpu", threads: int | None = None) -> BaseRunner:
-        """The runner of one part of a detector exported as two graphs (``brr.model.front``): input
-        ``part.input_name``, output ``part.output_name``, and with ``probes`` every probe of the part."""
-        raise EngineBuildError(f"{self.name} serves no detector split into front and rest; ONNX Runtime does")
+    def part_runner(self, model: Path, part: GraphPart, manifest: Mapping[str, Any], probes: bool = False,
+                    name: str | None = None, device: str = "cpu", threads: int | None = None) -> BaseRunner:
+        """The runner of one part of a detector exported as two graphs (``brr.model.front``), the (checked)
+        ``model`` file of an artifact: input ``part.input_name``, output ``part.output_name``, and with
+        ``probes`` every probe of the part."""
+        raise EngineBuildError(f"{self.name} serves no detector split into front and rest; "
+                               "ONNX Runtime and OpenVINO do")
 
     def edited_graphs(self, directory: Path, manifest: Mapping[str, Any], fp32_model: onnx.ModelProto
                       ) -> EditedGraphs:

@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                                help="EDF/BDF file or directory for int8 calibration (default: synthetic windows)")
     deprecated_alias(parser, "--calibration-data", data)
     parser.add_argument("--split", action="store_true",
-                        help="also write the detector's front and rest as two fp32 graphs into the fp32 ONNX folder "
-                        "(verified composed), which brr-infer --window-mode overlap serves")
+                        help="also write the detector's front and rest as two graphs, fp32 in the fp32 ONNX folder "
+                        "and built as the engine beside the engine (ONNX Runtime, OpenVINO), each pair verified "
+                        "composed: what brr-infer --window-mode overlap serves")
     parser.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch fp32")
     return parser
 
@@ -72,10 +73,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"verification {verification.summary()}")
     verifications = [verification]
     if args.split:
-        split = verify_split(args.checkpoint, result.reference_dir,
-                             args.out / "verification" / f"{result.reference_dir.name}-front+rest", window)
-        print(f"verification of the front and rest {split.summary()}")
-        verifications.append(split)
+        for directory in dict.fromkeys((result.reference_dir, result.engine_dir)):
+            split = verify_split(args.checkpoint, directory,
+                                 args.out / "verification" / f"{directory.name}-front+rest", window)
+            print(f"verification of the front and rest of {directory.name} {split.summary()}")
+            verifications.append(split)
     if not all(v.passed for v in verifications):
         print("brr-export: " + ", ".join(str(v.report.engines[0].name) for v in verifications if not v.passed)
               + f" diverges from PyTorch fp32; report kept in {args.out / 'verification'}", file=sys.stderr)

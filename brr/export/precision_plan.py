@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +28,7 @@ import onnx
 
 from brr.errors import InputError
 from brr.model import PROBE_NAMES
-from brr.onnx.stages import NAME_SCOPES_KEY, module_paths
+from brr.onnx.stages import NAME_SCOPES_KEY, module_paths, node_stages
 
 PLAN_KEYS = ("fp32_nodes", "fp32_stages", "fp32_op_types", "fp32_modules")
 DEFAULT_PLANS = Path(__file__).with_name("plans")
@@ -75,30 +77,85 @@ class PrecisionPlan:
     def name(self) -> str:
         return str(self.metadata.get("name", self.source))
 
-    def resolve(self, model_path: Path, stages: dict[str, str]) -> list[str]:
+    def resolve(self, model_path: Path, stages: Mapping[str, str]) -> list[str]:
         """Node names of ``model_path`` (main graph) pinned to fp32 by this plan, sorted."""
         graph = onnx.load(str(model_path), load_external_data=False).graph
-        nodes = {n.name: n.op_type for n in graph.node}
-        missing = sorted(set(self.fp32_nodes) - set(nodes))
+        missing = sorted(set(self.fp32_nodes) - {n.name for n in graph.node})
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise PrecisionPlanError(f"{self.source}: {len(missing)} node(s) not in {model_path}: {shown}")
-        pinned = set(self.fp32_nodes)
+        pinned, matched = self._pinned(graph, stages, set(self.fp32_nodes))
+        for pattern in self.fp32_modules:
+            if pattern not in matched:
+                raise PrecisionPlanError(f"{self.source}: module pattern {pattern!r} matches no node of {model_path}")
+        return sorted(pinned)
+
+    def resolve_parts(self, whole: Path, parts: Sequence[Path]) -> dict[Path, list[str]]:
+        """For the detector exported whole (``whole``) and as parts (the front and rest of ``brr.model.front``):
+        the node names of each part pinned to fp32 by this plan, sorted. Stages, op types and modules resolve
+        on each part's own nodes; a node the plan names (of the whole graph, as brr-calibrate writes them; the
+        parts number their nodes apart) is found in a part by where it was traced: its stage, module path,
+        op type and rank among the nodes that share those. Every node and module pattern the plan names must
+        be in a part."""
+        whole_graph = onnx.load(str(whole), load_external_data=False)
+        self.resolve(whole, node_stages(whole_graph))  # the plan's nodes and patterns are the whole graph's
+        by_trace = _trace_keys(whole_graph)
+        wanted = {trace for trace, name in by_trace.items() if name in set(self.fp32_nodes)}
+        pinned, found, matched_patterns = {}, set(), set()
+        for path in parts:
+            model = onnx.load(str(path), load_external_data=False)
+            traced = {trace: name for trace, name in _trace_keys(model).items() if trace in wanted}
+            nodes, matched = self._pinned(model.graph, node_stages(model), set(traced.values()))
+            pinned[path] = sorted(nodes)
+            found |= set(traced)
+            matched_patterns |= matched
+        lost = sorted(by_trace[trace] for trace in wanted - found)
+        if lost:
+            shown = ", ".join(lost[:5]) + (" ..." if len(lost) > 5 else "")
+            raise PrecisionPlanError(f"{self.source}: {len(lost)} node(s) of {whole} found in none of "
+                                     f"{', '.join(map(str, parts))}: {shown}")
+        unmatched = sorted(set(self.fp32_modules) - matched_patterns)
+        if unmatched:
+            raise PrecisionPlanError(f"{self.source}: module pattern(s) {unmatched} match no node of "
+                                     f"{', '.join(map(str, parts))}")
+        return pinned
+
+    def _pinned(self, graph: onnx.GraphProto, stages: Mapping[str, str], named: set[str]
+                ) -> tuple[set[str], set[str]]:
+        """(the nodes of ``graph`` this plan pins, the module patterns that matched one of them); ``named``:
+        the nodes of ``graph`` that the plan's ``fp32_nodes`` stand for."""
+        nodes = {n.name: n.op_type for n in graph.node}
+        pinned = named & set(nodes)
         pinned |= {name for name, op_type in nodes.items() if op_type in self.fp32_op_types}
         pinned |= {name for name in nodes if stages.get(name) in self.fp32_stages}
-        modules = {n.name: module_paths(next((p.value for p in n.metadata_props if p.key == NAME_SCOPES_KEY), None))
-                   for n in graph.node}
+        modules = {n.name: module_paths(_name_scopes(n)) for n in graph.node}
+        matched_patterns = set()
         for pattern in self.fp32_modules:
             matched = {name for name, paths in modules.items() if any(fnmatch.fnmatchcase(p, pattern) for p in paths)}
-            if not matched:
-                raise PrecisionPlanError(f"{self.source}: module pattern {pattern!r} matches no node of {model_path}")
+            if matched:
+                matched_patterns.add(pattern)
             pinned |= matched
-        return sorted(pinned)
+        return pinned, matched_patterns
 
     def describe(self, pinned: list[str]) -> dict:
         """What the manifest records of a plan that was applied."""
         return {"plan": self.name, "version": self.metadata.get("version"), "source": self.source,
                 "pinned": len(pinned)}
+
+
+def _trace_keys(model: onnx.ModelProto) -> dict[tuple, str]:
+    """(stage, module paths, op type, rank among the nodes sharing those) -> node name, for every top-level
+    node: where a node was traced, which names it alike in graphs exported from the same model."""
+    stages, seen, keys = node_stages(model), Counter(), {}
+    for node in model.graph.node:
+        where = (stages[node.name], tuple(module_paths(_name_scopes(node))), node.op_type)
+        keys[(*where, seen[where])] = node.name
+        seen[where] += 1
+    return keys
+
+
+def _name_scopes(node: onnx.NodeProto) -> str | None:
+    return next((p.value for p in node.metadata_props if p.key == NAME_SCOPES_KEY), None)
 
 
 def default_plan(precision: str) -> PrecisionPlan:

@@ -5,7 +5,8 @@ The folders are ``brr.artifact.files``'s: ``onnx-<ops>/`` (the reference), then
 A backend asked for by name whose dependency is missing here but that ``builds_offline`` (TensorRT)
 still gets its folder, with all its build needs and a manifest saying the engine is not built; then
 ``EngineNotBuilt`` carries the commands that build it elsewhere. ``split`` also writes the detector's front
-and rest as two fp32 graphs (``brr.model.front``) into the reference folder, for overlap inference.
+and rest as two fp32 graphs (``brr.model.front``) into the reference folder, for overlap inference, and builds
+the engine of each beside the engine of the whole detector (``build_split``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from brr.artifact.files import ONNX_FILE, REFERENCE_BACKEND, STAGES_FILE, engine_folder, reference_folder
-from brr.artifact.manifest import write_manifest
-from brr.backends import BACKENDS, resolve_backend
+from brr.artifact.manifest import SplitGraphs, write_manifest
+from brr.backends import BACKENDS, Backend, resolve_backend
 from brr.data import iter_windows, read_recording, recording_files
 from brr.data.preprocess import TARGET_RATE
 from brr.errors import DependencyUnavailable
@@ -31,6 +32,7 @@ from brr.export.onnx_export import export_onnx, export_split_onnx
 from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError, default_plan, load_plan
 from brr.model import load_checkpoint
 from brr.model.checkpoint import WEIGHTS_FILE, file_sha256, read_checkpoint_meta
+from brr.model.contract import GraphPart
 from brr.model.front import FrontGeometry
 from brr.onnx.strong_typing import require_strongly_typed_files
 
@@ -118,6 +120,20 @@ def engine_plan(requested: Path | str | None, precision: str) -> PrecisionPlan:
     return PrecisionPlan()
 
 
+def build_split(backend: Backend, plan: PrecisionPlan, reference_dir: Path, ops: str, engine_dir: Path,
+                precision: str, geometry: FrontGeometry) -> SplitGraphs:
+    """The engine of each part of the detector (front, rest) in ``engine_dir``, built from the fp32 graphs of
+    ``reference_dir``, the plan resolved on the parts' own nodes (their names are not the whole graph's)."""
+    graphs = {part: reference_dir / part.file for part in GraphPart}
+    pinned = (plan.resolve_parts(reference_dir / ONNX_FILE, list(graphs.values()))
+              if backend.applies_precision_plan else {})
+    built = {part: backend.build_part(graphs[part], part, ops, engine_dir, precision, pinned.get(graphs[part], []))
+             for part in GraphPart}
+    return SplitGraphs(geometry, files={part: (b.model_file, *b.companion_files) for part, b in built.items()},
+                       pinned_nodes={part: b.pinned_nodes for part, b in built.items()},
+                       settings={part: b.settings for part, b in built.items()})
+
+
 def export_artifacts(request: ExportRequest) -> ExportResult:
     checkpoint = Path(request.checkpoint)
     model = load_checkpoint(checkpoint)
@@ -143,8 +159,9 @@ def export_artifacts(request: ExportRequest) -> ExportResult:
         export_split_onnx(model, reference.directory, request.ops)
         seconds["split_export"] = time.perf_counter() - start
     common = {"source": source, "config": config, "ops": request.ops, "opset": reference.opset}
+    geometry = FrontGeometry.of(config)
     write_manifest(reference.directory, backend=REFERENCE_BACKEND, precision="fp32", model_file=ONNX_FILE,
-                   pinned_nodes=[], split=FrontGeometry.of(config) if request.split else None, **common)
+                   pinned_nodes=[], split=SplitGraphs(geometry) if request.split else None, **common)
     log.info(f"fp32 ONNX ({request.ops} ops): {reference.model} in {seconds['onnx_export']:.1f} s")
 
     engine_dir, commands = reference.directory, []
@@ -153,6 +170,11 @@ def export_artifacts(request: ExportRequest) -> ExportResult:
         plan = engine_plan(request.precision_plan, request.engine)
         pinned = plan.resolve(reference.model, stages) if backend.applies_precision_plan else []
         engine_dir = engine_folder(request.out, backend.name, request.engine, request.ops)
+        split = None
+        if request.split:
+            start = time.perf_counter()
+            split = build_split(backend, plan, reference.directory, request.ops, engine_dir, request.engine, geometry)
+            seconds["split_build"] = time.perf_counter() - start
         windows = (calibration_windows(request.calibration_data, config.window_samples)
                    if request.engine == "int8" else None)
         start = time.perf_counter()
@@ -160,12 +182,14 @@ def export_artifacts(request: ExportRequest) -> ExportResult:
         built = backend.build(*arguments) if missing is None else backend.prepare(*arguments, missing=str(missing))
         seconds["engine_build"] = time.perf_counter() - start
         # The typed graph an engine is built from must build as typed (TensorRT's strong typing).
-        typed_graphs = require_strongly_typed_files(engine_dir, built.pinned_nodes)
+        typed_graphs = require_strongly_typed_files(
+            engine_dir, built.pinned_nodes, skipped=[name for files in (split.files.values() if split else [])
+                                                     for name in files])
         write_manifest(engine_dir, backend=backend.name, precision=request.engine, model_file=built.model_file,
                        pinned_nodes=built.pinned_nodes, batch=request.batch if backend.batch_profile else None,
                        settings=built.settings | typed_graphs, fp32_reference=reference.directory,
                        precision_plan=plan.describe(pinned) if plan.metadata or plan.source != "(none)" else None,
-                       unbuilt=built.unbuilt, **common)
+                       unbuilt=built.unbuilt, split=split, **common)
         commands = backend.commands(built.settings, export_command(request, backend.name))
         if built.unbuilt is not None:
             raise EngineNotBuilt(f"{missing}; {engine_dir} holds what its build needs", engine_dir, commands)

@@ -37,10 +37,14 @@ EDGE_WEIGHT_MODULES = ("edge_stream.lift", "edge_stream.mamba", "edge_stream.pro
 
 def module_paths(name_scopes: str | None) -> list[str]:
     """Module paths (outermost first) from a node's name-scopes metadata, relative to the detector:
-    e.g. ['tcn', 'tcn.mix']; empty for nodes traced outside every module."""
+    e.g. ['tcn', 'tcn.mix']; empty for nodes traced outside every module. The export's wrappers hold the
+    detector as ``WRAPPED_MODULE``; a wrapper that calls one of its methods (a part's ``forward_rest``)
+    records no scope of the detector itself, only its submodules', so each path is read by its prefix, and
+    the scope after the last module (the traced op's own name) is dropped."""
     scopes = [s for s in (ast.literal_eval(name_scopes) if name_scopes else []) if s]
-    if scopes and scopes[0] == WRAPPED_MODULE:
-        return [s[len(WRAPPED_MODULE) + 1:] for s in scopes[1:]]
+    prefix = WRAPPED_MODULE + "."
+    if any(s == WRAPPED_MODULE or s.startswith(prefix) for s in scopes):
+        return [s[len(prefix):] for s in scopes if s.startswith(prefix)]
     return scopes
 
 

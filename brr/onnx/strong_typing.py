@@ -341,10 +341,11 @@ def require_strongly_typed(model: onnx.ModelProto, fp32_nodes: Iterable[str] = (
     return report
 
 
-
-def require_strongly_typed_files(directory: Path, fp32_nodes: Iterable[str] = ()) -> dict:
+def require_strongly_typed_files(directory: Path, fp32_nodes: Iterable[str] = (), skipped: Iterable[str] = ()
+                                 ) -> dict:
     """``require_strongly_typed`` on every ONNX graph an engine folder holds (the typed graph an engine is
-    built from); what a manifest's settings record of them (nothing where the folder holds none)."""
+    built from) but the ``skipped`` file names (graphs of other nodes: a split detector's parts); what a
+    manifest's settings record of them (nothing where the folder holds none)."""
     checked = {path.name: require_strongly_typed(onnx.load(str(path)), fp32_nodes, str(path)).to_dict()
-               for path in sorted(Path(directory).glob("*.onnx"))}
+               for path in sorted(Path(directory).glob("*.onnx")) if path.name not in set(skipped)}
     return {"strong_typing": checked} if checked else {}

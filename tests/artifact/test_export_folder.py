@@ -36,6 +36,7 @@ def test_an_export_folder_with_one_engine_is_that_engine(export_root):
     assert select_engine(root) == root / FP16  # the fp32 ONNX beside it is its reference, not a second engine
     assert select_engine(root, "fp16") == root / FP16
     assert select_engine(root / FP16) == root / FP16
+    assert select_engine(root, "fp32") == root / "onnx-standard"  # the reference, asked for by its precision
     with pytest.raises(ManifestError, match=r"no bf16 engine in this export; it holds onnx-standard \(fp32\), "
                                             rf"{FP16} \(fp16\)"):
         select_engine(root, "bf16")

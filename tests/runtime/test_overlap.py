@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -14,6 +15,7 @@ from brr.artifact.files import ONNX_FILE
 from brr.artifact.load import load_runner, load_split_runners, select_engine
 from brr.artifact.manifest import (
     ManifestError,
+    SplitGraphs,
     read_manifest,
     record_split_verification,
     rewrite_manifest,
@@ -21,6 +23,7 @@ from brr.artifact.manifest import (
     verify_manifest,
     write_manifest,
 )
+from brr.backends.base import EngineBuildError
 from brr.backends.split import ComposedRunner
 from brr.cli.infer import main as infer_main
 from brr.data import open_recording
@@ -30,10 +33,13 @@ from brr.diff.inputs import SyntheticWindows
 from brr.diff.run import run_diff
 from brr.diff.verdict import Verdict
 from brr.export.onnx_export import export_split_onnx
+from brr.export.precision_plan import PrecisionPlan, PrecisionPlanError, load_plan
+from brr.export.run import ExportRequest, export_artifacts
 from brr.model import PROBE_NAMES, build_detector, save_checkpoint
 from brr.model.checkpoint import file_sha256
 from brr.model.contract import GraphPart
 from brr.model.front import FrontGeometry
+from brr.onnx.stages import node_stages
 from brr.ops.registry import ONNX_OPSET
 from brr.runtime.windows import predict_probabilities, predict_probabilities_overlap
 
@@ -47,7 +53,7 @@ def _split_artifact(model, directory, model_onnx):
     export_split_onnx(model, directory)
     write_manifest(directory, source={"checkpoint": "in-memory"}, config=model.config, backend="onnxruntime",
                    precision="fp32", ops="standard", opset=ONNX_OPSET, model_file=ONNX_FILE, pinned_nodes=[],
-                   split=FrontGeometry.of(model.config))
+                   split=SplitGraphs(FrontGeometry.of(model.config)))
     return directory
 
 
@@ -171,3 +177,106 @@ def test_a_stride_off_the_front_steps_is_refused(small_model, edf, tmp_path, cap
             "--stride", str(2568 / 256), "-q"]
     assert infer_main(argv) == 2
     assert "whole 16-sample steps" in capsys.readouterr().err
+
+
+def test_the_parts_carry_the_stages_and_the_plan_of_the_whole_graph(split_export):
+    whole = split_export / ONNX_FILE
+    parts = {part: split_export / part.file for part in GraphPart}
+    stages = {path.name: Counter(node_stages(onnx.load(str(path), load_external_data=False)).values())
+              for path in (whole, *parts.values())}
+    assert set(stages["front.onnx"]) == {"tcn", "electrodes"}
+    assert stages["rest.onnx"] == Counter({stage: n for stage, n in stages[ONNX_FILE].items()
+                                           if stage not in ("tcn", "electrodes")})
+    # The plan's stages and modules resolve on each part's own nodes.
+    pinned_whole = load_plan("bf16-fp32-tcn").resolve(whole, node_stages(onnx.load(str(whole))))
+    by_part = load_plan("bf16-fp32-tcn").resolve_parts(whole, list(parts.values()))
+    rest_stages = node_stages(onnx.load(str(parts[GraphPart.REST])))
+    assert len(by_part[parts[GraphPart.REST]]) == sum(
+        stages[ONNX_FILE][s] for s in ("edge_similarity", "laplacian_pe")) + sum(
+        rest_stages[n] not in ("edge_similarity", "laplacian_pe") for n in by_part[parts[GraphPart.REST]])
+    assert {rest_stages[n] for n in by_part[parts[GraphPart.REST]]} >= {"edge_similarity", "laplacian_pe"}
+    assert by_part[parts[GraphPart.FRONT]]  # the TCN
+    # A plan of the whole graph's node names (brr-calibrate's) pins the same nodes in the parts, under the
+    # parts' own names: the same number of each op type, none lost.
+    named = PrecisionPlan(fp32_nodes=tuple(pinned_whole), source="calibrated.json")
+    mapped = named.resolve_parts(whole, list(parts.values()))
+    op_types = {n.name: n.op_type for path in (whole, *parts.values()) for n in onnx.load(str(path)).graph.node
+                if path == whole or n.name in set(mapped[path])}
+    whole_ops = Counter(n.op_type for n in onnx.load(str(whole)).graph.node if n.name in set(pinned_whole))
+    part_ops = Counter(op for path in parts.values() for op in
+                       (n.op_type for n in onnx.load(str(path)).graph.node if n.name in set(mapped[path])))
+    assert part_ops == whole_ops and op_types
+    with pytest.raises(PrecisionPlanError, match=r"calibrated.json: 1 node\(s\) not in .*model.onnx: node_nowhere"):
+        PrecisionPlan(fp32_nodes=("node_nowhere",), source="calibrated.json").resolve_parts(whole, list(parts.values()))
+
+
+@pytest.fixture(scope="module")
+def openvino_split(small_model, tmp_path_factory):
+    """v3-small exported by brr-export --split to an OpenVINO bf16 engine (the plan's fp32 islands kept), its
+    front and rest verified composed."""
+    root = tmp_path_factory.mktemp("ov-split")
+    checkpoint = save_checkpoint(small_model, root / "ckpt")
+    plan = root / "islands.json"
+    plan.write_text(json.dumps({"fp32_stages": ["edge_similarity", "laplacian_pe"]}))
+    result = export_artifacts(ExportRequest(checkpoint, root / "export", engine="bf16", backend="openvino",
+                                            precision_plan=plan, split=True))
+    verification = verify_split(small_model, result.engine_dir, root / "verification", WINDOW, synthetic_windows=1)
+    return result, verification
+
+
+def test_an_openvino_engine_is_built_and_verified_as_front_and_rest(openvino_split, edf):
+    result, verification = openvino_split
+    assert verification.passed, verification.summary()
+    manifest = verify_manifest(result.engine_dir)
+    parts = manifest["split"]["parts"]
+    assert {part: parts[part]["files"] for part in parts} == {"front": ["front.xml", "front.bin"],
+                                                              "rest": ["rest.xml", "rest.bin"]}
+    # The plan's islands are all in the rest, under the rest graph's node names, and pinned there.
+    rest_stages = node_stages(onnx.load(str(result.reference_dir / GraphPart.REST.file)))
+    assert parts["front"]["fp32_pinned_nodes"] == []
+    assert {rest_stages[n] for n in parts["rest"]["fp32_pinned_nodes"]} == {"edge_similarity", "laplacian_pe"}
+    assert parts["rest"]["settings"]["fp32_layers"] > 0
+    # Overlap inference serves it (not the unverified fp32 graphs beside it) and gives its per-window answer.
+    assert select_engine(result.engine_dir.parent, split=True) == result.engine_dir
+    with open_recording(edf) as stream:
+        with load_split_runners(result.engine_dir, require_verified=True) as split:
+            overlap = np.concatenate(list(predict_probabilities_overlap(split, stream, 10.0, 1, WINDOW)))
+        with load_runner(result.engine_dir) as runner:
+            per_window = np.concatenate(list(predict_probabilities(runner, stream, 10.0, 1)))
+    assert np.abs(overlap - per_window).max() <= 0.02
+
+
+def test_a_changed_weights_file_of_a_part_is_not_served(openvino_split, tmp_path):
+    result, _ = openvino_split
+    engine = shutil.copytree(result.engine_dir, tmp_path / result.engine_dir.name)
+    manifest = read_manifest(engine)
+    weights = engine / "front.bin"
+    changed = bytearray(weights.read_bytes())
+    changed[-1] ^= 0xFF
+    weights.write_bytes(bytes(changed))
+    manifest["files"]["front.bin"] = file_sha256(weights)  # the file hashes rewritten to match
+    rewrite_manifest(engine, manifest)
+    with pytest.raises(ManifestError, match="not the files that were verified"):
+        load_split_runners(engine, require_verified=True)
+
+
+def test_an_engine_that_cannot_be_split_says_so_before_building(small_model, tmp_path):
+    checkpoint = save_checkpoint(small_model, tmp_path / "ckpt")
+    with pytest.raises(EngineBuildError, match="int8 engines are built for the whole detector only"):
+        export_artifacts(ExportRequest(checkpoint, tmp_path / "export", engine="int8", backend="onnxruntime",
+                                       split=True))
+    assert not (tmp_path / "export" / "onnxruntime-int8-standard" / "model.onnx").exists()
+
+
+def test_an_onnxruntime_fp16_engine_is_built_as_front_and_rest(small_model, tmp_path):
+    checkpoint = save_checkpoint(small_model, tmp_path / "ckpt")
+    result = export_artifacts(ExportRequest(checkpoint, tmp_path / "export", engine="fp16", backend="onnxruntime",
+                                            split=True))
+    manifest = verify_manifest(result.engine_dir)
+    parts = manifest["split"]["parts"]
+    assert {part: parts[part]["files"] for part in parts} == {"front": ["front.onnx"], "rest": ["rest.onnx"]}
+    assert parts["front"]["fp32_pinned_nodes"] == [] and parts["rest"]["fp32_pinned_nodes"]
+    assert list(manifest["settings"]["strong_typing"]) == [ONNX_FILE]  # the whole graph's pins, checked on it alone
+    x = np.random.default_rng(5).standard_normal((1, 19, WINDOW)).astype(np.float32)
+    with ComposedRunner(load_split_runners(result.engine_dir)) as composed, load_runner(result.engine_dir) as whole:
+        assert np.abs(composed.infer({"eeg": x})["logits"] - whole.infer({"eeg": x})["logits"]).max() <= 0.05

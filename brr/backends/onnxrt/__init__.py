@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 from google.protobuf.message import DecodeError
 
-from brr.backends.base import Backend, BuiltEngine, EditedGraphs, selected_outputs
+from brr.backends.base import Backend, BuiltEngine, EditedGraphs, EngineBuildError, selected_outputs
 from brr.backends.onnxrt.loader import MODEL_FILE, build_engine
 from brr.backends.onnxrt.runner import lean_onnxruntime_runner, onnxruntime_runner
 from brr.errors import InputError
@@ -23,7 +23,16 @@ class OnnxRuntime(Backend):
         return onnxruntime_runner(model, name=name, device=device, threads=threads, outputs=selected_outputs(probes),
                                   lean=lean)
 
-    def part_runner(self, model, part, probes=False, name=None, device="cpu", threads=None):
+    def build_part(self, onnx_path, part, ops, directory, precision, fp32_nodes):
+        if precision == "int8":
+            # Calibrating the rest would need the front's features of the calibration windows as its input.
+            raise EngineBuildError("int8 engines are built for the whole detector only, not split into front "
+                                   "and rest; export int8 without --split")
+        model_file = f"{part.value}.onnx"
+        settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes, model_file=model_file)
+        return BuiltEngine(model_file, fp32_nodes, settings)
+
+    def part_runner(self, model, part, manifest, probes=False, name=None, device="cpu", threads=None):
         return onnxruntime_runner(model, name=name, device=device, threads=threads,
                                   outputs=None if probes else [part.output_name])
 

@@ -116,8 +116,8 @@ class SessionWithCustomOps(BaseLoader):
 
 
 def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str, fp32_nodes: list[str],
-                 calibration: Iterable[np.ndarray] | None = None) -> dict:
-    """Write ``model.onnx`` of ``precision`` into ``directory``; returns the settings the manifest records."""
+                 calibration: Iterable[np.ndarray] | None = None, model_file: str = MODEL_FILE) -> dict:
+    """Write ``model_file`` of ``precision`` into ``directory``; returns the settings the manifest records."""
     if precision in RoundThroughLowPrecision.DTYPES:
         converted = functools.partial(low_precision_model, OnnxFromPath(str(onnx_path))(), fp32_nodes, precision)
     elif precision == "int8":
@@ -131,5 +131,5 @@ def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str, fp3
     else:
         raise EngineBuildError(f"ONNX Runtime engine precision must be fp16, bf16 or int8 here, got {precision!r}")
     directory.mkdir(parents=True, exist_ok=True)
-    SaveOnnx(converted, str(directory / MODEL_FILE))()
+    SaveOnnx(converted, str(directory / model_file))()
     return {"execution_provider": "CPUExecutionProvider", "computes_in": COMPUTES_IN[precision]}

@@ -4,7 +4,13 @@ tensors it keeps under their ONNX names as extra outputs of its model (``probing
 from __future__ import annotations
 
 from brr.backends.base import Backend, BuiltEngine, EditedGraphs, selected_outputs
-from brr.backends.openvino.loader import MODEL_FILE, CompiledModel, build_engine, openvino_extensions
+from brr.backends.openvino.loader import (
+    MODEL_FILE,
+    CompiledModel,
+    build_engine,
+    openvino_extensions,
+    weights_file,
+)
 from brr.backends.openvino.probing import OpenVINOTensors
 from brr.backends.openvino.runner import OpenVINORunner
 
@@ -17,10 +23,20 @@ class OpenVINO(Backend):
         pinned, settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes)
         return BuiltEngine(MODEL_FILE, pinned, settings)
 
+    def build_part(self, onnx_path, part, ops, directory, precision, fp32_nodes):
+        model_file = f"{part.value}.xml"
+        pinned, settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes, model_file=model_file)
+        return BuiltEngine(model_file, pinned, settings, companion_files=(weights_file(model_file),))
+
     def runner(self, model, manifest, probes=False, name=None, device="cpu", threads=None, lean=False):
         compiled = CompiledModel(model, manifest["settings"]["inference_precision"], threads=threads,
                                  extensions=openvino_extensions(manifest.get("ops", "standard")))
         return OpenVINORunner(compiled, name=name, outputs=selected_outputs(probes))
+
+    def part_runner(self, model, part, manifest, probes=False, name=None, device="cpu", threads=None):
+        compiled = CompiledModel(model, manifest["settings"]["inference_precision"], threads=threads,
+                                 extensions=openvino_extensions(manifest.get("ops", "standard")))
+        return OpenVINORunner(compiled, name=name, outputs=None if probes else [part.output_name])
 
     def edited_graphs(self, directory, manifest, fp32_model):
         """The fp32 graph the IR was converted from, its tensors read where the IR keeps them: the engine's

@@ -38,6 +38,11 @@ from brr.backends.openvino.lowering import lower_for_openvino
 from brr.ops import registry
 
 MODEL_FILE = "model.xml"
+
+
+def weights_file(model_file: str) -> str:
+    """The .bin an IR's .xml reads its weights from."""
+    return str(Path(model_file).with_suffix(".bin"))
 KEEP_PRECISION_ATTRIBUTE = {"name": "precise", "version": "0"}
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
@@ -92,9 +97,9 @@ class CompiledModel(BaseLoader):
 
 
 def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str,
-                 fp32_nodes: Sequence[str] = ()) -> tuple[list[str], dict]:
-    """Write model.xml/.bin (every probe an output, as in the ONNX) into ``directory``, the layers of
-    ``fp32_nodes`` kept in fp32; returns (the ONNX nodes pinned, settings)."""
+                 fp32_nodes: Sequence[str] = (), model_file: str = MODEL_FILE) -> tuple[list[str], dict]:
+    """Write ``model_file`` (.xml) and its .bin (every probe an output, as in the ONNX) into ``directory``, the
+    layers of ``fp32_nodes`` kept in fp32; returns (the ONNX nodes pinned, settings)."""
     if precision not in PRECISION_HINTS:
         raise EngineBuildError(f"OpenVINO engines are {sorted(PRECISION_HINTS)}, not {precision!r}")
     extensions = openvino_extensions(ops)
@@ -105,9 +110,9 @@ def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str,
         source = Path(scratch) / onnx_path.name
         onnx.save(lowered, str(source))
         converted = ov.convert_model(str(source), extension=extensions or None)
-    ov.save_model(converted, str(directory / MODEL_FILE), compress_to_fp16=False)
-    pinned, layers, without_layer = keep_in_fp32(directory / MODEL_FILE, onnx_path, fp32_nodes)
-    compiled = CompiledModel(directory / MODEL_FILE, PRECISION_HINTS[precision], extensions=extensions)()
+    ov.save_model(converted, str(directory / model_file), compress_to_fp16=False)
+    pinned, layers, without_layer = keep_in_fp32(directory / model_file, onnx_path, fp32_nodes)
+    compiled = CompiledModel(directory / model_file, PRECISION_HINTS[precision], extensions=extensions)()
     settings = {"device": "CPU", "inference_precision": PRECISION_HINTS[precision],
                 "compiled_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT"))}
     settings |= lowered_counts
