@@ -40,8 +40,11 @@ from brr.runtime import (
     WindowMode,
     run_inference,
 )
+from brr.runtime.worker import auto_window_mode
 
 DEFAULTS = InferenceSettings()
+# --window-mode's default: chosen per engine and stride (``auto_window_mode``), then recorded as chosen.
+AUTO_WINDOW_MODE = "auto"
 POST = PostprocessConfig()
 # Command-line flag (argparse dest) -> (PostprocessConfig field, its architecture default).
 POST_FLAGS = {flag: (field, getattr(POST, field)) for flag, field in (
@@ -60,11 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with an export folder: serve its engine of this precision")
     parser.add_argument("--stride", type=float, default=DEFAULTS.stride_s,
                         help="seconds between 60 s windows")
-    parser.add_argument("--window-mode", choices=[m.value for m in WindowMode], default=DEFAULTS.window_mode.value,
+    parser.add_argument("--window-mode", choices=[AUTO_WINDOW_MODE, *(m.value for m in WindowMode)],
+                        default=AUTO_WINDOW_MODE,
                         help="per-window: each window through the whole detector; overlap: the detector's front "
                         "(encoder and electrode projection) runs once over the recording, each window's edges "
                         "apart so that its numbers are per-window's, and only the rest per window (a "
-                        "checkpoint, or an export folder written with brr-export --split)")
+                        "checkpoint, or an export folder written with brr-export --split); auto (default): "
+                        "overlap where the engine served holds a front and rest that passed their verification "
+                        "and the stride shares samples in whole front steps, else per-window")
     parser.add_argument("--front-chunk", type=float, default=DEFAULTS.front_chunk_s, metavar="SECONDS",
                         help="overlap mode: seconds of EEG the front runs on at once (bounds its memory)")
     parser.add_argument("--batch", type=int, default=None,
@@ -256,8 +262,13 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
+    args.engine = str(select_engine(args.engine, args.precision, split=args.window_mode == WindowMode.OVERLAP))
+    if args.window_mode == AUTO_WINDOW_MODE:
+        mode, why = auto_window_mode(args.engine, args.stride)
+        args.window_mode = mode.value
+        if not args.quiet:
+            say(console, f"window mode {mode}: {why}")
     overlap = WindowMode(args.window_mode) is WindowMode.OVERLAP
-    args.engine = str(select_engine(args.engine, args.precision, split=overlap))
     settings = settings_from_args(args)
     describe_engine(console, args.engine, args.allow_unverified, split=overlap)
     try:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from brr.artifact.files import MANIFEST_FILE
 from brr.artifact.load import load_runner, load_split_runners
-from brr.artifact.manifest import read_manifest
+from brr.artifact.manifest import ManifestError, read_manifest, served_split
 from brr.backends import BACKENDS
 from brr.backends.split import SplitRunners
 from brr.data import QualityPolicy, RecordingStream, UnusableRecordingError, count_windows, open_recording
@@ -126,6 +126,27 @@ def load_split_engine(engine: str | os.PathLike, stride_s: float, threads: int |
                                   f"detector's front ({step / TARGET_RATE:g} s); {stride_s:g} s is not: pick "
                                   "another stride or --window-mode per-window")
     return split
+
+
+def auto_window_mode(engine: str | os.PathLike, stride_s: float) -> tuple[WindowMode, str]:
+    """What ``--window-mode auto`` runs on ``engine`` at ``stride_s``, and why: overlap where the engine is an
+    export's whose front and rest passed their verification and windows share samples in whole steps of its
+    front; else per-window (a checkpoint too: its overlap is asked for by name)."""
+    path = Path(engine)
+    directory = path if path.is_dir() else path.parent
+    if not (directory / MANIFEST_FILE).is_file():
+        return WindowMode.PER_WINDOW, "a checkpoint runs each window whole unless --window-mode overlap"
+    try:
+        _, geometry = served_split(directory, read_manifest(directory))
+    except ManifestError as refusal:
+        return WindowMode.PER_WINDOW, str(refusal)
+    stride = round(stride_s * TARGET_RATE)
+    if stride >= geometry.window:
+        return WindowMode.PER_WINDOW, f"windows {stride_s:g} s apart share no samples"
+    if stride % geometry.downsample:
+        return WindowMode.PER_WINDOW, (f"a {stride_s:g} s stride is not a whole number of the front's "
+                                       f"{geometry.downsample}-sample steps")
+    return WindowMode.OVERLAP, "its front and rest passed their verification: the front runs once per recording"
 
 
 # Windows per call on a GPU when the engine names no batch: enough to keep its kernels busy.

@@ -280,3 +280,25 @@ def test_an_onnxruntime_fp16_engine_is_built_as_front_and_rest(small_model, tmp_
     x = np.random.default_rng(5).standard_normal((1, 19, WINDOW)).astype(np.float32)
     with ComposedRunner(load_split_runners(result.engine_dir)) as composed, load_runner(result.engine_dir) as whole:
         assert np.abs(composed.infer({"eeg": x})["logits"] - whole.infer({"eeg": x})["logits"]).max() <= 0.05
+
+
+def test_brr_infer_runs_overlap_by_default_where_the_pair_passed(openvino_split, split_export, small_model, edf,
+                                                                 tmp_path, capsys):
+    result, _ = openvino_split
+    runs = iter(range(100))
+
+    def window_mode(engine, *flags):
+        out = tmp_path / f"run{next(runs)}"
+        assert infer_main([str(engine), str(edf), "-o", str(out), *flags]) == 0
+        return json.loads((out / "summary.json").read_text())["settings"]["window_mode"]
+
+    assert window_mode(result.engine_dir.parent) == "overlap"  # the export's engine, its pair verified
+    assert "window mode overlap: its front and rest passed their verification" in capsys.readouterr().err
+    # Its whole model was never verified: per-window serves it only when allowed.
+    assert window_mode(result.engine_dir, "--stride", "60", "--allow-unverified") == "per-window"
+    assert "share no samples" in capsys.readouterr().err
+    assert window_mode(result.engine_dir, "--stride", str(2568 / 256), "--allow-unverified") == "per-window"
+    assert "not a whole number of the front's 16-sample steps" in capsys.readouterr().err
+    assert window_mode(split_export, "--allow-unverified") == "per-window"  # its pair never verified
+    assert "never verified" in capsys.readouterr().err
+    assert window_mode(save_checkpoint(small_model, tmp_path / "ckpt")) == "per-window"
