@@ -2,23 +2,32 @@
 
     python benchmarks/overlap.py ENGINE EDF... [--stride 10] [--chunk 120] [--rss-chunks 60 120 600]
 
-ENGINE is a checkpoint or an export folder written with ``brr-export --split`` (its front and rest graphs
-run overlap inference, its model.onnx per-window inference, both ONNX Runtime fp32). Each recording runs
+ENGINE is a checkpoint or an export folder written with ``brr-export --split``: its engine that holds a
+front and rest (``select_engine(..., split=True)``) runs overlap inference with them and per-window
+inference with its whole model, on the engine's own backend and precision. Each recording runs
 both ways in this process, through brr-infer's own functions (``predict_probabilities`` and
 ``predict_probabilities_overlap``, preprocessing included), the order alternating from one recording to
 the next so that a drift of the machine's load does not favour one way; the seconds per hour of EEG are
 those runs'.
 
 Agreement, per-window inference the reference:
-- per window, the engine verdict of ``brr.diff.probes.compare_outputs`` on the window's logits (fp32
-  tolerance; the events the model's post-processing makes of them must be the same), and the logit and
-  probability differences;
+- per window, the engine verdict of ``brr.diff.probes.compare_outputs`` on the window's logits (at the
+  tolerance of the engine's precision; the events the model's post-processing makes of them must be the same),
+  and the logit and probability differences;
 - per recording, the events brr-infer writes (post-processing of the stitched trace) scored with
   ``brr.events.scoring.score_events``, and each way's events against the recording's annotations
   (``<name>.csv_bi`` beside it) where there are some.
 
 Peak RSS: brr-infer on the first recording in a fresh process per way (and per front chunk), under
-``/usr/bin/time -f %M``. Figures go to ``benchmarks/results/<UTC>-overlap.{json,md}``.
+``/usr/bin/time -f %M``.
+
+For an OpenVINO engine, the stage table of each way per window of output (``--stages``): per-window, the
+whole model on one window; overlap, the front over one chunk scaled to one stride of new signal, plus the
+front over a window's two edge spans, plus the rest on one window. Each stage against its limit on this
+machine as the harness computes it (``run.stage_limits``: its FLOPs at the GEMM peak of its layers'
+precision or its bytes at the memory bandwidth); the front's FLOPs are the whole model's TCN and electrode
+FLOPs scaled by the samples it runs per window (its convolutions are linear in the samples).
+Figures go to ``benchmarks/results/<UTC>-overlap.{json,md}``.
 """
 
 from __future__ import annotations
@@ -34,7 +43,9 @@ from pathlib import Path
 import numpy as np
 from report_files import utc_stamp, write_report
 
+from brr.artifact.files import is_checkpoint
 from brr.artifact.load import load_runner, load_split_runners, select_engine, tuned_postprocess
+from brr.artifact.manifest import read_manifest
 from brr.data import open_recording
 from brr.data.annotations import read_csv_bi
 from brr.diff.compare import EventAgreement
@@ -90,8 +101,8 @@ def run_way(engine, edf: Path, overlap: bool, stride_s: float, chunk_s: float) -
 
 
 def agreement(edf: Path, per_window: tuple, overlap: tuple, postprocess: PostprocessConfig,
-              geometry: FrontGeometry) -> dict:
-    atol, rtol = TOLERANCES["fp32"]
+              geometry: FrontGeometry, precision: str) -> dict:
+    atol, rtol = TOLERANCES[precision]
     events = EventAgreement()
     verdicts: dict[str, int] = {}
     logit_error = []
@@ -155,6 +166,68 @@ def peak_rss(engine: str, edf: Path, mode: str, stride_s: float, chunk_s: float)
             "recording_s": round(entry["time_s"], 1)}
 
 
+def stage_tables(engine: str, geometry: FrontGeometry, stride: int, chunk: int, repeats: int = 3) -> dict:
+    """Per window of output at ``stride`` samples, each way's stages of an OpenVINO engine against their limits
+    (see the module's docstring); ``chunk``: the samples the front runs on at once."""
+    from machine import machine_peaks
+    from run import openvino_stage_profile, reference_onnx, stage_flops, stage_limits
+
+    from brr.model.contract import FRONT_OUTPUT_NAME, INPUT_NAME, GraphPart
+
+    rng, engine_dir = np.random.default_rng(0), Path(engine)
+    machine = machine_peaks()
+    flops = stage_flops(reference_onnx(engine_dir))
+    window = {INPUT_NAME: rng.standard_normal((1, 19, geometry.window)).astype(np.float32)}
+    chunk_feed = {INPUT_NAME: rng.standard_normal((1, 19, geometry.left + chunk + geometry.right)).astype(np.float32)}
+    edges_feed = {INPUT_NAME: rng.standard_normal((2, 19, geometry.edge_span)).astype(np.float32)}
+    front_samples = stride + 2 * geometry.edge_span  # per window of output
+    per_window = openvino_stage_profile(engine_dir, window, repeats)
+    front_chunk = openvino_stage_profile(engine_dir, chunk_feed, repeats, part=GraphPart.FRONT)
+    edges = openvino_stage_profile(engine_dir, edges_feed, repeats, part=GraphPart.FRONT)
+    with load_split_runners(engine_dir) as split:
+        features = split.run_front(window[INPUT_NAME])
+    rest = openvino_stage_profile(engine_dir, {FRONT_OUTPUT_NAME: features}, repeats, part=GraphPart.REST)
+    overlap: dict[str, dict[str, float]] = {}
+    for profile, scale in ((front_chunk, stride / chunk), (edges, 1.0), (rest, 1.0)):
+        for stage, measured in profile.items():
+            into = overlap.setdefault(stage, {"seconds": 0.0, "bytes": 0.0})
+            for key in ("seconds", "bytes", "compute_layers", "bf16_layers"):
+                if key in measured:
+                    into[key] = into.get(key, 0.0) + measured[key] * (scale if key in ("seconds", "bytes") else 1)
+    front_stages = set(GraphPart.FRONT.probe_names)
+    overlap_flops = {stage: count * (front_samples / geometry.window if stage in front_stages else 1.0)
+                     for stage, count in flops.items()}
+    return {"machine": machine, "stride_samples": stride, "chunk_samples": chunk,
+            "front_samples_per_window": front_samples,
+            "per-window": stage_limits(per_window, flops, 1, machine),
+            "overlap": stage_limits(overlap, overlap_flops, 1, machine)}
+
+
+def stage_lines(tables: dict) -> list[str]:
+    m = tables["machine"]
+    lines = ["", (f"Stages per window of output (OpenVINO per-node counters; limit: FLOPs at the GEMM peak of the "
+                  f"layers' precision, fp32 {m['fp32_gemm_gflops']:.0f}"
+                  + (f" / bf16 {m['bf16_gemm_gflops']:.0f}" if "bf16_gemm_gflops" in m else "")
+                  + f" GFLOP/s, or bytes at {m['memory_gbs']:.0f} GB/s; overlap's front runs "
+                  f"{tables['front_samples_per_window']} samples a window)"), "",
+             "| stage | per-window ms | limit ms | x limit | overlap ms | limit ms | x limit | bound (overlap) |",
+             "|---|---|---|---|---|---|---|---|"]
+    ways = tables["per-window"], tables["overlap"]
+    for stage in sorted(set(ways[0]) | set(ways[1]), key=lambda k: -ways[0].get(k, {"seconds": 0})["seconds"]):
+        cells = []
+        for way in ways:
+            v = way.get(stage)
+            cells += (["-", "-", "-"] if v is None else
+                      [f"{v['seconds'] * 1e3:.1f}", f"{v['limit_s'] * 1e3:.1f}",
+                       "" if v["x_limit"] is None else f"{v['x_limit']:.1f}"])
+        lines.append(f"| {stage} | {' | '.join(cells)} | {ways[1].get(stage, {}).get('bound', '-')} |")
+    totals = [sum(v["seconds"] for v in way.values()) for way in ways]
+    limits = [sum(v["limit_s"] for v in way.values()) for way in ways]
+    lines.append(f"| **total** | {totals[0] * 1e3:.0f} | {limits[0] * 1e3:.0f} | {totals[0] / limits[0]:.1f} "
+                 f"| {totals[1] * 1e3:.0f} | {limits[1] * 1e3:.0f} | {totals[1] / limits[1]:.1f} | |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("engine")
@@ -163,10 +236,13 @@ def main() -> int:
     parser.add_argument("--chunk", type=float, default=120.0, help="front chunk (s) of the agreement runs")
     parser.add_argument("--rss-chunks", type=float, nargs="*", default=[60.0, 120.0, 600.0])
     parser.add_argument("--label", default="", help="what the engine is, for the table's title")
+    parser.add_argument("--stages", action="store_true", help="the stage tables of an OpenVINO engine")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
     engine = str(select_engine(args.engine, split=True))
+    # Both ways run the engine's precision: they are judged at its tolerance, as its verification is.
+    precision = "fp32" if is_checkpoint(Path(engine)) else read_manifest(engine)["precision"]
     postprocess = PostprocessConfig(**(tuned_postprocess(engine) or {}))
     recordings = []
     with load_runner(engine) as runner, load_split_runners(engine) as split:
@@ -174,8 +250,10 @@ def main() -> int:
             ways = [False, True] if index % 2 == 0 else [True, False]
             runs = {overlap: run_way(split if overlap else runner, edf, overlap, args.stride, args.chunk)
                     for overlap in ways}
-            recordings.append(agreement(edf, runs[False], runs[True], postprocess, split.geometry))
+            recordings.append(agreement(edf, runs[False], runs[True], postprocess, split.geometry, precision))
             print(json.dumps(recordings[-1]), flush=True)
+    tables = (stage_tables(engine, split.geometry, round(args.stride * RATE), round(args.chunk * RATE))
+              if args.stages else None)
     memory = [peak_rss(engine, args.edfs[0], "per-window", args.stride, args.chunk)]
     memory += [peak_rss(engine, args.edfs[0], "overlap", args.stride, chunk) for chunk in args.rss_chunks]
 
@@ -189,14 +267,16 @@ def main() -> int:
     windows = sum(r["windows"] for r in recordings)
     document = {
         "machine": {"cpu": cpu_model_and_flags()[0], "threads": cpu_threads()}, "engine": engine,
-        "label": args.label, "stride_s": args.stride, "front_chunk_s": args.chunk,
+        "label": args.label, "precision": precision, "stride_s": args.stride, "front_chunk_s": args.chunk,
         "postprocess": postprocess.__dict__, "recordings": recordings, "memory": memory,
         "summary": {"windows": windows, "window_verdicts": verdicts, "windows_accepted": accepted,
                     "recordings_with_identical_events": sum(identical(r) for r in recordings),
                     "s_per_hour_of_eeg": speed, "speedup": speed["per-window"] / speed["overlap"]},
+        "stages": tables,
     }
     lines = [(f"Overlap vs per-window inference: {args.label or engine} ({document['machine']['cpu']}, "
-             f"{cpu_threads()} threads), stride {args.stride:g} s, front chunk {args.chunk:g} s"), "",
+             f"{cpu_threads()} threads), stride {args.stride:g} s, front chunk {args.chunk:g} s; windows judged at "
+             f"the {precision} tolerance"), "",
              ("| recording | windows | window verdicts (vs per-window) | max abs logit err (edges / inside) | max abs p err | "
              "events per-window / overlap | event F1 | max boundary shift s | F1 vs annotations (pw / ov) | "
              "s per-window | s overlap |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -217,6 +297,8 @@ def main() -> int:
               "| brr-infer | front chunk s | peak RSS MB | recording s |", "|---|---|---|---|"]
     lines += [f"| {m['mode']} | {m['front_chunk_s'] or '-'} | {m['peak_rss_mb']} | {m['recording_s']} |"
               for m in memory]
+    if tables is not None:
+        lines += stage_lines(tables)
     write_report(Path(args.out), f"{utc_stamp()}-overlap", document, "\n".join(lines))
     return 0
 

@@ -83,22 +83,31 @@ IN_PLACE_LAYERS = {"Const", "Input", "Output", "Reshape"}
 COMPUTE_LAYERS = {"FullyConnected", "Convolution", "MatMul"}
 
 
-def openvino_stage_profile(engine_dir: Path, feed: dict, repeats: int = 3) -> dict[str, dict[str, float]]:
+def openvino_stage_profile(engine_dir: Path, feed: dict, repeats: int = 3, part=None) -> dict[str, dict[str, float]]:
     """Per model stage of one OpenVINO inference: ``seconds`` from the per-node performance counters (each node's
     median over ``repeats`` inferences after a warm-up), and ``bytes`` its executed layers read and write (every
     input and output once, at the precision it runs in), compiled for the feed's static shapes as the runner is.
+    ``part`` (a ``GraphPart``): that part of an engine built as front and rest, instead of its whole model.
 
-    Nodes are attributed through the exporter's stage map (``model.stages.json`` of the reference export), a
-    layer named ``<node>/<part>`` to its node's stage; other layers OpenVINO made while compiling (layout
-    reorders) are reported as ``unattributed``.
+    Nodes are attributed through the exporter's stage map (``model.stages.json`` of the reference export, or
+    the stage tags of the part's fp32 graph), a layer named ``<node>/<part>`` to its node's stage; other
+    layers OpenVINO made while compiling (layout reorders) are reported as ``unattributed``.
     """
+    import onnx
+
     from brr.artifact.files import STAGES_FILE, reference_folder
     from brr.artifact.manifest import read_manifest
     from brr.backends.openvino.loader import CompiledModel, openvino_extensions
+    from brr.onnx.stages import node_stages
 
     manifest = read_manifest(engine_dir)
-    stages = json.loads((reference_folder(engine_dir.parent, manifest["ops"]) / STAGES_FILE).read_text())
-    loader = CompiledModel(engine_dir / manifest["model_file"], manifest["settings"]["inference_precision"],
+    reference = reference_folder(engine_dir.parent, manifest["ops"])
+    if part is None:
+        model_file, stages = manifest["model_file"], json.loads((reference / STAGES_FILE).read_text())
+    else:
+        model_file = manifest["split"][part.value]
+        stages = node_stages(onnx.load(str(reference / part.file), load_external_data=False))
+    loader = CompiledModel(engine_dir / model_file, manifest["settings"]["inference_precision"],
                            extensions=openvino_extensions(manifest["ops"]))
     loader.config["PERF_COUNT"] = True
     compiled = loader({name: array.shape for name, array in feed.items()})
