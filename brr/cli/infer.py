@@ -124,6 +124,13 @@ def model_postprocess(engine: str) -> dict:
         return {}
 
 
+def chosen_window_mode(args: argparse.Namespace) -> tuple[WindowMode, str | None]:
+    """The window mode asked for, ``auto`` chosen for the engine and stride (with why)."""
+    if args.window_mode == AUTO_WINDOW_MODE:
+        return auto_window_mode(args.engine, args.stride)
+    return WindowMode(args.window_mode), None
+
+
 def settings_from_args(args: argparse.Namespace) -> InferenceSettings:
     try:
         values = model_postprocess(args.engine)
@@ -139,7 +146,7 @@ def settings_from_args(args: argparse.Namespace) -> InferenceSettings:
         executor=args.executor, ray_address=args.ray_address, postprocess=postprocess,
         mains_hz=None if args.mains == "none" else float(args.mains), min_recording_s=args.min_recording,
         max_unusable_channels=args.max_unusable_channels, allow_unverified=args.allow_unverified,
-        window_mode=WindowMode(args.window_mode), front_chunk_s=args.front_chunk,
+        window_mode=chosen_window_mode(args)[0], front_chunk_s=args.front_chunk,
     )
 
 
@@ -263,11 +270,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     args.engine = str(select_engine(args.engine, args.precision, split=args.window_mode == WindowMode.OVERLAP))
-    if args.window_mode == AUTO_WINDOW_MODE:
-        mode, why = auto_window_mode(args.engine, args.stride)
-        args.window_mode = mode.value
-        if not args.quiet:
-            say(console, f"window mode {mode}: {why}")
+    mode, why = chosen_window_mode(args)
+    args.window_mode = mode.value
+    if why is not None and not args.quiet:
+        say(console, f"window mode {mode}: {why}")
     overlap = WindowMode(args.window_mode) is WindowMode.OVERLAP
     settings = settings_from_args(args)
     describe_engine(console, args.engine, args.allow_unverified, split=overlap)
