@@ -44,8 +44,10 @@ def _openvino_seconds(output, source, inference_precision: str, repeats: int) ->
     import numpy as np
     import openvino as ov
 
-    request = ov.Core().compile_model(ov.Model([output], [source]), "CPU",
-                                      {"INFERENCE_PRECISION_HINT": inference_precision}).create_infer_request()
+    from brr.backends.openvino.loader import compile_model
+
+    request = compile_model(ov.Core(), ov.Model([output], [source]), "CPU",
+                            {"INFERENCE_PRECISION_HINT": inference_precision}).create_infer_request()
     data = np.random.default_rng(1).standard_normal(list(source.get_output_shape(0))).astype(np.float32)
     return best_seconds(lambda: request.infer([data]), repeats)
 

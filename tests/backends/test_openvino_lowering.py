@@ -14,6 +14,7 @@ import openvino as ov
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from brr.backends.openvino.loader import compile_model
 from brr.backends.openvino.lowering import (
     PASSES,
     PROJECTED_MAX_FEATURES,
@@ -151,7 +152,7 @@ def _run(model: onnx.ModelProto, directory, feeds: dict[str, np.ndarray]) -> np.
     """The model's first output on OpenVINO (fp32), its ONNX read with brr's extension."""
     path = directory / f"model_{len(list(directory.iterdir()))}.onnx"
     onnx.save(model, str(path))
-    return _core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feeds)[0]
+    return compile_model(_core(), str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feeds)[0]
 
 
 def _feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -110,8 +110,10 @@ def test_onnxruntime_equals_the_emulation_bit_for_bit(typed, window):
 def test_openvino_reading_the_same_typed_onnx_equals_it_bit_for_bit(typed, window):
     import openvino as ov
 
+    from brr.backends.openvino.loader import compile_model
+
     core = ov.Core()
     model = core.read_model(typed.SerializeToString(), b"")
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = compile_model(core, model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     got = compiled({"x": window})[0]
     assert np.array_equal(_bits(got), _bits(emulate(window, round_to_nearest_even)))

@@ -334,10 +334,12 @@ def test_plugin_onnx_with_openvino_extension_matches_reference(exported, module,
                                                                length):
     import openvino as ov
 
+    from brr.backends.openvino.loader import compile_model
+
     xml, extension = openvino_plugin_model
     core = ov.Core()
     core.add_extension(extension)  # the IR names the extension's operation: reading it needs the library
-    compiled = core.compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": hint})
+    compiled = compile_model(core, str(xml), "CPU", {"INFERENCE_PRECISION_HINT": hint})
     feed, tensors = feeds(exported["plugin"], b, length)
     y = compiled(feed)[0]
     assert y.shape == (b, length, HEADS, HEAD_DIM)
@@ -415,6 +417,8 @@ def conv_then_scan_reference(params, x, dt, B, C, z=None) -> np.ndarray:
 def test_openvino_lowered_mamba2_scan_matches_reference(with_norm, reversed_, hint, b, length, tmp_path):
     import openvino as ov
 
+    from brr.backends.openvino.loader import compile_model
+
     h, p, g, n = 4, 3, 2, 5
     model, params = lowered_scan_model(h, p, g, n, with_norm, reversed_=reversed_)
     path = tmp_path / "lowered.onnx"
@@ -422,7 +426,7 @@ def test_openvino_lowered_mamba2_scan_matches_reference(with_norm, reversed_, hi
     extension = str(registry.openvino_extension())
     converted = ov.convert_model(str(path), extension=[extension])
     assert [op.get_type_name() for op in converted.get_ordered_ops()].count("SelectiveScan") == 1
-    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+    compiled = compile_model(ov.Core(), converted, "CPU", {"INFERENCE_PRECISION_HINT": hint})
     x, dt, _, B, C, _, _ = random_scan_inputs(b, length, h=h, p=p, g=g, n=n, seed=6)
     feed = {"x": x.numpy(), "dt": dt.numpy(), "B": B.numpy(), "C": C.numpy()}
     z = torch.randn(b, length, h * p, generator=torch.Generator().manual_seed(7)) * 2 if with_norm else None
@@ -443,11 +447,13 @@ def test_openvino_lowered_scan_carries_a_nan_forward_and_no_further(reversed_, t
     that step's outputs."""
     import openvino as ov
 
+    from brr.backends.openvino.loader import compile_model
+
     h, p, g, n = 4, 3, 1, 5
     model, _ = lowered_scan_model(h, p, g, n, with_norm=True, reversed_=reversed_)
     path = tmp_path / "lowered.onnx"
     onnx.save(model, str(path))
-    compiled = ov.Core().compile_model(ov.convert_model(str(path), extension=[str(registry.openvino_extension())]), "CPU")
+    compiled = compile_model(ov.Core(), ov.convert_model(str(path), extension=[str(registry.openvino_extension())]))
     x, dt, _, B, C, _, _ = random_scan_inputs(3, 100, h=h, p=p, g=g, n=n, seed=6)
     z = torch.randn(3, 100, h * p, generator=torch.Generator().manual_seed(7))
     feed = {"x": x.numpy(), "dt": dt.numpy(), "B": B.numpy(), "C": C.numpy(), "z": z.numpy()}
@@ -498,13 +504,15 @@ def projected_scan_model(h, p, g, n, outputs=None, reversed_=False,
 def test_openvino_projected_mamba2_scan_matches_reference(g, outputs, reversed_, hint, b, length, tmp_path):
     import openvino as ov
 
+    from brr.backends.openvino.loader import compile_model
+
     h, p, n = 4, 3, 5
     model, params = projected_scan_model(h, p, g, n, outputs, reversed_)
     path = tmp_path / "projected.onnx"
     onnx.save(model, str(path))
     converted = ov.convert_model(str(path), extension=[str(registry.openvino_extension())])
     assert [op.get_type_name() for op in converted.get_ordered_ops()].count("ProjectedSelectiveScan") == 1
-    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+    compiled = compile_model(ov.Core(), converted, "CPU", {"INFERENCE_PRECISION_HINT": hint})
     u = torch.randn(b, length, FEATURES, generator=torch.Generator().manual_seed(8))
     y = compiled({"u": u.numpy()})[0]
     run = u.flip(1) if reversed_ else u  # the steps in the order the block runs them
@@ -527,10 +535,12 @@ def test_openvino_projected_scan_carries_a_nan_forward_and_no_further(reversed_,
     neither hide it nor spread it."""
     import openvino as ov
 
+    from brr.backends.openvino.loader import compile_model
+
     model, _ = projected_scan_model(4, 3, 1, 5, outputs=6, reversed_=reversed_)
     path = tmp_path / "projected.onnx"
     onnx.save(model, str(path))
-    compiled = ov.Core().compile_model(ov.convert_model(str(path), extension=[str(registry.openvino_extension())]), "CPU")
+    compiled = compile_model(ov.Core(), ov.convert_model(str(path), extension=[str(registry.openvino_extension())]))
     u = torch.randn(2, 100, FEATURES, generator=torch.Generator().manual_seed(9)).numpy()
     u[0, 40, 3] = np.nan
     y = compiled({"u": u})[0]

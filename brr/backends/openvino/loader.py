@@ -35,16 +35,25 @@ from polygraphy.backend.base import BaseLoader
 from brr.backends.base import EngineBuildError
 from brr.backends.openvino.execution import HINT_CAPABILITY, check_plan_applied, execution_graph
 from brr.backends.openvino.lowering import lower_for_openvino
+from brr.backends.openvino.signal_stack import kept_signal_stack
 from brr.ops import registry
 
 MODEL_FILE = "model.xml"
+KEEP_PRECISION_ATTRIBUTE = {"name": "precise", "version": "0"}
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
 def weights_file(model_file: str) -> str:
     """The .bin an IR's .xml reads its weights from."""
     return str(Path(model_file).with_suffix(".bin"))
-KEEP_PRECISION_ATTRIBUTE = {"name": "precise", "version": "0"}
-PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+def compile_model(core: ov.Core, model: ov.Model | str, device: str = "CPU",
+                  config: Mapping[str, object] | None = None) -> ov.CompiledModel:
+    """``core.compile_model``, the calling thread's alternate signal stack kept (``signal_stack``): how every
+    OpenVINO model in brr is compiled, so that Ctrl-C and SIGTERM still reach Python's handlers."""
+    with kept_signal_stack():
+        return core.compile_model(model, device, dict(config or {}))
 
 
 def openvino_extensions(ops: str) -> list[str]:
@@ -93,7 +102,7 @@ class CompiledModel(BaseLoader):
             model.reshape({name: ov.PartialShape(list(shape)) for name, shape in input_shapes.items()})
         if edit is not None:
             edit(model)
-        return core.compile_model(model, self.device, self.config)
+        return compile_model(core, model, self.device, self.config)
 
 
 def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str,
