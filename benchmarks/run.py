@@ -53,6 +53,10 @@ ENGINES: dict[str, tuple[list[str] | None, str]] = {
     # bf16 except the TCN encoder: what a bf16 CPU runs with a clean diff on large-amplitude windows.
     "openvino-plugin-bf16-fp32-tcn": (["--backend", "openvino", "--engine", "bf16", "--ops", "plugin",
                                        "--precision-plan", "bf16-fp32-tcn"], "bf16"),
+    # int8 in the TCN alone through NNCF (VNNI/AMX int8 convolutions), the rest fp32; NNCF gives back fp32 to
+    # the convolutions the verification windows need.
+    "openvino-plugin-int8-tcn": (["--backend", "openvino", "--engine", "int8", "--ops", "plugin",
+                                  "--precision-plan", "int8-tcn", "--calibration-windows", "32"], "int8"),
     "tensorrt-fp32": (["--backend", "tensorrt", "--engine", "fp32", "--ops", "plugin"], "fp32"),
     "tensorrt-fp16": (["--backend", "tensorrt", "--engine", "fp16", "--ops", "plugin"], "fp16"),
     "tensorrt-bf16": (["--backend", "tensorrt", "--engine", "bf16", "--ops", "plugin"], "bf16"),
@@ -61,7 +65,7 @@ ENGINES: dict[str, tuple[list[str] | None, str]] = {
 }
 DEFAULT_ENGINES = ("torch-fp32,torch-compile,torch-bf16,ort-fp32,ort-plugin-fp32,ort-fp16,ort-int8,ort-int8-tcn,"
                    "openvino-fp32,openvino-bf16,openvino-plugin-fp32,openvino-plugin-bf16,"
-                   "openvino-plugin-bf16-fp32-tcn")
+                   "openvino-plugin-bf16-fp32-tcn,openvino-plugin-int8-tcn")
 
 
 def benchmark_windows(n: int, seed: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from brr.diff.composed import verify_split
 from brr.diff.verify import verify_engine
 from brr.errors import EXIT_FAILED
 from brr.export.precision_plan import shipped_plan_names
-from brr.export.run import EngineNotBuilt, ExportRequest, export_artifacts
+from brr.export.run import CALIBRATION_WINDOWS, EngineNotBuilt, ExportRequest, export_artifacts
 from brr.model import load_checkpoint
 from brr.ops.registry import OPS_MODES
 
@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument("--data", dest="calibration_data", type=Path, metavar="EDF_OR_DIR",
                                help="EDF/BDF file or directory for int8 calibration (default: synthetic windows)")
     deprecated_alias(parser, "--calibration-data", data)
+    parser.add_argument("--calibration-windows", type=int, default=CALIBRATION_WINDOWS, metavar="N",
+                        help="how many windows of --data int8 calibrates its activation ranges on "
+                        f"(default {CALIBRATION_WINDOWS})")
     parser.add_argument("--split", action="store_true",
                         help="also write the detector's front and rest as two graphs, fp32 in the fp32 ONNX folder "
                         "and built as the engine beside the engine (ONNX Runtime, OpenVINO), each pair verified "
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     request = ExportRequest(
         checkpoint=args.checkpoint, out=args.out, engine=args.engine, ops=args.ops, backend=args.backend,
         batch=args.batch, precision_plan=args.precision_plan, calibration_data=args.calibration_data,
-        split=args.split,
+        calibration_windows=args.calibration_windows, split=args.split,
     )
     try:
         result = export_artifacts(request)

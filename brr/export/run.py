@@ -52,6 +52,7 @@ class ExportRequest:
     batch: tuple[int, int, int] = (1, 4, 8)
     precision_plan: Path | str | None = None  # None: the default plan of fp16/bf16; "none": no plan
     calibration_data: Path | None = None
+    calibration_windows: int = CALIBRATION_WINDOWS
     split: bool = False  # also the front and rest graphs, in the reference folder
 
 
@@ -77,7 +78,8 @@ def export_command(request: ExportRequest, backend: str) -> str:
     """The brr-export line that makes this export again (elsewhere: where the backend's dependency is)."""
     args = ["brr-export", str(request.checkpoint), "--out", str(request.out), "--precision", request.engine,
             "--ops", request.ops, "--backend", backend, "--trt-batch-range", ":".join(map(str, request.batch))]
-    for flag, value in (("--precision-plan", request.precision_plan), ("--data", request.calibration_data)):
+    for flag, value in (("--precision-plan", request.precision_plan), ("--data", request.calibration_data),
+                        ("--calibration-windows", request.calibration_windows if request.engine == "int8" else None)):
         if value is not None:
             args += [flag, str(value)]
     if request.split:
@@ -175,7 +177,7 @@ def export_artifacts(request: ExportRequest) -> ExportResult:
             start = time.perf_counter()
             split = build_split(backend, plan, reference.directory, request.ops, engine_dir, request.engine, geometry)
             seconds["split_build"] = time.perf_counter() - start
-        windows = (calibration_windows(request.calibration_data, config.window_samples)
+        windows = (calibration_windows(request.calibration_data, config.window_samples, request.calibration_windows)
                    if request.engine == "int8" else None)
         start = time.perf_counter()
         arguments = (reference.model, request.ops, engine_dir, request.engine, pinned, request.batch, config, windows)

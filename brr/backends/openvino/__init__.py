@@ -3,16 +3,19 @@ tensors it keeps under their ONNX names as extra outputs of its model (``probing
 
 from __future__ import annotations
 
-from brr.backends.base import Backend, BuiltEngine, EditedGraphs, selected_outputs
+from brr.backends.base import Backend, BuiltEngine, EditedGraphs, EngineBuildError, selected_outputs
 from brr.backends.openvino.loader import (
     MODEL_FILE,
     CompiledModel,
+    Int8Windows,
     build_engine,
     openvino_extensions,
     weights_file,
 )
 from brr.backends.openvino.probing import OpenVINOTensors
+from brr.backends.openvino.quantize import import_nncf
 from brr.backends.openvino.runner import OpenVINORunner
+from brr.model.contract import INPUT_NAME
 
 
 class OpenVINO(Backend):
@@ -20,10 +23,22 @@ class OpenVINO(Backend):
     model_file = MODEL_FILE
 
     def build(self, onnx_path, ops, directory, precision, fp32_nodes, batch, config, calibration):
-        pinned, settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes)
+        quantization = None
+        if precision == "int8":
+            import_nncf()  # before any work
+            from brr.diff.inputs import verification_windows  # the diff imports the backends
+
+            windows = list(calibration or [])
+            quantization = Int8Windows(windows, windows + [feed[INPUT_NAME] for feed in
+                                                           verification_windows(config.window_samples)])
+        pinned, settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes, quantization=quantization)
         return BuiltEngine(MODEL_FILE, pinned, settings)
 
     def build_part(self, onnx_path, part, ops, directory, precision, fp32_nodes):
+        if precision == "int8":
+            # Validating the front alone would need a tolerance on its features, which verification has not.
+            raise EngineBuildError("int8 engines are built for the whole detector only, not split into front "
+                                   "and rest; export int8 without --split")
         model_file = f"{part.value}.xml"
         pinned, settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes, model_file=model_file)
         return BuiltEngine(model_file, pinned, settings, companion_files=(weights_file(model_file),))

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import openvino as ov
 from polygraphy.backend.base import BaseLoader
@@ -106,34 +108,61 @@ class CompiledModel(BaseLoader):
 
 
 def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str,
-                 fp32_nodes: Sequence[str] = (), model_file: str = MODEL_FILE) -> tuple[list[str], dict]:
+                 fp32_nodes: Sequence[str] = (), model_file: str = MODEL_FILE,
+                 quantization: Int8Windows | None = None) -> tuple[list[str], dict]:
     """Write ``model_file`` (.xml) and its .bin (every probe an output, as in the ONNX) into ``directory``, the
-    layers of ``fp32_nodes`` kept in fp32; returns (the ONNX nodes pinned, settings)."""
-    if precision not in PRECISION_HINTS:
-        raise EngineBuildError(f"OpenVINO engines are {sorted(PRECISION_HINTS)}, not {precision!r}")
+    layers of ``fp32_nodes`` kept in fp32; returns (the ONNX nodes pinned, settings). int8 quantizes the
+    other layers on ``quantization``'s windows (``brr.backends.openvino.quantize``) and runs the rest in fp32."""
+    if precision not in PRECISION_HINTS and precision != "int8":
+        raise EngineBuildError(f"OpenVINO engines are {sorted(PRECISION_HINTS)} or int8, not {precision!r}")
+    if precision == "int8" and quantization is None:
+        raise EngineBuildError("an int8 engine needs calibration windows (brr-export --data)")
+    hint = PRECISION_HINTS.get(precision, "f32")
     extensions = openvino_extensions(ops)
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
-        lowered, lowered_counts = lower_for_openvino(onnx.load(str(onnx_path)), fp32_everywhere=precision == "fp32",
+        lowered, lowered_counts = lower_for_openvino(onnx.load(str(onnx_path)), fp32_everywhere=hint == "f32",
                                                      fp32_nodes=fp32_nodes, scans=bool(extensions))
         source = Path(scratch) / onnx_path.name
         onnx.save(lowered, str(source))
         converted = ov.convert_model(str(source), extension=extensions or None)
+    quantized = {}
+    if precision == "int8":
+        converted, quantized = quantize_engine(converted, onnx_path, fp32_nodes, quantization)
     ov.save_model(converted, str(directory / model_file), compress_to_fp16=False)
     pinned, layers, without_layer = keep_in_fp32(directory / model_file, onnx_path, fp32_nodes)
-    compiled = CompiledModel(directory / model_file, PRECISION_HINTS[precision], extensions=extensions)()
-    settings = {"device": "CPU", "inference_precision": PRECISION_HINTS[precision],
+    compiled = CompiledModel(directory / model_file, hint, extensions=extensions)()
+    settings = {"device": "CPU", "inference_precision": hint,
                 "compiled_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT"))}
-    settings |= lowered_counts
+    settings |= lowered_counts | quantized
     if fp32_nodes:
         # Nodes the frontend folded into constants or fused into another node's layer have no layer
         # of their own: named, so that a plan that pins nothing here is seen.
         settings |= {"fp32_layers": len(layers), "fp32_nodes_without_layer": without_layer}
-        if PRECISION_HINTS[precision] in HINT_CAPABILITY:
+        if hint in HINT_CAPABILITY:
             settings["plan_applied"] = check_plan_applied(
-                execution_graph(compiled), layers, PRECISION_HINTS[precision],
+                execution_graph(compiled), layers, hint,
                 ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     return pinned, settings
+
+
+@dataclass(frozen=True)
+class Int8Windows:
+    """The (1, 19, N) float32 windows an int8 build calibrates its ranges on, and those it validates on."""
+
+    calibration: list[np.ndarray]
+    validation: list[np.ndarray]
+
+
+def quantize_engine(model: ov.Model, onnx_path: Path, fp32_nodes: Sequence[str], windows: Int8Windows
+                    ) -> tuple[ov.Model, dict]:
+    """``quantize.quantize_ir`` on the layers made from the ONNX nodes of ``onnx_path`` outside ``fp32_nodes``."""
+    from brr.backends.openvino.quantize import quantize_ir
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    free = {n.name for n in graph.node} - set(fp32_nodes)
+    quantizable = layer_nodes((op.get_friendly_name() for op in model.get_ordered_ops()), onnx_path, free)
+    return quantize_ir(model, list(quantizable), windows.calibration, windows.validation)
 
 
 def keep_in_fp32(model_xml: Path, onnx_path: Path, fp32_nodes: Sequence[str]
@@ -143,29 +172,35 @@ def keep_in_fp32(model_xml: Path, onnx_path: Path, fp32_nodes: Sequence[str]
     without a layer)."""
     if not fp32_nodes:
         return [], {}, []
-    wanted = set(fp32_nodes)
+    tree = ET.parse(model_xml)
+    layers = {layer.get("name", ""): layer for layer in tree.getroot().iter("layer") if layer.get("type") != "Result"}
+    marked = layer_nodes(layers, onnx_path, fp32_nodes)
+    for name in marked:
+        rt_info = layers[name].find("rt_info")
+        if rt_info is None:
+            rt_info = ET.Element("rt_info")
+            layers[name].insert(0, rt_info)
+        if not any(a.attrib == KEEP_PRECISION_ATTRIBUTE for a in rt_info.iter("attribute")):
+            ET.SubElement(rt_info, "attribute", KEEP_PRECISION_ATTRIBUTE)
+    tree.write(model_xml, encoding="utf-8", xml_declaration=True)
+    found = set(marked.values())
+    return sorted(found), marked, sorted(set(fp32_nodes) - found)
+
+
+def layer_nodes(layer_names: Iterable[str], onnx_path: Path, nodes: Iterable[str]) -> dict[str, str]:
+    """Each of ``layer_names`` made from one of the ONNX ``nodes`` of ``onnx_path``, and that node. The
+    frontend names a node's layers ``<node>`` or ``<node>/<part>``, or after the node's output where that is a
+    graph output (a probe)."""
+    wanted = set(nodes)
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     graph_outputs = {o.name for o in graph.output}
     node_of = {name: name for name in wanted}
     node_of |= {output: n.name for n in graph.node if n.name in wanted for output in n.output if output in graph_outputs}
-    tree = ET.parse(model_xml)
-    found: set[str] = set()
-    marked: dict[str, str] = {}
-    for layer in tree.getroot().iter("layer"):
-        if layer.get("type") == "Result":
-            continue
-        parts = layer.get("name", "").split("/")
+    found = {}
+    for layer in layer_names:
+        parts = layer.split("/")
         node = next((node_of[n] for n in ("/".join(parts[:i]) for i in range(1, len(parts) + 1)) if n in node_of),
                     None)
-        if node is None:
-            continue
-        rt_info = layer.find("rt_info")
-        if rt_info is None:
-            rt_info = ET.Element("rt_info")
-            layer.insert(0, rt_info)
-        if not any(a.attrib == KEEP_PRECISION_ATTRIBUTE for a in rt_info.iter("attribute")):
-            ET.SubElement(rt_info, "attribute", KEEP_PRECISION_ATTRIBUTE)
-        found.add(node)
-        marked[layer.get("name", "")] = node
-    tree.write(model_xml, encoding="utf-8", xml_declaration=True)
-    return sorted(found), marked, sorted(wanted - found)
+        if node is not None:
+            found[layer] = node
+    return found

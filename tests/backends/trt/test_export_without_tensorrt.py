@@ -68,4 +68,5 @@ def test_export_command_makes_the_export_again():
                             calibration_data=Path("my data/"))
     assert export_command(request, "tensorrt") == (
         "brr-export runs/best --out engines --precision int8 --ops standard --backend tensorrt "
-        "--trt-batch-range 1:2:4 --precision-plan cal/precision_plan.json --data 'my data'")
+        "--trt-batch-range 1:2:4 --precision-plan cal/precision_plan.json --data 'my data' "
+        "--calibration-windows 8")

@@ -1,0 +1,130 @@
+"""int8 OpenVINO engines (NNCF): only the plan's free layers quantized, fp32 given back where validation asks."""
+
+from __future__ import annotations
+
+import builtins
+import json
+
+import numpy as np
+import openvino as ov
+import pytest
+
+from brr.backends import BACKENDS
+from brr.backends.base import EngineBuildError
+from brr.backends.openvino import quantize
+from brr.backends.openvino.loader import CompiledModel, compile_model, layer_nodes, openvino_extensions
+from brr.errors import DependencyUnavailable
+from brr.export.precision_plan import load_plan
+from brr.model import OUTPUT_NAME
+
+pytest.importorskip("nncf", reason="int8 OpenVINO engines need the int8 extra (NNCF)")
+
+
+def _windows(count: int, samples: int, scale: float, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [(scale * rng.standard_normal((1, 19, samples))).astype(np.float32) for _ in range(count)]
+
+
+def _fake_quantized_nodes(model_xml, onnx_path) -> set[str]:
+    """The ONNX nodes whose layers read a FakeQuantize'd activation in the IR."""
+    model = CompiledModel(model_xml, extensions=openvino_extensions("plugin")).read()
+    layers = [op.get_friendly_name() for op in model.get_ordered_ops()
+              if op.get_input_size() and op.input_value(0).get_node().get_type_name() == "FakeQuantize"]
+    return set(layer_nodes(layers, onnx_path, _all_nodes(onnx_path)).values())
+
+
+def _all_nodes(onnx_path) -> list[str]:
+    import onnx
+    return [n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node]
+
+
+def _logits(model_xml, window: np.ndarray, hint: str) -> np.ndarray:
+    compiled = CompiledModel(model_xml, hint, extensions=openvino_extensions("plugin"))()
+    return compiled({"eeg": window})[compiled.output(OUTPUT_NAME)]
+
+
+def test_int8_tcn_quantizes_only_the_tcn_and_keeps_validation_within_the_margin(small_exports, small_model, tmp_path):
+    export = small_exports["plugin"]
+    stages = json.loads(export.stages.read_text())
+    pinned = load_plan("int8-tcn").resolve(export.model, stages)
+    samples = small_model.config.window_samples
+    from brr.diff.inputs import verification_windows
+    calibration = _windows(4, samples, 1.0, 0) + [feed["eeg"] for feed in verification_windows(samples)]
+    built = BACKENDS["openvino"].build(export.model, "plugin", tmp_path, "int8", pinned, (1, 1, 1),
+                                       small_model.config, iter(calibration))
+    settings = built.settings
+    print(f"\nint8 layers {settings['int8_layers']}, fp32 restored {settings['fp32_restored_layers']}")
+    assert settings["inference_precision"] == "f32" and settings["quantizer"].startswith("nncf ")
+    assert settings["int8_layers"], "no TCN convolution was left in int8"
+    quantized = _fake_quantized_nodes(tmp_path / built.model_file, export.model)
+    assert quantized and {stages[node] for node in quantized} == {"tcn"}
+    # The verification windows export verifies with were validated: within half the int8 tolerance of fp32.
+    fp32 = tmp_path / "fp32"
+    BACKENDS["openvino"].build(export.model, "plugin", fp32, "fp32", [], (1, 1, 1), small_model.config, None)
+    for label, feed in verification_windows(samples).labelled():
+        ratio = quantize.tolerance_ratio(_logits(tmp_path / built.model_file, feed["eeg"], "f32"),
+                                         _logits(fp32 / "model.xml", feed["eeg"], "f32"))
+        assert ratio <= quantize.VALIDATION_MARGIN + 1e-3, label
+
+
+def test_layers_that_put_a_validation_window_out_of_margin_go_back_to_fp32(small_exports, small_model, tmp_path):
+    """Calibrated on windows 100x quieter than those validated: the ranges clip, NNCF must give back fp32
+    until every validation window is within the margin, or refuse the engine."""
+    export = small_exports["plugin"]
+    stages = json.loads(export.stages.read_text())
+    pinned = load_plan("int8-tcn").resolve(export.model, stages)
+    samples = small_model.config.window_samples
+    ir = CompiledModel(_fp32_ir(export, small_model, tmp_path), extensions=openvino_extensions("plugin")).read()
+    free = set(_all_nodes(export.model)) - set(pinned)
+    candidates = list(layer_nodes([op.get_friendly_name() for op in ir.get_ordered_ops()], export.model, free))
+    loud = _windows(3, samples, 30.0, 1)
+    try:
+        quantized, settings = quantize.quantize_ir(ir, candidates, _windows(4, samples, 0.3, 0), loud)
+    except EngineBuildError as refusal:
+        assert "no int8 engine within" in str(refusal)
+        return
+    assert settings["fp32_restored_layers"], "clipped ranges kept every layer in int8"
+    compiled = compile_model(ov.Core(), quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    reference = compile_model(ov.Core(), ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    for window in loud:
+        ratio = quantize.tolerance_ratio(compiled({"eeg": window})[compiled.output(OUTPUT_NAME)],
+                                         reference({"eeg": window})[reference.output(OUTPUT_NAME)])
+        assert ratio <= quantize.VALIDATION_MARGIN + 1e-3
+
+
+def _fp32_ir(export, small_model, tmp_path):
+    BACKENDS["openvino"].build(export.model, "plugin", tmp_path / "fp32", "fp32", [], (1, 1, 1), small_model.config,
+                               None)
+    return tmp_path / "fp32" / "model.xml"
+
+
+def test_a_margin_no_quantized_layer_meets_refuses_the_engine(small_exports, small_model, tmp_path, monkeypatch):
+    export = small_exports["plugin"]
+    pinned = load_plan("int8-tcn").resolve(export.model, json.loads(export.stages.read_text()))
+    monkeypatch.setattr(quantize, "VALIDATION_MARGIN", 1e-9)
+    with pytest.raises(EngineBuildError, match="no int8 engine within"):
+        BACKENDS["openvino"].build(export.model, "plugin", tmp_path, "int8", pinned, (1, 1, 1), small_model.config,
+                                   iter(_windows(2, small_model.config.window_samples, 1.0, 0)))
+
+
+def test_without_nncf_an_int8_build_says_what_to_install(small_exports, small_model, tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_nncf(name, *args, **kwargs):
+        if name == "nncf" or name.startswith("nncf."):
+            raise ImportError("No module named 'nncf'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_nncf)
+    with pytest.raises(DependencyUnavailable, match=r"pip install 'brr\[int8\]'"):
+        BACKENDS["openvino"].build(small_exports["plugin"].model, "plugin", tmp_path, "int8", [], (1, 1, 1),
+                                   small_model.config, iter([]))
+    assert not list(tmp_path.iterdir()), "the build wrote files before finding NNCF missing"
+
+
+def test_the_tolerance_ratio_is_one_at_the_edge_of_the_tolerance():
+    reference = np.array([0.0, 2.0])
+    atol, rtol = 0.5, 0.1
+    assert quantize.tolerance_ratio(reference + [atol, 0.0], reference) == pytest.approx(1.0)
+    assert quantize.tolerance_ratio(reference + [0.0, atol + rtol * 2.0], reference) == pytest.approx(1.0)
+    assert quantize.tolerance_ratio(reference, reference) == 0.0
