@@ -92,12 +92,19 @@ class Backend:
         returned ``BuiltEngine.unbuilt`` says so."""
         raise NotImplementedError(f"{self.name} builds nothing without its dependency")
 
-    def build_part(self, onnx_path: Path, part: GraphPart, ops: str, directory: Path, precision: str,
-                   fp32_nodes: list[str]) -> BuiltEngine:
-        """Build ``precision`` of one part of the detector (``brr.model.front``) from its fp32 graph ``onnx_path``
-        into ``directory``, beside the whole detector's engine, under a file name of its own."""
+    def check_split(self, precision: str) -> None:
+        """Raise ``EngineBuildError`` saying why, where this backend builds no ``precision`` engine split into
+        front and rest (checked before anything is built)."""
         raise EngineBuildError(f"{self.name} builds no detector split into front and rest (brr-export --split); "
                                "ONNX Runtime and OpenVINO do")
+
+    def build_part(self, onnx_path: Path, part: GraphPart, ops: str, directory: Path, precision: str,
+                   fp32_nodes: list[str], calibration: list[np.ndarray] | None = None) -> BuiltEngine:
+        """Build ``precision`` of one part of the detector (``brr.model.front``) from its fp32 graph ``onnx_path``
+        into ``directory``, beside the whole detector's engine, under a file name of its own; ``calibration``
+        (float32 (B, 19, N) windows) is read for int8 only."""
+        self.check_split(precision)
+        raise NotImplementedError
 
     def commands(self, settings: dict, export_command: str) -> list[str]:
         """Lines to print after an export: commands that build or run the engine outside brr, each after a

@@ -17,7 +17,7 @@ import shlex
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -123,13 +123,14 @@ def engine_plan(requested: Path | str | None, precision: str) -> PrecisionPlan:
 
 
 def build_split(backend: Backend, plan: PrecisionPlan, reference_dir: Path, ops: str, engine_dir: Path,
-                precision: str, geometry: FrontGeometry) -> SplitGraphs:
+                precision: str, geometry: FrontGeometry, calibration: list[np.ndarray] | None = None) -> SplitGraphs:
     """The engine of each part of the detector (front, rest) in ``engine_dir``, built from the fp32 graphs of
     ``reference_dir``, the plan resolved on the parts' own nodes (their names are not the whole graph's)."""
     graphs = {part: reference_dir / part.file for part in GraphPart}
     pinned = (plan.resolve_parts(reference_dir / ONNX_FILE, list(graphs.values()))
               if backend.applies_precision_plan else {})
-    built = {part: backend.build_part(graphs[part], part, ops, engine_dir, precision, pinned.get(graphs[part], []))
+    built = {part: backend.build_part(graphs[part], part, ops, engine_dir, precision, pinned.get(graphs[part], []),
+                                      calibration)
              for part in GraphPart}
     return SplitGraphs(geometry, files={part: (b.model_file, *b.companion_files) for part, b in built.items()},
                        pinned_nodes={part: b.pinned_nodes for part, b in built.items()},
@@ -172,17 +173,23 @@ def export_artifacts(request: ExportRequest) -> ExportResult:
         plan = engine_plan(request.precision_plan, request.engine)
         pinned = plan.resolve(reference.model, stages) if backend.applies_precision_plan else []
         engine_dir = engine_folder(request.out, backend.name, request.engine, request.ops)
-        split = None
         if request.split:
-            start = time.perf_counter()
-            split = build_split(backend, plan, reference.directory, request.ops, engine_dir, request.engine, geometry)
-            seconds["split_build"] = time.perf_counter() - start
-        windows = (calibration_windows(request.calibration_data, config.window_samples, request.calibration_windows)
+            backend.check_split(request.engine)
+        windows = (list(calibration_windows(request.calibration_data, config.window_samples,
+                                            request.calibration_windows))
                    if request.engine == "int8" else None)
         start = time.perf_counter()
         arguments = (reference.model, request.ops, engine_dir, request.engine, pinned, request.batch, config, windows)
         built = backend.build(*arguments) if missing is None else backend.prepare(*arguments, missing=str(missing))
         seconds["engine_build"] = time.perf_counter() - start
+        split = None
+        if request.split:
+            start = time.perf_counter()
+            # The layers the whole int8 engine gave back to fp32 stay fp32 in its parts.
+            restored = tuple(built.settings.get("fp32_restored_nodes", ()))
+            split = build_split(backend, replace(plan, fp32_nodes=plan.fp32_nodes + restored), reference.directory,
+                                request.ops, engine_dir, request.engine, geometry, windows)
+            seconds["split_build"] = time.perf_counter() - start
         # The typed graph an engine is built from must build as typed (TensorRT's strong typing).
         typed_graphs = require_strongly_typed_files(
             engine_dir, built.pinned_nodes, skipped=[name for files in (split.files.values() if split else [])

@@ -6,6 +6,7 @@ import builtins
 import json
 
 import numpy as np
+import onnx
 import openvino as ov
 import pytest
 
@@ -16,6 +17,8 @@ from brr.backends.openvino.loader import CompiledModel, compile_model, layer_nod
 from brr.errors import DependencyUnavailable
 from brr.export.precision_plan import load_plan
 from brr.model import OUTPUT_NAME
+from brr.model.contract import GraphPart
+from brr.onnx.stages import node_stages
 
 pytest.importorskip("nncf", reason="int8 OpenVINO engines need the int8 extra (NNCF)")
 
@@ -34,7 +37,6 @@ def _fake_quantized_nodes(model_xml, onnx_path) -> set[str]:
 
 
 def _all_nodes(onnx_path) -> list[str]:
-    import onnx
     return [n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node]
 
 
@@ -128,3 +130,37 @@ def test_the_tolerance_ratio_is_one_at_the_edge_of_the_tolerance():
     assert quantize.tolerance_ratio(reference + [atol, 0.0], reference) == pytest.approx(1.0)
     assert quantize.tolerance_ratio(reference + [0.0, atol + rtol * 2.0], reference) == pytest.approx(1.0)
     assert quantize.tolerance_ratio(reference, reference) == 0.0
+
+
+def test_an_int8_split_quantizes_the_front_where_the_whole_engine_kept_int8(small_model, tmp_path, monkeypatch):
+    """brr-export --split of an OpenVINO int8 engine: the front quantized on the layers the whole engine kept
+    int8 (those it gave back stay fp32), the rest as the fp32 engine's, the pair verified composed."""
+    from brr.diff.composed import verify_split
+    from brr.diff.inputs import verification_windows
+    from brr.export import run as export_run
+    from brr.model import save_checkpoint
+
+    samples = small_model.config.window_samples
+    # Random weights: calibrated on the verification windows too, or no layer stays int8 (see above).
+    windows = _windows(4, samples, 1.0, 0) + [feed["eeg"] for feed in verification_windows(samples)]
+    monkeypatch.setattr(export_run, "calibration_windows", lambda source, n_samples, count: iter(windows))
+    checkpoint = save_checkpoint(small_model, tmp_path / "ckpt")
+    result = export_run.export_artifacts(export_run.ExportRequest(
+        checkpoint, tmp_path / "export", engine="int8", backend="openvino", ops="plugin",
+        precision_plan="int8-tcn", split=True))
+    manifest = json.loads((result.engine_dir / "manifest.json").read_text())
+    whole, parts = manifest["settings"], manifest["split"]["parts"]
+    front, rest = parts["front"]["settings"], parts["rest"]["settings"]
+    assert rest["inference_precision"] == "f32" and "int8_layers" not in rest
+    assert front["int8_layers"] and len(front["int8_layers"]) == len(whole["int8_layers"])
+    front_graph = result.reference_dir / GraphPart.FRONT.file
+    quantized = _fake_quantized_nodes(result.engine_dir / "front.xml", front_graph)
+    assert len(quantized) == len(whole["int8_layers"])
+    # The convolutions the whole engine gave back are pinned in the front, and not quantized there.
+    assert len(whole["fp32_restored_nodes"]) <= len(parts["front"]["fp32_pinned_nodes"])
+    assert not quantized & set(parts["front"]["fp32_pinned_nodes"])
+    front_stages = node_stages(onnx.load(str(front_graph), load_external_data=False))
+    assert {front_stages[n] for n in quantized} == {"tcn"}
+    verification = verify_split(small_model, result.engine_dir, tmp_path / "verification", samples,
+                                synthetic_windows=1)
+    assert verification.passed, verification.summary()

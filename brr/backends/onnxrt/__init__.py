@@ -23,11 +23,14 @@ class OnnxRuntime(Backend):
         return onnxruntime_runner(model, name=name, device=device, threads=threads, outputs=selected_outputs(probes),
                                   lean=lean)
 
-    def build_part(self, onnx_path, part, ops, directory, precision, fp32_nodes):
+    def check_split(self, precision):
         if precision == "int8":
             # Calibrating the rest would need the front's features of the calibration windows as its input.
-            raise EngineBuildError("int8 engines are built for the whole detector only, not split into front "
-                                   "and rest; export int8 without --split")
+            raise EngineBuildError("ONNX Runtime int8 engines are built for the whole detector only, not split "
+                                   "into front and rest; export int8 without --split, or on OpenVINO")
+
+    def build_part(self, onnx_path, part, ops, directory, precision, fp32_nodes, calibration=None):
+        self.check_split(precision)
         model_file = f"{part.value}.onnx"
         settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes, model_file=model_file)
         return BuiltEngine(model_file, fp32_nodes, settings)

@@ -3,7 +3,7 @@ tensors it keeps under their ONNX names as extra outputs of its model (``probing
 
 from __future__ import annotations
 
-from brr.backends.base import Backend, BuiltEngine, EditedGraphs, EngineBuildError, selected_outputs
+from brr.backends.base import Backend, BuiltEngine, EditedGraphs, selected_outputs
 from brr.backends.openvino.loader import (
     MODEL_FILE,
     CompiledModel,
@@ -15,7 +15,7 @@ from brr.backends.openvino.loader import (
 from brr.backends.openvino.probing import OpenVINOTensors
 from brr.backends.openvino.quantize import import_nncf
 from brr.backends.openvino.runner import OpenVINORunner
-from brr.model.contract import INPUT_NAME
+from brr.model.contract import INPUT_NAME, GraphPart
 
 
 class OpenVINO(Backend):
@@ -34,13 +34,22 @@ class OpenVINO(Backend):
         pinned, settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes, quantization=quantization)
         return BuiltEngine(MODEL_FILE, pinned, settings)
 
-    def build_part(self, onnx_path, part, ops, directory, precision, fp32_nodes):
-        if precision == "int8":
-            # Validating the front alone would need a tolerance on its features, which verification has not.
-            raise EngineBuildError("int8 engines are built for the whole detector only, not split into front "
-                                   "and rest; export int8 without --split")
+    def check_split(self, precision):
+        """Every precision splits: an int8 front is quantized on the layers the whole engine kept int8."""
+
+    def build_part(self, onnx_path, part, ops, directory, precision, fp32_nodes, calibration=None):
         model_file = f"{part.value}.xml"
-        pinned, settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes, model_file=model_file)
+        quantization = None
+        if precision == "int8":
+            if part is GraphPart.REST:
+                # The int8 plans quantize the TCN, which is in the front: the rest runs as the fp32 engine's.
+                precision = "fp32"
+            else:
+                # The whole engine's validation chose the layers (``fp32_nodes`` keeps the others): calibrated
+                # here, judged by the verification of the composed parts.
+                quantization = Int8Windows(list(calibration or []), None)
+        pinned, settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes, model_file=model_file,
+                                        quantization=quantization)
         return BuiltEngine(model_file, pinned, settings, companion_files=(weights_file(model_file),))
 
     def runner(self, model, manifest, probes=False, name=None, device="cpu", threads=None, lean=False):

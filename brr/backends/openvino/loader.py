@@ -151,7 +151,7 @@ class Int8Windows:
     """The (1, 19, N) float32 windows an int8 build calibrates its ranges on, and those it validates on."""
 
     calibration: list[np.ndarray]
-    validation: list[np.ndarray]
+    validation: list[np.ndarray] | None  # None: quantize every free layer (a part whose whole engine chose them)
 
 
 def quantize_engine(model: ov.Model, onnx_path: Path, fp32_nodes: Sequence[str], windows: Int8Windows
@@ -162,7 +162,10 @@ def quantize_engine(model: ov.Model, onnx_path: Path, fp32_nodes: Sequence[str],
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     free = {n.name for n in graph.node} - set(fp32_nodes)
     quantizable = layer_nodes((op.get_friendly_name() for op in model.get_ordered_ops()), onnx_path, free)
-    return quantize_ir(model, list(quantizable), windows.calibration, windows.validation)
+    quantized, settings = quantize_ir(model, list(quantizable), windows.calibration, windows.validation)
+    if "fp32_restored_layers" in settings:  # as ONNX nodes, which a plan for the split parts can name
+        settings["fp32_restored_nodes"] = sorted({quantizable[layer] for layer in settings["fp32_restored_layers"]})
+    return quantized, settings
 
 
 def keep_in_fp32(model_xml: Path, onnx_path: Path, fp32_nodes: Sequence[str]

@@ -50,9 +50,11 @@ def tolerance_ratio(logits: np.ndarray, reference: np.ndarray, precision: str = 
 
 
 def quantize_ir(model: ov.Model, quantizable_layers: Sequence[str], calibration: Sequence[np.ndarray],
-                validation: Sequence[np.ndarray]) -> tuple[ov.Model, dict]:
+                validation: Sequence[np.ndarray] | None) -> tuple[ov.Model, dict]:
     """``model`` with int8 on those of ``quantizable_layers`` that keep every ``validation`` window within
-    ``VALIDATION_MARGIN`` of the int8 tolerance; returns (the quantized model, settings for the manifest)."""
+    ``VALIDATION_MARGIN`` of the int8 tolerance, or without ``validation`` on all of them (a part of a
+    detector whose whole engine chose its layers: the composed parts are verified); returns (the quantized
+    model, settings for the manifest)."""
     nncf = import_nncf()
     from nncf.quantization.advanced_parameters import (
         AdvancedAccuracyRestorerParameters,
@@ -70,6 +72,17 @@ def quantize_ir(model: ov.Model, quantizable_layers: Sequence[str], calibration:
         raise EngineBuildError("no convolution or matmul of the graph is outside the plan's fp32 nodes: nothing to quantize")
     ignored = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_friendly_name() not in set(candidates)]
 
+    ranges = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
+    calibration_set = nncf.Dataset(list(calibration), lambda window: {input_name: window})
+    common = {"preset": nncf.QuantizationPreset.PERFORMANCE, "subset_size": len(calibration),
+              "ignored_scope": nncf.IgnoredScope(names=ignored, validate=False)}
+    if validation is None:
+        with kept_signal_stack():
+            quantized = nncf.quantize(model, calibration_set, advanced_parameters=ranges, **common)
+        int8 = int8_layers(quantized, candidates)
+        return quantized, {"quantizer": f"nncf {nncf.__version__}", "int8_layers": int8,
+                           "calibration_windows": len(calibration)}
+
     fp32 = compile_model(ov.Core(), model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     items = [(window, fp32({input_name: window})[fp32.output(OUTPUT_NAME)]) for window in validation]
     del fp32
@@ -82,13 +95,10 @@ def quantize_ir(model: ov.Model, quantizable_layers: Sequence[str], calibration:
 
     with kept_signal_stack():
         quantized = nncf.quantize_with_accuracy_control(
-            model, nncf.Dataset(list(calibration), lambda window: {input_name: window}),
-            nncf.Dataset(items, lambda item: {input_name: item[0]}), validate,
-            max_drop=VALIDATION_MARGIN, drop_type=nncf.DropType.ABSOLUTE, preset=nncf.QuantizationPreset.PERFORMANCE,
-            subset_size=len(calibration), ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
-            advanced_quantization_parameters=AdvancedQuantizationParameters(
-                activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX),
-            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(ranking_subset_size=len(items)))
+            model, calibration_set, nncf.Dataset(items, lambda item: {input_name: item[0]}), validate,
+            max_drop=VALIDATION_MARGIN, drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=ranges,
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(ranking_subset_size=len(items)),
+            **common)
     int8 = int8_layers(quantized, candidates)
     # NNCF returns its last model also where it "could not achieve the required accuracy drop": judged here.
     worst = 1.0 - validate(compile_model(ov.Core(), quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}), items)[0]
