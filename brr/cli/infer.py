@@ -235,9 +235,10 @@ def print_summary(console: Console, summary: InferenceSummary) -> None:
     say(console, f"summary: {summary.out_dir}/{SUMMARY_FILE}")
 
 
-def describe_engine(console: Console, engine: str, allow_unverified: bool, split: bool = False) -> None:
-    """Say how the engine (its front and rest with ``split``) was verified; refusal itself happens when it is
-    loaded."""
+def describe_engine(console: Console, engine: str, allow_unverified: bool, split: bool = False,
+                    quiet: bool = False) -> None:
+    """Say how the engine (its front and rest with ``split``) was verified, with ``quiet`` only when that is a
+    warning; refusal itself happens when it is loaded."""
     from brr.artifact.files import MANIFEST_FILE
     from brr.artifact.manifest import verification_line
 
@@ -246,6 +247,8 @@ def describe_engine(console: Console, engine: str, allow_unverified: bool, split
     line = verification_line(engine, split)
     if line.startswith("UNVERIFIED") and allow_unverified:
         line = f"WARNING: serving an unverified engine (--allow-unverified): {line}"
+    elif quiet:
+        return
     say(console, f"engine {engine}: {line}")
 
 
@@ -276,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
         say(console, f"window mode {mode}: {why}")
     overlap = WindowMode(args.window_mode) is WindowMode.OVERLAP
     settings = settings_from_args(args)
-    describe_engine(console, args.engine, args.allow_unverified, split=overlap)
+    describe_engine(console, args.engine, args.allow_unverified, split=overlap, quiet=args.quiet)
     try:
         with sigterm_as_interrupt():
             summary = _infer(args, settings, console)
@@ -284,7 +287,8 @@ def run(args: argparse.Namespace) -> int:
         print_summary(console, interrupted.summary)
         say(console, "interrupted: finished recordings are complete, the rest were not written")
         return EXIT_INTERRUPTED
-    print_summary(console, summary)
+    if not args.quiet or summary.exit_code != 0:  # quiet: the summary only where a recording failed
+        print_summary(console, summary)
     return summary.exit_code
 
 

@@ -136,6 +136,17 @@ def batch_run(corpus, checkpoint, tmp_path_factory):
 # ----------------------------------------------------------------------------- robustness
 
 
+def test_quiet_says_nothing_on_a_clean_run_and_the_summary_when_a_recording_failed(corpus, checkpoint, tmp_path,
+                                                                                  capsys):
+    argv = ["--stride", str(STRIDE), "--quiet"]
+    assert infer_main([str(checkpoint), str(corpus["good"]), "--out", str(tmp_path / "clean"), *argv]) == 0
+    assert capsys.readouterr().err == ""
+    assert infer_main([str(checkpoint), str(corpus["good"]), str(corpus["batch"] / "corrupt.edf"),
+                       "--out", str(tmp_path / "failed"), *argv]) == 1
+    said = capsys.readouterr().err
+    assert "corrupt" in said and "summary:" in said
+
+
 def test_batch_with_broken_files_completes_the_good_one_and_reports_each_bad_one(batch_run):
     code, out, summary = batch_run
     assert code == 1  # some recordings failed
