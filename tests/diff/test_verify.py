@@ -12,11 +12,11 @@ import shutil
 import pytest
 import torch
 
+from brr.artifact.files import MANIFEST_FILE, ONNX_FILE
+from brr.artifact.manifest import read_manifest, record_verification, rewrite_manifest, write_manifest
 from brr.cli.infer import main as infer_main
 from brr.data.synthetic import write_corpus
 from brr.diff.verify import verify_engine
-from brr.artifact.manifest import read_manifest, record_verification, rewrite_manifest, write_manifest
-from brr.artifact.files import MANIFEST_FILE, ONNX_FILE
 from brr.export.onnx_export import export_onnx
 from brr.model import build_detector
 from brr.model.checkpoint import file_sha256
@@ -43,13 +43,17 @@ def verified(tmp_path_factory):
     return root
 
 
-def _infer(engine, root, out, *flags):
-    return infer_main([str(engine), str(root / "edf"), "--out", str(out), "--stride", "60", "--quiet", *flags])
+def _infer(engine, root, out, *flags, quiet=True):
+    return infer_main([str(engine), str(root / "edf"), "--out", str(out), "--stride", "60",
+                       *(["--quiet"] if quiet else []), *flags])
 
 
 def test_a_verified_engine_is_served_and_its_verdict_printed(verified, tmp_path, capsys):
-    assert _infer(verified / "engine", verified, tmp_path) == 0
+    assert _infer(verified / "engine", verified, tmp_path, quiet=False) == 0
     assert "verified against PyTorch fp32" in capsys.readouterr().err
+    # --quiet: said only where it is a warning (below: an unverified engine served).
+    assert _infer(verified / "engine", verified, tmp_path / "quiet") == 0
+    assert "verified against PyTorch fp32" not in capsys.readouterr().err
 
 
 def test_an_engine_never_verified_is_refused_unless_allowed(verified, tmp_path, capsys):

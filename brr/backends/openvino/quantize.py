@@ -103,11 +103,12 @@ def quantize_ir(model: ov.Model, quantizable_layers: Sequence[str], calibration:
     # NNCF returns its last model also where it "could not achieve the required accuracy drop": judged here.
     worst = 1.0 - validate(compile_model(ov.Core(), quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}), items)[0]
     if not int8 or worst > VALIDATION_MARGIN:
+        found = (f"each of the {len(candidates)} quantizable layers had to go back to fp32" if not int8 else
+                 f"with {len(int8)} of the {len(candidates)} quantizable layers int8, a validation window's logits "
+                 f"are {worst:.2f} of the tolerance from fp32")
         raise EngineBuildError(
-            f"no int8 engine within {VALIDATION_MARGIN:g} of the int8 tolerance: with {len(int8)} of the "
-            f"{len(candidates)} quantizable layers int8, a validation window's logits are {worst:.2f} of the "
-            "tolerance from fp32; calibrate on more windows like the recordings to be served (brr-export --data, "
-            "--calibration-windows), or serve fp32/bf16")
+            f"no int8 engine within {VALIDATION_MARGIN:g} of the int8 tolerance: {found}; calibrate on more windows "
+            "like the recordings to be served (brr-export --data, --calibration-windows), or serve fp32/bf16")
     settings = {"quantizer": f"nncf {nncf.__version__}", "int8_layers": int8,
                 "fp32_restored_layers": [name for name in candidates if name not in set(int8)],
                 "calibration_windows": len(calibration), "validation_windows": len(items),
