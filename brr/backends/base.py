@@ -104,7 +104,7 @@ class Backend:
         into ``directory``, beside the whole detector's engine, under a file name of its own; ``calibration``
         (float32 (B, 19, N) windows) is read for int8 only."""
         self.check_split(precision)
-        raise NotImplementedError
+        raise NotImplementedError(f"{self.name} splits {precision} engines but builds no part")
 
     def commands(self, settings: dict, export_command: str) -> list[str]:
         """Lines to print after an export: commands that build or run the engine outside brr, each after a

@@ -31,8 +31,7 @@ def _windows(count: int, samples: int, scale: float, seed: int) -> list[np.ndarr
 def _fake_quantized_nodes(model_xml, onnx_path) -> set[str]:
     """The ONNX nodes whose layers read a FakeQuantize'd activation in the IR."""
     model = CompiledModel(model_xml, extensions=openvino_extensions("plugin")).read()
-    layers = [op.get_friendly_name() for op in model.get_ordered_ops()
-              if op.get_input_size() and op.input_value(0).get_node().get_type_name() == "FakeQuantize"]
+    layers = quantize.int8_layers(model, [op.get_friendly_name() for op in model.get_ordered_ops()])
     return set(layer_nodes(layers, onnx_path, _all_nodes(onnx_path)).values())
 
 

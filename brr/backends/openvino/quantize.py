@@ -70,7 +70,8 @@ def quantize_ir(model: ov.Model, quantizable_layers: Sequence[str], calibration:
                   if op.get_type_name() in QUANTIZABLE_TYPES and op.get_friendly_name() in wanted]
     if not candidates:
         raise EngineBuildError("no convolution or matmul of the graph is outside the plan's fp32 nodes: nothing to quantize")
-    ignored = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_friendly_name() not in set(candidates)]
+    chosen = set(candidates)
+    ignored = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_friendly_name() not in chosen]
 
     ranges = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
     calibration_set = nncf.Dataset(list(calibration), lambda window: {input_name: window})
@@ -110,7 +111,7 @@ def quantize_ir(model: ov.Model, quantizable_layers: Sequence[str], calibration:
             f"no int8 engine within {VALIDATION_MARGIN:g} of the int8 tolerance: {found}; calibrate on more windows "
             "like the recordings to be served (brr-export --data, --calibration-windows), or serve fp32/bf16")
     settings = {"quantizer": f"nncf {nncf.__version__}", "int8_layers": int8,
-                "fp32_restored_layers": [name for name in candidates if name not in set(int8)],
+                "fp32_restored_layers": [name for name in candidates if name not in int8],
                 "calibration_windows": len(calibration), "validation_windows": len(items),
                 "validation_worst_of_tolerance": round(worst, 4)}
     log.info(f"int8 on {len(int8)} of {len(candidates)} quantizable layers; "
@@ -121,8 +122,7 @@ def quantize_ir(model: ov.Model, quantizable_layers: Sequence[str], calibration:
 def int8_layers(model: ov.Model, candidates: Sequence[str]) -> list[str]:
     """Those of ``candidates`` that read a FakeQuantize'd activation (what the CPU plugin runs in int8)."""
     def fake_quantized(op) -> bool:
-        source = op.input_value(0).get_node()
-        return source.get_type_name() == "FakeQuantize"
+        return op.get_input_size() > 0 and op.input_value(0).get_node().get_type_name() == "FakeQuantize"
     wanted = set(candidates)
     return [op.get_friendly_name() for op in model.get_ordered_ops()
             if op.get_friendly_name() in wanted and fake_quantized(op)]
