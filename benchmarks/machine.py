@@ -3,7 +3,9 @@
 A peak is the best of the kernels the engines use: PyTorch's matmul (MKL or oneDNN, whichever it
 dispatches to), OpenVINO's MatMul and its convolution (oneDNN). They differ by CPU: on an AMD EPYC with
 AVX-512, a ceiling from PyTorch's fp32 matmul alone (174 GFLOP/s) put an fp32 OpenVINO engine at 124 % of
-its "roofline", and OpenVINO's convolution reaches 406 GFLOP/s where its MatMul reaches 316.
+its "roofline", and OpenVINO's convolution reaches 406 GFLOP/s where its MatMul reaches 316. The int8 peak is
+OpenVINO's int8 convolution (VNNI or AMX), the kernel the int8 engines' TCN runs; a CPU on which OpenVINO
+compiles it in another precision has no int8 peak.
 """
 
 from __future__ import annotations
@@ -39,15 +41,19 @@ def gemm_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 10) ->
     return 2 * size**3 / best_seconds(lambda: torch.mm(a, b), repeats) / 1e9
 
 
-def _openvino_seconds(output, source, inference_precision: str, repeats: int) -> float:
-    """Best seconds of the one-output OpenVINO model ``source`` -> ``output`` on random data."""
-    import numpy as np
+def _openvino_compiled(output, source, inference_precision: str):
     import openvino as ov
 
     from brr.backends.openvino.loader import compile_model
 
-    request = compile_model(ov.Core(), ov.Model([output], [source]), "CPU",
-                            {"INFERENCE_PRECISION_HINT": inference_precision}).create_infer_request()
+    return compile_model(ov.Core(), ov.Model([output], [source]), "CPU", {"INFERENCE_PRECISION_HINT": inference_precision})
+
+
+def _openvino_seconds(compiled, source, repeats: int) -> float:
+    """Best seconds of the compiled one-input OpenVINO model on random data."""
+    import numpy as np
+
+    request = compiled.create_infer_request()
     data = np.random.default_rng(1).standard_normal(list(source.get_output_shape(0))).astype(np.float32)
     return best_seconds(lambda: request.infer([data]), repeats)
 
@@ -60,7 +66,8 @@ def openvino_gemm_peak_gflops(inference_precision: str, size: int = 2048, repeat
 
     a = ops.parameter([size, size], ov.Type.f32)
     b = ops.constant(np.random.default_rng(0).standard_normal((size, size)).astype(np.float32))
-    return 2 * size**3 / _openvino_seconds(ops.matmul(a, b, False, False), a, inference_precision, repeats) / 1e9
+    compiled = _openvino_compiled(ops.matmul(a, b, False, False), a, inference_precision)
+    return 2 * size**3 / _openvino_seconds(compiled, a, repeats) / 1e9
 
 
 def openvino_conv_peak_gflops(inference_precision: str, channels: int = 512, taps: int = 7, length: int = 15360,
@@ -74,8 +81,33 @@ def openvino_conv_peak_gflops(inference_precision: str, channels: int = 512, tap
 
     x = ops.parameter([1, channels, length], ov.Type.f32)
     weight = ops.constant(np.random.default_rng(0).standard_normal((channels, channels, taps)).astype(np.float32))
-    seconds = _openvino_seconds(ops.convolution(x, weight, [1], [taps - 1], [0], [1]), x, inference_precision, repeats)
-    return 2 * channels * channels * taps * length / seconds / 1e9
+    compiled = _openvino_compiled(ops.convolution(x, weight, [1], [taps - 1], [0], [1]), x, inference_precision)
+    return 2 * channels * channels * taps * length / _openvino_seconds(compiled, x, repeats) / 1e9
+
+
+def openvino_int8_conv_peak_gops(channels: int = 512, taps: int = 7, length: int = 15360, repeats: int = 10
+                                 ) -> float | None:
+    """GOP/s of the TCN's widest Conv1d with int8 activations and weights, as NNCF's FakeQuantize marks it and
+    OpenVINO's low-precision pass lowers it; None where the convolution does not run in int8 on this CPU."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    def fake_quantize(node, low: float, high: float, levels: int):
+        bounds = [ops.constant(np.float32(v)) for v in (low, high, low, high)]
+        return ops.fake_quantize(node, *bounds, levels)
+
+    x = ops.parameter([1, channels, length], ov.Type.f32)
+    weight = ops.constant(np.random.default_rng(0).uniform(-1, 1, (channels, channels, taps)).astype(np.float32))
+    conv = ops.convolution(fake_quantize(x, -4.0, 4.0, 256), fake_quantize(weight, -1.0, 1.0, 255),
+                           [1], [taps - 1], [0], [1])
+    compiled = _openvino_compiled(conv, x, "f32")
+    precisions = {op.get_rt_info()["runtimePrecision"].astype(str).lower()
+                  for op in compiled.get_runtime_model().get_ops()
+                  if op.get_rt_info()["layerType"].astype(str) == "Convolution"}
+    if not precisions or not precisions <= {"i8", "u8"}:
+        return None
+    return 2 * channels * channels * taps * length / _openvino_seconds(compiled, x, repeats) / 1e9
 
 
 def memory_bandwidth_gbs(megabytes: int = 512, repeats: int = 10) -> float:
@@ -87,12 +119,16 @@ def memory_bandwidth_gbs(megabytes: int = 512, repeats: int = 10) -> float:
 
 
 def machine_peaks() -> dict:
-    """CPU description and, per precision, the best GEMM GFLOP/s over the libraries (each one's figure too)."""
+    """CPU description and, per precision, the best GEMM GFLOP/s over the libraries (each one's figure too; int8's
+    in GOP/s)."""
     info = cpu_info()
     measured = {"fp32": {"torch": gemm_peak_gflops(torch.float32), "openvino": openvino_gemm_peak_gflops("f32"),
                          "openvino-conv": openvino_conv_peak_gflops("f32")}}
     if has_bf16():
         measured["bf16"] = {"torch": gemm_peak_gflops(torch.bfloat16), "openvino": openvino_gemm_peak_gflops("bf16"),
                             "openvino-conv": openvino_conv_peak_gflops("bf16")}
+    int8 = openvino_int8_conv_peak_gops()
+    if int8 is not None:
+        measured["int8"] = {"openvino-conv": int8}
     peaks = {f"{precision}_gemm_gflops": max(by_library.values()) for precision, by_library in measured.items()}
     return {**info, **peaks, "gemm_gflops_by_library": measured, "memory_gbs": memory_bandwidth_gbs()}

@@ -191,7 +191,7 @@ def stage_tables(engine: str, geometry: FrontGeometry, stride: int, chunk: int, 
     for profile, scale in ((front_chunk, stride / chunk), (edges, 1.0), (rest, 1.0)):
         for stage, measured in profile.items():
             into = overlap.setdefault(stage, {"seconds": 0.0, "bytes": 0.0})
-            for key in ("seconds", "bytes", "compute_layers", "bf16_layers"):
+            for key in ("seconds", "bytes", "compute_layers", "bf16_layers", "int8_layers"):
                 if key in measured:
                     into[key] = into.get(key, 0.0) + measured[key] * (scale if key in ("seconds", "bytes") else 1)
     front_stages = set(GraphPart.FRONT.probe_names)
@@ -208,7 +208,8 @@ def stage_lines(tables: dict) -> list[str]:
     lines = ["", (f"Stages per window of output (OpenVINO per-node counters; limit: FLOPs at the GEMM peak of the "
                   f"layers' precision, fp32 {m['fp32_gemm_gflops']:.0f}"
                   + (f" / bf16 {m['bf16_gemm_gflops']:.0f}" if "bf16_gemm_gflops" in m else "")
-                  + f" GFLOP/s, or bytes at {m['memory_gbs']:.0f} GB/s; overlap's front runs "
+                  + " GFLOP/s" + (f" / int8 {m['int8_gemm_gflops']:.0f} GOP/s" if "int8_gemm_gflops" in m else "")
+                  + f", or bytes at {m['memory_gbs']:.0f} GB/s; overlap's front runs "
                   f"{tables['front_samples_per_window']} samples a window)"), "",
              "| stage | per-window ms | limit ms | x limit | overlap ms | limit ms | x limit | bound (overlap) |",
              "|---|---|---|---|---|---|---|---|"]

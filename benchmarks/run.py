@@ -85,6 +85,8 @@ def benchmark_windows(n: int, seed: int) -> np.ndarray:
 # Layers that move no data of their own: constants, the graph's ends, and reshapes (OpenVINO runs them in place).
 IN_PLACE_LAYERS = {"Const", "Input", "Output", "Reshape"}
 COMPUTE_LAYERS = {"FullyConnected", "Convolution", "MatMul"}
+# A compute layer's runtime precision -> the machine peak that bounds it (``machine.machine_peaks``' keys).
+LAYER_PRECISIONS = {"bf16": "bf16", "i8": "int8", "u8": "int8"}
 
 
 def openvino_stage_profile(engine_dir: Path, feed: dict, repeats: int = 3, part=None) -> dict[str, dict[str, float]]:
@@ -141,8 +143,9 @@ def openvino_stage_profile(engine_dir: Path, feed: dict, repeats: int = 3, part=
         stage["bytes"] += sum(port.get_element_type().size * int(np.prod(port.get_partial_shape().to_shape()))
                               for port in ports)
         if layer in COMPUTE_LAYERS:  # which GEMM peak bounds the stage: that of the precision its layers ran in
+            precision = LAYER_PRECISIONS.get(info["runtimePrecision"].astype(str).lower(), "fp32")
             stage["compute_layers"] = stage.get("compute_layers", 0) + 1
-            stage["bf16_layers"] = stage.get("bf16_layers", 0) + (info["runtimePrecision"].astype(str) == "bf16")
+            stage[f"{precision}_layers"] = stage.get(f"{precision}_layers", 0) + 1
     return profile
 
 
@@ -164,21 +167,20 @@ def stage_flops(onnx_path: Path) -> dict[str, float]:
 
 def stage_limits(profile: dict[str, dict[str, float]], flops: dict[str, float], batch: int, machine: dict
                  ) -> dict[str, dict[str, float]]:
-    """Each stage's time limit on this machine, the larger of its FLOPs at the GEMM peak of the precision most of
-    its compute layers ran in and its bytes at the memory bandwidth, and how far the engine is from it
-    (``x_limit``: measured / limit)."""
+    """Each stage's time limit on this machine, the larger of its FLOPs at the peak of the precision most of its
+    compute layers ran in (bf16 GEMM, int8 convolution, else fp32 GEMM; fp32 where the machine has no such
+    peak) and its bytes at the memory bandwidth, and how far the engine is from it (``x_limit``: measured /
+    limit)."""
     total = sum(v["seconds"] for v in profile.values())
     limits = {}
     for stage, measured in sorted(profile.items(), key=lambda kv: -kv[1]["seconds"]):
-        in_bf16 = 2 * measured.get("bf16_layers", 0) > measured.get("compute_layers", 0) and "bf16_gemm_gflops" in machine
-        gflops = machine["bf16_gemm_gflops" if in_bf16 else "fp32_gemm_gflops"]
-        memory_gbs = machine["memory_gbs"]
-        compute_s = flops.get(stage, 0.0) * batch / (gflops * 1e9)
-        memory_s = measured["bytes"] / (memory_gbs * 1e9)
+        precision = next((p for p in ("bf16", "int8") if 2 * measured.get(f"{p}_layers", 0) > measured.get(
+            "compute_layers", 0) and f"{p}_gemm_gflops" in machine), "fp32")
+        compute_s = flops.get(stage, 0.0) * batch / (machine[f"{precision}_gemm_gflops"] * 1e9)
+        memory_s = measured["bytes"] / (machine["memory_gbs"] * 1e9)
         limit = max(compute_s, memory_s)
         limits[stage] = {**measured, "share": measured["seconds"] / total, "gflop": flops.get(stage, 0.0) * batch / 1e9,
-                         "limit_s": limit, "bound": ("bf16 " if in_bf16 else "fp32 ") + "compute"
-                         if compute_s >= memory_s else "memory",
+                         "limit_s": limit, "bound": f"{precision} compute" if compute_s >= memory_s else "memory",
                          "x_limit": measured["seconds"] / limit if limit else None}
     return limits
 
@@ -366,7 +368,7 @@ def _ratio(result: dict, key: str) -> str:
 
 def markdown(report: dict) -> str:
     m = report["machine"]
-    peaks = ", ".join(f"{precision} {max(by_library.values()):.0f} GFLOP/s ("
+    peaks = ", ".join(f"{precision} {max(by_library.values()):.0f} {'GOP/s' if precision == 'int8' else 'GFLOP/s'} ("
                       + ", ".join(f"{library} {value:.0f}" for library, value in by_library.items()) + ")"
                       for precision, by_library in m["gemm_gflops_by_library"].items())
     lines = [f"CPU: {m['cpu_model']} ({', '.join(m['cpu_flags'])}), {m['threads']} threads; GEMM peak {peaks}; "

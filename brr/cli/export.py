@@ -45,8 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                                help="EDF/BDF file or directory for int8 calibration (default: synthetic windows)")
     deprecated_alias(parser, "--calibration-data", data)
     parser.add_argument("--calibration-windows", type=int, default=CALIBRATION_WINDOWS, metavar="N",
-                        help="how many windows of --data int8 calibrates its activation ranges on "
-                        f"(default {CALIBRATION_WINDOWS})")
+                        help="how many windows of --data int8 calibrates its activation ranges on")
     parser.add_argument("--split", action="store_true",
                         help="also write the detector's front and rest as two graphs, fp32 in the fp32 ONNX folder "
                         "and built as the engine beside the engine (ONNX Runtime, OpenVINO), each pair verified "
