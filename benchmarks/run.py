@@ -89,15 +89,39 @@ COMPUTE_LAYERS = {"FullyConnected", "Convolution", "MatMul"}
 LAYER_PRECISIONS = {"bf16": "bf16", "i8": "int8", "u8": "int8"}
 
 
+UNATTRIBUTED = "unattributed"
+
+
+def runtime_layer_stages(runtime_model, stages: dict[str, str]) -> dict[str, str]:
+    """Stage of each layer of a compiled OpenVINO model, by ``openvino_stage_profile``'s rules."""
+    stage_names = set(stages.values())
+    layer_stages: dict[str, str] = {}
+    for op in reversed(runtime_model.get_ordered_ops()):  # consumers before their producers
+        name, info = op.get_friendly_name(), op.get_rt_info()
+        fused = info["originalLayersNames"].astype(str).split(",") if "originalLayersNames" in info else []
+        # A layer OpenVINO split off a node is named "<node>/<part>" (the phase rewrite's, a bias it unfused).
+        stage = next((stages[n] for candidate in (name, *fused) for n in (candidate, candidate.split("/")[0])
+                      if n in stages), name if name in stage_names else None)
+        if stage is None:
+            consumers = (layer_stages.get(target.get_node().get_friendly_name(), UNATTRIBUTED)
+                         for output in op.outputs() for target in output.get_target_inputs())
+            stage = next((s for s in consumers if s != UNATTRIBUTED), UNATTRIBUTED)
+        layer_stages[name] = stage
+    return layer_stages
+
+
 def openvino_stage_profile(engine_dir: Path, feed: dict, repeats: int = 3, part=None) -> dict[str, dict[str, float]]:
     """Per model stage of one OpenVINO inference: ``seconds`` from the per-node performance counters (each node's
     median over ``repeats`` inferences after a warm-up), and ``bytes`` its executed layers read and write (every
     input and output once, at the precision it runs in), compiled for the feed's static shapes as the runner is.
     ``part`` (a ``GraphPart``): that part of an engine built as front and rest, instead of its whole model.
 
-    Nodes are attributed through the exporter's stage map (``model.stages.json`` of the reference export, or
-    the stage tags of the part's fp32 graph), a layer named ``<node>/<part>`` to its node's stage; other
-    layers OpenVINO made while compiling (layout reorders) are reported as ``unattributed``.
+    Layers are attributed through the exporter's stage map (``model.stages.json`` of the reference export, or
+    the stage tags of the part's fp32 graph): a layer named ``<node>/<part>`` to its node's stage, a layer
+    OpenVINO fused from several nodes to the stage of the first of its ``originalLayersNames`` the map knows,
+    the layer that writes a stage's output (named after it) to that stage. A layer made from no node of the
+    model (a layout reorder, a normalisation OpenVINO assembled into one MVN) is attributed to its consumers'
+    stage, for which it exists; only what feeds no attributed layer is reported as ``unattributed``.
     """
     import onnx
 
@@ -119,6 +143,7 @@ def openvino_stage_profile(engine_dir: Path, feed: dict, repeats: int = 3, part=
     compiled = loader({name: array.shape for name, array in feed.items()})
     request = compiled.create_infer_request()
     request.infer(feed)
+    layer_stages = runtime_layer_stages(compiled.get_runtime_model(), stages)
     node_seconds: dict[str, list[float]] = {}
     for _ in range(repeats):
         request.infer(feed)
@@ -126,10 +151,8 @@ def openvino_stage_profile(engine_dir: Path, feed: dict, repeats: int = 3, part=
             node_seconds.setdefault(counter.node_name, []).append(counter.real_time.total_seconds())
     profile: dict[str, dict[str, float]] = {}
 
-    def stage_of(node: str) -> dict[str, float]:
-        # A layer OpenVINO split off a node is named "<node>/<part>" (the phase rewrite's, a bias it unfused).
-        stage = stages.get(node) or stages.get(node.split("/")[0], "unattributed")
-        return profile.setdefault(stage, {"seconds": 0.0, "bytes": 0.0})
+    def stage_of(layer: str) -> dict[str, float]:
+        return profile.setdefault(layer_stages.get(layer, UNATTRIBUTED), {"seconds": 0.0, "bytes": 0.0})
 
     for node, times in node_seconds.items():
         stage_of(node)["seconds"] += statistics.median(times)
@@ -160,7 +183,7 @@ def stage_flops(onnx_path: Path) -> dict[str, float]:
     stages = json.loads((onnx_path.parent / STAGES_FILE).read_text())
     flops: dict[str, float] = {}
     for node, count in node_flops(onnx.load(str(onnx_path))).items():
-        stage = stages.get(node, "unattributed")
+        stage = stages.get(node, UNATTRIBUTED)
         flops[stage] = flops.get(stage, 0.0) + (count or 0.0)
     return flops
 
