@@ -13,7 +13,10 @@ those runs'.
 Agreement, per-window inference the reference:
 - per window, the engine verdict of ``brr.diff.probes.compare_outputs`` on the window's logits (at the
   tolerance of the engine's precision; the events the model's post-processing makes of them must be the same),
-  and the logit and probability differences;
+  and the logit and probability differences. The logits alone cannot show why they moved: where the two fronts'
+  rounding (a chunk and a window compile different convolution blockings) tips an adjacency top-k near-tie or
+  an eigenbasis choice, the window counts as ``divergence`` here, though brr-diff, which sees the rest's
+  probes, accepts those two answers as equally correct;
 - per recording, the events brr-infer writes (post-processing of the stitched trace) scored with
   ``brr.events.scoring.score_events``, and each way's events against the recording's annotations
   (``<name>.csv_bi`` beside it) where there are some.
