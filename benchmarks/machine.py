@@ -46,7 +46,8 @@ def _openvino_compiled(output, source, inference_precision: str):
 
     from brr.backends.openvino.loader import compile_model
 
-    return compile_model(ov.Core(), ov.Model([output], [source]), "CPU", {"INFERENCE_PRECISION_HINT": inference_precision})
+    return compile_model(ov.Core(), ov.Model([output], [source]), "CPU",
+                         {"INFERENCE_PRECISION_HINT": inference_precision})
 
 
 def _openvino_seconds(compiled, source, repeats: int) -> float:

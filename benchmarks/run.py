@@ -87,8 +87,7 @@ IN_PLACE_LAYERS = {"Const", "Input", "Output", "Reshape"}
 COMPUTE_LAYERS = {"FullyConnected", "Convolution", "MatMul"}
 # A compute layer's runtime precision -> the machine peak that bounds it (``machine.machine_peaks``' keys).
 LAYER_PRECISIONS = {"bf16": "bf16", "i8": "int8", "u8": "int8"}
-
-
+# The stage of what no node of the model accounts for.
 UNATTRIBUTED = "unattributed"
 
 
@@ -391,7 +390,8 @@ def _ratio(result: dict, key: str) -> str:
 
 def markdown(report: dict) -> str:
     m = report["machine"]
-    peaks = ", ".join(f"{precision} {max(by_library.values()):.0f} {'GOP/s' if precision == 'int8' else 'GFLOP/s'} ("
+    peaks = ", ".join(f"{precision} {max(by_library.values()):.0f} "
+                      f"{'GOP/s' if precision == 'int8' else 'GFLOP/s'} ("
                       + ", ".join(f"{library} {value:.0f}" for library, value in by_library.items()) + ")"
                       for precision, by_library in m["gemm_gflops_by_library"].items())
     lines = [f"CPU: {m['cpu_model']} ({', '.join(m['cpu_flags'])}), {m['threads']} threads; GEMM peak {peaks}; "
