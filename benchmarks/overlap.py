@@ -13,10 +13,12 @@ those runs'.
 Agreement, per-window inference the reference:
 - per window, the engine verdict of ``brr.diff.probes.compare_outputs`` on the window's logits (at the
   tolerance of the engine's precision; the events the model's post-processing makes of them must be the same),
-  and the logit and probability differences. The logits alone cannot show why they moved: where the two fronts'
-  rounding (a chunk and a window compile different convolution blockings) tips an adjacency top-k near-tie or
-  an eigenbasis choice, the window counts as ``divergence`` here, though brr-diff, which sees the rest's
-  probes, accepts those two answers as equally correct;
+  and the logit and probability differences. A window the logits alone reject is judged again at the probes,
+  as brr-diff judges (``ProbeJudge``): the two fronts' rounding (a chunk and a window compile different
+  convolution blockings) can tip an adjacency top-k near-tie or an eigenbasis choice, two equally correct
+  answers (``basis_ambiguous``) that the logits cannot tell from a real divergence. The probes are the
+  engine's whole model on the window (what per-window inference serves) against its rest on the window's
+  overlap features, so the first stage off tolerance is named;
 - per recording, the events brr-infer writes (post-processing of the stitched trace) scored with
   ``brr.events.scoring.score_events``, and each way's events against the recording's annotations
   (``<name>.csv_bi`` beside it) where there are some.
@@ -53,11 +55,14 @@ from brr.data import open_recording
 from brr.data.annotations import read_csv_bi
 from brr.diff.compare import EventAgreement
 from brr.diff.probes import compare_outputs
+from brr.diff.repro import Judging
+from brr.diff.results import InputResult
 from brr.diff.verdict import Verdict
 from brr.events.postprocess import PostprocessConfig, probabilities_to_events
 from brr.events.scoring import score_events
 from brr.machine import cpu_model_and_flags, cpu_threads
-from brr.model.contract import OUTPUT_NAME
+from brr.model.config import resolve_config
+from brr.model.contract import FRONT_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
 from brr.model.front import FrontGeometry
 from brr.runtime.windows import predict_probabilities, predict_probabilities_overlap
 from brr.tolerances import TOLERANCES
@@ -67,16 +72,19 @@ RATE = 256
 
 
 class LogitsOf:
-    """A runner (per window) or split runners (overlap) that keeps every window's logits, in order."""
+    """A runner (per window) or split runners (overlap) that keeps every window's logits, in order, and what
+    its model or rest was fed: the window's samples (per window) or its front features (overlap)."""
 
     def __init__(self, engine):
         self.engine = engine
         self.geometry = getattr(engine, "geometry", None)
         self.logits: list[np.ndarray] = []
+        self.inputs: list[np.ndarray] = []
 
     def infer(self, feed):
         out = self.engine.infer(feed)
         self.logits.extend(np.array(out[OUTPUT_NAME]))
+        self.inputs.extend(np.array(feed[INPUT_NAME]))
         return out
 
     def run_front(self, eeg):
@@ -85,7 +93,29 @@ class LogitsOf:
     def run_rest(self, electrodes):
         logits = self.engine.run_rest(electrodes)
         self.logits.extend(np.array(logits))
+        self.inputs.extend(np.array(electrodes))
         return logits
+
+
+class ProbeJudge:
+    """A window's verdict at the probes, as brr-diff gives it: the engine's whole model on the window's samples
+    (per-window inference) is the reference, its rest on the window's overlap features the engine. ``whole``
+    and ``rest``: the engine's runners of its model and of its rest, with their probes."""
+
+    def __init__(self, whole, rest, judging: Judging, atol: float, rtol: float):
+        self.whole, self.rest, self.judging, self.atol, self.rtol = whole, rest, judging, atol, rtol
+
+    def __call__(self, label: str, samples: np.ndarray, overlap_features: np.ndarray) -> InputResult:
+        reference = self._run(self.whole, {INPUT_NAME: samples[None]})
+        engine = {FRONT_OUTPUT_NAME: overlap_features[None],
+                  **self._run(self.rest, {FRONT_OUTPUT_NAME: overlap_features[None]})}
+        return compare_outputs(label, {}, reference, engine, self.judging.spectrum(reference), self.atol,
+                               self.rtol, self.judging.top_k, self.judging.postprocess)
+
+    @staticmethod
+    def _run(runner, feed) -> dict[str, np.ndarray]:
+        # Copies: a runner may hand out its own buffers, which its next inference overwrites.
+        return {name: np.array(value) for name, value in runner.infer(feed).items()}
 
 
 def run_way(engine, edf: Path, overlap: bool, stride_s: float, chunk_s: float) -> tuple[np.ndarray, list, float, float]:
@@ -100,11 +130,11 @@ def run_way(engine, edf: Path, overlap: bool, stride_s: float, chunk_s: float) -
         trace = np.concatenate(list(chunks))
         seconds = time.perf_counter() - started
         hours = stream.duration_s / 3600
-    return trace, recorder.logits, seconds, hours
+    return trace, recorder, seconds, hours
 
 
 def agreement(edf: Path, per_window: tuple, overlap: tuple, postprocess: PostprocessConfig,
-              geometry: FrontGeometry, precision: str) -> dict:
+              geometry: FrontGeometry, precision: str, judge: ProbeJudge) -> dict:
     atol, rtol = TOLERANCES[precision]
     events = EventAgreement()
     verdicts: dict[str, int] = {}
@@ -114,12 +144,20 @@ def agreement(edf: Path, per_window: tuple, overlap: tuple, postprocess: Postpro
     first, last = geometry.edge_steps
     edges[: first * geometry.downsample] = edges[geometry.window - last * geometry.downsample :] = True
     edge_error = interior_error = 0.0
-    for ref, eng in zip(per_window[1], overlap[1]):
+    judged_at_probes = []
+    windows = zip(per_window[1].logits, overlap[1].logits, per_window[1].inputs, overlap[1].inputs)
+    for index, (ref, eng, samples, features) in enumerate(windows):
         edge_error = max(edge_error, float(np.abs(ref - eng)[edges].max()))
         interior_error = max(interior_error, float(np.abs(ref - eng)[~edges].max()))
         events.add(ref, eng, postprocess)
         verdict = compare_outputs(edf.name, {}, {OUTPUT_NAME: ref[None]}, {OUTPUT_NAME: eng[None]}, None, atol,
                                   rtol, postprocess=postprocess).verdict
+        if not verdict.accepted:
+            at_probes = judge(f"{edf.name} window {index}", samples, features)
+            judged_at_probes.append({"window": index, "logit_verdict": verdict.value,
+                                     "verdict": at_probes.verdict.value, "first_off_stage": at_probes.first_divergent_stage,
+                                     "max_abs_logit_error": float(np.abs(ref - eng).max())})
+            verdict = at_probes.verdict
         verdicts[verdict.value] = verdicts.get(verdict.value, 0) + 1
         logit_error.append(float(np.abs(ref - eng).max()))
     duration_s = len(per_window[0]) / RATE
@@ -128,8 +166,8 @@ def agreement(edf: Path, per_window: tuple, overlap: tuple, postprocess: Postpro
     recording = score_events(reference, hypothesis, duration_s)["event"]
     shifts = [max(abs(a.start_s - b.start_s), abs(a.stop_s - b.stop_s)) for a, b in zip(reference, hypothesis)]
     result = {
-        "recording": edf.name, "windows": len(per_window[1]),
-        "window_verdicts": verdicts, "window_events": events.to_dict(),
+        "recording": edf.name, "windows": len(per_window[1].logits),
+        "window_verdicts": verdicts, "judged_at_probes": judged_at_probes, "window_events": events.to_dict(),
         "max_abs_logit_error": max(logit_error), "median_window_max_abs_logit_error": float(np.median(logit_error)),
         "max_abs_logit_error_at_edges": edge_error, "max_abs_logit_error_inside": interior_error,
         "max_abs_probability_error": float(np.abs(per_window[0] - overlap[0]).max()),
@@ -248,13 +286,18 @@ def main() -> int:
     # Both ways run the engine's precision: they are judged at its tolerance, as its verification is.
     precision = "fp32" if is_checkpoint(Path(engine)) else read_manifest(engine)["precision"]
     postprocess = PostprocessConfig(**(tuned_postprocess(engine) or {}))
+    config = resolve_config(read_manifest(engine)["config"]) if not is_checkpoint(Path(engine)) else None
     recordings = []
-    with load_runner(engine) as runner, load_split_runners(engine) as split:
+    with (load_runner(engine) as runner, load_split_runners(engine) as split,
+          load_runner(engine, probes=True) as probed, load_split_runners(engine, probes=True) as probed_split):
+        judging = (Judging.of_config(config, postprocess) if config is not None else
+                   Judging.of(probed, postprocess))
+        judge = ProbeJudge(probed, probed_split.rest, judging, *TOLERANCES[precision])
         for index, edf in enumerate(args.edfs):
             ways = [False, True] if index % 2 == 0 else [True, False]
             runs = {overlap: run_way(split if overlap else runner, edf, overlap, args.stride, args.chunk)
                     for overlap in ways}
-            recordings.append(agreement(edf, runs[False], runs[True], postprocess, split.geometry, precision))
+            recordings.append(agreement(edf, runs[False], runs[True], postprocess, split.geometry, precision, judge))
             print(json.dumps(recordings[-1]), flush=True)
     tables = (stage_tables(engine, split.geometry, round(args.stride * RATE), round(args.chunk * RATE))
               if args.stages else None)
@@ -268,12 +311,18 @@ def main() -> int:
         for verdict, count in r["window_verdicts"].items():
             verdicts[verdict] = verdicts.get(verdict, 0) + count
     accepted = sum(count for verdict, count in verdicts.items() if Verdict(verdict).accepted)
+    at_probes = [window for r in recordings for window in r["judged_at_probes"]]
+    first_off: dict[str, int] = {}
+    for window in at_probes:
+        stage = f"{window['verdict']} at {window['first_off_stage']}"
+        first_off[stage] = first_off.get(stage, 0) + 1
     windows = sum(r["windows"] for r in recordings)
     document = {
         "machine": {"cpu": cpu_model_and_flags()[0], "threads": cpu_threads()}, "engine": engine,
         "label": args.label, "precision": precision, "stride_s": args.stride, "front_chunk_s": args.chunk,
         "postprocess": postprocess.__dict__, "recordings": recordings, "memory": memory,
         "summary": {"windows": windows, "window_verdicts": verdicts, "windows_accepted": accepted,
+                    "judged_at_probes": {"windows": len(at_probes), "outcomes": first_off},
                     "recordings_with_identical_events": sum(identical(r) for r in recordings),
                     "s_per_hour_of_eeg": speed, "speedup": speed["per-window"] / speed["overlap"]},
         "stages": tables,
@@ -296,6 +345,8 @@ def main() -> int:
             f"{r['seconds']['per-window']:.1f} | {r['seconds']['overlap']:.1f} |")
     lines += ["", (f"Windows accepted by the engine verdict: {accepted} of {windows} ({verdicts}); recordings with "
               f"identical events: {document['summary']['recordings_with_identical_events']} of {len(recordings)}."),
+              (f"Windows whose logits alone are beyond tolerance, judged at the probes: {len(at_probes)}"
+               + (f" ({', '.join(f'{k}: {n}' for k, n in first_off.items())})" if at_probes else "") + "."),
               (f"Seconds per hour of EEG: per-window {speed['per-window']:.0f}, overlap {speed['overlap']:.0f} "
               f"(x{document['summary']['speedup']:.2f})."), "",
               "| brr-infer | front chunk s | peak RSS MB | recording s |", "|---|---|---|---|"]

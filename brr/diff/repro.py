@@ -47,6 +47,7 @@ from brr.diff.verdict import Verdict
 from brr.errors import InputError, UsageError
 from brr.events.postprocess import PostprocessConfig
 from brr.model import V3Detector
+from brr.model.config import DetectorConfig
 from brr.onnx.marking import mark_outputs, read_marked
 from brr.onnx.precision import unrounded_name
 
@@ -79,7 +80,11 @@ class Judging:
         model = getattr(reference_runner, "model", None)
         if not isinstance(model, V3Detector):
             return cls(postprocess=postprocess)
-        cfg = model.config
+        return cls.of_config(model.config, postprocess)
+
+    @classmethod
+    def of_config(cls, cfg: DetectorConfig, postprocess: PostprocessConfig | None = None) -> Judging:
+        """The judging of a V3 detector with configuration ``cfg`` (an exported engine's, from its manifest)."""
         laplacian = (cfg.semi_dynamic_interval, cfg.degree_clamp, cfg.laplacian_shift)
         return cls(cfg.edge_top_k, laplacian if cfg.use_dynamic_pe else None, postprocess)
 
