@@ -465,6 +465,38 @@ def test_openvino_lowered_scan_carries_a_nan_forward_and_no_further(reversed_, t
     assert np.isnan(y[1, 70]).all() and np.isfinite(np.delete(y[1], 70, axis=0)).all() and np.isfinite(y[2]).all()
 
 
+@pytest.mark.parametrize("reversed_", [False, True])
+def test_openvino_scan_stored_in_bf16_normalises_its_fp32_output(reversed_, tmp_path):
+    """Typed bf16 (``brr.backends.openvino.scan_storage``), the lowered scan reads bf16 and writes bf16 but computes
+    in fp32 throughout, its gated norm included: on bf16 values its output is the fp32 scan's, rounded once."""
+    import openvino as ov
+
+    from brr.backends.openvino.loader import compile_model
+    from brr.backends.openvino.scan_storage import store_scans_in_bf16
+
+    h, p, g, n = 4, 4, 2, 5
+    model, _ = lowered_scan_model(h, p, g, n, with_norm=True, reversed_=reversed_)
+    path = tmp_path / "lowered.onnx"
+    onnx.save(model, str(path))
+    extension = [str(registry.openvino_extension())]
+    x, dt, _, B, C, _, _ = random_scan_inputs(2, 300, h=h, p=p, g=g, n=n, seed=6)
+    z = torch.randn(2, 300, h * p, generator=torch.Generator().manual_seed(7))
+    feed = {k: v.to(torch.bfloat16).float().numpy() for k, v in {"x": x, "dt": dt, "B": B, "C": C, "z": z}.items()}
+    fp32 = compile_model(ov.Core(), ov.convert_model(str(path), extension=extension))(feed)[0]
+    stored = ov.convert_model(str(path), extension=extension)
+    assert store_scans_in_bf16(stored, [op.get_friendly_name() for op in stored.get_ordered_ops()
+                                        if op.get_type_name() == "SelectiveScan"]) == 1
+    scan = next(op for op in stored.get_ordered_ops() if op.get_type_name() == "SelectiveScan")
+    assert scan.get_output_element_type(0) == ov.Type.bf16
+    y = compile_model(ov.Core(), stored, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feed)[0]
+    assert y.dtype == np.float32
+    rounded = torch.from_numpy(fp32).to(torch.bfloat16).float().numpy()
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        np.testing.assert_array_equal(y, rounded)
+    else:  # the plugin may run bf16 types as fp32 on a CPU without bf16: then nothing is rounded
+        assert np.array_equal(y, rounded) or np.array_equal(y, fp32)
+
+
 FEATURES = 7
 
 

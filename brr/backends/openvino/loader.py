@@ -6,10 +6,11 @@ by the ops' native CPU kernels, and ``CompiledModel`` adds the same extension be
 Before converting, in both modes, the build lowers the graph for OpenVINO (``lowering.lower_for_openvino``;
 the package's docstring is the design: each rewrite, why, and the manifest setting that counts it).
 
-The IR keeps fp32 weights (no fp16 compression) so one IR serves every precision; the manifest's
+The IR keeps fp32 weights (no fp16 compression); the manifest's
 ``settings.inference_precision`` is the ``INFERENCE_PRECISION_HINT`` the engine is compiled with
 (bf16 runs on AMX/AVX512-BF16 CPUs, f16 where the CPU has it). The build compiles it once to prove
-the hint is accepted here.
+the hint is accepted here; under a bf16 hint it then types bf16 the scans whose tensors the plugin stores in
+bf16 around them anyway (``scan_storage``) and compiles it again.
 
 A precision plan's fp32 nodes are marked in the IR with OpenVINO's ``precise`` runtime attribute (what
 ``ov::disable_fp16_compression`` sets), under which the CPU plugin runs a layer in fp32 whatever the
@@ -37,6 +38,7 @@ from polygraphy.backend.base import BaseLoader
 from brr.backends.base import EngineBuildError
 from brr.backends.openvino.execution import HINT_CAPABILITY, check_plan_applied, execution_graph
 from brr.backends.openvino.lowering import lower_for_openvino
+from brr.backends.openvino.scan_storage import scan_neighbours, store_scans_in_bf16
 from brr.backends.openvino.signal_stack import kept_signal_stack
 from brr.ops import registry
 
@@ -132,8 +134,18 @@ def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str,
     ov.save_model(converted, str(directory / model_file), compress_to_fp16=False)
     pinned, layers, without_layer = keep_in_fp32(directory / model_file, onnx_path, fp32_nodes)
     compiled = CompiledModel(directory / model_file, hint, extensions=extensions)()
+    scans_in_bf16 = 0
+    if hint == "bf16" and extensions:
+        free = [scan.name for scan in scan_neighbours(converted, compiled)
+                if scan.bf16_for_free and scan.name not in layers]
+        if free:
+            scans_in_bf16 = store_scans_in_bf16(converted, free)
+            ov.save_model(converted, str(directory / model_file), compress_to_fp16=False)
+            pinned, layers, without_layer = keep_in_fp32(directory / model_file, onnx_path, fp32_nodes)
+            compiled = CompiledModel(directory / model_file, hint, extensions=extensions)()
     settings = {"device": "CPU", "inference_precision": hint,
-                "compiled_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT"))}
+                "compiled_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
+                "scans_stored_in_bf16": scans_in_bf16}
     settings |= lowered_counts | quantized
     if fp32_nodes:
         # Nodes the frontend folded into constants or fused into another node's layer have no layer

@@ -432,6 +432,15 @@ void forward_row(const ForwardArgs<T>& args, int64_t b, std::vector<float>& scra
     const Dims& d = args.dims;
     const int64_t L = d.length, H = d.heads, p = d.headdim, n = N ? N : d.state, G = d.groups, R = H / G;
     const int64_t W = R * p, tiles = (W + kLanes - 1) / kLanes, Wp = tiles * kLanes;
+    constexpr bool fp32 = std::is_same_v<T, float>;
+    // Stored in fp16 or bf16, an output to be normalised stays fp32 until the norm, so that the norm (fp32
+    // whatever the storage) reads the recurrence's own values, not their rounding.
+    thread_local std::vector<float> unnormed;
+    float* y_fp32 = nullptr;
+    if (!fp32 && args.norm) {
+        unnormed.resize(L * H * p);
+        y_fp32 = unnormed.data();
+    }
     const CausalConv* conv = args.conv;
     const int64_t history = conv ? conv->width - 1 : 0, conv_floats = conv ? (kChunk + history) * std::max(W, 2 * n) : 0;
     // a, decay (L x H, each followed by a vector of slack: a tile reads a whole vector of heads); D lanes; B, C
@@ -483,6 +492,7 @@ void forward_row(const ForwardArgs<T>& args, int64_t b, std::vector<float>& scra
                     const float *a_t = a + t0 * H + g * R + first_head, *decay_t = decay + t0 * H + g * R + first_head;
                     const T* x = args.x + (first + direction * t0) * x_stride + g * W + k * kLanes;
                     T* y = args.y + (first + direction * t0) * x_stride + g * W + k * kLanes;
+                    float* yf = y_fp32 ? y_fp32 + (y - (args.y + b * L * x_stride)) : nullptr;
                     for (int64_t t = 0; t < t1 - t0; ++t, x += x_step, y += x_step, a_t += H, decay_t += H) {
                         Vec xv;
                         if constexpr (decltype(convolved)::value) xv = vec_at(xc + t * Wp + k * kLanes);
@@ -494,7 +504,14 @@ void forward_row(const ForwardArgs<T>& args, int64_t b, std::vector<float>& scra
                             S[j] = dec * S[j] + ax * bc[t * 2 * n + j];
                             yv += S[j] * bc[t * 2 * n + n + j];
                         }
-                        store_lanes(y, yv, lanes);
+                        if constexpr (fp32) {
+                            store_lanes(y, yv, lanes);
+                        } else if (yf) {
+                            store_lanes(yf, yv, lanes);
+                            yf += x_step;
+                        } else {
+                            store_lanes(y, yv, lanes);
+                        }
                     }
                     if (N) for (int64_t j = 0; j < n; ++j) states[k * n + j] = S[j];
                 }
@@ -507,14 +524,14 @@ void forward_row(const ForwardArgs<T>& args, int64_t b, std::vector<float>& scra
         const int64_t row = L * x_stride;
         T* y = args.y + b * row;
         const T* z = args.norm->z + b * row;
-        if constexpr (std::is_same_v<T, float>) {
+        if constexpr (fp32) {
             gated_rms_norm(y, z, args.norm->weight, L, x_stride, args.norm->eps);
-        } else {  // through fp32 copies of the row (reusing the scratch: the scan is done with it)
-            scratch.resize(2 * row);
-            float *yf = scratch.data(), *zf = yf + row;
-            for (int64_t i = 0; i < row; ++i) yf[i] = to_float(y[i]), zf[i] = to_float(z[i]);
-            gated_rms_norm(yf, zf, args.norm->weight, L, x_stride, args.norm->eps);
-            for (int64_t i = 0; i < row; ++i) y[i] = from_float<T>(yf[i]);
+        } else {  // the fp32 output and an fp32 copy of z (reusing the scratch: the scan is done with it)
+            scratch.resize(row);
+            float* zf = scratch.data();
+            for (int64_t i = 0; i < row; ++i) zf[i] = to_float(z[i]);
+            gated_rms_norm(y_fp32, zf, args.norm->weight, L, x_stride, args.norm->eps);
+            for (int64_t i = 0; i < row; ++i) y[i] = from_float<T>(y_fp32[i]);
         }
     }
 }
