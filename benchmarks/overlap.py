@@ -98,9 +98,9 @@ class LogitsOf:
 
 
 class ProbeJudge:
-    """A window's verdict at the probes, as brr-diff gives it: the engine's whole model on the window's samples
-    (per-window inference) is the reference, its rest on the window's overlap features the engine. ``whole``
-    and ``rest``: the engine's runners of its model and of its rest, with their probes."""
+    """A window's verdict at the probes, as brr-diff gives it: the engine's whole model on the window's
+    samples (per-window inference) is the reference, its rest on the window's overlap features the engine.
+    ``whole`` and ``rest``: the engine's runners of its model and of its rest, with their probes."""
 
     def __init__(self, whole, rest, judging: Judging, atol: float, rtol: float):
         self.whole, self.rest, self.judging, self.atol, self.rtol = whole, rest, judging, atol, rtol
@@ -118,8 +118,10 @@ class ProbeJudge:
         return {name: np.array(value) for name, value in runner.infer(feed).items()}
 
 
-def run_way(engine, edf: Path, overlap: bool, stride_s: float, chunk_s: float) -> tuple[np.ndarray, list, float, float]:
-    """(stitched probabilities, every window's logits, seconds, hours of EEG) of one recording, one way."""
+def run_way(engine, edf: Path, overlap: bool, stride_s: float, chunk_s: float
+            ) -> tuple[np.ndarray, LogitsOf, float, float]:
+    """(stitched probabilities, every window's logits and inputs, seconds, hours of EEG) of one recording, one
+    way."""
     recorder = LogitsOf(engine)
     with open_recording(edf) as stream:
         started = time.perf_counter()
@@ -155,7 +157,8 @@ def agreement(edf: Path, per_window: tuple, overlap: tuple, postprocess: Postpro
         if not verdict.accepted:
             at_probes = judge(f"{edf.name} window {index}", samples, features)
             judged_at_probes.append({"window": index, "logit_verdict": verdict.value,
-                                     "verdict": at_probes.verdict.value, "first_off_stage": at_probes.first_divergent_stage,
+                                     "verdict": at_probes.verdict.value,
+                                     "first_off_stage": at_probes.first_divergent_stage,
                                      "max_abs_logit_error": float(np.abs(ref - eng).max())})
             verdict = at_probes.verdict
         verdicts[verdict.value] = verdicts.get(verdict.value, 0) + 1
@@ -289,7 +292,8 @@ def main() -> int:
     config = resolve_config(read_manifest(engine)["config"]) if not is_checkpoint(Path(engine)) else None
     recordings = []
     with (load_runner(engine) as runner, load_split_runners(engine) as split,
-          load_runner(engine, probes=True) as probed, load_split_runners(engine, probes=True) as probed_split):
+          load_runner(engine, probes=True) as probed,
+          load_split_runners(engine, probes=True) as probed_split):
         judging = (Judging.of_config(config, postprocess) if config is not None else
                    Judging.of(probed, postprocess))
         judge = ProbeJudge(probed, probed_split.rest, judging, *TOLERANCES[precision])
@@ -297,7 +301,8 @@ def main() -> int:
             ways = [False, True] if index % 2 == 0 else [True, False]
             runs = {overlap: run_way(split if overlap else runner, edf, overlap, args.stride, args.chunk)
                     for overlap in ways}
-            recordings.append(agreement(edf, runs[False], runs[True], postprocess, split.geometry, precision, judge))
+            recordings.append(agreement(edf, runs[False], runs[True], postprocess, split.geometry, precision,
+                                        judge))
             print(json.dumps(recordings[-1]), flush=True)
     tables = (stage_tables(engine, split.geometry, round(args.stride * RATE), round(args.chunk * RATE))
               if args.stages else None)
