@@ -54,15 +54,15 @@ from brr.artifact.manifest import read_manifest
 from brr.data import open_recording
 from brr.data.annotations import read_csv_bi
 from brr.diff.compare import EventAgreement
+from brr.diff.composed import ProbeJudge
 from brr.diff.probes import compare_outputs
 from brr.diff.repro import Judging
-from brr.diff.results import InputResult
 from brr.diff.verdict import Verdict
 from brr.events.postprocess import PostprocessConfig, probabilities_to_events
 from brr.events.scoring import score_events
 from brr.machine import cpu_model_and_flags, cpu_threads
 from brr.model.config import resolve_config
-from brr.model.contract import FRONT_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
+from brr.model.contract import INPUT_NAME, OUTPUT_NAME
 from brr.model.front import FrontGeometry
 from brr.runtime.windows import predict_probabilities, predict_probabilities_overlap
 from brr.tolerances import TOLERANCES
@@ -95,27 +95,6 @@ class LogitsOf:
         self.logits.extend(np.array(logits))
         self.inputs.extend(np.array(electrodes))
         return logits
-
-
-class ProbeJudge:
-    """A window's verdict at the probes, as brr-diff gives it: the engine's whole model on the window's
-    samples (per-window inference) is the reference, its rest on the window's overlap features the engine.
-    ``whole`` and ``rest``: the engine's runners of its model and of its rest, with their probes."""
-
-    def __init__(self, whole, rest, judging: Judging, atol: float, rtol: float):
-        self.whole, self.rest, self.judging, self.atol, self.rtol = whole, rest, judging, atol, rtol
-
-    def __call__(self, label: str, samples: np.ndarray, overlap_features: np.ndarray) -> InputResult:
-        reference = self._run(self.whole, {INPUT_NAME: samples[None]})
-        engine = {FRONT_OUTPUT_NAME: overlap_features[None],
-                  **self._run(self.rest, {FRONT_OUTPUT_NAME: overlap_features[None]})}
-        return compare_outputs(label, {}, reference, engine, self.judging.spectrum(reference), self.atol,
-                               self.rtol, self.judging.top_k, self.judging.postprocess)
-
-    @staticmethod
-    def _run(runner, feed) -> dict[str, np.ndarray]:
-        # Copies: a runner may hand out its own buffers, which its next inference overwrites.
-        return {name: np.array(value) for name, value in runner.infer(feed).items()}
 
 
 def run_way(engine, edf: Path, overlap: bool, stride_s: float, chunk_s: float

@@ -4,18 +4,27 @@ Overlap inference serves the two graphs of an artifact instead of its one model:
 one after the other on the windows that verify the model (``brr.diff.verify``), judges them with the same
 verdict and tolerance, and records the outcome in the manifest with the sha256 of both files, which
 ``brr-infer --window-mode overlap`` checks before serving them (``brr.artifact.manifest.served_split``).
+``ProbeJudge`` judges one window of overlap inference against the same window per-window, at the probes:
+where the logits alone differ, whether a rounding tipped an adjacency near-tie or an eigenbasis (two correct
+answers) or the overlap features are wrong.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from brr.artifact.manifest import record_split_verification
 from brr.diff.engines import split_engine
 from brr.diff.inputs import VERIFICATION_SYNTHETIC_WINDOWS, verification_windows
+from brr.diff.probes import compare_outputs
 from brr.diff.report import write_report
+from brr.diff.repro import Judging
+from brr.diff.results import InputResult
 from brr.diff.run import SPLIT_ENGINE_PREFIX, run_diff
 from brr.diff.verify import Verification
+from brr.model.contract import FRONT_OUTPUT_NAME, INPUT_NAME
 
 
 def verify_split(reference, directory: str | Path, report_dir: str | Path, window_samples: int,
@@ -36,3 +45,24 @@ def verify_split(reference, directory: str | Path, report_dir: str | Path, windo
         "engine": f"{SPLIT_ENGINE_PREFIX}{directory}",
     })
     return verification
+
+
+class ProbeJudge:
+    """A window's verdict at the probes, as brr-diff gives it: the engine's whole model on the window's
+    samples (per-window inference) is the reference, its rest on the window's overlap features the engine.
+    ``whole`` and ``rest``: the engine's runners of its model and of its rest, with their probes."""
+
+    def __init__(self, whole, rest, judging: Judging, atol: float, rtol: float):
+        self.whole, self.rest, self.judging, self.atol, self.rtol = whole, rest, judging, atol, rtol
+
+    def __call__(self, label: str, samples: np.ndarray, overlap_features: np.ndarray) -> InputResult:
+        reference = self._run(self.whole, {INPUT_NAME: samples[None]})
+        engine = {FRONT_OUTPUT_NAME: overlap_features[None],
+                  **self._run(self.rest, {FRONT_OUTPUT_NAME: overlap_features[None]})}
+        return compare_outputs(label, {}, reference, engine, self.judging.spectrum(reference), self.atol,
+                               self.rtol, self.judging.top_k, self.judging.postprocess)
+
+    @staticmethod
+    def _run(runner, feed) -> dict[str, np.ndarray]:
+        # Copies: a runner may hand out its own buffers, which its next inference overwrites.
+        return {name: np.array(value) for name, value in runner.infer(feed).items()}
