@@ -54,7 +54,7 @@ from brr.artifact.manifest import read_manifest
 from brr.data import open_recording
 from brr.data.annotations import read_csv_bi
 from brr.diff.compare import EventAgreement
-from brr.diff.composed import ProbeJudge
+from brr.diff.composed import ProbeJudge, WindowsFed
 from brr.diff.probes import compare_outputs
 from brr.diff.repro import Judging
 from brr.diff.verdict import Verdict
@@ -62,7 +62,7 @@ from brr.events.postprocess import PostprocessConfig, probabilities_to_events
 from brr.events.scoring import score_events
 from brr.machine import cpu_model_and_flags, cpu_threads
 from brr.model.config import resolve_config
-from brr.model.contract import INPUT_NAME, OUTPUT_NAME
+from brr.model.contract import OUTPUT_NAME
 from brr.model.front import FrontGeometry
 from brr.runtime.windows import predict_probabilities, predict_probabilities_overlap
 from brr.tolerances import TOLERANCES
@@ -71,37 +71,11 @@ RESULTS = Path(__file__).parent / "results"
 RATE = 256
 
 
-class LogitsOf:
-    """A runner (per window) or split runners (overlap) that keeps every window's logits, in order, and what
-    its model or rest was fed: the window's samples (per window) or its front features (overlap)."""
-
-    def __init__(self, engine):
-        self.engine = engine
-        self.geometry = getattr(engine, "geometry", None)
-        self.logits: list[np.ndarray] = []
-        self.inputs: list[np.ndarray] = []
-
-    def infer(self, feed):
-        out = self.engine.infer(feed)
-        self.logits.extend(np.array(out[OUTPUT_NAME]))
-        self.inputs.extend(np.array(feed[INPUT_NAME]))
-        return out
-
-    def run_front(self, eeg):
-        return self.engine.run_front(eeg)
-
-    def run_rest(self, electrodes):
-        logits = self.engine.run_rest(electrodes)
-        self.logits.extend(np.array(logits))
-        self.inputs.extend(np.array(electrodes))
-        return logits
-
-
 def run_way(engine, edf: Path, overlap: bool, stride_s: float, chunk_s: float
-            ) -> tuple[np.ndarray, LogitsOf, float, float]:
+            ) -> tuple[np.ndarray, WindowsFed, float, float]:
     """(stitched probabilities, every window's logits and inputs, seconds, hours of EEG) of one recording, one
     way."""
-    recorder = LogitsOf(engine)
+    recorder = WindowsFed(engine)
     with open_recording(edf) as stream:
         started = time.perf_counter()
         if overlap:

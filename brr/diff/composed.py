@@ -4,7 +4,7 @@ Overlap inference serves the two graphs of an artifact instead of its one model:
 one after the other on the windows that verify the model (``brr.diff.verify``), judges them with the same
 verdict and tolerance, and records the outcome in the manifest with the sha256 of both files, which
 ``brr-infer --window-mode overlap`` checks before serving them (``brr.artifact.manifest.served_split``).
-``ProbeJudge`` judges one window of overlap inference against the same window per-window, at the probes:
+``WindowsFed`` records what each window of either way was fed and gave; ``ProbeJudge`` judges one window of overlap inference against the same window per-window, at the probes:
 where the logits alone differ, whether a rounding tipped an adjacency near-tie or an eigenbasis (two correct
 answers) or the overlap features are wrong.
 """
@@ -24,7 +24,7 @@ from brr.diff.repro import Judging
 from brr.diff.results import InputResult
 from brr.diff.run import SPLIT_ENGINE_PREFIX, run_diff
 from brr.diff.verify import Verification
-from brr.model.contract import FRONT_OUTPUT_NAME, INPUT_NAME
+from brr.model.contract import FRONT_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
 
 
 def verify_split(reference, directory: str | Path, report_dir: str | Path, window_samples: int,
@@ -66,3 +66,29 @@ class ProbeJudge:
     def _run(runner, feed) -> dict[str, np.ndarray]:
         # Copies: a runner may hand out its own buffers, which its next inference overwrites.
         return {name: np.array(value) for name, value in runner.infer(feed).items()}
+
+
+class WindowsFed:
+    """A runner (per window) or split runners (overlap) that keeps every window's logits, in order, and what
+    its model or rest was fed: the window's samples (per window) or its front features (overlap)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.geometry = getattr(engine, "geometry", None)
+        self.logits: list[np.ndarray] = []
+        self.inputs: list[np.ndarray] = []
+
+    def infer(self, feed):
+        out = self.engine.infer(feed)
+        self.logits.extend(np.array(out[OUTPUT_NAME]))
+        self.inputs.extend(np.array(feed[INPUT_NAME]))
+        return out
+
+    def run_front(self, eeg):
+        return self.engine.run_front(eeg)
+
+    def run_rest(self, electrodes):
+        logits = self.engine.run_rest(electrodes)
+        self.logits.extend(np.array(logits))
+        self.inputs.extend(np.array(electrodes))
+        return logits

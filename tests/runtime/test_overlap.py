@@ -28,7 +28,7 @@ from brr.backends.split import ComposedRunner
 from brr.cli.infer import main as infer_main
 from brr.data import open_recording
 from brr.data.synthetic import plan_recording, write_recording
-from brr.diff.composed import ProbeJudge, verify_split
+from brr.diff.composed import ProbeJudge, WindowsFed, verify_split
 from brr.diff.inputs import SyntheticWindows
 from brr.diff.repro import Judging
 from brr.diff.run import run_diff
@@ -124,40 +124,17 @@ def test_an_artifact_without_the_graphs_is_refused_for_overlap(small_exports, sp
     assert select_engine(plain.parent, split=True) == plain.parent / "onnx-standard"
 
 
-class _Fed:
-    """A runner (per window) or split runners (overlap) that keeps each window's logits and what fed them."""
-
-    def __init__(self, engine):
-        self.engine, self.geometry = engine, getattr(engine, "geometry", None)
-        self.logits, self.inputs = [], []
-
-    def infer(self, feed):
-        out = self.engine.infer(feed)
-        self.logits += list(np.array(out["logits"]))
-        self.inputs += list(np.array(feed["eeg"]))
-        return out
-
-    def run_front(self, eeg):
-        return self.engine.run_front(eeg)
-
-    def run_rest(self, electrodes):
-        logits = self.engine.run_rest(electrodes)
-        self.logits += list(np.array(logits))
-        self.inputs += list(np.array(electrodes))
-        return logits
-
-
 def test_overlap_inference_gives_the_per_window_probabilities(split_export, small_model, edf, tmp_path):
     """Equal to fp32 rounding, but where that rounding tips an adjacency top-k near-tie (two correct answers,
     as brr-diff judges them at the probes; which windows, if any, depends on the CPU's rounding)."""
     checkpoint = save_checkpoint(small_model, tmp_path / "ckpt")
     with open_recording(edf) as stream:
         with load_split_runners(split_export) as split:
-            shared = _Fed(split)
+            shared = WindowsFed(split)
             overlap = np.concatenate(list(predict_probabilities_overlap(shared, stream, 10.0, batch_size=3,
                                                                         chunk_samples=7000)))
         with load_runner(checkpoint) as runner:
-            own = _Fed(runner)
+            own = WindowsFed(runner)
             per_window = np.concatenate(list(predict_probabilities(own, stream, 10.0, 1)))
     assert overlap.shape == per_window.shape == (75 * 256,)
     assert len(own.logits) == len(shared.logits) > 1
