@@ -186,6 +186,21 @@ def test_openvino_extension_matches_lapack(cases, openvino_plugin_model, case):
     assert orthonormality_error < 2e-5
 
 
+def test_openvino_extension_solves_each_matrix_as_if_alone(cases, openvino_plugin_model):
+    """The kernel rotates a vector of matrices at once, each in its own lane, until every one has converged: a
+    matrix's result must not depend on its neighbours (how fast they converge, a NaN among them) nor on where
+    it falls in a batch, to the bit."""
+    a = np.concatenate([cases[case].astype(np.float32).reshape(-1, N, N)
+                        for case in ("identity", "model_laplacian", "random", "repeated")])[:23]
+    a[9, 4, 2] = np.nan  # lower triangle: read
+    values, vectors = openvino_plugin_model({0: a[None]}).values()
+    assert np.isnan(values[0, 9]).any()
+    for i in range(len(a)):
+        alone_values, alone_vectors = openvino_plugin_model({0: a[None, i:i + 1]}).values()
+        np.testing.assert_array_equal(values[0, i], alone_values[0, 0])
+        np.testing.assert_array_equal(vectors[0, i], alone_vectors[0, 0])
+
+
 def test_fp16_standard_is_finite_and_close(cases):
     for case, a in cases.items():
         values, vectors = _run(a.astype(np.float32), "standard", fp16=True)

@@ -1,6 +1,7 @@
 // OpenVINO operation ``SymmetricEigh`` (brr_opset1) with the Jacobi kernel of jacobi.hpp, and the ONNX frontend
 // conversion of the ``ai.onnx.contrib::SymmetricEigh`` custom node to it. Registered by
 // brr/ops/openvino_extension.cpp together with the other ops' extensions.
+#include <algorithm>
 #include <memory>
 #include <vector>
 
@@ -54,9 +55,12 @@ public:
         outputs[1].set_shape(shape);
         const float* a = inputs[0].data<const float>();
         float *values = outputs[0].data<float>(), *vectors = outputs[1].data<float>();
-        ov::parallel_for(matrices, [&](size_t i) {
-            thread_local std::vector<double> work;
-            eigh::jacobi(a + i * n * n, int64_t(n), values + i * n, vectors + i * n * n, work);
+        const size_t batches = (matrices + eigh::kMatrices - 1) / eigh::kMatrices;
+        ov::parallel_for(batches, [&](size_t batch) {
+            thread_local std::vector<eigh::Lanes> work;
+            const size_t first = batch * eigh::kMatrices;
+            const int64_t count = std::min<int64_t>(eigh::kMatrices, int64_t(matrices - first));
+            eigh::jacobi(a + first * n * n, count, int64_t(n), values + first * n, vectors + first * n * n, work);
         });
         return true;
     }
