@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -171,7 +172,23 @@ def openvino_stage_profile(engine_dir: Path, feed: dict, repeats: int = 3, part=
     return profile
 
 
-def stage_flops(onnx_path: Path) -> dict[str, float]:
+class StageFlops(NamedTuple):
+    """A stage's FLOPs: ``layers`` (MatMul, Gemm, Conv), which run at the GEMM peak of the precision they are
+    compiled in, and ``recurrence`` (SelectiveScan's), which the scan kernels compute in fp32 multiply-adds
+    whatever the storage precision, so at the fp32 peak."""
+
+    layers: float = 0.0
+    recurrence: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.layers + self.recurrence
+
+    def scaled(self, factor: float) -> StageFlops:
+        return StageFlops(self.layers * factor, self.recurrence * factor)
+
+
+def stage_flops(onnx_path: Path) -> dict[str, StageFlops]:
     """FLOPs per model stage of one window (MatMul, Gemm, Conv and SelectiveScan of the fp32 export, by its stage
     map)."""
     import onnx
@@ -179,29 +196,36 @@ def stage_flops(onnx_path: Path) -> dict[str, float]:
     from brr.artifact.files import STAGES_FILE
     from brr.calibration.flops import node_flops
 
+    model = onnx.load(str(onnx_path))
     stages = json.loads((onnx_path.parent / STAGES_FILE).read_text())
-    flops: dict[str, float] = {}
-    for node, count in node_flops(onnx.load(str(onnx_path))).items():
+    scans = {node.name for node in model.graph.node if node.op_type == "SelectiveScan"}
+    flops: dict[str, StageFlops] = {}
+    for node, count in node_flops(model).items():
         stage = stages.get(node, UNATTRIBUTED)
-        flops[stage] = flops.get(stage, 0.0) + (count or 0.0)
+        layers, recurrence = flops.get(stage, StageFlops())
+        count = count or 0.0
+        flops[stage] = (StageFlops(layers, recurrence + count) if node in scans
+                        else StageFlops(layers + count, recurrence))
     return flops
 
 
-def stage_limits(profile: dict[str, dict[str, float]], flops: dict[str, float], batch: int, machine: dict
+def stage_limits(profile: dict[str, dict[str, float]], flops: dict[str, StageFlops], batch: int, machine: dict
                  ) -> dict[str, dict[str, float]]:
-    """Each stage's time limit on this machine, the larger of its FLOPs at the peak of the precision most of its
-    compute layers ran in (bf16 GEMM, int8 convolution, else fp32 GEMM; fp32 where the machine has no such
-    peak) and its bytes at the memory bandwidth, and how far the engine is from it (``x_limit``: measured /
-    limit)."""
+    """Each stage's time limit on this machine, the larger of its FLOPs at their peaks (its layers' at the peak
+    of the precision most of its compute layers ran in: bf16 GEMM, int8 convolution, else fp32 GEMM, fp32
+    where the machine has no such peak; its scans' recurrence at the fp32 peak) and its bytes at the memory
+    bandwidth, and how far the engine is from it (``x_limit``: measured / limit)."""
     total = sum(v["seconds"] for v in profile.values())
     limits = {}
     for stage, measured in sorted(profile.items(), key=lambda kv: -kv[1]["seconds"]):
         precision = next((p for p in ("bf16", "int8") if 2 * measured.get(f"{p}_layers", 0) > measured.get(
             "compute_layers", 0) and f"{p}_gemm_gflops" in machine), "fp32")
-        compute_s = flops.get(stage, 0.0) * batch / (machine[f"{precision}_gemm_gflops"] * 1e9)
+        counted = flops.get(stage, StageFlops()).scaled(batch)
+        compute_s = (counted.layers / (machine[f"{precision}_gemm_gflops"] * 1e9)
+                     + counted.recurrence / (machine["fp32_gemm_gflops"] * 1e9))
         memory_s = measured["bytes"] / (machine["memory_gbs"] * 1e9)
         limit = max(compute_s, memory_s)
-        limits[stage] = {**measured, "share": measured["seconds"] / total, "gflop": flops.get(stage, 0.0) * batch / 1e9,
+        limits[stage] = {**measured, "share": measured["seconds"] / total, "gflop": counted.total / 1e9,
                          "limit_s": limit, "bound": f"{precision} compute" if compute_s >= memory_s else "memory",
                          "x_limit": measured["seconds"] / limit if limit else None}
     return limits
@@ -433,8 +457,9 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['config']} | {r['engine']} | {r['batch']} | {mamba:.0%} | {top} |")
         for r in engine_profiles:
             lines += ["", (f"Distance to each stage's limit, {r['config']} {r['engine']} batch {r['batch']} (limit: the "
-                           f"stage's FLOPs at the GEMM peak of its layers' precision or their bytes read and written at "
-                           f"{report['machine']['memory_gbs']:.0f} GB/s, whichever is larger)"), "",
+                           f"stage's layers' FLOPs at the GEMM peak of their precision plus its scans' recurrence at "
+                           f"the fp32 peak, or its bytes read and written at {report['machine']['memory_gbs']:.0f} "
+                           f"GB/s, whichever is larger)"), "",
                       "| stage | ms | share | GFLOP | MB moved | limit ms | bound | x limit |", "|---|---|---|---|---|---|---|---|"]
             for stage, v in r["stage_profile"].items():
                 if v["seconds"] >= 1e-3:
