@@ -1,6 +1,6 @@
 """Overlap inference against per-window inference: event agreement, speed and peak memory.
 
-    python benchmarks/overlap.py ENGINE EDF... [--stride 10] [--chunk 120] [--rss-chunks 60 120 600]
+    python benchmarks/overlap.py ENGINE EDF... [--stride 10] [--chunk 120] [--rss-chunks 60 120 600] [--eager]
 
 ENGINE is a checkpoint or an export folder written with ``brr-export --split``: its engine that holds a
 front and rest (``select_engine(..., split=True)``) runs overlap inference with them and per-window
@@ -8,7 +8,9 @@ inference with its whole model, on the engine's own backend and precision. Each 
 both ways in this process, through brr-infer's own functions (``predict_probabilities`` and
 ``predict_probabilities_overlap``, preprocessing included), the order alternating from one recording to
 the next so that a drift of the machine's load does not favour one way; the seconds per hour of EEG are
-those runs'.
+those runs'. With ``--eager``, PyTorch eager fp32 (the engine's source checkpoint) runs each recording
+per-window as a third way in the same rotation: the speed of each way against it is then a ratio from one
+run, per window of output (at the same stride, a window of output is the same time of EEG every way).
 
 Agreement, per-window inference the reference:
 - per window, the engine verdict of ``brr.diff.probes.compare_outputs`` on the window's logits (at the
@@ -39,6 +41,7 @@ Figures go to ``benchmarks/results/<UTC>-overlap.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -246,6 +249,8 @@ def main() -> int:
     parser.add_argument("--rss-chunks", type=float, nargs="*", default=[60.0, 120.0, 600.0])
     parser.add_argument("--label", default="", help="what the engine is, for the table's title")
     parser.add_argument("--stages", action="store_true", help="the stage tables of an OpenVINO engine")
+    parser.add_argument("--eager", action="store_true",
+                        help="also run PyTorch eager fp32 per-window (the engine's source checkpoint) on each recording")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
@@ -254,19 +259,23 @@ def main() -> int:
     precision = "fp32" if is_checkpoint(Path(engine)) else read_manifest(engine)["precision"]
     postprocess = PostprocessConfig(**(tuned_postprocess(engine) or {}))
     config = resolve_config(read_manifest(engine)["config"]) if not is_checkpoint(Path(engine)) else None
+    checkpoint = engine if is_checkpoint(Path(engine)) else read_manifest(engine)["source"]["checkpoint"]
     recordings = []
     with (load_runner(engine) as runner, load_split_runners(engine) as split,
           load_runner(engine, probes=True) as probed,
-          load_split_runners(engine, probes=True) as probed_split):
+          load_split_runners(engine, probes=True) as probed_split,
+          load_runner(checkpoint) if args.eager else contextlib.nullcontext() as eager):
         judging = (Judging.of_config(config, postprocess) if config is not None else
                    Judging.of(probed, postprocess))
         judge = ProbeJudge(probed, probed_split.rest, judging, *TOLERANCES[precision])
+        runners = {"per-window": runner, "overlap": split, **({"eager": eager} if args.eager else {})}
         for index, edf in enumerate(args.edfs):
-            ways = [False, True] if index % 2 == 0 else [True, False]
-            runs = {overlap: run_way(split if overlap else runner, edf, overlap, args.stride, args.chunk)
-                    for overlap in ways}
-            recordings.append(agreement(edf, runs[False], runs[True], postprocess, split.geometry, precision,
-                                        judge))
+            order = list(runners)[index % len(runners):] + list(runners)[: index % len(runners)]
+            runs = {way: run_way(runners[way], edf, way == "overlap", args.stride, args.chunk) for way in order}
+            recordings.append(agreement(edf, runs["per-window"], runs["overlap"], postprocess, split.geometry,
+                                        precision, judge))
+            if args.eager:
+                recordings[-1]["seconds"]["eager"] = runs["eager"][2]
             print(json.dumps(recordings[-1]), flush=True)
     tables = (stage_tables(engine, split.geometry, round(args.stride * RATE), round(args.chunk * RATE))
               if args.stages else None)
@@ -274,7 +283,7 @@ def main() -> int:
     memory += [peak_rss(engine, args.edfs[0], "overlap", args.stride, chunk) for chunk in args.rss_chunks]
 
     hours = sum(r["hours"] for r in recordings)
-    speed = {way: sum(r["seconds"][way] for r in recordings) / hours for way in ("per-window", "overlap")}
+    speed = {way: sum(r["seconds"][way] for r in recordings) / hours for way in runners}
     verdicts: dict[str, int] = {}
     for r in recordings:
         for verdict, count in r["window_verdicts"].items():
@@ -293,7 +302,9 @@ def main() -> int:
         "summary": {"windows": windows, "window_verdicts": verdicts, "windows_accepted": accepted,
                     "judged_at_probes": {"windows": len(at_probes), "outcomes": first_off},
                     "recordings_with_identical_events": sum(identical(r) for r in recordings),
-                    "s_per_hour_of_eeg": speed, "speedup": speed["per-window"] / speed["overlap"]},
+                    "s_per_hour_of_eeg": speed, "speedup": speed["per-window"] / speed["overlap"],
+                    "x_eager": ({way: speed["eager"] / speed[way] for way in ("per-window", "overlap")}
+                                if args.eager else None)},
         "stages": tables,
     }
     lines = [(f"Overlap vs per-window inference: {args.label or engine} ({document['machine']['cpu']}, "
@@ -317,7 +328,10 @@ def main() -> int:
               (f"Windows whose logits alone are beyond tolerance, judged at the probes: {len(at_probes)}"
                + (f" ({', '.join(f'{k}: {n}' for k, n in first_off.items())})" if at_probes else "") + "."),
               (f"Seconds per hour of EEG: per-window {speed['per-window']:.0f}, overlap {speed['overlap']:.0f} "
-              f"(x{document['summary']['speedup']:.2f})."), "",
+              f"(x{document['summary']['speedup']:.2f})."
+               + (f" PyTorch eager fp32 per-window {speed['eager']:.0f}, in the same rotation: per window of output, "
+                  f"per-window is {document['summary']['x_eager']['per-window']:.2f}x eager and overlap "
+                  f"{document['summary']['x_eager']['overlap']:.2f}x." if args.eager else "")), "",
               "| brr-infer | front chunk s | peak RSS MB | recording s |", "|---|---|---|---|"]
     lines += [f"| {m['mode']} | {m['front_chunk_s'] or '-'} | {m['peak_rss_mb']} | {m['recording_s']} |"
               for m in memory]
