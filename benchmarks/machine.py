@@ -1,4 +1,5 @@
-"""What the machine can do: CPU model and flags, measured GEMM peaks and memory bandwidth (the roofline's ceilings).
+"""What the machine can do: CPU model and flags, measured GEMM peaks, SiLU rate and memory bandwidth (the
+roofline's ceilings).
 
 A peak is the best of the kernels the engines use: PyTorch's matmul (MKL or oneDNN, whichever it
 dispatches to), OpenVINO's MatMul and its convolution (oneDNN). They differ by CPU: on an AMD EPYC with
@@ -13,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from brr.machine import cpu_model_and_flags, has_bf16
@@ -111,6 +113,21 @@ def openvino_int8_conv_peak_gops(channels: int = 512, taps: int = 7, length: int
     return 2 * channels * channels * taps * length / _openvino_seconds(compiled, x, repeats) / 1e9
 
 
+def silu_peak_gvalues(values: int = 2**21, repeats: int = 50) -> dict[str, float]:
+    """G values/s of SiLU on every thread, by library: PyTorch's and the scan kernels' own (which the fused
+    convolution and gated norm apply), over 8 MB that stay in cache and amortise the native call's thread start.
+    The ceiling of a stage's transcendentals, which occupy the same vector units as its multiply-adds."""
+    from brr.ops.selective_scan import native
+
+    x = torch.randn(values)
+    rates = {"torch": values / best_seconds(lambda: torch.nn.functional.silu(x), repeats) / 1e9}
+    if native.available():
+        kernels, source, out = native.require(), x.numpy(), np.empty(values, np.float32)
+        rates["brr-scan"] = values / best_seconds(lambda: kernels.silu(source, out, torch.get_num_threads()),
+                                                  repeats) / 1e9
+    return rates
+
+
 def memory_bandwidth_gbs(megabytes: int = 512, repeats: int = 10) -> float:
     """GB/s of one large copy on every thread (bytes read + bytes written): the roofline's memory ceiling,
     against which a stage's bytes moved give its time limit."""
@@ -132,4 +149,6 @@ def machine_peaks() -> dict:
     if int8 is not None:
         measured["int8"] = {"openvino-conv": int8}
     peaks = {f"{precision}_gemm_gflops": max(by_library.values()) for precision, by_library in measured.items()}
-    return {**info, **peaks, "gemm_gflops_by_library": measured, "memory_gbs": memory_bandwidth_gbs()}
+    silu = silu_peak_gvalues()
+    return {**info, **peaks, "gemm_gflops_by_library": measured, "silu_gvalues": max(silu.values()),
+            "silu_gvalues_by_library": silu, "memory_gbs": memory_bandwidth_gbs()}

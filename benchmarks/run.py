@@ -172,61 +172,68 @@ def openvino_stage_profile(engine_dir: Path, feed: dict, repeats: int = 3, part=
     return profile
 
 
-class StageFlops(NamedTuple):
-    """A stage's FLOPs: ``layers`` (MatMul, Gemm, Conv), which run at the GEMM peak of the precision they are
-    compiled in, and ``recurrence`` (SelectiveScan's), which the scan kernels compute in fp32 multiply-adds
-    whatever the storage precision, so at the fp32 peak."""
+class StageWork(NamedTuple):
+    """A stage's work: FLOPs of its ``layers`` (MatMul, Gemm, Conv), which run at the GEMM peak of the precision
+    they are compiled in; FLOPs of its ``recurrence`` (SelectiveScan's), which the scan kernels compute in fp32
+    multiply-adds whatever the storage precision, so at the fp32 peak; and its ``transcendentals``, the values
+    it evaluates a sigmoid, exp, softplus, ... of (``brr.calibration.flops.TRANSCENDENTAL_OP_TYPES``), at the
+    machine's SiLU rate."""
 
     layers: float = 0.0
     recurrence: float = 0.0
+    transcendentals: float = 0.0
 
     @property
-    def total(self) -> float:
+    def flops(self) -> float:
         return self.layers + self.recurrence
 
-    def scaled(self, factor: float) -> StageFlops:
-        return StageFlops(self.layers * factor, self.recurrence * factor)
+    def scaled(self, factor: float) -> StageWork:
+        return StageWork(*(part * factor for part in self))
 
 
-def stage_flops(onnx_path: Path) -> dict[str, StageFlops]:
-    """FLOPs per model stage of one window (MatMul, Gemm, Conv and SelectiveScan of the fp32 export, by its stage
-    map)."""
+def stage_work(onnx_path: Path) -> dict[str, StageWork]:
+    """Work per model stage of one window (MatMul, Gemm, Conv and SelectiveScan FLOPs and transcendental values of
+    the fp32 export, by its stage map)."""
     import onnx
 
     from brr.artifact.files import STAGES_FILE
-    from brr.calibration.flops import node_flops
+    from brr.calibration.flops import node_flops, node_transcendentals
 
     model = onnx.load(str(onnx_path))
     stages = json.loads((onnx_path.parent / STAGES_FILE).read_text())
     scans = {node.name for node in model.graph.node if node.op_type == "SelectiveScan"}
-    flops: dict[str, StageFlops] = {}
-    for node, count in node_flops(model).items():
-        stage = stages.get(node, UNATTRIBUTED)
-        layers, recurrence = flops.get(stage, StageFlops())
-        count = count or 0.0
-        flops[stage] = (StageFlops(layers, recurrence + count) if node in scans
-                        else StageFlops(layers + count, recurrence))
-    return flops
+    counted = [("recurrence" if node in scans else "layers", node, count) for node, count in node_flops(model).items()]
+    counted += [("transcendentals", node, count) for node, count in node_transcendentals(model).items()]
+    parts: dict[str, dict[str, float]] = {}
+    for part, node, count in counted:
+        into = parts.setdefault(stages.get(node, UNATTRIBUTED), {})
+        into[part] = into.get(part, 0.0) + (count or 0.0)
+    return {stage: StageWork(**counts) for stage, counts in parts.items()}
 
 
-def stage_limits(profile: dict[str, dict[str, float]], flops: dict[str, StageFlops], batch: int, machine: dict
+def stage_limits(profile: dict[str, dict[str, float]], work: dict[str, StageWork], batch: int, machine: dict
                  ) -> dict[str, dict[str, float]]:
-    """Each stage's time limit on this machine, the larger of its FLOPs at their peaks (its layers' at the peak
-    of the precision most of its compute layers ran in: bf16 GEMM, int8 convolution, else fp32 GEMM, fp32
-    where the machine has no such peak; its scans' recurrence at the fp32 peak) and its bytes at the memory
-    bandwidth, and how far the engine is from it (``x_limit``: measured / limit)."""
+    """Each stage's time limit on this machine, the larger of its compute and its bytes at the memory bandwidth,
+    and how far the engine is from it (``x_limit``: measured / limit). Compute: its layers' FLOPs at the peak of
+    the precision most of its compute layers ran in (bf16 GEMM, int8 convolution, else fp32 GEMM; fp32 where the
+    machine has no such peak), plus its scans' recurrence at the fp32 peak, plus its transcendentals at the SiLU
+    rate (``transcendental_s``): the three share the vector units. ``flops_limit_s`` leaves the transcendentals
+    out, as limits did before they were counted."""
     total = sum(v["seconds"] for v in profile.values())
     limits = {}
     for stage, measured in sorted(profile.items(), key=lambda kv: -kv[1]["seconds"]):
         precision = next((p for p in ("bf16", "int8") if 2 * measured.get(f"{p}_layers", 0) > measured.get(
             "compute_layers", 0) and f"{p}_gemm_gflops" in machine), "fp32")
-        counted = flops.get(stage, StageFlops()).scaled(batch)
-        compute_s = (counted.layers / (machine[f"{precision}_gemm_gflops"] * 1e9)
-                     + counted.recurrence / (machine["fp32_gemm_gflops"] * 1e9))
+        counted = work.get(stage, StageWork()).scaled(batch)
+        flops_s = (counted.layers / (machine[f"{precision}_gemm_gflops"] * 1e9)
+                   + counted.recurrence / (machine["fp32_gemm_gflops"] * 1e9))
+        transcendental_s = counted.transcendentals / (machine["silu_gvalues"] * 1e9)
         memory_s = measured["bytes"] / (machine["memory_gbs"] * 1e9)
-        limit = max(compute_s, memory_s)
-        limits[stage] = {**measured, "share": measured["seconds"] / total, "gflop": counted.total / 1e9,
-                         "limit_s": limit, "bound": f"{precision} compute" if compute_s >= memory_s else "memory",
+        limit = max(flops_s + transcendental_s, memory_s)
+        limits[stage] = {**measured, "share": measured["seconds"] / total, "gflop": counted.flops / 1e9,
+                         "transcendental_m": counted.transcendentals / 1e6, "transcendental_s": transcendental_s,
+                         "limit_s": limit, "flops_limit_s": max(flops_s, memory_s),
+                         "bound": f"{precision} compute" if flops_s + transcendental_s >= memory_s else "memory",
                          "x_limit": measured["seconds"] / limit if limit else None}
     return limits
 
@@ -354,7 +361,7 @@ def run(configs: list[str], batches: list[int], engines: list[str], repeats: int
                 model_flops[config] = count_flops(onnx.load(str(reference_onnx(artifact))))["total"]
             verdict, clean = diff_verdict(engine, ckpt, artifact, windows) if error is None else (None, False)
             # The export the engine was built from (a standard-ops scan is MatMuls, a plugin one is none).
-            flops_by_stage = stage_flops(reference_onnx(artifact)) if error is None and engine.startswith("openvino") else {}
+            work_by_stage = stage_work(reference_onnx(artifact)) if error is None and engine.startswith("openvino") else {}
             for batch in batches:
                 entry = {"config": config, "engine": engine, "precision": ENGINES[engine][1], "batch": batch,
                          "export_s": export_s, **{k: machine[k] for k in ("cpu_model", "cpu_flags", "threads")}}
@@ -385,7 +392,7 @@ def run(configs: list[str], batches: list[int], engines: list[str], repeats: int
                     "diff_clean": finite and clean,
                 })
                 if measured.get("stage_seconds"):
-                    entry["stage_profile"] = stage_limits(measured["stage_seconds"], flops_by_stage, batch, machine)
+                    entry["stage_profile"] = stage_limits(measured["stage_seconds"], work_by_stage, batch, machine)
                 results.append(entry)
         for peer, key in (("torch-fp32", "speedup_vs_pytorch_eager_fp32"), ("torch-compile", "speedup_vs_torch_compile")):
             rates = {r["batch"]: r["windows_per_s"] for r in results
@@ -418,8 +425,10 @@ def markdown(report: dict) -> str:
                       f"{'GOP/s' if precision == 'int8' else 'GFLOP/s'} ("
                       + ", ".join(f"{library} {value:.0f}" for library, value in by_library.items()) + ")"
                       for precision, by_library in m["gemm_gflops_by_library"].items())
+    silu = ", ".join(f"{library} {value:.1f}" for library, value in m["silu_gvalues_by_library"].items())
     lines = [f"CPU: {m['cpu_model']} ({', '.join(m['cpu_flags'])}), {m['threads']} threads; GEMM peak {peaks}; "
-             f"memory {m['memory_gbs']:.0f} GB/s (copy, read + write)", "",
+             f"SiLU {m['silu_gvalues']:.1f} G values/s ({silu}); memory {m['memory_gbs']:.0f} GB/s (copy, read + "
+             "write)", "",
              "| config | engine | batch | windows/s | EEG h/min | p50 s/window | peak RSS MB | fp32 peak | x eager fp32 "
              "| x torch.compile | max logit err | diff verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -458,14 +467,16 @@ def markdown(report: dict) -> str:
         for r in engine_profiles:
             lines += ["", (f"Distance to each stage's limit, {r['config']} {r['engine']} batch {r['batch']} (limit: the "
                            f"stage's layers' FLOPs at the GEMM peak of their precision plus its scans' recurrence at "
-                           f"the fp32 peak, or its bytes read and written at {report['machine']['memory_gbs']:.0f} "
-                           f"GB/s, whichever is larger)"), "",
-                      "| stage | ms | share | GFLOP | MB moved | limit ms | bound | x limit |", "|---|---|---|---|---|---|---|---|"]
+                           f"the fp32 peak plus its transcendentals at {m['silu_gvalues']:.1f} G SiLU values/s, or "
+                           f"its bytes read and written at {m['memory_gbs']:.0f} GB/s, whichever is larger)"), "",
+                      "| stage | ms | share | GFLOP | M transcendentals | MB moved | limit ms | of it SiLU ms | bound "
+                      "| x limit |", "|---|---|---|---|---|---|---|---|---|---|"]
             for stage, v in r["stage_profile"].items():
                 if v["seconds"] >= 1e-3:
                     distance = "" if v["x_limit"] is None else f"{v['x_limit']:.1f}"
                     lines.append(f"| {stage} | {v['seconds'] * 1e3:.1f} | {v['share']:.0%} | {v['gflop']:.2f} "
-                                 f"| {v['bytes'] / 1e6:.0f} | {v['limit_s'] * 1e3:.1f} | {v['bound']} | {distance} |")
+                                 f"| {v['transcendental_m']:.1f} | {v['bytes'] / 1e6:.0f} | {v['limit_s'] * 1e3:.1f} "
+                                 f"| {v['transcendental_s'] * 1e3:.1f} | {v['bound']} | {distance} |")
     for config, flops in report["model_flops"].items():
         lines.append(f"\n{config}: {flops / 1e9:.1f} GFLOP per window (MatMul, Gemm, Conv and the selective scan's "
                      "recurrence, counted from the ONNX graph)")

@@ -1,5 +1,5 @@
 """FLOPs per ONNX node (MatMul, Gemm, Conv and the plugin graph's SelectiveScan), counted from inferred shapes
-at a fixed batch.
+at a fixed batch, and the transcendental evaluations (sigmoid, exp, softplus, ...) of the others.
 
 ``count_flops`` (totals by op type) is the model's count that ``benchmarks/run.py`` measures engines against;
 ``node_flops`` gives the same count per node, which a precision plan needs for the share of work its fp32
@@ -18,6 +18,10 @@ COUNTED_OP_TYPES = ("MatMul", "Gemm", "Conv", "SelectiveScan")
 # and a multiply-add, then y += S C, a multiply-add (a standard graph's decomposition of it is counted as the
 # MatMuls it is made of).
 SCAN_FLOPS_PER_STATE = 5
+# Elementwise ops that evaluate an exponential or logarithm per value: each takes the vector units tens of
+# operations, which no FLOP count sees (one AVX-512 core of an AMD EPYC: ~4 G SiLU values/s against ~200
+# GFLOP/s of fp32 multiply-adds). v3's node and edge streams evaluate ~115 M SiLU values a window.
+TRANSCENDENTAL_OP_TYPES = ("Sigmoid", "Exp", "Softplus", "Tanh", "Log", "Erf", "HardSwish", "Gelu")
 
 
 def _static_shape(value_info) -> list[int] | None:
@@ -37,9 +41,8 @@ def fix_batch(model: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
     return model
 
 
-def node_flops(model: onnx.ModelProto, batch: int = 1) -> dict[str, float | None]:
-    """Node name -> FLOPs (2 per multiply-add) of every MatMul, Gemm, Conv and SelectiveScan; None where a shape
-    is unknown."""
+def _inferred(model: onnx.ModelProto, batch: int) -> tuple[onnx.ModelProto, dict[str, list[int]]]:
+    """The model with inferred shapes at ``batch``, and every value's static shape."""
     inferred = shape_inference.infer_shapes(fix_batch(model, batch), data_prop=True)
     shapes = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
@@ -48,6 +51,13 @@ def node_flops(model: onnx.ModelProto, batch: int = 1) -> dict[str, float | None
             shapes[vi.name] = shape
     for init in inferred.graph.initializer:
         shapes[init.name] = list(init.dims)
+    return inferred, shapes
+
+
+def node_flops(model: onnx.ModelProto, batch: int = 1) -> dict[str, float | None]:
+    """Node name -> FLOPs (2 per multiply-add) of every MatMul, Gemm, Conv and SelectiveScan; None where a shape
+    is unknown."""
+    inferred, shapes = _inferred(model, batch)
     flops: dict[str, float | None] = {}
     for node in inferred.graph.node:
         if node.op_type not in COUNTED_OP_TYPES:
@@ -68,6 +78,14 @@ def node_flops(model: onnx.ModelProto, batch: int = 1) -> dict[str, float | None
             # w is (C_out, C_in / group, *kernel): grouping is already in its second dimension.
             flops[node.name] = 2.0 * math.prod(out) * w[1] * math.prod(w[2:])
     return flops
+
+
+def node_transcendentals(model: onnx.ModelProto, batch: int = 1) -> dict[str, float | None]:
+    """Node name -> values it evaluates a transcendental function of (its output's size), for every node of
+    ``TRANSCENDENTAL_OP_TYPES``; None where its shape is unknown."""
+    inferred, shapes = _inferred(model, batch)
+    return {node.name: (None if (shape := shapes.get(node.output[0])) is None else float(math.prod(shape)))
+            for node in inferred.graph.node if node.op_type in TRANSCENDENTAL_OP_TYPES}
 
 
 def count_flops(model: onnx.ModelProto, batch: int = 1) -> dict[str, float]:

@@ -429,6 +429,28 @@ def test_node_flops_counts_the_selective_scans_recurrence():
     assert node_flops(scan_model("length")) == {"scan": None}
 
 
+def test_node_transcendentals_counts_the_values_of_sigmoid_exp_softplus():
+    """Each Sigmoid, Exp, Softplus, ... node's output size at the given batch (a SiLU's Sigmoid, not its Mul);
+    None while a shape is unknown."""
+    from onnx import TensorProto, helper
+
+    from brr.calibration.flops import node_transcendentals
+
+    def silu_model(length):
+        nodes = [helper.make_node("Sigmoid", ["x"], ["gate"], name="silu_sigmoid"),
+                 helper.make_node("Mul", ["x", "gate"], ["silu"], name="silu_mul"),
+                 helper.make_node("Softplus", ["silu"], ["soft"], name="softplus"),
+                 helper.make_node("ReduceMean", ["soft"], ["mean"], name="mean", keepdims=1),
+                 helper.make_node("Exp", ["mean"], ["y"], name="exp")]
+        graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                [1, 8, length])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    assert node_transcendentals(silu_model(100), batch=3) == {"silu_sigmoid": 2400.0, "softplus": 2400.0, "exp": 1.0}
+    assert node_transcendentals(silu_model("length"))["silu_sigmoid"] is None
+
+
 @pytest.fixture(scope="module")
 def edf(tmp_path_factory):
     """One 2-minute synthetic 19-channel recording."""

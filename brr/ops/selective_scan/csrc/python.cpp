@@ -169,6 +169,27 @@ void backward(const In& x, const In& dt, const In& A, const In& B, const In& C, 
     }
 }
 
+// out <- SiLU(x), elementwise, float32: the scan kernels' own SiLU (scan.hpp's silu_lanes, which the fused
+// convolution and gated norm apply to every value), for benchmarks to measure this machine's rate of it.
+void silu(const In& x, Out out, int threads) {
+    expect_float32(x, "x");
+    if (storage_of(out.dtype(), "out") != Storage::f32 || out.size() != x.size())
+        throw nb::value_error("silu: out must be float32 of x's size");
+    const float* src = ptr<float>(x);
+    float* dst = ptr<float>(out);
+    const int64_t n = int64_t(x.size()), block = 64 * kLanes * kLanes;
+    nb::gil_scoped_release release;
+    parallel_rows((n + block - 1) / block, threads, [&](int64_t i, std::vector<float>&) {
+        const int64_t stop = std::min(n, (i + 1) * block);
+        int64_t j = i * block;
+        for (; j + kLanes <= stop; j += kLanes) {
+            const Vec v = detail::silu_lanes(detail::vec_at(src + j));
+            std::memcpy(dst + j, &v, sizeof v);
+        }
+        for (; j < stop; ++j) dst[j] = detail::silu(src[j]);
+    });
+}
+
 }  // namespace
 
 NB_MODULE(_native, m) {
@@ -181,6 +202,8 @@ NB_MODULE(_native, m) {
           nb::arg("dC"), nb::arg("dA"), nb::arg("dD"), nb::arg("ddt_bias"), nb::arg("dt_softplus"),
           nb::arg("threads"),
           "Gradients of the scan; dA, dD, ddt_bias are (b, h) float64 per-row sums for the caller to reduce.");
+    m.def("silu", &silu, nb::arg("x"), nb::arg("out"), nb::arg("threads"),
+          "out <- x * sigmoid(x), float32, with the kernels' own vectorised SiLU.");
     m.attr("CHECKPOINT_STEPS") = kChunk;
     // The openvino release the OpenVINO extension next to this module was compiled against.
     m.attr("OPENVINO_VERSION") = BRR_OPENVINO_VERSION;
