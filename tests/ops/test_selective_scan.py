@@ -262,17 +262,19 @@ def test_native_rejects_inconsistent_buffers():
 
 def test_native_silu_matches_torch_across_the_range_and_blocks():
     # The SiLU that the fused convolution and gated norm apply (its own exp): within 2 ulp of torch's in float64
-    # from the exp's underflow (-87) past its overflow (88), NaN and +inf kept, every thread's block and the
-    # scalar tail (a length that is no multiple of the vector) written.
+    # from the exp's underflow (-87) past its overflow (88); NaN, +inf and -0 kept by the vector path (first)
+    # and by the scalar tail (last: a length that is no multiple of the vector); every thread's block written.
     _need_native()
     kernel = native.require()
-    x = np.concatenate([np.linspace(-100, 100, 200_003), [np.nan, np.inf, -0.0]]).astype(np.float32)
+    special = [np.nan, np.inf, -0.0]
+    x = np.concatenate([special, np.linspace(-100, 100, 200_003), special]).astype(np.float32)
     out = np.full_like(x, 7.0)
     kernel.silu(x, out, 2)
     expected = torch.nn.functional.silu(torch.from_numpy(x).double()).numpy()
     finite = np.isfinite(expected)
     assert np.allclose(out[finite], expected[finite], rtol=2.5e-7, atol=1e-30)
-    assert np.isnan(out[-3]) and out[-2] == np.inf and out[-1] == 0
+    for at in (slice(0, 3), slice(-3, None)):
+        assert np.isnan(out[at][0]) and out[at][1] == np.inf and out[at][2] == 0
     with pytest.raises(ValueError, match="out must be float32"):
         kernel.silu(x, np.empty(x.size - 1, np.float32), 1)
 
