@@ -10,7 +10,9 @@ both ways in this process, through brr-infer's own functions (``predict_probabil
 the next so that a drift of the machine's load does not favour one way; the seconds per hour of EEG are
 those runs'. With ``--eager``, PyTorch eager fp32 (the engine's source checkpoint) runs each recording
 per-window as a third way in the same rotation: the speed of each way against it is then a ratio from one
-run, per window of output (at the same stride, a window of output is the same time of EEG every way).
+run, per window of output (at the same stride, a window of output is the same time of EEG every way). Its
+events are then the reference of the engine's, either way: what a reduced-precision engine (int8, bf16) changes
+in the events against the fp32 checkpoint it was exported from.
 
 Agreement, per-window inference the reference:
 - per window, the engine verdict of ``brr.diff.probes.compare_outputs`` on the window's logits (at the
@@ -92,6 +94,27 @@ def run_way(engine, edf: Path, overlap: bool, stride_s: float, chunk_s: float
     return trace, recorder, seconds, hours
 
 
+def event_match(reference: list, hypothesis: list, duration_s: float) -> dict:
+    """TP, FP, FN and F1 of ``hypothesis``'s events against ``reference``'s, and the largest boundary shift
+    between paired events (None unless both found as many)."""
+    scores = score_events(reference, hypothesis, duration_s)["event"]
+    shifts = [max(abs(a.start_s - b.start_s), abs(a.stop_s - b.stop_s))
+              for a, b in zip(reference, hypothesis)]
+    return {**{k: scores[k] for k in ("tp", "fp", "fn", "f1")},
+            "max_boundary_shift_s": max(shifts) if len(reference) == len(hypothesis) and shifts else None}
+
+
+def against_eager(eager: tuple, per_window: tuple, overlap: tuple, postprocess: PostprocessConfig) -> dict:
+    """The engine's events, either way, against PyTorch eager fp32's on the same recording (the same
+    post-processing), and the largest probability difference."""
+    duration_s = len(eager[0]) / RATE
+    reference = probabilities_to_events(eager[0], postprocess)
+    return {"eager_events": len(reference),
+            **{way: {**event_match(reference, probabilities_to_events(run[0], postprocess), duration_s),
+                     "max_abs_probability_error": float(np.abs(run[0] - eager[0]).max())}
+               for way, run in (("per-window", per_window), ("overlap", overlap))}}
+
+
 def agreement(edf: Path, per_window: tuple, overlap: tuple, postprocess: PostprocessConfig,
               geometry: FrontGeometry, precision: str, judge: ProbeJudge) -> dict:
     atol, rtol = TOLERANCES[precision]
@@ -123,8 +146,7 @@ def agreement(edf: Path, per_window: tuple, overlap: tuple, postprocess: Postpro
     duration_s = len(per_window[0]) / RATE
     reference = probabilities_to_events(per_window[0], postprocess)
     hypothesis = probabilities_to_events(overlap[0], postprocess)
-    recording = score_events(reference, hypothesis, duration_s)["event"]
-    shifts = [max(abs(a.start_s - b.start_s), abs(a.stop_s - b.stop_s)) for a, b in zip(reference, hypothesis)]
+    recording = event_match(reference, hypothesis, duration_s)
     result = {
         "recording": edf.name, "windows": len(per_window[1].logits),
         "window_verdicts": verdicts, "judged_at_probes": judged_at_probes, "window_events": events.to_dict(),
@@ -133,7 +155,7 @@ def agreement(edf: Path, per_window: tuple, overlap: tuple, postprocess: Postpro
         "max_abs_probability_error": float(np.abs(per_window[0] - overlap[0]).max()),
         "per_window_events": len(reference), "overlap_events": len(hypothesis),
         "recording_events": {k: recording[k] for k in ("tp", "fp", "fn", "f1")},
-        "max_boundary_shift_s": max(shifts) if len(reference) == len(hypothesis) and shifts else None,
+        "max_boundary_shift_s": recording["max_boundary_shift_s"],
         "seconds": {"per-window": per_window[2], "overlap": overlap[2]}, "hours": per_window[3],
     }
     annotations = edf.with_suffix(".csv_bi")
@@ -283,6 +305,8 @@ def main() -> int:
                                         precision, judge))
             if args.eager:
                 recordings[-1]["seconds"]["eager"] = runs["eager"][2]
+                recordings[-1]["vs_eager"] = against_eager(runs["eager"], runs["per-window"], runs["overlap"],
+                                                           postprocess)
             print(json.dumps(recordings[-1]), flush=True)
     tables = (stage_tables(engine, split.geometry, round(args.stride * RATE), round(args.chunk * RATE))
               if args.stages else None)
@@ -342,6 +366,17 @@ def main() -> int:
               "| brr-infer | front chunk s | peak RSS MB | recording s |", "|---|---|---|---|"]
     lines += [f"| {m['mode']} | {m['front_chunk_s'] or '-'} | {m['peak_rss_mb']} | {m['recording_s']} |"
               for m in memory]
+    if args.eager:
+        lines += ["", (f"Events against PyTorch eager fp32 (the {precision} engine against the fp32 checkpoint "
+                       "it was exported from, the same post-processing; F1 as SzCORE scores events)"), "",
+                  "| recording | way | events eager / engine | event F1 | max boundary shift s | max abs p err |",
+                  "|---|---|---|---|---|---|"]
+        for r in recordings:
+            for way in ("per-window", "overlap"):
+                match, found = r["vs_eager"][way], r["per_window_events" if way == "per-window" else "overlap_events"]
+                lines.append(f"| {r['recording']} | {way} | {r['vs_eager']['eager_events']} / {found} | "
+                             f"{number(match['f1'])} | {number(match['max_boundary_shift_s'])} | "
+                             f"{match['max_abs_probability_error']:.3g} |")
     if tables is not None:
         lines += stage_lines(tables)
     write_report(Path(args.out), f"{utc_stamp()}-overlap", document, "\n".join(lines))
