@@ -340,30 +340,44 @@ inline Vec silu_lanes(Vec v) { return v / (1.0f + exp_lanes(-v)); }
 inline float silu(float v) { return v / (1.0f + std::exp(-v)); }
 
 // Per step t < steps: y_t = g_t / sqrt(mean(g_t^2) + eps) * weight with g_t = y_t * silu(z_t), over `width`
-// values, in place; z's steps are z_stride apart.
+// values, in place; z's steps are z_stride apart. kLanes steps at a time: their scales are then one vector
+// sqrt and divide, not a scalar sqrt and divide per step, whose latency stalled the step's scaling behind it.
 inline void gated_rms_norm(float* y, const float* z, int64_t z_stride, const float* weight, int64_t steps,
                            int64_t width, float eps) {
     const int64_t vector_width = width - width % kLanes;
-    for (int64_t t = 0; t < steps; ++t) {
-        float* yt = y + t * width;
-        const float* zt = z + t * z_stride;
-        Vec squares{};
-        float tail = 0.0f;
-        for (int64_t c = 0; c < vector_width; c += kLanes) {
-            const Vec g = vec_at(yt + c) * silu_lanes(vec_at(zt + c));
-            std::memcpy(yt + c, &g, sizeof g);
-            squares += g * g;
+    alignas(64) float scales[kLanes];
+    for (int64_t t0 = 0; t0 < steps; t0 += kLanes) {
+        const int64_t block = std::min(kLanes, steps - t0);
+        for (int64_t s = 0; s < kLanes; ++s) {
+            if (s >= block) {  // the lanes of a short last block get a harmless mean square
+                scales[s] = 1.0f;
+                continue;
+            }
+            float* yt = y + (t0 + s) * width;
+            const float* zt = z + (t0 + s) * z_stride;
+            Vec squares{};
+            float tail = 0.0f;
+            for (int64_t c = 0; c < vector_width; c += kLanes) {
+                const Vec g = vec_at(yt + c) * silu_lanes(vec_at(zt + c));
+                std::memcpy(yt + c, &g, sizeof g);
+                squares += g * g;
+            }
+            for (int64_t c = vector_width; c < width; ++c) {
+                yt[c] *= silu(zt[c]);
+                tail += yt[c] * yt[c];
+            }
+            scales[s] = (lane_sum(squares) + tail) / float(width);
         }
-        for (int64_t c = vector_width; c < width; ++c) {
-            yt[c] *= silu(zt[c]);
-            tail += yt[c] * yt[c];
+        for (int64_t s = 0; s < kLanes; ++s) scales[s] = 1.0f / std::sqrt(scales[s] + eps);
+        for (int64_t s = 0; s < block; ++s) {
+            float* yt = y + (t0 + s) * width;
+            const float scale = scales[s];
+            for (int64_t c = 0; c < vector_width; c += kLanes) {
+                const Vec normed = vec_at(yt + c) * scale * vec_at(weight + c);
+                std::memcpy(yt + c, &normed, sizeof normed);
+            }
+            for (int64_t c = vector_width; c < width; ++c) yt[c] *= scale * weight[c];
         }
-        const float scale = 1.0f / std::sqrt((lane_sum(squares) + tail) / float(width) + eps);
-        for (int64_t c = 0; c < vector_width; c += kLanes) {
-            const Vec normed = vec_at(yt + c) * scale * vec_at(weight + c);
-            std::memcpy(yt + c, &normed, sizeof normed);
-        }
-        for (int64_t c = vector_width; c < width; ++c) yt[c] *= scale * weight[c];
     }
 }
 
