@@ -58,6 +58,9 @@ ENGINES: dict[str, tuple[list[str] | None, str]] = {
     # the convolutions the verification windows need.
     "openvino-plugin-int8-tcn": (["--backend", "openvino", "--engine", "int8", "--ops", "plugin",
                                   "--precision-plan", "int8-tcn", "--calibration-windows", "32"], "int8"),
+    # The same int8 TCN, the rest bf16 with the default bf16 plan's fp32 islands.
+    "openvino-plugin-int8-tcn-bf16": (["--backend", "openvino", "--engine", "int8", "--ops", "plugin",
+                                       "--precision-plan", "int8-tcn-bf16", "--calibration-windows", "32"], "int8"),
     "tensorrt-fp32": (["--backend", "tensorrt", "--engine", "fp32", "--ops", "plugin"], "fp32"),
     "tensorrt-fp16": (["--backend", "tensorrt", "--engine", "fp16", "--ops", "plugin"], "fp16"),
     "tensorrt-bf16": (["--backend", "tensorrt", "--engine", "bf16", "--ops", "plugin"], "bf16"),
@@ -66,7 +69,7 @@ ENGINES: dict[str, tuple[list[str] | None, str]] = {
 }
 DEFAULT_ENGINES = ("torch-fp32,torch-compile,torch-bf16,ort-fp32,ort-plugin-fp32,ort-fp16,ort-int8,ort-int8-tcn,"
                    "openvino-fp32,openvino-bf16,openvino-plugin-fp32,openvino-plugin-bf16,"
-                   "openvino-plugin-bf16-fp32-tcn,openvino-plugin-int8-tcn")
+                   "openvino-plugin-bf16-fp32-tcn,openvino-plugin-int8-tcn,openvino-plugin-int8-tcn-bf16")
 
 
 def benchmark_windows(n: int, seed: int) -> np.ndarray:

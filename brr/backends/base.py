@@ -9,7 +9,7 @@ level needs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +26,38 @@ from brr.onnx.statistics import ObservedRanges
 
 class EngineBuildError(UsageError):
     """An engine that cannot be built as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Int8Scope:
+    """What an int8 engine quantizes: the layers of ``stages`` (every stage when empty) outside its fp32 nodes;
+    the layers it leaves unquantized run in ``unquantized_precision``."""
+
+    stages: tuple[str, ...] = ()
+    unquantized_precision: str = "fp32"
+
+    def quantizes(self, stage: str | None) -> bool:
+        return not self.stages or stage in self.stages
+
+
+@dataclass(frozen=True)
+class Int8Calibration:
+    """What an int8 build reads: float32 (B, 19, N) windows to calibrate on, and the plan's scope."""
+
+    windows: list[np.ndarray]
+    scope: Int8Scope = Int8Scope()
+
+
+def plain_int8_windows(backend: str, calibration: Int8Calibration | None) -> list[np.ndarray] | None:
+    """The windows of a backend that quantizes every layer outside the fp32 nodes and runs the rest in fp32;
+    refuses a plan that asks for another scope."""
+    if calibration is None:
+        return None
+    if calibration.scope != Int8Scope():
+        raise EngineBuildError(f"{backend} int8 engines quantize every layer outside the plan's fp32 nodes and run "
+                               "the rest in fp32: the plan's int8_stages and unquantized_precision are for "
+                               "OpenVINO (brr-export --backend openvino)")
+    return list(calibration.windows)
 
 
 @dataclass(frozen=True)
@@ -80,13 +112,13 @@ class Backend:
 
     def build(self, onnx_path: Path, ops: str, directory: Path, precision: str, fp32_nodes: list[str],
               batch: tuple[int, int, int], config: DetectorConfig,
-              calibration: Iterable[np.ndarray] | None) -> BuiltEngine:
+              calibration: Int8Calibration | None) -> BuiltEngine:
         """Build ``precision`` from the fp32 export ``onnx_path`` (of ``ops`` mode) into ``directory``;
-        ``calibration`` (float32 (B, 19, N) windows) is read for int8 only."""
+        ``calibration`` is read for int8 only."""
         raise NotImplementedError
 
     def prepare(self, onnx_path: Path, ops: str, directory: Path, precision: str, fp32_nodes: list[str],
-                batch: tuple[int, int, int], config: DetectorConfig, calibration: Iterable[np.ndarray] | None,
+                batch: tuple[int, int, int], config: DetectorConfig, calibration: Int8Calibration | None,
                 missing: str) -> BuiltEngine:
         """What ``build`` writes but the engine, where its dependency is ``missing`` (``builds_offline``): the
         returned ``BuiltEngine.unbuilt`` says so."""
@@ -99,10 +131,10 @@ class Backend:
                                "ONNX Runtime and OpenVINO do")
 
     def build_part(self, onnx_path: Path, part: GraphPart, ops: str, directory: Path, precision: str,
-                   fp32_nodes: list[str], calibration: list[np.ndarray] | None = None) -> BuiltEngine:
+                   fp32_nodes: list[str], calibration: Int8Calibration | None = None) -> BuiltEngine:
         """Build ``precision`` of one part of the detector (``brr.model.front``) from its fp32 graph ``onnx_path``
         into ``directory``, beside the whole detector's engine, under a file name of its own; ``calibration``
-        (float32 (B, 19, N) windows) is read for int8 only."""
+        is read for int8 only."""
         self.check_split(precision)
         raise NotImplementedError(f"{self.name} splits {precision} engines but builds no part")
 

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 metavar="MIN:OPT:MAX", help="TensorRT optimisation profile over the batch")
     deprecated_alias(parser, "--batch", batch)
     parser.add_argument("--precision-plan", metavar="PLAN_JSON|NAME|none",
-                        help="JSON plan of the nodes kept in fp32 (brr-calibrate writes one), or one of brr's plans by "
+                        help="JSON plan of the nodes kept in fp32 (brr-calibrate writes one; for int8 also which "
+                        "stages are quantized and what the others run in), or one of brr's plans by "
                         f"name ({', '.join(shipped_plan_names())}); default for fp16/bf16: "
                         "brr's plan of the architecture's known fp32 islands (Mamba-2 RMS norms, the edge stream's "
                         "cosine similarity); 'none' keeps nothing in fp32")

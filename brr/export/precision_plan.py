@@ -5,9 +5,12 @@ The file is JSON (``brr-calibrate`` writes it; hand-written ones work too)::
     {"fp32_nodes": ["node_Softplus_12", ...],   # ONNX node names of model.onnx
      "fp32_stages": ["laplacian_pe"],           # every node of these probe stages
      "fp32_op_types": ["Softplus"],             # every node of these op types
-     "fp32_modules": ["*_mamba.norm"]}          # every node traced inside a module whose path matches
+     "fp32_modules": ["*_mamba.norm"],          # every node traced inside a module whose path matches
+     "int8_stages": ["tcn"],                    # int8 engines: the stages they may quantize (default: all)
+     "unquantized_precision": "bf16"}           # int8 engines: what the layers left unquantized run in
 
-All keys are optional. ``resolve`` turns a plan into node names of a given export, refusing names
+All keys are optional. An int8 engine quantizes the layers of its ``int8_stages`` outside the fp32 nodes; the
+others run in ``unquantized_precision`` (fp32 by default), the fp32 nodes in fp32 whatever it is. ``resolve`` turns a plan into node names of a given export, refusing names
 that are not in it (and patterns that match nothing), so a plan made for another model never
 silently pins nothing. ``default_plan(precision)`` is the exporter's own plan, versioned in
 ``brr/export/plans/``: the fp32 islands the architecture is known to need. The other plans there
@@ -26,11 +29,14 @@ from pathlib import Path
 
 import onnx
 
+from brr.backends.base import Int8Scope
 from brr.errors import InputError
 from brr.model import PROBE_NAMES
 from brr.onnx.stages import NAME_SCOPES_KEY, module_paths, node_stages
 
 PLAN_KEYS = ("fp32_nodes", "fp32_stages", "fp32_op_types", "fp32_modules")
+INT8_KEYS = ("int8_stages", "unquantized_precision")
+UNQUANTIZED_PRECISIONS = ("fp32", "bf16")
 DEFAULT_PLANS = Path(__file__).with_name("plans")
 
 
@@ -44,6 +50,8 @@ class PrecisionPlan:
     fp32_stages: tuple[str, ...] = ()
     fp32_op_types: tuple[str, ...] = ()
     fp32_modules: tuple[str, ...] = ()
+    int8_stages: tuple[str, ...] = ()  # empty: every stage
+    unquantized_precision: str = "fp32"
     source: str = field(default="(none)", compare=False)
     metadata: dict = field(default_factory=dict, compare=False)
 
@@ -58,24 +66,39 @@ class PrecisionPlan:
             raise PrecisionPlanError(f"{path}: not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise PrecisionPlanError(f"{path}: a precision plan must be a JSON object with keys {PLAN_KEYS}")
-        unknown = set(data) - set(PLAN_KEYS) - {"comment", "metadata"}
+        unknown = set(data) - set(PLAN_KEYS) - set(INT8_KEYS) - {"comment", "metadata"}
         if unknown:
-            raise PrecisionPlanError(f"{path}: unknown key(s) {sorted(unknown)}; known: {PLAN_KEYS}")
+            raise PrecisionPlanError(f"{path}: unknown key(s) {sorted(unknown)}; known: {PLAN_KEYS + INT8_KEYS}")
         values = {}
-        for key in PLAN_KEYS:
+        for key in (*PLAN_KEYS, "int8_stages"):
             items = data.get(key, [])
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
                 raise PrecisionPlanError(f"{path}: {key} must be a list of strings")
             values[key] = tuple(items)
-        bad_stages = set(values["fp32_stages"]) - set(PROBE_NAMES)
-        if bad_stages:
-            raise PrecisionPlanError(f"{path}: unknown stage(s) {sorted(bad_stages)}; stages: {PROBE_NAMES}")
+        for key in ("fp32_stages", "int8_stages"):
+            bad_stages = set(values[key]) - set(PROBE_NAMES)
+            if bad_stages:
+                raise PrecisionPlanError(f"{path}: {key} has unknown stage(s) {sorted(bad_stages)}; "
+                                         f"stages: {PROBE_NAMES}")
+        values["unquantized_precision"] = data.get("unquantized_precision", "fp32")
+        if values["unquantized_precision"] not in UNQUANTIZED_PRECISIONS:
+            raise PrecisionPlanError(f"{path}: unquantized_precision must be one of {UNQUANTIZED_PRECISIONS}, "
+                                     f"got {values['unquantized_precision']!r}")
         metadata = data.get("metadata", {})
         return cls(**values, source=str(path), metadata=metadata if isinstance(metadata, dict) else {})
 
     @property
     def name(self) -> str:
         return str(self.metadata.get("name", self.source))
+
+    @property
+    def int8_scope(self) -> Int8Scope:
+        return Int8Scope(self.int8_stages, self.unquantized_precision)
+
+    @property
+    def shapes_int8(self) -> bool:
+        """Whether the plan says more than an int8 engine's defaults (which other engines could not honour)."""
+        return self.int8_scope != Int8Scope()
 
     def resolve(self, model_path: Path, stages: Mapping[str, str]) -> list[str]:
         """Node names of ``model_path`` (main graph) pinned to fp32 by this plan, sorted."""

@@ -25,6 +25,7 @@ import numpy as np
 from brr.artifact.files import ONNX_FILE, REFERENCE_BACKEND, STAGES_FILE, engine_folder, reference_folder
 from brr.artifact.manifest import SplitGraphs, write_manifest
 from brr.backends import BACKENDS, Backend, resolve_backend
+from brr.backends.base import Int8Calibration
 from brr.data import iter_windows, read_recording, recording_files
 from brr.data.preprocess import TARGET_RATE
 from brr.errors import DependencyUnavailable
@@ -116,6 +117,9 @@ def engine_plan(requested: Path | str | None, precision: str) -> PrecisionPlan:
         meant_for = plan.metadata.get("precisions")
         if meant_for and precision not in meant_for:
             raise PrecisionPlanError(f"the plan {plan.name} is for {', '.join(meant_for)} engines, not {precision}")
+        if plan.shapes_int8 and precision != "int8":
+            raise PrecisionPlanError(f"the plan {plan.name} says what an int8 engine quantizes (int8_stages, "
+                                     f"unquantized_precision): it is for int8 engines, not {precision}")
         return plan
     if requested is None and precision in ("fp16", "bf16"):
         return default_plan(precision)
@@ -123,7 +127,7 @@ def engine_plan(requested: Path | str | None, precision: str) -> PrecisionPlan:
 
 
 def build_split(backend: Backend, plan: PrecisionPlan, reference_dir: Path, ops: str, engine_dir: Path,
-                precision: str, geometry: FrontGeometry, calibration: list[np.ndarray] | None = None) -> SplitGraphs:
+                precision: str, geometry: FrontGeometry, calibration: Int8Calibration | None = None) -> SplitGraphs:
     """The engine of each part of the detector (front, rest) in ``engine_dir``, built from the fp32 graphs of
     ``reference_dir``, the plan resolved on the parts' own nodes (their names are not the whole graph's)."""
     graphs = {part: reference_dir / part.file for part in GraphPart}
@@ -175,8 +179,8 @@ def export_artifacts(request: ExportRequest) -> ExportResult:
         engine_dir = engine_folder(request.out, backend.name, request.engine, request.ops)
         if request.split:
             backend.check_split(request.engine)
-        windows = (list(calibration_windows(request.calibration_data, config.window_samples,
-                                            request.calibration_windows))
+        windows = (Int8Calibration(list(calibration_windows(request.calibration_data, config.window_samples,
+                                                            request.calibration_windows)), plan.int8_scope)
                    if request.engine == "int8" else None)
         start = time.perf_counter()
         arguments = (reference.model, request.ops, engine_dir, request.engine, pinned, request.batch, config, windows)

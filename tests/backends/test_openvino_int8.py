@@ -11,7 +11,7 @@ import openvino as ov
 import pytest
 
 from brr.backends import BACKENDS
-from brr.backends.base import EngineBuildError
+from brr.backends.base import EngineBuildError, Int8Calibration
 from brr.backends.openvino import quantize
 from brr.backends.openvino.loader import CompiledModel, compile_model, layer_nodes, openvino_extensions
 from brr.errors import DependencyUnavailable
@@ -52,7 +52,7 @@ def test_int8_tcn_quantizes_only_the_tcn_and_keeps_validation_within_the_margin(
     from brr.diff.inputs import verification_windows
     calibration = _windows(4, samples, 1.0, 0) + [feed["eeg"] for feed in verification_windows(samples)]
     built = BACKENDS["openvino"].build(export.model, "plugin", tmp_path, "int8", pinned, (1, 1, 1),
-                                       small_model.config, iter(calibration))
+                                       small_model.config, Int8Calibration(calibration))
     settings = built.settings
     print(f"\nint8 layers {settings['int8_layers']}, fp32 restored {settings['fp32_restored_layers']}")
     assert settings["inference_precision"] == "f32" and settings["quantizer"].startswith("nncf ")
@@ -105,7 +105,7 @@ def test_a_margin_no_quantized_layer_meets_refuses_the_engine(small_exports, sma
     monkeypatch.setattr(quantize, "VALIDATION_MARGIN", 1e-9)
     with pytest.raises(EngineBuildError, match="no int8 engine within"):
         BACKENDS["openvino"].build(export.model, "plugin", tmp_path, "int8", pinned, (1, 1, 1), small_model.config,
-                                   iter(_windows(2, small_model.config.window_samples, 1.0, 0)))
+                                   Int8Calibration(_windows(2, small_model.config.window_samples, 1.0, 0)))
 
 
 def test_without_nncf_an_int8_build_says_what_to_install(small_exports, small_model, tmp_path, monkeypatch):
@@ -119,7 +119,7 @@ def test_without_nncf_an_int8_build_says_what_to_install(small_exports, small_mo
     monkeypatch.setattr(builtins, "__import__", no_nncf)
     with pytest.raises(DependencyUnavailable, match=r"pip install 'brr\[int8\]'"):
         BACKENDS["openvino"].build(small_exports["plugin"].model, "plugin", tmp_path, "int8", [], (1, 1, 1),
-                                   small_model.config, iter([]))
+                                   small_model.config, Int8Calibration([]))
     assert not list(tmp_path.iterdir()), "the build wrote files before finding NNCF missing"
 
 
@@ -131,9 +131,12 @@ def test_the_tolerance_ratio_is_one_at_the_edge_of_the_tolerance():
     assert quantize.tolerance_ratio(reference, reference) == 0.0
 
 
-def test_an_int8_split_quantizes_the_front_where_the_whole_engine_kept_int8(small_model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("plan, unquantized_hint", [("int8-tcn", "f32"), ("int8-tcn-bf16", "bf16")])
+def test_an_int8_split_quantizes_the_front_where_the_whole_engine_kept_int8(small_model, tmp_path, monkeypatch, plan,
+                                                                           unquantized_hint):
     """brr-export --split of an OpenVINO int8 engine: the front quantized on the layers the whole engine kept
-    int8 (those it gave back stay fp32), the rest as the fp32 engine's, the pair verified composed."""
+    int8 (those it gave back stay fp32), the rest as the whole engine's unquantized layers (fp32, or bf16 with
+    the bf16 plan's islands pinned), the pair verified composed."""
     from brr.diff.composed import verify_split
     from brr.diff.inputs import verification_windows
     from brr.export import run as export_run
@@ -146,11 +149,20 @@ def test_an_int8_split_quantizes_the_front_where_the_whole_engine_kept_int8(smal
     checkpoint = save_checkpoint(small_model, tmp_path / "ckpt")
     result = export_run.export_artifacts(export_run.ExportRequest(
         checkpoint, tmp_path / "export", engine="int8", backend="openvino", ops="plugin",
-        precision_plan="int8-tcn", split=True))
+        precision_plan=plan, split=True))
     manifest = json.loads((result.engine_dir / "manifest.json").read_text())
     whole, parts = manifest["settings"], manifest["split"]["parts"]
     front, rest = parts["front"]["settings"], parts["rest"]["settings"]
-    assert rest["inference_precision"] == "f32" and "int8_layers" not in rest
+    assert whole["inference_precision"] == rest["inference_precision"] == unquantized_hint
+    assert "int8_layers" not in rest
+    if unquantized_hint == "bf16":
+        # The rest ran in bf16 where the CPU has it, and the bf16 plan's islands (the Mamba norms, the cosine
+        # similarity, the Laplacian PE) in fp32, in the whole engine and in the rest alike.
+        for settings in (whole, rest):
+            applied = settings["plan_applied"]
+            assert applied["pinned_layers"] > 0 and applied["hint"] == "bf16"
+            assert applied["reduced_precision_nodes"] > 0 or not applied["cpu_has_it"]
+        assert parts["rest"]["fp32_pinned_nodes"]
     assert front["int8_layers"] and len(front["int8_layers"]) == len(whole["int8_layers"])
     front_graph = result.reference_dir / GraphPart.FRONT.file
     quantized = _fake_quantized_nodes(result.engine_dir / "front.xml", front_graph)

@@ -15,6 +15,7 @@ from brr.artifact.files import ONNX_FILE
 from brr.artifact.load import load_runner
 from brr.artifact.manifest import ManifestError, read_manifest, verify_manifest, write_manifest
 from brr.backends import BACKENDS
+from brr.backends.base import EngineBuildError, Int8Calibration
 from brr.backends.openvino.lowering import PROJECTED_MAX_FEATURES
 from brr.backends.torch.runner import TorchRunner
 from brr.diff.compare import reference_spectrum
@@ -161,8 +162,9 @@ def test_engines_run_and_error_is_bounded(exports, guarded, windows, tmp_path, b
     x, expected, _ = windows
     rng = np.random.default_rng(0)
     built = BACKENDS[backend].build(exports["standard"].model, "standard", tmp_path, precision, [], (1, 1, 1),
-                                    guarded.config, (rng.standard_normal((1, 19, 15360)).astype(np.float32)
-                                                     for _ in range(2)))
+                                    guarded.config,
+                                    Int8Calibration([rng.standard_normal((1, 19, 15360)).astype(np.float32)
+                                                     for _ in range(2)]))
     write_manifest(tmp_path, source={}, config=guarded.config, backend=backend, precision=precision,
                    ops="standard", opset=18, model_file=built.model_file, pinned_nodes=built.pinned_nodes,
                    settings=built.settings)
@@ -181,7 +183,7 @@ def test_int8_tcn_plan_quantizes_the_tcn_alone(exports, guarded, tmp_path):
     with pytest.warns(UserWarning, match="synthetic noise"):
         windows = list(calibration_windows(None, 15360, count=1))
     BACKENDS["onnxruntime"].build(exports["standard"].model, "standard", tmp_path, "int8", pinned, (1, 1, 1),
-                                  guarded.config, iter(windows))
+                                  guarded.config, Int8Calibration(windows))
     graph = onnx.load(str(tmp_path / ONNX_FILE)).graph
     # The weights of the TCN's convolutions, each of them, reach it through int8; no other node's do.
     producers = {o: n.op_type for n in graph.node for o in n.output}
@@ -191,6 +193,12 @@ def test_int8_tcn_plan_quantizes_the_tcn_alone(exports, guarded, tmp_path):
     assert tcn_convolutions and int8_weighted == tcn_convolutions
     with pytest.raises(PrecisionPlanError, match="the plan int8-tcn is for int8 engines, not fp16"):
         engine_plan("int8-tcn", "fp16")
+    # A plan with a scope of its own is OpenVINO's: ONNX Runtime refuses it before it writes anything.
+    scoped = Int8Calibration(windows, engine_plan("int8-tcn-bf16", "int8").int8_scope)
+    with pytest.raises(EngineBuildError, match="int8_stages and unquantized_precision are for OpenVINO"):
+        BACKENDS["onnxruntime"].build(exports["standard"].model, "standard", tmp_path / "scoped", "int8", pinned,
+                                      (1, 1, 1), guarded.config, scoped)
+    assert not (tmp_path / "scoped").exists()
 
 
 def test_fp16_keeps_planned_nodes_in_fp32(exports, guarded, tmp_path):
@@ -470,6 +478,16 @@ def test_precision_plan_refuses_unknown_nodes(exports, tmp_path):
     plan_file.write_text(json.dumps({"fp32_stages": ["tcnn"]}))
     with pytest.raises(PrecisionPlanError, match="tcnn"):
         PrecisionPlan.load(plan_file)
+    plan_file.write_text(json.dumps({"int8_stages": ["tcnn"]}))
+    with pytest.raises(PrecisionPlanError, match=r"int8_stages has unknown stage\(s\) \['tcnn'\]"):
+        PrecisionPlan.load(plan_file)
+    plan_file.write_text(json.dumps({"int8_stages": ["tcn"], "unquantized_precision": "fp16"}))
+    with pytest.raises(PrecisionPlanError, match="unquantized_precision must be one of"):
+        PrecisionPlan.load(plan_file)
+    # An int8 scope asked of another engine would be silently ignored: refused, naming the plan.
+    plan_file.write_text(json.dumps({"int8_stages": ["tcn"]}))
+    with pytest.raises(PrecisionPlanError, match="it is for int8 engines, not bf16"):
+        engine_plan(plan_file, "bf16")
 
 
 def test_a_shipped_plan_is_asked_for_by_name(exports, tmp_path):

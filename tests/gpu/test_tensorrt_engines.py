@@ -14,6 +14,7 @@ from brr.artifact.files import STAGES_FILE
 from brr.artifact.load import load_runner
 from brr.artifact.manifest import write_manifest
 from brr.backends import BACKENDS, EngineBuildError
+from brr.backends.base import Int8Calibration
 from brr.backends.onnxrt.loader import build_engine as write_onnxruntime_engine
 from brr.backends.trt.loader import NETWORK_FILE, TIMING_CACHE_FILE, TensorRTUnavailable, import_tensorrt
 from brr.export.onnx_export import export_onnx
@@ -42,7 +43,8 @@ def test_tensorrt_engine_is_built_from_the_typed_graph_and_runs(tmp_path, ops, p
     windows = [rng.standard_normal((1, 19, 15360)).astype(np.float32) for _ in range(2)]
     plan = default_plan(precision) if precision in ("fp16", "bf16") else None
     pinned = plan.resolve(export.model, json.loads((export.directory / STAGES_FILE).read_text())) if plan else []
-    arguments = (export.model, ops, tmp_path / "trt", precision, pinned, (1, 2, 3), model.config, windows)
+    arguments = (export.model, ops, tmp_path / "trt", precision, pinned, (1, 2, 3), model.config,
+                 Int8Calibration(windows))
     if precision == "int8" and ops == "plugin":
         with pytest.raises(EngineBuildError, match="--ops standard"):
             BACKENDS["tensorrt"].build(*arguments)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import onnx
 from google.protobuf.message import DecodeError
 
-from brr.backends.base import Backend, BuiltEngine, EditedGraphs, EngineBuildError, selected_outputs
+from brr.backends.base import (
+    Backend,
+    BuiltEngine,
+    EditedGraphs,
+    EngineBuildError,
+    plain_int8_windows,
+    selected_outputs,
+)
 from brr.backends.onnxrt.loader import MODEL_FILE, build_engine
 from brr.backends.onnxrt.runner import lean_onnxruntime_runner, onnxruntime_runner
 from brr.errors import InputError
@@ -16,7 +23,8 @@ class OnnxRuntime(Backend):
     model_file = MODEL_FILE
 
     def build(self, onnx_path, ops, directory, precision, fp32_nodes, batch, config, calibration):
-        settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes, calibration)
+        settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes,
+                                plain_int8_windows("ONNX Runtime", calibration))
         return BuiltEngine(MODEL_FILE, fp32_nodes, settings)
 
     def runner(self, model, manifest, probes=False, name=None, device="cpu", threads=None, lean=False):

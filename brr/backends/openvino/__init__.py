@@ -3,7 +3,7 @@ tensors it keeps under their ONNX names as extra outputs of its model (``probing
 
 from __future__ import annotations
 
-from brr.backends.base import Backend, BuiltEngine, EditedGraphs, selected_outputs
+from brr.backends.base import Backend, BuiltEngine, EditedGraphs, Int8Calibration, selected_outputs
 from brr.backends.openvino.loader import (
     MODEL_FILE,
     CompiledModel,
@@ -28,9 +28,11 @@ class OpenVINO(Backend):
             import_nncf()  # before any work
             from brr.diff.inputs import verification_windows  # the diff imports the backends
 
-            windows = list(calibration or [])
+            calibration = calibration or Int8Calibration([])
+            windows = list(calibration.windows)
             quantization = Int8Windows(windows, windows + [feed[INPUT_NAME] for feed in
-                                                           verification_windows(config.window_samples)])
+                                                           verification_windows(config.window_samples)],
+                                       calibration.scope)
         pinned, settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes, quantization=quantization)
         return BuiltEngine(MODEL_FILE, pinned, settings)
 
@@ -41,13 +43,15 @@ class OpenVINO(Backend):
         model_file = f"{part.value}.xml"
         quantization = None
         if precision == "int8":
+            calibration = calibration or Int8Calibration([])
             if part is GraphPart.REST:
-                # The int8 plans quantize the TCN, which is in the front: the rest runs as the fp32 engine's.
-                precision = "fp32"
+                # The int8 plans quantize the TCN, which is in the front: the rest runs as the whole engine's
+                # unquantized layers do (the bf16 engine's, pinned alike, where the plan says bf16).
+                precision = calibration.scope.unquantized_precision
             else:
                 # The whole engine's validation chose the layers (``fp32_nodes`` keeps the others): calibrated
                 # here, judged by the verification of the composed parts.
-                quantization = Int8Windows(list(calibration or []), None)
+                quantization = Int8Windows(list(calibration.windows), None, calibration.scope)
         pinned, settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes, model_file=model_file,
                                         quantization=quantization)
         return BuiltEngine(model_file, pinned, settings, companion_files=(weights_file(model_file),))

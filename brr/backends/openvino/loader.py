@@ -35,11 +35,12 @@ import onnx
 import openvino as ov
 from polygraphy.backend.base import BaseLoader
 
-from brr.backends.base import EngineBuildError
+from brr.backends.base import EngineBuildError, Int8Scope
 from brr.backends.openvino.execution import HINT_CAPABILITY, check_plan_applied, execution_graph
 from brr.backends.openvino.lowering import lower_for_openvino
 from brr.backends.openvino.scan_storage import scan_neighbours, store_scans_in_bf16
 from brr.backends.openvino.signal_stack import kept_signal_stack
+from brr.onnx.stages import node_stages
 from brr.ops import registry
 
 MODEL_FILE = "model.xml"
@@ -114,12 +115,13 @@ def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str,
                  quantization: Int8Windows | None = None) -> tuple[list[str], dict]:
     """Write ``model_file`` (.xml) and its .bin (every probe an output, as in the ONNX) into ``directory``, the
     layers of ``fp32_nodes`` kept in fp32; returns (the ONNX nodes pinned, settings). int8 quantizes the
-    other layers on ``quantization``'s windows (``brr.backends.openvino.quantize``) and runs the rest in fp32."""
+    other layers of the stages its scope names on ``quantization``'s windows (``brr.backends.openvino.quantize``)
+    and runs the rest in the scope's unquantized precision."""
     if precision not in PRECISION_HINTS and precision != "int8":
         raise EngineBuildError(f"OpenVINO engines are {sorted(PRECISION_HINTS)} or int8, not {precision!r}")
     if precision == "int8" and quantization is None:
         raise EngineBuildError("an int8 engine needs calibration windows (brr-export --data)")
-    hint = PRECISION_HINTS.get(precision, "f32")
+    hint = PRECISION_HINTS[quantization.scope.unquantized_precision if precision == "int8" else precision]
     extensions = openvino_extensions(ops)
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
@@ -164,15 +166,17 @@ class Int8Windows:
 
     calibration: list[np.ndarray]
     validation: list[np.ndarray] | None  # None: quantize every free layer (a part whose whole engine chose them)
+    scope: Int8Scope = Int8Scope()
 
 
 def quantize_engine(model: ov.Model, onnx_path: Path, fp32_nodes: Sequence[str], windows: Int8Windows
                     ) -> tuple[ov.Model, dict]:
-    """``quantize.quantize_ir`` on the layers made from the ONNX nodes of ``onnx_path`` outside ``fp32_nodes``."""
+    """``quantize.quantize_ir`` on the layers made from the ONNX nodes of ``onnx_path`` outside ``fp32_nodes`` in
+    the stages that ``windows.scope`` quantizes."""
     from brr.backends.openvino.quantize import quantize_ir
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    free = {n.name for n in graph.node} - set(fp32_nodes)
+    stages = node_stages(onnx.load(str(onnx_path), load_external_data=False))
+    free = {node for node, stage in stages.items() if windows.scope.quantizes(stage)} - set(fp32_nodes)
     quantizable = layer_nodes((op.get_friendly_name() for op in model.get_ordered_ops()), onnx_path, free)
     quantized, settings = quantize_ir(model, list(quantizable), windows.calibration, windows.validation)
     if "fp32_restored_layers" in settings:  # as ONNX nodes, which a plan for the split parts can name

@@ -4,7 +4,7 @@ debug tensors. Without TensorRT, an export still writes the typed graph and the 
 
 from __future__ import annotations
 
-from brr.backends.base import Backend, BuiltEngine, EditedGraphs
+from brr.backends.base import Backend, BuiltEngine, EditedGraphs, plain_int8_windows
 from brr.backends.trt.loader import (
     MODEL_FILE,
     TIMING_CACHE_FILE,
@@ -32,12 +32,12 @@ class TensorRT(Backend):
 
     def build(self, onnx_path, ops, directory, precision, fp32_nodes, batch, config, calibration):
         settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes, batch, config.n_channels,
-                                config.window_samples, calibration)
+                                config.window_samples, plain_int8_windows("TensorRT", calibration))
         return BuiltEngine(MODEL_FILE, fp32_nodes, settings)
 
     def prepare(self, onnx_path, ops, directory, precision, fp32_nodes, batch, config, calibration, missing):
         settings = prepare_engine(onnx_path, ops, directory, precision, fp32_nodes, batch, config.n_channels,
-                                  config.window_samples, calibration)
+                                  config.window_samples, plain_int8_windows("TensorRT", calibration))
         return BuiltEngine(MODEL_FILE, fp32_nodes, settings, unbuilt=missing)
 
     def commands(self, settings, export_command):
