@@ -3,11 +3,10 @@ tensors it keeps under their ONNX names as extra outputs of its model (``probing
 
 from __future__ import annotations
 
-from brr.backends.base import Backend, BuiltEngine, EditedGraphs, Int8Calibration, selected_outputs
+from brr.backends.base import Backend, BuiltEngine, EditedGraphs, Int8Scope, selected_outputs
 from brr.backends.openvino.loader import (
     MODEL_FILE,
     CompiledModel,
-    Int8Windows,
     build_engine,
     openvino_extensions,
     weights_file,
@@ -23,17 +22,16 @@ class OpenVINO(Backend):
     model_file = MODEL_FILE
 
     def build(self, onnx_path, ops, directory, precision, fp32_nodes, batch, config, calibration):
-        quantization = None
+        validation = None
         if precision == "int8":
             import_nncf()  # before any work
             from brr.diff.inputs import verification_windows  # the diff imports the backends
 
-            calibration = calibration or Int8Calibration([])
-            windows = list(calibration.windows)
-            quantization = Int8Windows(windows, windows + [feed[INPUT_NAME] for feed in
-                                                           verification_windows(config.window_samples)],
-                                       calibration.scope)
-        pinned, settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes, quantization=quantization)
+            if calibration is not None:
+                validation = list(calibration.windows) + [feed[INPUT_NAME] for feed in
+                                                          verification_windows(config.window_samples)]
+        pinned, settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes, calibration=calibration,
+                                        validation=validation)
         return BuiltEngine(MODEL_FILE, pinned, settings)
 
     def check_split(self, precision):
@@ -41,19 +39,14 @@ class OpenVINO(Backend):
 
     def build_part(self, onnx_path, part, ops, directory, precision, fp32_nodes, calibration=None):
         model_file = f"{part.value}.xml"
-        quantization = None
-        if precision == "int8":
-            calibration = calibration or Int8Calibration([])
-            if part is GraphPart.REST:
-                # The int8 plans quantize the TCN, which is in the front: the rest runs as the whole engine's
-                # unquantized layers do (the bf16 engine's, pinned alike, where the plan says bf16).
-                precision = calibration.scope.unquantized_precision
-            else:
-                # The whole engine's validation chose the layers (``fp32_nodes`` keeps the others): calibrated
-                # here, judged by the verification of the composed parts.
-                quantization = Int8Windows(list(calibration.windows), None, calibration.scope)
+        if precision == "int8" and part is GraphPart.REST:
+            # The int8 plans quantize the TCN, which is in the front: the rest runs as the whole engine's
+            # unquantized layers do (the bf16 engine's, pinned alike, where the plan says bf16).
+            precision = (calibration.scope if calibration else Int8Scope()).unquantized_precision
+        # An int8 front quantizes the layers the whole engine's validation chose (``fp32_nodes`` keeps the
+        # others) without validating again: the verification of the composed parts judges it.
         pinned, settings = build_engine(onnx_path, ops, directory, precision, fp32_nodes, model_file=model_file,
-                                        quantization=quantization)
+                                        calibration=calibration)
         return BuiltEngine(model_file, pinned, settings, companion_files=(weights_file(model_file),))
 
     def runner(self, model, manifest, probes=False, name=None, device="cpu", threads=None, lean=False):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ import onnx
 import openvino as ov
 from polygraphy.backend.base import BaseLoader
 
-from brr.backends.base import EngineBuildError, Int8Scope
+from brr.backends.base import EngineBuildError, Int8Calibration
 from brr.backends.openvino.execution import HINT_CAPABILITY, check_plan_applied, execution_graph
 from brr.backends.openvino.lowering import lower_for_openvino
 from brr.backends.openvino.scan_storage import scan_neighbours, store_scans_in_bf16
@@ -112,16 +111,18 @@ class CompiledModel(BaseLoader):
 
 def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str,
                  fp32_nodes: Sequence[str] = (), model_file: str = MODEL_FILE,
-                 quantization: Int8Windows | None = None) -> tuple[list[str], dict]:
+                 calibration: Int8Calibration | None = None, validation: list[np.ndarray] | None = None
+                 ) -> tuple[list[str], dict]:
     """Write ``model_file`` (.xml) and its .bin (every probe an output, as in the ONNX) into ``directory``, the
     layers of ``fp32_nodes`` kept in fp32; returns (the ONNX nodes pinned, settings). int8 quantizes the
-    other layers of the stages its scope names on ``quantization``'s windows (``brr.backends.openvino.quantize``)
-    and runs the rest in the scope's unquantized precision."""
+    other layers of the stages ``calibration``'s scope names, calibrated on its windows and each kept int8 only
+    where ``validation``'s windows allow (every one when None; ``brr.backends.openvino.quantize``), and runs
+    the rest in the scope's unquantized precision."""
     if precision not in PRECISION_HINTS and precision != "int8":
         raise EngineBuildError(f"OpenVINO engines are {sorted(PRECISION_HINTS)} or int8, not {precision!r}")
-    if precision == "int8" and quantization is None:
+    if precision == "int8" and calibration is None:
         raise EngineBuildError("an int8 engine needs calibration windows (brr-export --data)")
-    hint = PRECISION_HINTS[quantization.scope.unquantized_precision if precision == "int8" else precision]
+    hint = PRECISION_HINTS[calibration.scope.unquantized_precision if precision == "int8" else precision]
     extensions = openvino_extensions(ops)
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
@@ -132,7 +133,7 @@ def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str,
         converted = ov.convert_model(str(source), extension=extensions or None)
     quantized = {}
     if precision == "int8":
-        converted, quantized = quantize_engine(converted, onnx_path, fp32_nodes, quantization)
+        converted, quantized = quantize_engine(converted, onnx_path, fp32_nodes, calibration, validation)
     ov.save_model(converted, str(directory / model_file), compress_to_fp16=False)
     pinned, layers, without_layer = keep_in_fp32(directory / model_file, onnx_path, fp32_nodes)
     compiled = CompiledModel(directory / model_file, hint, extensions=extensions)()
@@ -160,25 +161,16 @@ def build_engine(onnx_path: Path, ops: str, directory: Path, precision: str,
     return pinned, settings
 
 
-@dataclass(frozen=True)
-class Int8Windows:
-    """The (1, 19, N) float32 windows an int8 build calibrates its ranges on, and those it validates on."""
-
-    calibration: list[np.ndarray]
-    validation: list[np.ndarray] | None  # None: quantize every free layer (a part whose whole engine chose them)
-    scope: Int8Scope = Int8Scope()
-
-
-def quantize_engine(model: ov.Model, onnx_path: Path, fp32_nodes: Sequence[str], windows: Int8Windows
-                    ) -> tuple[ov.Model, dict]:
+def quantize_engine(model: ov.Model, onnx_path: Path, fp32_nodes: Sequence[str], calibration: Int8Calibration,
+                    validation: list[np.ndarray] | None) -> tuple[ov.Model, dict]:
     """``quantize.quantize_ir`` on the layers made from the ONNX nodes of ``onnx_path`` outside ``fp32_nodes`` in
-    the stages that ``windows.scope`` quantizes."""
+    the stages that ``calibration.scope`` quantizes."""
     from brr.backends.openvino.quantize import quantize_ir
 
     stages = node_stages(onnx.load(str(onnx_path), load_external_data=False))
-    free = {node for node, stage in stages.items() if windows.scope.quantizes(stage)} - set(fp32_nodes)
+    free = {node for node, stage in stages.items() if calibration.scope.quantizes(stage)} - set(fp32_nodes)
     quantizable = layer_nodes((op.get_friendly_name() for op in model.get_ordered_ops()), onnx_path, free)
-    quantized, settings = quantize_ir(model, list(quantizable), windows.calibration, windows.validation)
+    quantized, settings = quantize_ir(model, list(quantizable), list(calibration.windows), validation)
     if "fp32_restored_layers" in settings:  # as ONNX nodes, which a plan for the split parts can name
         settings["fp32_restored_nodes"] = sorted({quantizable[layer] for layer in settings["fp32_restored_layers"]})
     return quantized, settings
