@@ -13,10 +13,11 @@ All keys are optional. An int8 engine quantizes the layers of its ``int8_stages`
 others run in ``unquantized_precision`` (fp32 by default), the fp32 nodes in fp32 whatever it is.
 
 ``resolve`` turns a plan into node names of a given export, refusing names that are not in it (and
-patterns that match nothing), so a plan made for another model never silently pins nothing. ``default_plan(precision)`` is the exporter's own plan, versioned in
-``brr/export/plans/``: the fp32 islands the architecture is known to need. The other plans there
-(``load_plan(name)``) are asked for by name, e.g. ``--precision-plan bf16-fp32-tcn``; each says in
-``metadata.precisions`` which engine precisions it is for (export refuses it for another).
+patterns that match nothing), so a plan made for another model never silently pins nothing.
+``default_plan(precision)`` is the exporter's own plan, versioned in ``brr/export/plans/``: the fp32
+islands the architecture is known to need. The other plans there (``load_plan(name)``) are asked for
+by name, e.g. ``--precision-plan bf16-fp32-tcn``; each says in ``metadata.precisions`` which engine
+precisions it is for (export refuses it for another).
 """
 
 from __future__ import annotations

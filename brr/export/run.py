@@ -179,11 +179,11 @@ def export_artifacts(request: ExportRequest) -> ExportResult:
         engine_dir = engine_folder(request.out, backend.name, request.engine, request.ops)
         if request.split:
             backend.check_split(request.engine)
-        windows = (Int8Calibration(list(calibration_windows(request.calibration_data, config.window_samples,
-                                                            request.calibration_windows)), plan.int8_scope)
-                   if request.engine == "int8" else None)
+        calibration = (Int8Calibration(list(calibration_windows(request.calibration_data, config.window_samples,
+                                                                request.calibration_windows)), plan.int8_scope)
+                       if request.engine == "int8" else None)
         start = time.perf_counter()
-        arguments = (reference.model, request.ops, engine_dir, request.engine, pinned, request.batch, config, windows)
+        arguments = (reference.model, request.ops, engine_dir, request.engine, pinned, request.batch, config, calibration)
         built = backend.build(*arguments) if missing is None else backend.prepare(*arguments, missing=str(missing))
         seconds["engine_build"] = time.perf_counter() - start
         split = None
@@ -192,7 +192,7 @@ def export_artifacts(request: ExportRequest) -> ExportResult:
             # The layers the whole int8 engine gave back to fp32 stay fp32 in its parts.
             restored = tuple(built.settings.get("fp32_restored_nodes", ()))
             split = build_split(backend, replace(plan, fp32_nodes=plan.fp32_nodes + restored), reference.directory,
-                                request.ops, engine_dir, request.engine, geometry, windows)
+                                request.ops, engine_dir, request.engine, geometry, calibration)
             seconds["split_build"] = time.perf_counter() - start
         # The typed graph an engine is built from must build as typed (TensorRT's strong typing).
         typed_graphs = require_strongly_typed_files(
